@@ -1,0 +1,431 @@
+//! Node identity: [`NodeId`], XOR [`Distance`], [`BucketIndex`] and the text form.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use data_encoding::{DecodeKind, Encoding, Specification};
+use rand::RngCore;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Length of a [`NodeId`] in bytes (an Ed25519 public key).
+pub const NODE_ID_LEN: usize = 32;
+
+/// Length of the text form of a [`NodeId`]: the `v` prefix and 52 base32hex digits.
+pub const NODE_ID_TEXT_LEN: usize = 1 + 52;
+
+/// The multibase prefix of lowercase, unpadded base32hex.
+const MULTIBASE_PREFIX: char = 'v';
+
+/// Lowercase base32hex without padding, rejecting non-zero trailing bits so that
+/// every `NodeId` has exactly one text form.
+static BASE32HEX_LOWER: LazyLock<Encoding> = LazyLock::new(|| {
+    let mut spec = Specification::new();
+    spec.symbols.push_str("0123456789abcdefghijklmnopqrstuv");
+    spec.check_trailing_bits = true;
+    // The specification is a constant, so this cannot fail at run time; a unit
+    // test builds it.
+    spec.encoding().expect("base32hex specification is valid")
+});
+
+/// The identity of a node: its 32-byte Ed25519 public key.
+///
+/// Spec: `NodeId`. Its text form ([`NodeIdEncoded`] in the spec) is multibase
+/// base32hex, lowercase, unpadded, prefixed with `v`; `Display` and `FromStr`
+/// convert between the two. Ordering is by bytes, so sorted collections of
+/// `NodeId`s are deterministic.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId([u8; NODE_ID_LEN]);
+
+/// Spec: `NodeIdEncoded`, the text form of a [`NodeId`].
+pub type NodeIdEncoded = String;
+
+impl NodeId {
+    /// The NodeId made of these key bytes.
+    pub const fn from_bytes(bytes: [u8; NODE_ID_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key bytes.
+    pub const fn as_bytes(&self) -> &[u8; NODE_ID_LEN] {
+        &self.0
+    }
+
+    /// The NodeId in `bytes`, which must be exactly 32 bytes long.
+    pub fn try_from_slice(bytes: &[u8]) -> Result<Self, NodeIdParseError> {
+        let array: [u8; NODE_ID_LEN] = bytes
+            .try_into()
+            .map_err(|_| NodeIdParseError::WrongByteLength { found: bytes.len() })?;
+        Ok(Self(array))
+    }
+
+    /// A NodeId drawn from `rng` (tests, simulations).
+    pub fn random<R: RngCore + ?Sized>(rng: &mut R) -> Self {
+        let mut bytes = [0u8; NODE_ID_LEN];
+        rng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    /// The XOR distance between two nodes.
+    pub fn distance(&self, other: &NodeId) -> Distance {
+        let mut d = [0u8; NODE_ID_LEN];
+        for (i, byte) in d.iter_mut().enumerate() {
+            *byte = self.0[i] ^ other.0[i];
+        }
+        Distance(d)
+    }
+
+    /// The bucket `other` falls into in the routing table of `self`, or `None`
+    /// when `other == self` (a node has no bucket for itself).
+    pub fn bucket_index(&self, other: &NodeId) -> Option<BucketIndex> {
+        self.distance(other).bucket_index()
+    }
+
+    /// A NodeId that falls into bucket `index` of `self`'s routing table, drawn
+    /// from `rng`: the bits above `index` are `self`'s, bit `index` is flipped,
+    /// the bits below are random. Used to pick a refresh target.
+    pub fn random_in_bucket<R: RngCore + ?Sized>(&self, index: BucketIndex, rng: &mut R) -> NodeId {
+        let mut random = [0u8; NODE_ID_LEN];
+        rng.fill_bytes(&mut random);
+        let bit = usize::from(index.get());
+        let mut out = self.0;
+        for (byte_pos, byte) in out.iter_mut().enumerate() {
+            // Bit numbers of this byte: its least significant bit is `low`.
+            let low = (NODE_ID_LEN - 1 - byte_pos) * 8;
+            if low + 8 <= bit {
+                // Entirely below the flipped bit: random.
+                *byte = random[byte_pos];
+            } else if low <= bit {
+                let shift = bit - low;
+                let below_mask: u8 = ((1u16 << shift) - 1) as u8;
+                *byte = (*byte & !below_mask & !(1 << shift))
+                    | (!*byte & (1 << shift))
+                    | (random[byte_pos] & below_mask);
+            }
+        }
+        NodeId(out)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{MULTIBASE_PREFIX}{}", BASE32HEX_LOWER.encode(&self.0))
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+/// Why a text or byte string is not a [`NodeId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeIdParseError {
+    /// The text is empty.
+    #[error("NodeId is empty")]
+    Empty,
+    /// The text does not start with the multibase prefix `v`.
+    #[error("NodeId must start with the multibase prefix 'v' (base32hex), found {found:?}")]
+    WrongPrefix {
+        /// The first character of the text.
+        found: char,
+    },
+    /// The text has the wrong number of characters.
+    #[error("NodeId text must be {expected} characters long, found {found}")]
+    WrongLength {
+        /// [`NODE_ID_TEXT_LEN`].
+        expected: usize,
+        /// The length of the text in characters.
+        found: usize,
+    },
+    /// A character outside lowercase base32hex (`0-9a-v`).
+    #[error("NodeId has an invalid character {character:?} at position {position}")]
+    BadCharacter {
+        /// Position in the text, counting the prefix as 0.
+        position: usize,
+        /// The offending character.
+        character: char,
+    },
+    /// The last digit carries bits beyond the 256 of the key: not the canonical form.
+    #[error("NodeId's last character {character:?} is not canonical (non-zero trailing bits)")]
+    NonCanonical {
+        /// The last character of the text.
+        character: char,
+    },
+    /// Raw bytes of the wrong length.
+    #[error("NodeId must be {NODE_ID_LEN} bytes, found {found}")]
+    WrongByteLength {
+        /// The number of bytes given.
+        found: usize,
+    },
+}
+
+impl FromStr for NodeId {
+    type Err = NodeIdParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut chars = text.chars();
+        let first = chars.next().ok_or(NodeIdParseError::Empty)?;
+        if first != MULTIBASE_PREFIX {
+            return Err(NodeIdParseError::WrongPrefix { found: first });
+        }
+        let found = text.chars().count();
+        if found != NODE_ID_TEXT_LEN {
+            return Err(NodeIdParseError::WrongLength {
+                expected: NODE_ID_TEXT_LEN,
+                found,
+            });
+        }
+        // All characters are checked here so that errors name the character,
+        // and so that a multi-byte character never reaches the byte decoder.
+        for (position, character) in text.char_indices().skip(1) {
+            if !matches!(character, '0'..='9' | 'a'..='v') {
+                return Err(NodeIdParseError::BadCharacter {
+                    position,
+                    character,
+                });
+            }
+        }
+        let digits = &text.as_bytes()[1..];
+        let mut bytes = [0u8; NODE_ID_LEN];
+        match BASE32HEX_LOWER.decode_mut(digits, &mut bytes) {
+            Ok(NODE_ID_LEN) => Ok(NodeId(bytes)),
+            Ok(_) => Err(NodeIdParseError::WrongLength {
+                expected: NODE_ID_TEXT_LEN,
+                found,
+            }),
+            Err(partial) => {
+                let position = partial.error.position + 1;
+                let character = char::from(text.as_bytes()[position]);
+                Err(match partial.error.kind {
+                    DecodeKind::Trailing => NodeIdParseError::NonCanonical { character },
+                    _ => NodeIdParseError::BadCharacter {
+                        position,
+                        character,
+                    },
+                })
+            }
+        }
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; NODE_ID_LEN]>::deserialize(deserializer).map(NodeId)
+        }
+    }
+}
+
+/// The XOR distance between two [`NodeId`]s, ordered as a 256-bit big-endian number.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Distance([u8; NODE_ID_LEN]);
+
+impl Distance {
+    /// The distance as big-endian bytes.
+    pub const fn as_bytes(&self) -> &[u8; NODE_ID_LEN] {
+        &self.0
+    }
+
+    /// The position of the highest set bit (0 = closest, 255 = farthest), or
+    /// `None` for the zero distance.
+    pub fn bucket_index(&self) -> Option<BucketIndex> {
+        let (byte_pos, byte) = self.0.iter().enumerate().find(|(_, b)| **b != 0)?;
+        let bit = (NODE_ID_LEN - 1 - byte_pos) * 8 + (7 - byte.leading_zeros() as usize);
+        // `bit` is at most 255 by construction.
+        Some(BucketIndex(bit as u8))
+    }
+
+    /// Whether bit `index` of the distance is set.
+    pub fn bit(&self, index: BucketIndex) -> bool {
+        let bit = usize::from(index.get());
+        self.0[NODE_ID_LEN - 1 - bit / 8] & (1 << (bit % 8)) != 0
+    }
+}
+
+/// The index of a bucket of the routing table: 0 (closest) to 255 (farthest).
+///
+/// Spec: `NodeBucketIndex`. A `u8` underneath, so an index out of range
+/// cannot be made; [`BucketIndex::try_from`] checks numbers that come from outside.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct BucketIndex(u8);
+
+/// Spec: `NodeBucketIndex`.
+pub type NodeBucketIndex = BucketIndex;
+
+impl BucketIndex {
+    /// The closest bucket.
+    pub const CLOSEST: BucketIndex = BucketIndex(0);
+    /// The farthest bucket.
+    pub const FARTHEST: BucketIndex = BucketIndex(255);
+    /// The number of buckets.
+    pub const COUNT: usize = 256;
+
+    /// The bucket with this index.
+    pub const fn new(index: u8) -> Self {
+        Self(index)
+    }
+
+    /// The index as a number.
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+
+    /// Every bucket, closest first.
+    pub fn all() -> impl DoubleEndedIterator<Item = BucketIndex> + Clone {
+        (0..=u8::MAX).map(BucketIndex)
+    }
+}
+
+impl fmt::Display for BucketIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A bucket number outside 0..=255.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bucket index {0} is out of range (0..=255)")]
+pub struct BucketIndexOutOfRange(pub u64);
+
+impl TryFrom<u64> for BucketIndex {
+    type Error = BucketIndexOutOfRange;
+    fn try_from(value: u64) -> Result<Self, Self::Error> {
+        u8::try_from(value)
+            .map(BucketIndex)
+            .map_err(|_| BucketIndexOutOfRange(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn text_form_of_zero_and_ones() {
+        let zero = NodeId::from_bytes([0; 32]);
+        assert_eq!(zero.to_string(), format!("v{}", "0".repeat(52)));
+        let ones = NodeId::from_bytes([0xff; 32]);
+        // 256 bits of ones: 51 full digits of 'v' then 1 bit left in the last
+        // digit's top bit, i.e. binary 10000 = 16 = 'g'.
+        assert_eq!(ones.to_string(), format!("v{}g", "v".repeat(51)));
+        assert_eq!(ones.to_string().parse::<NodeId>(), Ok(ones));
+    }
+
+    #[test]
+    fn parse_errors_are_specific() {
+        let good = NodeId::from_bytes([7; 32]).to_string();
+        assert_eq!("".parse::<NodeId>(), Err(NodeIdParseError::Empty));
+        assert_eq!(
+            format!("z{}", &good[1..]).parse::<NodeId>(),
+            Err(NodeIdParseError::WrongPrefix { found: 'z' })
+        );
+        assert_eq!(
+            good[..40].parse::<NodeId>(),
+            Err(NodeIdParseError::WrongLength {
+                expected: 53,
+                found: 40
+            })
+        );
+        let upper = format!("v{}", good[1..].to_uppercase());
+        assert!(matches!(
+            upper.parse::<NodeId>(),
+            Err(NodeIdParseError::BadCharacter { position: _, .. })
+        ));
+        let mut bad = good.clone();
+        bad.replace_range(10..11, "w");
+        assert_eq!(
+            bad.parse::<NodeId>(),
+            Err(NodeIdParseError::BadCharacter {
+                position: 10,
+                character: 'w'
+            })
+        );
+        let mut multibyte = good.clone();
+        multibyte.replace_range(5..6, "é");
+        assert!(matches!(
+            multibyte.parse::<NodeId>(),
+            Err(NodeIdParseError::WrongLength { .. } | NodeIdParseError::BadCharacter { .. })
+        ));
+        // Non-zero trailing bits: the last digit of [0;32] is '0'; '1' sets a
+        // bit beyond the 256th.
+        let trailing = format!("v{}1", "0".repeat(51));
+        assert_eq!(
+            trailing.parse::<NodeId>(),
+            Err(NodeIdParseError::NonCanonical { character: '1' })
+        );
+    }
+
+    #[test]
+    fn bucket_index_is_highest_differing_bit() {
+        let own = NodeId::from_bytes([0; 32]);
+        let mut b = [0u8; 32];
+        b[31] = 1;
+        assert_eq!(
+            own.bucket_index(&NodeId::from_bytes(b)),
+            Some(BucketIndex(0))
+        );
+        b[31] = 0b1000_0001;
+        assert_eq!(
+            own.bucket_index(&NodeId::from_bytes(b)),
+            Some(BucketIndex(7))
+        );
+        b[0] = 0x80;
+        assert_eq!(
+            own.bucket_index(&NodeId::from_bytes(b)),
+            Some(BucketIndex(255))
+        );
+        assert_eq!(own.bucket_index(&own), None);
+    }
+
+    #[test]
+    fn random_in_bucket_lands_in_that_bucket() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..20 {
+            let own = NodeId::random(&mut rng);
+            for index in BucketIndex::all() {
+                let id = own.random_in_bucket(index, &mut rng);
+                assert_eq!(
+                    own.bucket_index(&id),
+                    Some(index),
+                    "own {own} bucket {index}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn serde_binary_and_text() {
+        let id = NodeId::from_bytes([42; 32]);
+        let bytes = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), id);
+    }
+
+    #[test]
+    fn bucket_index_from_number() {
+        assert_eq!(BucketIndex::try_from(255u64), Ok(BucketIndex(255)));
+        assert_eq!(
+            BucketIndex::try_from(256u64),
+            Err(BucketIndexOutOfRange(256))
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! keynode's core: the pure, deterministic state machine of a Polykey-style
+//! node layer.
+//!
+//! The core performs no I/O, reads no clock and draws no entropy of its own:
+//! time and randomness come in from the caller, persistence goes out as
+//! [`StoreOp`]s that a driver applies atomically. The same inputs always give
+//! the same outputs, which is what makes simulation and fuzzing possible.
+//!
+//! This crate holds the spec's types and the routing table:
+//! - identity: [`NodeId`] (text form `v` + base32hex), [`Distance`], [`BucketIndex`];
+//! - addresses and contacts: [`NodeAddress`], [`NodeContact`], [`NodeContactAddressData`];
+//! - the routing table: [`NodeGraph`] with its two [`NodeGraphSpace`]s;
+//! - bootstrap: [`SeedNodes`]; close codes: [`ConnectionErrorCode`];
+//! - persistence: [`StoreOp`], [`GraphSnapshot`]; bounds: [`Config`].
+
+#![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod address;
+mod bucket;
+mod config;
+mod conn_error;
+mod contact;
+mod graph;
+mod id;
+mod seed;
+mod store;
+
+pub use address::{
+    Host, Hostname, HostnameError, MAX_HOSTNAME_LEN, NodeAddress, NodeAddressParseError,
+};
+pub use bucket::{BucketEntry, PendingNode};
+pub use config::{Config, ConfigError};
+pub use conn_error::{ConnectionErrorCode, ConnectionErrorReason};
+pub use contact::{
+    ContactMode, NodeAddressScope, NodeAddressScopes, NodeContact, NodeContactAddressData,
+    NodeContactError, UnixSeconds,
+};
+pub use graph::{
+    Change, GraphUpdate, NodeBucket, NodeGraph, NodeGraphSpace, SetContactError, SnapshotError,
+};
+pub use id::{
+    BucketIndex, BucketIndexOutOfRange, Distance, NODE_ID_LEN, NODE_ID_TEXT_LEN, NodeBucketIndex,
+    NodeId, NodeIdEncoded, NodeIdParseError,
+};
+pub use seed::{SeedNodes, SeedNodesParseError};
+pub use store::{ContactRecord, GraphSnapshot, PendingRecord, StoreOp};
