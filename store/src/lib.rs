@@ -1,1 +1,408 @@
-//! keynode store
+//! keynode's persistence: an LMDB environment (through `heed`) that applies the
+//! core's [`StoreOp`]s and loads them back.
+//!
+//! - [`Store::apply`] applies one batch of operations in one write transaction:
+//!   all of it is visible after a crash, or none of it.
+//! - [`Store::load_graph`] reads the active space of the node graph back as a
+//!   [`GraphSnapshot`], which [`keynode_core::NodeGraph::restore`] turns into a table.
+//! - The map size is set by [`StoreOptions::map_size`]; when a batch does not fit,
+//!   it fails with [`StoreError::MapFull`] and nothing of it is written.
+//! - The schema version is checked on open ([`StoreError::SchemaMismatch`]).
+//!
+//! LMDB allows one environment per path per process ([`StoreError::AlreadyOpen`]),
+//! and its write transactions are tied to the thread that began them, so a
+//! driver owns the `Store` on one thread; [`Store::close`] waits until the
+//! environment is really closed, so the same path can be opened again.
+
+#![warn(missing_docs, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use heed::types::Bytes;
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
+use keynode_core::{
+    ContactRecord, GraphSnapshot, NODE_ID_LEN, NodeGraphSpace, NodeId, PendingRecord, StoreOp,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A table of the environment; committed, so it lives as long as the environment.
+type Db = Database<'static, Bytes, Bytes>;
+
+/// The version of the on-disk layout this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The default map size: 1 GiB of address space (LMDB grows the file as
+/// needed; the map size is only its ceiling).
+pub const DEFAULT_MAP_SIZE: usize = 1 << 30;
+
+const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+const META_ACTIVE_SPACE: &[u8] = b"active_space";
+const META_OWNER: [&[u8]; 2] = [b"owner/0", b"owner/1"];
+
+/// How to open a [`Store`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// The largest the database may grow, in bytes. Rounded up by LMDB to a
+    /// multiple of the page size. Default [`DEFAULT_MAP_SIZE`].
+    pub map_size: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            map_size: DEFAULT_MAP_SIZE,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Options with this map size.
+    pub fn with_map_size(map_size: usize) -> Self {
+        Self { map_size }
+    }
+}
+
+/// What went wrong in the store, and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store's directory could not be created.
+    #[error("cannot create store directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The directory is already open as a store in this process.
+    #[error("store at {path} is already open in this process")]
+    AlreadyOpen {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The store was written by a keynode with another layout.
+    #[error("store at {path} has schema version {found}; this keynode reads version {expected}")]
+    SchemaMismatch {
+        /// The directory.
+        path: PathBuf,
+        /// The version on disk.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        expected: u32,
+    },
+    /// The batch did not fit in the map; nothing of it was written.
+    #[error(
+        "store at {path} is full (map size {map_size} bytes); nothing of the batch was written"
+    )]
+    MapFull {
+        /// The directory.
+        path: PathBuf,
+        /// The configured map size.
+        map_size: usize,
+    },
+    /// A record could not be decoded: the store is damaged.
+    #[error("store at {path} has a corrupt {what} record: {detail}")]
+    Corrupt {
+        /// The directory.
+        path: PathBuf,
+        /// Which kind of record.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A record could not be encoded (a bug: records are plain data).
+    #[error("cannot encode a {what} record: {source}")]
+    Encode {
+        /// Which kind of record.
+        what: &'static str,
+        /// Why.
+        source: postcard::Error,
+    },
+    /// Any other LMDB failure.
+    #[error("LMDB error in store at {path}: {source}")]
+    Lmdb {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: heed::Error,
+    },
+}
+
+/// The persisted state of one node, in one LMDB environment.
+pub struct Store {
+    env: Env,
+    path: PathBuf,
+    map_size: usize,
+    meta: Db,
+    contacts: Db,
+    pending: Db,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("map_size", &self.map_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in directory `path`.
+    pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        fs::create_dir_all(&path).map_err(|source| StoreError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+        let lmdb = |source| StoreError::Lmdb {
+            path: path.clone(),
+            source,
+        };
+        // SAFETY: LMDB maps the file into memory; it is undefined behaviour if
+        // the file is changed other than through LMDB while mapped. The store
+        // directory belongs to this node, heed refuses a second open of the
+        // same path in this process (`EnvAlreadyOpened`), and LMDB's lock file
+        // coordinates other processes.
+        let opened = unsafe {
+            EnvOpenOptions::new()
+                .map_size(options.map_size)
+                .max_dbs(8)
+                .open(&path)
+        };
+        let env = match opened {
+            Ok(env) => env,
+            Err(heed::Error::EnvAlreadyOpened) => return Err(StoreError::AlreadyOpen { path }),
+            Err(e) => return Err(lmdb(e)),
+        };
+        let txn = env.write_txn().map_err(lmdb)?;
+        let created = env
+            .create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
+                let mut create = |name| opener.create_database::<Bytes, Bytes>(txn, Some(name));
+                let dbs = [create("meta")?, create("contacts")?, create("pending")?];
+                Ok(CommitOrAbort::<_, Infallible>::Commit(dbs))
+            })
+            .map_err(lmdb)?;
+        let [meta, contacts, pending] = match created {
+            CommitOrAbort::Commit(dbs) => dbs,
+            CommitOrAbort::Abort(never) => match never {},
+        };
+        let mut txn = env.write_txn().map_err(lmdb)?;
+        match meta.get(&txn, META_SCHEMA_VERSION).map_err(lmdb)? {
+            None => meta
+                .put(&mut txn, META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes())
+                .map_err(lmdb)?,
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes)
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        path: path.clone(),
+                        what: "schema version",
+                        detail: format!("{} bytes, expected 4", bytes.len()),
+                    })?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaMismatch {
+                        path,
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        txn.commit().map_err(lmdb)?;
+        Ok(Self {
+            env,
+            path,
+            map_size: options.map_size,
+            meta,
+            contacts,
+            pending,
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lmdb_error(&self, source: heed::Error) -> StoreError {
+        match source {
+            heed::Error::Mdb(MdbError::MapFull) => StoreError::MapFull {
+                path: self.path.clone(),
+                map_size: self.map_size,
+            },
+            source => StoreError::Lmdb {
+                path: self.path.clone(),
+                source,
+            },
+        }
+    }
+
+    /// Applies `ops` in order, in one write transaction: on any error nothing
+    /// of the batch is written.
+    pub fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let mut txn = self.env.write_txn().map_err(|e| self.lmdb_error(e))?;
+        for op in ops {
+            self.apply_one(&mut txn, op)?;
+        }
+        // Dropping `txn` on an early return aborts it.
+        txn.commit().map_err(|e| self.lmdb_error(e))
+    }
+
+    fn apply_one(&self, txn: &mut RwTxn<'_>, op: &StoreOp) -> Result<(), StoreError> {
+        let err = |e| self.lmdb_error(e);
+        match op {
+            StoreOp::PutSpaceOwner { space, own } => self
+                .meta
+                .put(txn, owner_key(*space), own.as_bytes())
+                .map_err(err),
+            StoreOp::SetActiveSpace(space) => self
+                .meta
+                .put(txn, META_ACTIVE_SPACE, &[space.as_u8()])
+                .map_err(err),
+            StoreOp::PutContact {
+                space,
+                node_id,
+                record,
+            } => {
+                let value = encode("contact", record)?;
+                self.contacts
+                    .put(txn, &record_key(*space, node_id), &value)
+                    .map_err(err)
+            }
+            StoreOp::DeleteContact { space, node_id } => self
+                .contacts
+                .delete(txn, &record_key(*space, node_id))
+                .map(drop)
+                .map_err(err),
+            StoreOp::PutPending {
+                space,
+                node_id,
+                record,
+            } => {
+                let value = encode("pending", record)?;
+                self.pending
+                    .put(txn, &record_key(*space, node_id), &value)
+                    .map_err(err)
+            }
+            StoreOp::DeletePending { space, node_id } => self
+                .pending
+                .delete(txn, &record_key(*space, node_id))
+                .map(drop)
+                .map_err(err),
+            StoreOp::ClearSpace(space) => {
+                self.meta.delete(txn, owner_key(*space)).map_err(err)?;
+                for db in [self.contacts, self.pending] {
+                    clear_prefix(db, txn, &[space.as_u8()]).map_err(err)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The node graph of the active space, or `None` if none was ever written.
+    pub fn load_graph(&self) -> Result<Option<GraphSnapshot>, StoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.lmdb_error(e))?;
+        let Some(space) = self
+            .meta
+            .get(&txn, META_ACTIVE_SPACE)
+            .map_err(|e| self.lmdb_error(e))?
+        else {
+            return Ok(None);
+        };
+        let space = match space {
+            [n] => NodeGraphSpace::from_u8(*n),
+            _ => None,
+        }
+        .ok_or_else(|| self.corrupt("active space", format!("value {space:?}")))?;
+        let own = self
+            .meta
+            .get(&txn, owner_key(space))
+            .map_err(|e| self.lmdb_error(e))?
+            .ok_or_else(|| self.corrupt("space owner", format!("no owner for space {space:?}")))?;
+        let own =
+            NodeId::try_from_slice(own).map_err(|e| self.corrupt("space owner", e.to_string()))?;
+        Ok(Some(GraphSnapshot {
+            space,
+            own,
+            contacts: self.load_records::<ContactRecord>(&txn, self.contacts, space, "contact")?,
+            pending: self.load_records::<PendingRecord>(&txn, self.pending, space, "pending")?,
+        }))
+    }
+
+    fn load_records<T: DeserializeOwned>(
+        &self,
+        txn: &RoTxn<'_>,
+        db: Db,
+        space: NodeGraphSpace,
+        what: &'static str,
+    ) -> Result<Vec<(NodeId, T)>, StoreError> {
+        let mut out = Vec::new();
+        let iter = db
+            .prefix_iter(txn, &[space.as_u8()])
+            .map_err(|e| self.lmdb_error(e))?;
+        for item in iter {
+            let (key, value) = item.map_err(|e| self.lmdb_error(e))?;
+            let node_id = NodeId::try_from_slice(&key[1..])
+                .map_err(|e| self.corrupt(what, format!("key: {e}")))?;
+            let record = decode(value).map_err(|detail| self.corrupt(what, detail))?;
+            out.push((node_id, record));
+        }
+        Ok(out)
+    }
+
+    fn corrupt(&self, what: &'static str, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+            detail,
+        }
+    }
+
+    /// Closes the environment and waits until LMDB has really released it, so
+    /// that the path can be opened again in this process.
+    pub fn close(self) {
+        self.env.prepare_for_closing().wait();
+    }
+}
+
+fn owner_key(space: NodeGraphSpace) -> &'static [u8] {
+    META_OWNER[usize::from(space.as_u8())]
+}
+
+/// Records are keyed by space then NodeId, so one space is one key prefix.
+fn record_key(space: NodeGraphSpace, node_id: &NodeId) -> [u8; 1 + NODE_ID_LEN] {
+    let mut key = [0u8; 1 + NODE_ID_LEN];
+    key[0] = space.as_u8();
+    key[1..].copy_from_slice(node_id.as_bytes());
+    key
+}
+
+fn clear_prefix(db: Db, txn: &mut RwTxn<'_>, prefix: &[u8]) -> heed::Result<()> {
+    let keys: Vec<Vec<u8>> = db
+        .prefix_iter(txn, prefix)?
+        .map(|item| item.map(|(k, _)| k.to_vec()))
+        .collect::<heed::Result<_>>()?;
+    for key in keys {
+        db.delete(txn, &key)?;
+    }
+    Ok(())
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+/// Decodes a whole record: trailing bytes are corruption, not padding.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
