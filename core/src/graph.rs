@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::NodeAddress;
 use crate::bucket::{Bucket, BucketEntry, PendingNode};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::contact::{NodeContact, NodeContactAddressData};
-use crate::id::{BucketIndex, NodeId};
+use crate::id::{BucketIndex, Distance, NodeId};
 use crate::store::{ContactRecord, GraphSnapshot, PendingRecord, StoreOp};
 
 /// One of the two spaces of persisted node-graph records.
@@ -139,6 +139,9 @@ pub enum SnapshotError {
     /// The same node twice.
     #[error("snapshot lists {0} twice")]
     Duplicate(NodeId),
+    /// The configuration to restore with is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// The routing table: contacts in 256 buckets by XOR distance to the own
@@ -162,10 +165,11 @@ pub struct NodeGraph {
 }
 
 impl NodeGraph {
-    /// An empty table for `own` in space `0`. [`NodeGraph::persist_all`] gives
-    /// the operations that write it.
-    pub fn new(own: NodeId, config: &Config) -> Self {
-        Self {
+    /// An empty table for `own` in space `0`, or an error if `config` is
+    /// invalid. [`NodeGraph::persist_all`] gives the operations that write it.
+    pub fn new(own: NodeId, config: &Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
             own,
             space: NodeGraphSpace::Zero,
             k: config.k,
@@ -174,7 +178,7 @@ impl NodeGraph {
             contacts: 0,
             next_seq: 0,
             pending_dropped: 0,
-        }
+        })
     }
 
     /// The own NodeId the buckets are computed for.
@@ -298,7 +302,7 @@ impl NodeGraph {
         let k = self.k;
         let space = self.space;
         let bucket = self.buckets.entry(index).or_default();
-        let mut ops = Vec::with_capacity(3);
+        let mut ops = Vec::new();
         let (change, entry) = if let Some(pos) = bucket.contact_position(&node_id) {
             let mut entry = bucket.contacts.remove(pos);
             let _evicted_address = entry.contact.insert(address, data);
@@ -557,16 +561,20 @@ impl NodeGraph {
             .map(|(i, b)| (bucket_rank(&to_target, *i), b))
             .collect();
         order.sort_unstable_by_key(|(rank, _)| *rank);
-        let mut found: Vec<&BucketEntry> = Vec::with_capacity(limit + self.k);
+        let mut found: Vec<(Distance, &BucketEntry)> = Vec::new();
         for (_, bucket) in order {
-            found.extend(bucket.contacts.iter().filter(|e| keep(e)));
+            let kept = bucket.contacts.iter().filter(|e| keep(e));
+            found.extend(kept.map(|e| (e.node_id.distance(target), e)));
             if found.len() >= limit {
                 break;
             }
         }
-        found.sort_unstable_by_key(|e| e.node_id.distance(target));
-        found.truncate(limit);
-        found
+        if found.len() > limit {
+            found.select_nth_unstable_by_key(limit - 1, |(d, _)| *d);
+            found.truncate(limit);
+        }
+        found.sort_unstable_by_key(|(d, _)| *d);
+        found.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Rebuilds the table for a new own NodeId (after key renewal), in the
@@ -696,7 +704,7 @@ impl NodeGraph {
         snapshot: GraphSnapshot,
         config: &Config,
     ) -> Result<(Self, Vec<StoreOp>), SnapshotError> {
-        let mut graph = NodeGraph::new(snapshot.own, config);
+        let mut graph = NodeGraph::new(snapshot.own, config)?;
         graph.space = snapshot.space;
         let mut seen = std::collections::BTreeSet::new();
         let mut max_seq = None;
@@ -782,7 +790,7 @@ fn contact_op(space: NodeGraphSpace, entry: &BucketEntry) -> StoreOp {
 /// `i` of `to_target` is set (closer for larger `i`) and above it otherwise
 /// (closer for smaller `i`); a bucket `i > b` lies in `[2^i, 2^(i+1))`. When the
 /// target is the own NodeId, bucket `i` is simply `[2^i, 2^(i+1))`.
-fn bucket_rank(to_target: &crate::id::Distance, index: BucketIndex) -> u16 {
+fn bucket_rank(to_target: &Distance, index: BucketIndex) -> u16 {
     let i = u16::from(index.get());
     let Some(b) = to_target.bucket_index() else {
         return i;
@@ -830,7 +838,7 @@ mod tests {
             k,
             max_pending_per_bucket: pending,
         };
-        NodeGraph::new(NodeId::from_bytes([0; 32]), &config)
+        NodeGraph::new(NodeId::from_bytes([0; 32]), &config).unwrap()
     }
 
     #[test]

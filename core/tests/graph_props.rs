@@ -35,7 +35,7 @@ fn config(k: usize, pending: usize) -> Config {
 
 /// A graph with `ids` offered in order (full buckets refuse the rest).
 fn graph_with(own: NodeId, k: usize, ids: &[(NodeId, u16, u64)]) -> NodeGraph {
-    let mut graph = NodeGraph::new(own, &config(k, 4));
+    let mut graph = NodeGraph::new(own, &config(k, 4)).unwrap();
     for (id, port, time) in ids {
         let _ = graph.set(*id, addr(*port), data(*time));
     }
@@ -276,7 +276,7 @@ proptest! {
                 NodeId::from_bytes(bytes)
             })
             .collect();
-        let mut graph = NodeGraph::new(own, &config(k, max_pending));
+        let mut graph = NodeGraph::new(own, &config(k, max_pending)).unwrap();
         let mut store = ModelStore::default();
         store.apply(&graph.persist_all());
         for op in ops {

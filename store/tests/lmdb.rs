@@ -82,7 +82,7 @@ fn write_close_reopen_gives_the_same_graph() {
     config.k = 5;
     config.max_pending_per_bucket = 3;
     let own = NodeId::random(&mut rng);
-    let mut graph = NodeGraph::new(own, &config);
+    let mut graph = NodeGraph::new(own, &config).unwrap();
     let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     assert!(
         store.load_graph().unwrap().is_none(),
@@ -107,7 +107,7 @@ fn reset_switches_space_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let config = Config::default();
-    let mut graph = NodeGraph::new(NodeId::random(&mut rng), &config);
+    let mut graph = NodeGraph::new(NodeId::random(&mut rng), &config).unwrap();
     let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     random_history(&mut graph, &mut store, &mut rng, 200);
     let new_own = NodeId::random(&mut rng);
@@ -143,7 +143,11 @@ fn a_batch_is_all_or_nothing_and_a_full_map_is_a_typed_error() {
     let own = NodeId::random(&mut rng);
     let mut store = Store::open(dir.path(), &options).unwrap();
     store
-        .apply(&NodeGraph::new(own, &Config::default()).persist_all())
+        .apply(
+            &NodeGraph::new(own, &Config::default())
+                .unwrap()
+                .persist_all(),
+        )
         .unwrap();
 
     let mut committed: Vec<NodeId> = Vec::new();
