@@ -146,7 +146,7 @@ impl NodeContact {
             });
         }
         for (i, (address, _)) in addresses.iter().enumerate() {
-            if addresses[..i].iter().any(|(a, _)| a == address) {
+            if addresses.iter().take(i).any(|(a, _)| a == address) {
                 return Err(NodeContactError::DuplicateAddress {
                     address: address.clone(),
                 });

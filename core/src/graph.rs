@@ -309,21 +309,24 @@ impl NodeGraph {
             entry.updated = seq;
             (Change::Updated, entry)
         } else {
-            let change = if bucket.contacts.len() < k {
-                Change::Inserted
-            } else if force {
-                let evicted = bucket.contacts.remove(0).node_id;
-                ops.push(StoreOp::DeleteContact {
-                    space,
-                    node_id: evicted,
-                });
-                self.contacts -= 1;
-                Change::Replaced { evicted }
-            } else {
-                return Err(SetContactError::BucketFull {
-                    bucket: index,
-                    oldest: bucket.contacts[0].node_id,
-                });
+            let oldest = bucket.contacts.first().map(|e| e.node_id);
+            let change = match oldest {
+                Some(oldest) if bucket.contacts.len() >= k => {
+                    if !force {
+                        return Err(SetContactError::BucketFull {
+                            bucket: index,
+                            oldest,
+                        });
+                    }
+                    bucket.contacts.remove(0);
+                    ops.push(StoreOp::DeleteContact {
+                        space,
+                        node_id: oldest,
+                    });
+                    self.contacts -= 1;
+                    Change::Replaced { evicted: oldest }
+                }
+                _ => Change::Inserted,
             };
             if let Some(pos) = bucket.pending_position(&node_id) {
                 bucket.pending.remove(pos);

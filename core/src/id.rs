@@ -2,9 +2,8 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::LazyLock;
 
-use data_encoding::{DecodeKind, Encoding, Specification};
+use data_encoding::{BASE32HEX_NOPAD, DecodeKind};
 use rand::RngCore;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -17,16 +16,8 @@ pub const NODE_ID_TEXT_LEN: usize = 1 + 52;
 /// The multibase prefix of lowercase, unpadded base32hex.
 const MULTIBASE_PREFIX: char = 'v';
 
-/// Lowercase base32hex without padding, rejecting non-zero trailing bits so that
-/// every `NodeId` has exactly one text form.
-static BASE32HEX_LOWER: LazyLock<Encoding> = LazyLock::new(|| {
-    let mut spec = Specification::new();
-    spec.symbols.push_str("0123456789abcdefghijklmnopqrstuv");
-    spec.check_trailing_bits = true;
-    // The specification is a constant, so this cannot fail at run time; a unit
-    // test builds it.
-    spec.encoding().expect("base32hex specification is valid")
-});
+/// Length of the base32hex digits of the text form.
+const DIGITS_LEN: usize = NODE_ID_TEXT_LEN - 1;
 
 /// The identity of a node: its 32-byte Ed25519 public key.
 ///
@@ -69,8 +60,8 @@ impl NodeId {
     /// The XOR distance between two nodes.
     pub fn distance(&self, other: &NodeId) -> Distance {
         let mut d = [0u8; NODE_ID_LEN];
-        for (i, byte) in d.iter_mut().enumerate() {
-            *byte = self.0[i] ^ other.0[i];
+        for ((out, a), b) in d.iter_mut().zip(&self.0).zip(&other.0) {
+            *out = a ^ b;
         }
         Distance(d)
     }
@@ -89,18 +80,18 @@ impl NodeId {
         rng.fill_bytes(&mut random);
         let bit = usize::from(index.get());
         let mut out = self.0;
-        for (byte_pos, byte) in out.iter_mut().enumerate() {
+        for (byte_pos, (byte, random)) in out.iter_mut().zip(random).enumerate() {
             // Bit numbers of this byte: its least significant bit is `low`.
             let low = (NODE_ID_LEN - 1 - byte_pos) * 8;
             if low + 8 <= bit {
                 // Entirely below the flipped bit: random.
-                *byte = random[byte_pos];
+                *byte = random;
             } else if low <= bit {
                 let shift = bit - low;
                 let below_mask: u8 = ((1u16 << shift) - 1) as u8;
                 *byte = (*byte & !below_mask & !(1 << shift))
                     | (!*byte & (1 << shift))
-                    | (random[byte_pos] & below_mask);
+                    | (random & below_mask);
             }
         }
         NodeId(out)
@@ -109,7 +100,12 @@ impl NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{MULTIBASE_PREFIX}{}", BASE32HEX_LOWER.encode(&self.0))
+        // Encoded into a stack buffer: Display runs in every log line.
+        let mut digits = [0u8; DIGITS_LEN];
+        BASE32HEX_NOPAD.encode_mut(&self.0, &mut digits);
+        digits.make_ascii_lowercase();
+        let digits = std::str::from_utf8(&digits).map_err(|_| fmt::Error)?;
+        write!(f, "{MULTIBASE_PREFIX}{digits}")
     }
 }
 
@@ -187,9 +183,15 @@ impl FromStr for NodeId {
                 });
             }
         }
-        let digits = &text.as_bytes()[1..];
+        // Only ASCII is left, so bytes are characters. The standard base32hex
+        // table is uppercase; it checks that the trailing bits are zero, so
+        // every NodeId has one text form.
+        let mut digits = [0u8; DIGITS_LEN];
+        for (digit, byte) in digits.iter_mut().zip(text.bytes().skip(1)) {
+            *digit = byte.to_ascii_uppercase();
+        }
         let mut bytes = [0u8; NODE_ID_LEN];
-        match BASE32HEX_LOWER.decode_mut(digits, &mut bytes) {
+        match BASE32HEX_NOPAD.decode_mut(&digits, &mut bytes) {
             Ok(NODE_ID_LEN) => Ok(NodeId(bytes)),
             Ok(_) => Err(NodeIdParseError::WrongLength {
                 expected: NODE_ID_TEXT_LEN,
@@ -197,7 +199,7 @@ impl FromStr for NodeId {
             }),
             Err(partial) => {
                 let position = partial.error.position + 1;
-                let character = char::from(text.as_bytes()[position]);
+                let character = text.chars().nth(position).unwrap_or('?');
                 Err(match partial.error.kind {
                     DecodeKind::Trailing => NodeIdParseError::NonCanonical { character },
                     _ => NodeIdParseError::BadCharacter {
@@ -253,7 +255,10 @@ impl Distance {
     /// Whether bit `index` of the distance is set.
     pub fn bit(&self, index: BucketIndex) -> bool {
         let bit = usize::from(index.get());
-        self.0[NODE_ID_LEN - 1 - bit / 8] & (1 << (bit % 8)) != 0
+        // `bit / 8` is at most 31, so the byte always exists.
+        self.0
+            .get(NODE_ID_LEN - 1 - bit / 8)
+            .is_some_and(|byte| byte & (1 << (bit % 8)) != 0)
     }
 }
 
