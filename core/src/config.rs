@@ -1,16 +1,97 @@
 //! [`Config`]: every tunable and every bound of the core.
 
-/// The core's configuration. Every table the core keeps has its bound here.
-#[derive(Clone, Debug, PartialEq, Eq)]
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The core's configuration: the spec's NodeManager constructor options, with
+/// the original's defaults, and a bound for every table and queue the core keeps.
+///
+/// Spec: the options of `NodeManager.constructor`.
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
-    /// Contacts per bucket (Kademlia's k), also the default size of a
-    /// closest-nodes answer. Default 20.
+    /// Contacts per bucket (Kademlia's k), also the size of a closest-nodes
+    /// answer and of the Kademlia termination set. Default 20.
     pub k: usize,
     /// Pending nodes kept per bucket while it is full, waiting for garbage
     /// collection to make room. The oldest pending entry is dropped (and
     /// counted) when the list is full. Default 20.
     pub max_pending_per_bucket: usize,
+    /// Spec `connectionConnectTimeoutTime`: how long one connection attempt may
+    /// take. Default 15 s.
+    pub connection_connect_timeout: Duration,
+    /// Spec `refreshBucketDelayTime`: how often each bucket is refreshed.
+    /// Zero disables refreshing. Default 1 h.
+    pub refresh_bucket_delay: Duration,
+    /// Spec `refreshBucketDelayJitter`: a factor, not a time. A refresh is
+    /// due after `delay ± delay × jitter / 2`. Default 0.5 (45 to 75 min).
+    pub refresh_bucket_delay_jitter: f64,
+    /// Spec `retryConnectionsDelayTime`: how often the connection check runs
+    /// (refresh bucket 255 and find the own NodeId). Zero disables it. Default 45 s.
+    pub retry_connections_delay: Duration,
+    /// Spec `nodesConnectionFindLocalTimeoutTime`: how long an mDNS query
+    /// collects answers. Default 1.5 s.
+    pub nodes_connection_find_local_timeout: Duration,
+    /// Spec `mdnsOptions`: `None` turns mDNS off (no announce, no query).
+    pub mdns: Option<MdnsConfig>,
+    /// How long a request may wait for its response. Default 15 s.
+    pub rpc_timeout: Duration,
+    /// How long a `find_node` may run when the caller gives no deadline. Default 60 s.
+    pub find_node_timeout: Duration,
+    /// α: connection attempts in flight per lookup, shared by its
+    /// strategies. Default 3.
+    pub concurrency_limit: usize,
+    /// The most nodes one lookup contacts. Default 20.
+    pub find_node_limit: usize,
+    /// Candidates one lookup remembers; the farthest are forgotten first. Default 100.
+    pub max_lookup_candidates: usize,
+    /// Pings in flight during the garbage collection of one bucket. Default 3.
+    pub gc_concurrency: usize,
+    /// Seed nodes contacted at once by `sync_node_graph`. Default 3.
+    pub sync_concurrency: usize,
+    /// Idle time to live of a connection that is not a node's primary one. Default 60 s.
+    pub connection_idle_ttl: Duration,
+    /// Extra time to live of a primary connection to a node in bucket 0,
+    /// scaled down linearly to nothing for bucket 255. Default 2 h.
+    pub connection_primary_ttl_bonus: Duration,
+    /// Connections open at once; more are closed with `LimitExceeded`. Default 1024.
+    pub max_connections: usize,
+    /// Operations in flight (user and internal); more are refused. Default 4096.
+    pub max_operations: usize,
+    /// Commands waiting to be polled; past this, the oldest node events (not
+    /// operation results, transmissions or store batches) are dropped and counted. Default 65536.
+    pub max_queued_events: usize,
+    /// Signal requests a source may make in a burst (token bucket). Default 20.
+    pub signal_rate_capacity: u32,
+    /// Tokens a source's signal bucket regains per second. Default 10.
+    pub signal_rate_refill_per_sec: u32,
+    /// Sources whose signal rate is tracked; the least recently seen is forgotten. Default 1024.
+    pub max_signal_sources: usize,
+    /// The largest encoded wire message accepted or sent. Default 64 KiB.
+    pub max_message_size: usize,
+}
+
+/// Where mDNS announces and queries.
+///
+/// Spec: `mdnsOptions = { groups, port }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MdnsConfig {
+    /// Multicast groups (the original: 224.0.0.250 and ff02::fa17).
+    pub groups: Vec<IpAddr>,
+    /// The mDNS port (the original: 64023).
+    pub port: u16,
+}
+
+impl Default for MdnsConfig {
+    fn default() -> Self {
+        Self {
+            groups: vec![
+                IpAddr::V4(std::net::Ipv4Addr::new(224, 0, 0, 250)),
+                IpAddr::V6(std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfa17)),
+            ],
+            port: 64023,
+        }
+    }
 }
 
 impl Default for Config {
@@ -18,12 +99,34 @@ impl Default for Config {
         Self {
             k: 20,
             max_pending_per_bucket: 20,
+            connection_connect_timeout: Duration::from_secs(15),
+            refresh_bucket_delay: Duration::from_secs(3600),
+            refresh_bucket_delay_jitter: 0.5,
+            retry_connections_delay: Duration::from_secs(45),
+            nodes_connection_find_local_timeout: Duration::from_millis(1500),
+            mdns: None,
+            rpc_timeout: Duration::from_secs(15),
+            find_node_timeout: Duration::from_secs(60),
+            concurrency_limit: 3,
+            find_node_limit: 20,
+            max_lookup_candidates: 100,
+            gc_concurrency: 3,
+            sync_concurrency: 3,
+            connection_idle_ttl: Duration::from_secs(60),
+            connection_primary_ttl_bonus: Duration::from_secs(2 * 3600),
+            max_connections: 1024,
+            max_operations: 4096,
+            max_queued_events: 65536,
+            signal_rate_capacity: 20,
+            signal_rate_refill_per_sec: 10,
+            max_signal_sources: 1024,
+            max_message_size: 64 * 1024,
         }
     }
 }
 
 /// A [`Config`] value that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// A value outside its allowed range.
     #[error("config field `{field}` is {value}, allowed {min}..={max}")]
@@ -37,6 +140,9 @@ pub enum ConfigError {
         /// The largest allowed.
         max: u64,
     },
+    /// The jitter factor is not a number in 0..=1.
+    #[error("refresh_bucket_delay_jitter is {0}, allowed 0.0..=1.0")]
+    Jitter(f64),
 }
 
 impl Config {
@@ -44,6 +150,9 @@ impl Config {
     pub const MAX_K: usize = 1024;
     /// The largest pending list accepted per bucket.
     pub const MAX_PENDING_PER_BUCKET: usize = 1024;
+    /// The largest delay accepted for any timer (about 31 years): deadlines
+    /// must not overflow `Instant`.
+    pub const MAX_DELAY: Duration = Duration::from_secs(1 << 30);
 
     /// Checks every field's range.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -53,7 +162,60 @@ impl Config {
             self.max_pending_per_bucket,
             0,
             Self::MAX_PENDING_PER_BUCKET,
-        )
+        )?;
+        check_range("concurrency_limit", self.concurrency_limit, 1, 256)?;
+        check_range("find_node_limit", self.find_node_limit, 1, 100_000)?;
+        check_range(
+            "max_lookup_candidates",
+            self.max_lookup_candidates,
+            self.k,
+            100_000,
+        )?;
+        check_range("gc_concurrency", self.gc_concurrency, 1, 256)?;
+        check_range("sync_concurrency", self.sync_concurrency, 1, 256)?;
+        check_range("max_connections", self.max_connections, 1, 1 << 20)?;
+        check_range("max_operations", self.max_operations, 1, 1 << 20)?;
+        check_range("max_queued_events", self.max_queued_events, 16, 1 << 24)?;
+        check_range("max_signal_sources", self.max_signal_sources, 1, 1 << 20)?;
+        check_range("max_message_size", self.max_message_size, 1024, 16 << 20)?;
+        check_range(
+            "signal_rate_capacity",
+            self.signal_rate_capacity as usize,
+            1,
+            1 << 20,
+        )?;
+        for (field, delay) in [
+            (
+                "connection_connect_timeout",
+                self.connection_connect_timeout,
+            ),
+            ("refresh_bucket_delay", self.refresh_bucket_delay),
+            ("retry_connections_delay", self.retry_connections_delay),
+            (
+                "nodes_connection_find_local_timeout",
+                self.nodes_connection_find_local_timeout,
+            ),
+            ("rpc_timeout", self.rpc_timeout),
+            ("find_node_timeout", self.find_node_timeout),
+            ("connection_idle_ttl", self.connection_idle_ttl),
+            (
+                "connection_primary_ttl_bonus",
+                self.connection_primary_ttl_bonus,
+            ),
+        ] {
+            if delay > Self::MAX_DELAY {
+                return Err(ConfigError::OutOfRange {
+                    field,
+                    value: delay.as_secs(),
+                    min: 0,
+                    max: Self::MAX_DELAY.as_secs(),
+                });
+            }
+        }
+        if !(0.0..=1.0).contains(&self.refresh_bucket_delay_jitter) {
+            return Err(ConfigError::Jitter(self.refresh_bucket_delay_jitter));
+        }
+        Ok(())
     }
 }
 
@@ -80,15 +242,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_zero_k_is_not() {
-        assert_eq!(Config::default().validate(), Ok(()));
-        let config = Config {
-            k: 0,
-            ..Config::default()
-        };
+    fn defaults_are_the_originals_and_valid() {
+        let config = Config::default();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.connection_connect_timeout, Duration::from_secs(15));
+        assert_eq!(config.refresh_bucket_delay, Duration::from_secs(3600));
+        assert_eq!(config.refresh_bucket_delay_jitter, 0.5);
+        assert_eq!(config.retry_connections_delay, Duration::from_secs(45));
+        assert_eq!(
+            config.nodes_connection_find_local_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            (config.k, config.concurrency_limit, config.find_node_limit),
+            (20, 3, 20)
+        );
+        assert_eq!(MdnsConfig::default().port, 64023);
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let mut config = Config::default();
+        config.k = 0;
         assert!(matches!(
             config.validate(),
             Err(ConfigError::OutOfRange { field: "k", .. })
+        ));
+        let mut config = Config::default();
+        config.refresh_bucket_delay_jitter = f64::NAN;
+        assert!(matches!(config.validate(), Err(ConfigError::Jitter(_))));
+        let mut config = Config::default();
+        config.rpc_timeout = Duration::MAX;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "rpc_timeout",
+                ..
+            })
         ));
     }
 }

@@ -131,7 +131,7 @@ pub enum SetContactError {
 }
 
 /// Why a snapshot could not be restored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SnapshotError {
     /// The snapshot holds the own NodeId as a contact or pending node.
     #[error("snapshot lists the own NodeId {0} as a contact")]
@@ -840,6 +840,8 @@ mod tests {
         let config = Config {
             k,
             max_pending_per_bucket: pending,
+            max_lookup_candidates: 100.max(k),
+            ..Config::default()
         };
         NodeGraph::new(NodeId::from_bytes([0; 32]), &config).unwrap()
     }

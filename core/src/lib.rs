@@ -39,7 +39,7 @@ pub use address::{
     Host, Hostname, HostnameError, MAX_HOSTNAME_LEN, NodeAddress, NodeAddressParseError,
 };
 pub use bucket::{BucketEntry, PendingNode};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, MdnsConfig};
 pub use conn_error::{ConnectionErrorCode, ConnectionErrorReason};
 pub use contact::{
     ContactMode, NodeAddressScope, NodeAddressScopes, NodeContact, NodeContactAddressData,
@@ -53,4 +53,7 @@ pub use id::{
     NodeId, NodeIdEncoded, NodeIdParseError,
 };
 pub use seed::{SeedNodes, SeedNodesParseError};
-pub use store::{ContactRecord, GraphSnapshot, PendingRecord, StoreOp};
+pub use store::{
+    ContactRecord, GraphSnapshot, PendingRecord, Snapshot, StoreOp, TaskKey, TaskPayload,
+    TaskRecord,
+};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::NodeAddress;
 use crate::contact::{NodeContact, NodeContactAddressData};
 use crate::graph::NodeGraphSpace;
-use crate::id::NodeId;
+use crate::id::{BucketIndex, NodeId};
 
 /// One change to persisted state. A list of them is applied atomically.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -58,6 +58,87 @@ pub enum StoreOp {
     },
     /// Deletes every record of `space`: owner, contacts, pending nodes.
     ClearSpace(NodeGraphSpace),
+    /// Writes (inserts or replaces) a scheduled task.
+    PutTask {
+        /// Which task; there is at most one of each.
+        key: TaskKey,
+        /// When it is due and what it carries.
+        record: TaskRecord,
+    },
+    /// Deletes a scheduled task (nothing if absent).
+    DeleteTask(TaskKey),
+}
+
+/// A persisted task of the node manager. There is at most one task per key,
+/// so a bucket never has two refresh tasks.
+///
+/// Spec: the task kinds `NodeManager.start` registers with the TaskManager.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub enum TaskKey {
+    /// Refresh a bucket (a lookup of a random NodeId in it).
+    RefreshBucket(BucketIndex),
+    /// Garbage-collect a bucket (ping its contacts, admit pending nodes).
+    GarbageCollect(BucketIndex),
+    /// The periodic connection check.
+    CheckConnections,
+    /// A non-blocking `sync_node_graph`.
+    SyncNodeGraph,
+}
+
+impl TaskKey {
+    /// A stable two-byte key for the store: kind, then bucket.
+    pub fn to_bytes(self) -> [u8; 2] {
+        match self {
+            TaskKey::RefreshBucket(i) => [0, i.get()],
+            TaskKey::GarbageCollect(i) => [1, i.get()],
+            TaskKey::CheckConnections => [2, 0],
+            TaskKey::SyncNodeGraph => [3, 0],
+        }
+    }
+
+    /// The key of [`TaskKey::to_bytes`].
+    pub fn from_bytes(bytes: [u8; 2]) -> Option<Self> {
+        match bytes {
+            [0, i] => Some(TaskKey::RefreshBucket(BucketIndex::new(i))),
+            [1, i] => Some(TaskKey::GarbageCollect(BucketIndex::new(i))),
+            [2, 0] => Some(TaskKey::CheckConnections),
+            [3, 0] => Some(TaskKey::SyncNodeGraph),
+            _ => None,
+        }
+    }
+}
+
+/// When a persisted task is due, and its parameters.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Due time, wall-clock milliseconds since the Unix epoch (monotonic
+    /// instants do not survive a restart).
+    pub due_unix_ms: u64,
+    /// What the task needs to run.
+    pub payload: TaskPayload,
+}
+
+/// The parameters of a task.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum TaskPayload {
+    /// The task needs nothing beyond its key.
+    None,
+    /// The seed nodes and per-connection timeout of a scheduled sync.
+    Sync {
+        /// Seed NodeIds and addresses.
+        seeds: Vec<(NodeId, NodeAddress)>,
+        /// Connect timeout, milliseconds.
+        connect_timeout_ms: u64,
+    },
+}
+
+/// Everything persisted, as loaded on start.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct Snapshot {
+    /// The node graph, if one was ever written.
+    pub graph: Option<GraphSnapshot>,
+    /// Scheduled tasks.
+    pub tasks: Vec<(TaskKey, TaskRecord)>,
 }
 
 /// A persisted contact: the contact and when it was last updated.

@@ -101,6 +101,7 @@ impl ModelStore {
                 StoreOp::DeletePending { space, node_id } => {
                     self.pending.remove(&(space, node_id));
                 }
+                StoreOp::PutTask { .. } | StoreOp::DeleteTask(_) => {}
                 StoreOp::ClearSpace(space) => {
                     self.owners.remove(&space);
                     self.contacts.retain(|(s, _), _| *s != space);

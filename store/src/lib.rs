@@ -3,7 +3,7 @@
 //!
 //! - [`Store::apply`] applies one batch of operations in one write transaction:
 //!   all of it is visible after a crash, or none of it.
-//! - [`Store::load_graph`] reads the active space of the node graph back as a
+//! - [`Store::load`] reads the scheduled tasks and [`Store::load_graph`] the active space of the node graph back as a
 //!   [`GraphSnapshot`], which [`keynode_core::NodeGraph::restore`] turns into a table.
 //! - The map size is set by [`StoreOptions::map_size`]; when a batch does not fit,
 //!   it fails with [`StoreError::MapFull`] and nothing of it is written.
@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
 use keynode_core::{
-    ContactRecord, GraphSnapshot, NODE_ID_LEN, NodeGraphSpace, NodeId, PendingRecord, StoreOp,
+    ContactRecord, GraphSnapshot, NODE_ID_LEN, NodeGraphSpace, NodeId, PendingRecord, Snapshot,
+    StoreOp, TaskKey, TaskRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -141,6 +142,7 @@ pub struct Store {
     meta: Db,
     contacts: Db,
     pending: Db,
+    tasks: Db,
 }
 
 impl std::fmt::Debug for Store {
@@ -184,11 +186,16 @@ impl Store {
         let created = env
             .create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
                 let mut create = |name| opener.create_database::<Bytes, Bytes>(txn, Some(name));
-                let dbs = [create("meta")?, create("contacts")?, create("pending")?];
+                let dbs = [
+                    create("meta")?,
+                    create("contacts")?,
+                    create("pending")?,
+                    create("tasks")?,
+                ];
                 Ok(CommitOrAbort::<_, Infallible>::Commit(dbs))
             })
             .map_err(lmdb)?;
-        let [meta, contacts, pending] = match created {
+        let [meta, contacts, pending, tasks] = match created {
             CommitOrAbort::Commit(dbs) => dbs,
             CommitOrAbort::Abort(never) => match never {},
         };
@@ -222,6 +229,7 @@ impl Store {
             meta,
             contacts,
             pending,
+            tasks,
         })
     }
 
@@ -295,6 +303,15 @@ impl Store {
                 .delete(txn, &record_key(*space, node_id))
                 .map(drop)
                 .map_err(err),
+            StoreOp::PutTask { key, record } => {
+                let value = encode("task", record)?;
+                self.tasks.put(txn, &key.to_bytes(), &value).map_err(err)
+            }
+            StoreOp::DeleteTask(key) => self
+                .tasks
+                .delete(txn, &key.to_bytes())
+                .map(drop)
+                .map_err(err),
             StoreOp::ClearSpace(space) => {
                 self.meta.delete(txn, owner_key(*space)).map_err(err)?;
                 for db in [self.contacts, self.pending] {
@@ -303,6 +320,30 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// Everything persisted: the node graph and the scheduled tasks.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            graph: self.load_graph()?,
+            tasks: self.load_tasks()?,
+        })
+    }
+
+    /// The scheduled tasks, in key order.
+    pub fn load_tasks(&self) -> Result<Vec<(TaskKey, TaskRecord)>, StoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.lmdb_error(e))?;
+        let mut out = Vec::new();
+        for item in self.tasks.iter(&txn).map_err(|e| self.lmdb_error(e))? {
+            let (key, value) = item.map_err(|e| self.lmdb_error(e))?;
+            let key = <[u8; 2]>::try_from(key)
+                .ok()
+                .and_then(TaskKey::from_bytes)
+                .ok_or_else(|| self.corrupt("task", format!("key {key:?}")))?;
+            let record = decode(value).map_err(|detail| self.corrupt("task", detail))?;
+            out.push((key, record));
+        }
+        Ok(out)
     }
 
     /// The node graph of the active space, or `None` if none was ever written.

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use heed::types::Bytes;
 use keynode_core::{
     Config, ContactMode, ContactRecord, NodeAddress, NodeAddressScopes, NodeContact,
-    NodeContactAddressData, NodeGraph, NodeGraphSpace, NodeId, StoreOp,
+    NodeContactAddressData, NodeGraph, NodeGraphSpace, NodeId, StoreOp, TaskKey, TaskPayload,
+    TaskRecord,
 };
 use keynode_store::{SCHEMA_VERSION, Store, StoreError, StoreOptions};
 use rand::{Rng, SeedableRng};
@@ -210,6 +211,58 @@ fn a_batch_is_all_or_nothing_and_a_full_map_is_a_typed_error() {
         on_disk.len(),
         committed.len() + usize::from(small_fits),
         "nothing else either"
+    );
+}
+
+#[test]
+fn tasks_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let seed = (NodeId::from_bytes([3; 32]), addr(9));
+    let sync = TaskRecord {
+        due_unix_ms: 5,
+        payload: TaskPayload::Sync {
+            seeds: vec![seed],
+            connect_timeout_ms: 100,
+        },
+    };
+    let refresh = |due| TaskRecord {
+        due_unix_ms: due,
+        payload: TaskPayload::None,
+    };
+    let bucket = keynode_core::BucketIndex::new(7);
+    store
+        .apply(&[
+            StoreOp::PutTask {
+                key: TaskKey::RefreshBucket(bucket),
+                record: refresh(1),
+            },
+            StoreOp::PutTask {
+                key: TaskKey::RefreshBucket(bucket),
+                record: refresh(2),
+            },
+            StoreOp::PutTask {
+                key: TaskKey::SyncNodeGraph,
+                record: sync.clone(),
+            },
+            StoreOp::PutTask {
+                key: TaskKey::CheckConnections,
+                record: refresh(3),
+            },
+            StoreOp::DeleteTask(TaskKey::CheckConnections),
+        ])
+        .unwrap();
+    store.close();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let snapshot = store.load().unwrap();
+    store.close();
+    assert!(snapshot.graph.is_none());
+    assert_eq!(
+        snapshot.tasks,
+        vec![
+            (TaskKey::RefreshBucket(bucket), refresh(2)),
+            (TaskKey::SyncNodeGraph, sync),
+        ]
     );
 }
 
