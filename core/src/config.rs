@@ -262,17 +262,23 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        let mut config = Config::default();
-        config.k = 0;
+        let config = Config {
+            k: 0,
+            ..Config::default()
+        };
         assert!(matches!(
             config.validate(),
             Err(ConfigError::OutOfRange { field: "k", .. })
         ));
-        let mut config = Config::default();
-        config.refresh_bucket_delay_jitter = f64::NAN;
+        let config = Config {
+            refresh_bucket_delay_jitter: f64::NAN,
+            ..Config::default()
+        };
         assert!(matches!(config.validate(), Err(ConfigError::Jitter(_))));
-        let mut config = Config::default();
-        config.rpc_timeout = Duration::MAX;
+        let config = Config {
+            rpc_timeout: Duration::MAX,
+            ..Config::default()
+        };
         assert!(matches!(
             config.validate(),
             Err(ConfigError::OutOfRange {

@@ -995,6 +995,7 @@ mod tests {
             &Config {
                 k: 4,
                 max_pending_per_bucket: 2,
+                ..Config::default()
             },
         )
         .unwrap();
@@ -1005,6 +1006,7 @@ mod tests {
             &Config {
                 k: 2,
                 max_pending_per_bucket: 2,
+                ..Config::default()
             },
         )
         .unwrap();
