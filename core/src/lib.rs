@@ -11,7 +11,9 @@
 //! - addresses and contacts: [`NodeAddress`], [`NodeContact`], [`NodeContactAddressData`];
 //! - the routing table: [`NodeGraph`] with its two [`NodeGraphSpace`]s;
 //! - bootstrap: [`SeedNodes`]; close codes: [`ConnectionErrorCode`];
-//! - persistence: [`StoreOp`], [`GraphSnapshot`]; bounds: [`Config`].
+//! - persistence: [`StoreOp`], [`GraphSnapshot`]; bounds: [`Config`];
+//! - the node manager: [`NodeManager`], the spec's NodeManager as a sans-IO
+//!   state machine ([`Event`] in, [`Command`] out), and its [`wire`] messages.
 
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -32,8 +34,11 @@ mod conn_error;
 mod contact;
 mod graph;
 mod id;
+mod manager;
 mod seed;
 mod store;
+mod time;
+pub mod wire;
 
 pub use address::{
     Host, Hostname, HostnameError, MAX_HOSTNAME_LEN, NodeAddress, NodeAddressParseError,
@@ -52,8 +57,14 @@ pub use id::{
     BucketIndex, BucketIndexOutOfRange, Distance, NODE_ID_LEN, NODE_ID_TEXT_LEN, NodeBucketIndex,
     NodeId, NodeIdEncoded, NodeIdParseError,
 };
+pub use manager::{
+    ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, FindOptions, LeaseId,
+    NodeEvent, NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId,
+    ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies, Timer,
+};
 pub use seed::{SeedNodes, SeedNodesParseError};
 pub use store::{
     ContactRecord, GraphSnapshot, PendingRecord, Snapshot, StoreOp, TaskKey, TaskPayload,
     TaskRecord,
 };
+pub use time::Now;

@@ -1,0 +1,427 @@
+//! The node manager's I/O surface: what goes in ([`Event`]), what comes out
+//! ([`Command`], [`Output`]), and the ids that tie them together.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::address::{Hostname, NodeAddress};
+use crate::conn_error::ConnectionErrorCode;
+use crate::contact::{ContactMode, NodeContactAddressData};
+use crate::id::{BucketIndex, NodeId};
+use crate::store::{Snapshot, StoreOp};
+use crate::wire::{Request, Response};
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}#{}", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An operation of the manager (a spec method call, or internal work).
+    /// Counted up from 1; never reused.
+    OpId
+);
+id_type!(
+    /// A connection, numbered by the driver (the net layer) in the order
+    /// they are made; the smallest of a node's connections is its primary one.
+    ConnId
+);
+id_type!(
+    /// One connection attempt the core asked for ([`Command::Connect`]).
+    AttemptId
+);
+id_type!(
+    /// A request the core sent ([`Command::SendRequest`]).
+    RequestId
+);
+id_type!(
+    /// A request a peer sent, numbered by the driver; echoed in [`Command::SendResponse`].
+    PeerRequestId
+);
+id_type!(
+    /// A batch of store operations ([`Command::Store`]).
+    BatchId
+);
+id_type!(
+    /// An mDNS query ([`Command::MdnsQuery`]).
+    QueryId
+);
+id_type!(
+    /// A hostname resolution ([`Command::Resolve`]).
+    ResolveId
+);
+id_type!(
+    /// One use of a connection handed out by `acquire_connection`; ended by
+    /// [`Event::ConnectionReleased`].
+    LeaseId
+);
+
+/// Why a connection attempt failed (reported by the driver).
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    /// No answer within the timeout.
+    #[error("connection attempt timed out")]
+    Timeout,
+    /// The peer's certificate is not the NodeId that was dialled.
+    #[error("peer presented NodeId {found}, not the one dialled")]
+    WrongNodeId {
+        /// The NodeId it presented.
+        found: NodeId,
+    },
+    /// The hostname did not resolve.
+    #[error("hostname did not resolve: {0}")]
+    Resolve(String),
+    /// Refused, unreachable, TLS failure, or another transport error.
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+/// Why a request got no response (reported by the driver).
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum RpcFailure {
+    /// No response within the timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// The connection closed first.
+    #[error("connection closed")]
+    ConnectionClosed,
+    /// The response did not decode.
+    #[error("invalid response: {0}")]
+    InvalidResponse(String),
+}
+
+/// Something that happened, fed to the manager with `handle(now, event)`.
+///
+/// User commands are the manager's methods (`find_node`, `set_node`, ...),
+/// which return their [`OpId`] at once.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Event {
+    /// The persisted state, loaded by the driver before `start`.
+    SnapshotLoaded(Snapshot),
+    /// A connection is up and its peer proved `peer` (the key of its
+    /// certificate). `attempt` is the core's attempt for an outbound
+    /// connection, `None` for an inbound one.
+    ConnectionUp {
+        /// The connection.
+        conn: ConnId,
+        /// The authenticated peer.
+        peer: NodeId,
+        /// Its address as this node sees it.
+        remote: SocketAddr,
+        /// The attempt that made it, if outbound.
+        attempt: Option<AttemptId>,
+    },
+    /// A connection attempt failed.
+    ConnectFailed {
+        /// The attempt.
+        attempt: AttemptId,
+        /// Why.
+        failure: ConnectFailure,
+    },
+    /// A connection closed (either side, or idle).
+    ConnectionClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A use of a connection ended (the drivers' `with_conn_*` finished or was dropped).
+    ConnectionReleased {
+        /// The lease.
+        lease: LeaseId,
+    },
+    /// A peer's request arrived on a connection.
+    RequestReceived {
+        /// The connection.
+        conn: ConnId,
+        /// The driver's number for it.
+        request: PeerRequestId,
+        /// The decoded request.
+        body: Request,
+    },
+    /// The response to one of the core's requests, or why there is none.
+    ResponseReceived {
+        /// The request.
+        request: RequestId,
+        /// The decoded response.
+        result: Result<Response, RpcFailure>,
+    },
+    /// mDNS found addresses of a node.
+    MdnsAnswer {
+        /// The query.
+        query: QueryId,
+        /// Where the node answered from.
+        addresses: Vec<SocketAddr>,
+    },
+    /// A hostname was resolved (or not).
+    Resolved {
+        /// The resolution.
+        resolve: ResolveId,
+        /// The addresses, or why there are none.
+        result: Result<Vec<IpAddr>, String>,
+    },
+    /// A store batch was committed.
+    StoreCommitted(BatchId),
+    /// A store batch failed; nothing of it was written.
+    StoreFailed {
+        /// The batch.
+        batch: BatchId,
+        /// Why.
+        error: String,
+    },
+    /// The node's key was renewed: it now has this NodeId.
+    KeyRenewed {
+        /// The new NodeId.
+        node_id: NodeId,
+    },
+}
+
+/// What the manager asks its driver to do, or tells its caller; drained with `poll()`.
+#[derive(Clone, PartialEq, Debug)]
+#[must_use]
+pub enum Command {
+    /// Open a QUIC connection to `address` and check that the peer is `node_id`.
+    /// Answer with [`Event::ConnectionUp`] or [`Event::ConnectFailed`].
+    Connect {
+        /// The attempt.
+        attempt: AttemptId,
+        /// The node expected.
+        node_id: NodeId,
+        /// Where.
+        address: SocketAddr,
+        /// How the address was learned (direct, or after a signal).
+        mode: ContactMode,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+    /// Send a request on a connection. Answer with [`Event::ResponseReceived`].
+    SendRequest {
+        /// The connection.
+        conn: ConnId,
+        /// The request's id.
+        request: RequestId,
+        /// The request.
+        body: Request,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+    /// Answer a peer's request.
+    SendResponse {
+        /// The connection.
+        conn: ConnId,
+        /// The peer's request.
+        request: PeerRequestId,
+        /// The response.
+        body: Response,
+    },
+    /// Close a connection with an application close code.
+    CloseConnection {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        code: ConnectionErrorCode,
+    },
+    /// Send hole-punching packets from the node's socket to `address`, until
+    /// a connection from it is up or `timeout` passes.
+    HolePunch {
+        /// Where.
+        address: SocketAddr,
+        /// For how long.
+        timeout: Duration,
+    },
+    /// Start announcing this node on mDNS.
+    MdnsAnnounce {
+        /// This node.
+        node_id: NodeId,
+        /// Multicast groups.
+        groups: Vec<IpAddr>,
+        /// mDNS port.
+        port: u16,
+    },
+    /// Stop announcing and querying on mDNS.
+    MdnsStop,
+    /// Ask the local network for `node_id`; answer with [`Event::MdnsAnswer`]s.
+    MdnsQuery {
+        /// The query.
+        query: QueryId,
+        /// The node looked for.
+        node_id: NodeId,
+    },
+    /// The query is over; clean it up.
+    MdnsQueryEnd {
+        /// The query.
+        query: QueryId,
+    },
+    /// Resolve a hostname; answer with [`Event::Resolved`].
+    Resolve {
+        /// The resolution.
+        resolve: ResolveId,
+        /// The name.
+        hostname: Hostname,
+    },
+    /// Apply these store operations in one write transaction; answer with
+    /// [`Event::StoreCommitted`] or [`Event::StoreFailed`].
+    Store(StoreBatch),
+    /// A result or event for the caller.
+    Output(Output),
+}
+
+/// Store operations to apply atomically.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[must_use]
+pub struct StoreBatch {
+    /// Its id, echoed in [`Event::StoreCommitted`].
+    pub id: BatchId,
+    /// The operations, in order.
+    pub ops: Vec<StoreOp>,
+}
+
+/// What the caller learns.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Output {
+    /// An operation ended: exactly once per [`OpId`] the caller got.
+    Done {
+        /// The operation.
+        op: OpId,
+        /// Its result.
+        result: Result<OpValue, OpError>,
+    },
+    /// Something the caller may want to know.
+    Event(NodeEvent),
+}
+
+/// The value of a finished operation.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum OpValue {
+    /// Done, nothing to return.
+    Unit,
+    /// `find_node` / `ping_node`: where the node was reached, or `None`.
+    Found(Option<(NodeAddress, NodeContactAddressData)>),
+    /// `ping_node_address`: whether the node answered at that address.
+    Reachable(bool),
+    /// `query_mdns`: the addresses found.
+    Addresses(Vec<SocketAddr>),
+    /// `acquire_connection`: a use of a connection, to end with
+    /// [`Event::ConnectionReleased`].
+    Connection {
+        /// The use.
+        lease: LeaseId,
+        /// The connection.
+        conn: ConnId,
+        /// The peer.
+        peer: NodeId,
+    },
+}
+
+/// One seed node that could not be reached.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SeedFailure {
+    /// The seed.
+    pub node_id: NodeId,
+    /// Its address.
+    pub address: NodeAddress,
+    /// Why.
+    pub reason: String,
+}
+
+/// Why an operation failed.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// Cancelled by the caller or by `stop`.
+    #[error("operation cancelled")]
+    Cancelled,
+    /// Its deadline passed.
+    #[error("operation timed out")]
+    Timeout,
+    /// The node could not be found.
+    #[error("node {0} could not be found")]
+    NodeNotFound(NodeId),
+    /// `sync_node_graph` was given no seed nodes.
+    #[error("no seed nodes given")]
+    NoSeedNodes,
+    /// No seed node answered.
+    #[error("no seed node could be reached: {}", list_failures(.0))]
+    SeedsUnreachable(Vec<SeedFailure>),
+    /// The store failed to persist the change.
+    #[error("store failed: {0}")]
+    Store(String),
+}
+
+fn list_failures(failures: &[SeedFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("{}@{}: {}", f.node_id, f.address, f.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why a user command was refused before it started.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The manager is not started (or is stopped).
+    #[error("node manager is not running")]
+    NotRunning,
+    /// `start` on a running manager.
+    #[error("node manager is already running")]
+    AlreadyRunning,
+    /// The snapshot arrived after `start`.
+    #[error("the snapshot must be loaded before start")]
+    SnapshotAfterStart,
+    /// The operation concerns this node's own NodeId.
+    #[error("{0} is this node's own NodeId")]
+    OwnNodeId(NodeId),
+    /// Too many operations in flight (`Config::max_operations`).
+    #[error("too many operations in flight (limit {limit})")]
+    TooManyOperations {
+        /// The limit.
+        limit: usize,
+    },
+    /// No such operation.
+    #[error("no operation {0}")]
+    UnknownOperation(OpId),
+    /// A snapshot that does not restore.
+    #[error("snapshot is invalid: {0}")]
+    BadSnapshot(String),
+}
+
+/// Things the caller may want to know; none needs an answer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum NodeEvent {
+    /// A contact was added to or updated in the graph.
+    ContactSet {
+        /// The node.
+        node_id: NodeId,
+        /// Its bucket.
+        bucket: BucketIndex,
+    },
+    /// A contact was removed (garbage collection, `unset_node`, eviction).
+    ContactRemoved {
+        /// The node.
+        node_id: NodeId,
+    },
+    /// A store batch failed; memory is ahead of disk until the next write of
+    /// the same records.
+    StoreFailed {
+        /// The batch.
+        batch: BatchId,
+        /// Why.
+        error: String,
+    },
+    /// The NodeId changed after a key renewal and the graph was rebuilt.
+    BucketsReset {
+        /// The new NodeId.
+        node_id: NodeId,
+    },
+    /// The manager stopped; nothing follows.
+    Stopped,
+}

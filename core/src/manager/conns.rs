@@ -1,0 +1,137 @@
+//! The connection table: which connections are up, to whom, and how many
+//! uses each has.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use crate::contact::ContactMode;
+use crate::id::NodeId;
+use crate::manager::api::{ConnId, LeaseId};
+
+/// A connection that is up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Conn {
+    pub(crate) peer: NodeId,
+    pub(crate) remote: SocketAddr,
+    pub(crate) mode: ContactMode,
+    pub(crate) leases: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnTable {
+    conns: BTreeMap<ConnId, Conn>,
+    by_peer: BTreeMap<NodeId, BTreeSet<ConnId>>,
+    leases: BTreeMap<LeaseId, ConnId>,
+}
+
+impl ConnTable {
+    pub(crate) fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub(crate) fn get(&self, conn: ConnId) -> Option<&Conn> {
+        self.conns.get(&conn)
+    }
+
+    pub(crate) fn insert(&mut self, id: ConnId, conn: Conn) {
+        self.by_peer.entry(conn.peer).or_default().insert(id);
+        self.conns.insert(id, conn);
+    }
+
+    pub(crate) fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let conn = self.conns.remove(&id)?;
+        if let Some(set) = self.by_peer.get_mut(&conn.peer) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_peer.remove(&conn.peer);
+            }
+        }
+        Some(conn)
+    }
+
+    /// The node's primary connection: the one with the smallest id.
+    pub(crate) fn primary(&self, peer: &NodeId) -> Option<(ConnId, &Conn)> {
+        let id = *self.by_peer.get(peer)?.first()?;
+        self.conns.get(&id).map(|c| (id, c))
+    }
+
+    pub(crate) fn is_primary(&self, id: ConnId) -> bool {
+        self.conns
+            .get(&id)
+            .and_then(|c| self.by_peer.get(&c.peer))
+            .and_then(|set| set.first())
+            == Some(&id)
+    }
+
+    pub(crate) fn is_connected(&self, peer: &NodeId) -> bool {
+        self.by_peer.contains_key(peer)
+    }
+
+    /// Connected nodes, closest to `target` first, at most `limit`.
+    pub(crate) fn closest_peers(&self, target: &NodeId, limit: usize) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self.by_peer.keys().copied().collect();
+        peers.sort_unstable_by_key(|p| p.distance(target));
+        peers.truncate(limit);
+        peers
+    }
+
+    pub(crate) fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns.keys().copied()
+    }
+
+    /// Records a use of `conn`; returns its new number of uses.
+    pub(crate) fn lease(&mut self, conn: ConnId, lease: LeaseId) -> Option<u32> {
+        let c = self.conns.get_mut(&conn)?;
+        c.leases += 1;
+        self.leases.insert(lease, conn);
+        Some(c.leases)
+    }
+
+    /// Ends a use; returns the connection and its remaining uses, if it is still up.
+    pub(crate) fn release(&mut self, lease: LeaseId) -> Option<(ConnId, u32)> {
+        let conn = self.leases.remove(&lease)?;
+        let c = self.conns.get_mut(&conn)?;
+        c.leases = c.leases.saturating_sub(1);
+        Some((conn, c.leases))
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.conns.clear();
+        self.by_peer.clear();
+        self.leases.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(peer: u8) -> Conn {
+        Conn {
+            peer: NodeId::from_bytes([peer; 32]),
+            remote: SocketAddr::from(([127, 0, 0, 1], 1)),
+            mode: ContactMode::Direct,
+            leases: 0,
+        }
+    }
+
+    #[test]
+    fn primary_is_the_smallest_id_and_leases_count() {
+        let mut table = ConnTable::default();
+        table.insert(ConnId(5), conn(1));
+        table.insert(ConnId(3), conn(1));
+        table.insert(ConnId(4), conn(2));
+        let peer = NodeId::from_bytes([1; 32]);
+        assert_eq!(table.primary(&peer).map(|(id, _)| id), Some(ConnId(3)));
+        assert!(table.is_primary(ConnId(3)) && !table.is_primary(ConnId(5)));
+        assert_eq!(table.lease(ConnId(3), LeaseId(1)), Some(1));
+        assert_eq!(table.lease(ConnId(3), LeaseId(2)), Some(2));
+        assert_eq!(table.release(LeaseId(1)), Some((ConnId(3), 1)));
+        assert_eq!(table.release(LeaseId(1)), None);
+        table.remove(ConnId(3));
+        assert_eq!(table.primary(&peer).map(|(id, _)| id), Some(ConnId(5)));
+        table.remove(ConnId(5));
+        assert!(!table.is_connected(&peer));
+        assert_eq!(table.len(), 1);
+    }
+}

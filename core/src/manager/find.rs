@@ -1,0 +1,749 @@
+//! `find_node`: the lookup, with its direct, signal and mDNS strategies.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{
+    AttemptId, Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, RequestId, Step,
+};
+use crate::address::NodeAddress;
+use crate::contact::{
+    ContactMode, NodeAddressScope, NodeAddressScopes, NodeContact, NodeContactAddressData,
+};
+use crate::id::{Distance, NodeId};
+use crate::manager::api::{ApiError, Command, QueryId};
+use crate::wire::{Request, Response};
+
+/// Which ways of reaching a node a lookup may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strategies {
+    /// Connect straight to addresses learned from other nodes' graphs.
+    pub direct: bool,
+    /// Have a node connected to the target signal it to punch a hole.
+    pub signal: bool,
+    /// Ask the local network.
+    pub mdns: bool,
+}
+
+impl Strategies {
+    /// All three, racing: `find_node`.
+    pub const ALL: Self = Self {
+        direct: true,
+        signal: true,
+        mdns: true,
+    };
+    /// Direct only: `find_node_by_direct`.
+    pub const DIRECT: Self = Self {
+        direct: true,
+        signal: false,
+        mdns: false,
+    };
+    /// Signal only: `find_node_by_signal`.
+    pub const SIGNAL: Self = Self {
+        direct: false,
+        signal: true,
+        mdns: false,
+    };
+    /// mDNS only: `find_node_by_mdns`.
+    pub const MDNS: Self = Self {
+        direct: false,
+        signal: false,
+        mdns: true,
+    };
+}
+
+/// Per-call options of a lookup; `None` takes the [`crate::Config`] value.
+///
+/// Spec: the parameters of `NodeManager.findNode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FindOptions {
+    /// Spec `connectionConnectTimeoutTime`: one connection attempt.
+    pub connection_connect_timeout: Option<Duration>,
+    /// Spec `connectionFindMDNSTimeoutTime`: how long mDNS collects answers.
+    pub connection_find_mdns_timeout: Option<Duration>,
+    /// Spec `concurrencyLimit`: attempts in flight (α).
+    pub concurrency_limit: Option<usize>,
+    /// Spec `limit`: nodes contacted at most.
+    pub limit: Option<usize>,
+    /// The whole lookup's deadline (the spec's `ctx` timer).
+    pub timeout: Option<Duration>,
+}
+
+/// Where a candidate stands in a lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum CandidateState {
+    Waiting,
+    Dialing {
+        attempt: AttemptId,
+        address: usize,
+        via_signal: bool,
+    },
+    Signalling {
+        request: RequestId,
+    },
+    Querying {
+        request: RequestId,
+    },
+    Answered,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    node_id: NodeId,
+    addresses: Vec<NodeAddress>,
+    signallers: Vec<NodeId>,
+    state: CandidateState,
+}
+
+/// The most nodes remembered as able to signal one candidate.
+const MAX_SIGNALLERS: usize = 3;
+
+#[derive(Clone, Debug)]
+enum MdnsPhase {
+    Off,
+    Querying(OpId),
+    Dialing {
+        remaining: VecDeque<SocketAddr>,
+        attempt: AttemptId,
+    },
+    Done,
+}
+
+/// A lookup in progress.
+#[derive(Debug)]
+pub(crate) struct FindNode {
+    target: NodeId,
+    strategies: Strategies,
+    connect_timeout: Duration,
+    mdns_timeout: Duration,
+    concurrency: usize,
+    limit: usize,
+    candidates: BTreeMap<Distance, Candidate>,
+    in_flight: usize,
+    contacted: usize,
+    mdns: MdnsPhase,
+}
+
+/// An mDNS query collecting answers until its deadline.
+#[derive(Debug)]
+pub(crate) struct QueryMdns {
+    pub(crate) query: QueryId,
+    node_id: NodeId,
+    addresses: Vec<SocketAddr>,
+}
+
+/// The most addresses one mDNS query keeps.
+const MAX_MDNS_ADDRESSES: usize = 16;
+
+impl NodeManager {
+    /// Finds `node_id` and connects to it, racing the direct, signal and mDNS
+    /// strategies (the first success ends the others). Ends with
+    /// `Found(Some((address, data)))`, or `Found(None)` if the node was not
+    /// found: the k closest nodes seen all answered without it, `limit` nodes
+    /// were contacted, or no candidate is left. `Timeout` if the deadline passes first.
+    ///
+    /// Spec: `NodeManager.findNode`.
+    pub fn find_node(
+        &mut self,
+        now: crate::time::Now,
+        node_id: NodeId,
+        options: FindOptions,
+    ) -> Result<OpId, ApiError> {
+        self.find_with(now, node_id, options, Strategies::ALL)
+    }
+
+    /// `find_node` with the signal strategy only: candidates are reached
+    /// through nodes that are connected to them.
+    ///
+    /// Spec: `NodeManager.findNodeBySignal`.
+    pub fn find_node_by_signal(
+        &mut self,
+        now: crate::time::Now,
+        node_id: NodeId,
+        options: FindOptions,
+    ) -> Result<OpId, ApiError> {
+        self.find_with(now, node_id, options, Strategies::SIGNAL)
+    }
+
+    /// `find_node` with the direct strategy only: candidates are dialled at
+    /// the addresses other nodes' graphs give.
+    ///
+    /// Spec: `NodeManager.findNodeByDirect`.
+    pub fn find_node_by_direct(
+        &mut self,
+        now: crate::time::Now,
+        node_id: NodeId,
+        options: FindOptions,
+    ) -> Result<OpId, ApiError> {
+        self.find_with(now, node_id, options, Strategies::DIRECT)
+    }
+
+    /// `find_node` with mDNS only: query the local network, then connect to
+    /// the addresses found (scope `local`).
+    ///
+    /// Spec: `NodeManager.findNodeByMDNS`.
+    pub fn find_node_by_mdns(
+        &mut self,
+        now: crate::time::Now,
+        node_id: NodeId,
+        options: FindOptions,
+    ) -> Result<OpId, ApiError> {
+        self.find_with(now, node_id, options, Strategies::MDNS)
+    }
+
+    /// Finds `node_id` (connecting to it) and ends with where it was reached,
+    /// or `Found(None)`.
+    ///
+    /// Spec: `NodeManager.pingNode`.
+    pub fn ping_node(
+        &mut self,
+        now: crate::time::Now,
+        node_id: NodeId,
+        options: FindOptions,
+    ) -> Result<OpId, ApiError> {
+        self.find_with(now, node_id, options, Strategies::ALL)
+    }
+
+    /// Asks the local network for `node_id` and ends, after `timeout`
+    /// (default `nodes_connection_find_local_timeout`), with the addresses that
+    /// answered (none if mDNS is off).
+    ///
+    /// Spec: `NodeManager.queryMDNS`.
+    pub fn query_mdns(
+        &mut self,
+        now: crate::time::Now,
+        node_id: NodeId,
+        timeout: Option<Duration>,
+    ) -> Result<OpId, ApiError> {
+        self.advance_clock(now);
+        self.check_running()?;
+        let timeout = timeout.unwrap_or(self.config.nodes_connection_find_local_timeout);
+        let query = self.new_query(node_id);
+        let op = self.spawn(OpKind::QueryMdns(query), Parent::Caller, Some(timeout))?;
+        self.run();
+        Ok(op)
+    }
+
+    fn new_query(&mut self, node_id: NodeId) -> QueryMdns {
+        QueryMdns {
+            query: QueryId(self.fresh_id()),
+            node_id,
+            addresses: Vec::new(),
+        }
+    }
+
+    fn find_with(
+        &mut self,
+        now: crate::time::Now,
+        node_id: NodeId,
+        options: FindOptions,
+        strategies: Strategies,
+    ) -> Result<OpId, ApiError> {
+        self.advance_clock(now);
+        self.check_running()?;
+        let op = self.spawn_find(node_id, options, strategies, Parent::Caller)?;
+        self.run();
+        Ok(op)
+    }
+
+    pub(super) fn spawn_find(
+        &mut self,
+        target: NodeId,
+        options: FindOptions,
+        strategies: Strategies,
+        parent: Parent,
+    ) -> Result<OpId, ApiError> {
+        let find = FindNode {
+            target,
+            strategies,
+            connect_timeout: options
+                .connection_connect_timeout
+                .unwrap_or(self.config.connection_connect_timeout),
+            mdns_timeout: options
+                .connection_find_mdns_timeout
+                .unwrap_or(self.config.nodes_connection_find_local_timeout),
+            concurrency: options
+                .concurrency_limit
+                .unwrap_or(self.config.concurrency_limit)
+                .max(1),
+            limit: options.limit.unwrap_or(self.config.find_node_limit),
+            candidates: BTreeMap::new(),
+            in_flight: 0,
+            contacted: 0,
+            mdns: MdnsPhase::Off,
+        };
+        let timeout = options.timeout.unwrap_or(self.config.find_node_timeout);
+        match parent {
+            Parent::Op(p) => Ok(self.spawn_child(p, OpKind::Find(Box::new(find)), Some(timeout))),
+            _ => self.spawn(OpKind::Find(Box::new(find)), parent, Some(timeout)),
+        }
+    }
+
+    pub(super) fn step_query_mdns(&mut self, id: OpId, mut op: QueryMdns, input: Input) -> Step {
+        match input {
+            Input::Start => {
+                if self.config.mdns.is_none() {
+                    return Step::Done(Ok(OpValue::Addresses(Vec::new())));
+                }
+                self.queries.insert(op.query, id);
+                self.commands.push_back(Command::MdnsQuery {
+                    query: op.query,
+                    node_id: op.node_id,
+                });
+            }
+            Input::Mdns { addresses } => {
+                for address in addresses {
+                    if op.addresses.len() < MAX_MDNS_ADDRESSES && !op.addresses.contains(&address) {
+                        op.addresses.push(address);
+                    }
+                }
+            }
+            Input::Deadline => return Step::Done(Ok(OpValue::Addresses(op.addresses))),
+            _ => {}
+        }
+        Step::Continue(OpKind::QueryMdns(op))
+    }
+
+    pub(super) fn step_find(&mut self, id: OpId, mut op: Box<FindNode>, input: Input) -> Step {
+        match input {
+            Input::Start => {
+                if let Some(found) = self.found_connected(&op.target) {
+                    return Step::Done(Ok(found));
+                }
+                self.seed_candidates(&mut op);
+                if op.strategies.mdns && self.config.mdns.is_some() {
+                    let query = self.new_query(op.target);
+                    let child =
+                        self.spawn_child(id, OpKind::QueryMdns(query), Some(op.mdns_timeout));
+                    op.mdns = MdnsPhase::Querying(child);
+                }
+            }
+            Input::Connected {
+                attempt,
+                conn,
+                remote,
+            } => {
+                if matches!(&op.mdns, MdnsPhase::Dialing { attempt: a, .. } if *a == attempt) {
+                    return Step::Done(Ok(self.found(remote, ContactMode::Direct, true)));
+                }
+                if let Some(done) = self.find_connected(id, &mut op, attempt, conn, remote) {
+                    return done;
+                }
+            }
+            Input::ConnectFailed { attempt, .. } => {
+                if let MdnsPhase::Dialing {
+                    remaining,
+                    attempt: a,
+                } = &mut op.mdns
+                    && *a == attempt
+                {
+                    op.mdns = match remaining.pop_front() {
+                        Some(next) => MdnsPhase::Dialing {
+                            attempt: self.dial(
+                                id,
+                                op.target,
+                                &NodeAddress::from(next),
+                                ContactMode::Direct,
+                                op.connect_timeout,
+                            ),
+                            remaining: std::mem::take(remaining),
+                        },
+                        None => MdnsPhase::Done,
+                    };
+                } else {
+                    self.find_connect_failed(id, &mut op, attempt);
+                }
+            }
+            Input::Response { request, result } => {
+                if let Some(done) = self.find_response(id, &mut op, request, result) {
+                    return done;
+                }
+            }
+            Input::Child { child, result } => {
+                if matches!(op.mdns, MdnsPhase::Querying(q) if q == child) {
+                    let mut addresses: VecDeque<SocketAddr> = match result {
+                        Ok(OpValue::Addresses(a)) => a.into(),
+                        _ => VecDeque::new(),
+                    };
+                    op.mdns = match addresses.pop_front() {
+                        Some(first) => MdnsPhase::Dialing {
+                            attempt: self.dial(
+                                id,
+                                op.target,
+                                &NodeAddress::from(first),
+                                ContactMode::Direct,
+                                op.connect_timeout,
+                            ),
+                            remaining: addresses,
+                        },
+                        None => MdnsPhase::Done,
+                    };
+                }
+            }
+            Input::Deadline => return Step::Done(Err(OpError::Timeout)),
+            Input::Mdns { .. } | Input::Committed { .. } => {}
+        }
+        match self.find_advance(id, &mut op) {
+            Some(done) => done,
+            None => Step::Continue(OpKind::Find(op)),
+        }
+    }
+
+    /// The result for a node reached at `remote`.
+    fn found(&self, remote: SocketAddr, mode: ContactMode, local: bool) -> OpValue {
+        OpValue::Found(Some((
+            NodeAddress::from(remote),
+            NodeContactAddressData {
+                mode,
+                connected_time: self.now.unix_secs(),
+                scopes: if local {
+                    NodeAddressScopes::LOCAL
+                } else {
+                    NodeAddressScopes::GLOBAL
+                },
+            },
+        )))
+    }
+
+    fn found_connected(&self, target: &NodeId) -> Option<OpValue> {
+        let (_, conn) = self.conns.primary(target)?;
+        Some(self.found(conn.remote, conn.mode, false))
+    }
+
+    fn seed_candidates(&mut self, op: &mut FindNode) {
+        let k = self.config.k;
+        let own = self.graph.own_node_id();
+        let from_graph: Vec<(NodeId, Vec<NodeAddress>)> = self
+            .graph
+            .closest(&op.target, k)
+            .into_iter()
+            .map(|e| (e.node_id, addresses_of(&e.contact)))
+            .collect();
+        for (node_id, addresses) in from_graph {
+            add_candidate(
+                op,
+                own,
+                node_id,
+                addresses,
+                None,
+                self.config.max_lookup_candidates,
+            );
+        }
+        for peer in self.conns.closest_peers(&op.target, k) {
+            add_candidate(
+                op,
+                own,
+                peer,
+                Vec::new(),
+                None,
+                self.config.max_lookup_candidates,
+            );
+        }
+    }
+
+    fn find_connected(
+        &mut self,
+        id: OpId,
+        op: &mut FindNode,
+        attempt: AttemptId,
+        conn: super::ConnId,
+        remote: SocketAddr,
+    ) -> Option<Step> {
+        let target = op.target;
+        let candidate = op.candidates.values_mut().find(
+            |c| matches!(c.state, CandidateState::Dialing { attempt: a, .. } if a == attempt),
+        )?;
+        let via_signal = matches!(
+            candidate.state,
+            CandidateState::Dialing {
+                via_signal: true,
+                ..
+            }
+        );
+        if candidate.node_id == target {
+            let mode = if via_signal {
+                ContactMode::Signal
+            } else {
+                ContactMode::Direct
+            };
+            return Some(Step::Done(Ok(self.found(remote, mode, false))));
+        }
+        let request = self.send_request(id, conn, Request::ClosestNodes { target });
+        candidate.state = CandidateState::Querying { request };
+        None
+    }
+
+    fn find_connect_failed(&mut self, id: OpId, op: &mut FindNode, attempt: AttemptId) {
+        let Some(candidate) = op.candidates.values_mut().find(
+            |c| matches!(c.state, CandidateState::Dialing { attempt: a, .. } if a == attempt),
+        ) else {
+            return;
+        };
+        let CandidateState::Dialing {
+            address,
+            via_signal,
+            ..
+        } = candidate.state
+        else {
+            return;
+        };
+        let node_id = candidate.node_id;
+        // Next address; then, if direct failed, a signal; then give up.
+        if !via_signal && let Some(next) = candidate.addresses.get(address + 1).cloned() {
+            let attempt = self.dial(id, node_id, &next, ContactMode::Direct, op.connect_timeout);
+            if let Some(c) = op.candidates.get_mut(&op.target.distance(&node_id)) {
+                c.state = CandidateState::Dialing {
+                    attempt,
+                    address: address + 1,
+                    via_signal: false,
+                };
+            }
+            return;
+        }
+        let distance = op.target.distance(&node_id);
+        if !via_signal && op.strategies.signal {
+            if let Some(state) = self.start_signal(id, op, distance) {
+                if let Some(c) = op.candidates.get_mut(&distance) {
+                    c.state = state;
+                }
+                return;
+            }
+        }
+        if let Some(c) = op.candidates.get_mut(&distance) {
+            c.state = CandidateState::Failed;
+        }
+        op.in_flight = op.in_flight.saturating_sub(1);
+    }
+
+    /// Asks a connected signaller of the candidate at `distance` to signal it.
+    fn start_signal(
+        &mut self,
+        id: OpId,
+        op: &FindNode,
+        distance: Distance,
+    ) -> Option<CandidateState> {
+        let candidate = op.candidates.get(&distance)?;
+        let (conn, _) = candidate
+            .signallers
+            .iter()
+            .find_map(|s| self.conns.primary(s))?;
+        let request = self.send_request(
+            id,
+            conn,
+            Request::Signal {
+                target: candidate.node_id,
+            },
+        );
+        Some(CandidateState::Signalling { request })
+    }
+
+    fn find_response(
+        &mut self,
+        id: OpId,
+        op: &mut FindNode,
+        request: RequestId,
+        result: Result<Response, super::RpcFailure>,
+    ) -> Option<Step> {
+        let (distance, candidate) = op.candidates.iter().find(|(_, c)| {
+            matches!(
+                c.state,
+                CandidateState::Signalling { request: r } | CandidateState::Querying { request: r }
+                    if r == request
+            )
+        })?;
+        let (distance, node_id) = (*distance, candidate.node_id);
+        let signalling = matches!(candidate.state, CandidateState::Signalling { .. });
+        let next = match (signalling, result) {
+            (true, Ok(Response::Signal { target_address })) => {
+                // Punch from our side while the target punches from its side.
+                self.commands.push_back(Command::HolePunch {
+                    address: target_address,
+                    timeout: op.connect_timeout,
+                });
+                let attempt = self.dial(
+                    id,
+                    node_id,
+                    &NodeAddress::from(target_address),
+                    ContactMode::Signal,
+                    op.connect_timeout,
+                );
+                CandidateState::Dialing {
+                    attempt,
+                    address: 0,
+                    via_signal: true,
+                }
+            }
+            (false, Ok(Response::ClosestNodes { active, contacts })) => {
+                self.queue_data_from_request(op, node_id, active, contacts);
+                op.in_flight = op.in_flight.saturating_sub(1);
+                CandidateState::Answered
+            }
+            _ => {
+                op.in_flight = op.in_flight.saturating_sub(1);
+                CandidateState::Failed
+            }
+        };
+        if let Some(c) = op.candidates.get_mut(&distance) {
+            c.state = next;
+        }
+        None
+    }
+
+    /// Merges a contacted node's answer into the lookup's candidates: its
+    /// graph's contacts (global addresses only) to dial directly, and the
+    /// nodes it is connected to, which it can signal.
+    ///
+    /// Spec: `NodeManager.queueDataFromRequest`.
+    fn queue_data_from_request(
+        &mut self,
+        op: &mut FindNode,
+        responder: NodeId,
+        active: Vec<NodeId>,
+        contacts: Vec<(NodeId, NodeContact)>,
+    ) {
+        let own = self.graph.own_node_id();
+        let max = self.config.max_lookup_candidates;
+        let k = self.config.k;
+        for (node_id, contact) in contacts.into_iter().take(k) {
+            let global = contact.filter_scope(NodeAddressScope::Global);
+            add_candidate(op, own, node_id, addresses_of(&global), None, max);
+        }
+        for node_id in active.into_iter().take(k) {
+            add_candidate(op, own, node_id, Vec::new(), Some(responder), max);
+        }
+    }
+
+    /// Starts attempts while there is room, then checks whether the lookup is over.
+    fn find_advance(&mut self, id: OpId, op: &mut FindNode) -> Option<Step> {
+        while op.in_flight < op.concurrency && op.contacted < op.limit {
+            let Some(distance) = op
+                .candidates
+                .iter()
+                .find(|(_, c)| c.state == CandidateState::Waiting && self.reachable(op, c))
+                .map(|(d, _)| *d)
+            else {
+                break;
+            };
+            op.contacted += 1;
+            op.in_flight += 1;
+            let Some(candidate) = op.candidates.get(&distance) else {
+                break;
+            };
+            let node_id = candidate.node_id;
+            let state = if let Some((conn, c)) = self.conns.primary(&node_id) {
+                if node_id == op.target {
+                    return Some(Step::Done(Ok(self.found(c.remote, c.mode, false))));
+                }
+                let request =
+                    self.send_request(id, conn, Request::ClosestNodes { target: op.target });
+                Some(CandidateState::Querying { request })
+            } else if op.strategies.direct && !candidate.addresses.is_empty() {
+                let address = candidate.addresses.first().cloned();
+                address.map(|a| CandidateState::Dialing {
+                    attempt: self.dial(id, node_id, &a, ContactMode::Direct, op.connect_timeout),
+                    address: 0,
+                    via_signal: false,
+                })
+            } else {
+                self.start_signal(id, op, distance)
+            };
+            if let Some(c) = op.candidates.get_mut(&distance) {
+                c.state = state.unwrap_or(CandidateState::Failed);
+            }
+        }
+        self.find_finished(op)
+            .then_some(Step::Done(Ok(OpValue::Found(None))))
+    }
+
+    fn reachable(&self, op: &FindNode, c: &Candidate) -> bool {
+        self.conns.is_connected(&c.node_id)
+            || (op.strategies.direct && !c.addresses.is_empty())
+            || (op.strategies.signal && c.signallers.iter().any(|s| self.conns.is_connected(s)))
+    }
+
+    /// The Kademlia rule (the k closest live candidates have all answered),
+    /// or nothing left to try.
+    fn find_finished(&self, op: &FindNode) -> bool {
+        let mdns_busy = matches!(op.mdns, MdnsPhase::Querying(_) | MdnsPhase::Dialing { .. });
+        if mdns_busy {
+            return false;
+        }
+        let mut live = op
+            .candidates
+            .values()
+            .filter(|c| match c.state {
+                CandidateState::Failed => false,
+                CandidateState::Waiting => self.reachable(op, c),
+                _ => true,
+            })
+            .take(self.config.k)
+            .peekable();
+        let kademlia = live.peek().is_some() && live.all(|c| c.state == CandidateState::Answered);
+        let exhausted = op.in_flight == 0
+            && (op.contacted >= op.limit
+                || !op
+                    .candidates
+                    .values()
+                    .any(|c| c.state == CandidateState::Waiting && self.reachable(op, c)));
+        kademlia || exhausted
+    }
+}
+
+/// The addresses of a contact, most recently connected first.
+fn addresses_of(contact: &NodeContact) -> Vec<NodeAddress> {
+    let mut list: Vec<(&NodeAddress, &NodeContactAddressData)> = contact.iter().collect();
+    list.sort_by_key(|(_, d)| std::cmp::Reverse(d.connected_time));
+    list.into_iter().map(|(a, _)| a.clone()).collect()
+}
+
+/// Adds a candidate or merges what is new about it; forgets the farthest
+/// untried candidates beyond `max`.
+fn add_candidate(
+    op: &mut FindNode,
+    own: NodeId,
+    node_id: NodeId,
+    addresses: Vec<NodeAddress>,
+    signaller: Option<NodeId>,
+    max: usize,
+) {
+    if node_id == own {
+        return;
+    }
+    let distance = op.target.distance(&node_id);
+    let candidate = op.candidates.entry(distance).or_insert_with(|| Candidate {
+        node_id,
+        addresses: Vec::new(),
+        signallers: Vec::new(),
+        state: CandidateState::Waiting,
+    });
+    for address in addresses {
+        if candidate.addresses.len() < NodeContact::MAX_ADDRESSES
+            && !candidate.addresses.contains(&address)
+        {
+            candidate.addresses.push(address);
+        }
+    }
+    if let Some(s) = signaller
+        && s != node_id
+        && candidate.signallers.len() < MAX_SIGNALLERS
+        && !candidate.signallers.contains(&s)
+    {
+        candidate.signallers.push(s);
+    }
+    while op.candidates.len() > max {
+        let farthest = op
+            .candidates
+            .iter()
+            .rev()
+            .find(|(_, c)| matches!(c.state, CandidateState::Waiting | CandidateState::Failed))
+            .map(|(d, _)| *d);
+        match farthest {
+            Some(d) => {
+                op.candidates.remove(&d);
+            }
+            None => break,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Answering peers' requests: closest nodes, and signalling for hole punching.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{NodeManager, RunState};
+use crate::config::Config;
+use crate::contact::NodeAddressScope;
+use crate::id::NodeId;
+use crate::manager::api::{Command, ConnId, PeerRequestId, RequestId};
+use crate::wire::{RefusalReason, Request, Response};
+
+/// Token buckets of signal requests, one per source node, bounded in number.
+#[derive(Clone, Debug)]
+pub(crate) struct SignalLimiter {
+    capacity: f64,
+    refill_per_sec: f64,
+    max_sources: usize,
+    buckets: BTreeMap<NodeId, (f64, Instant)>,
+}
+
+impl SignalLimiter {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            capacity: f64::from(config.signal_rate_capacity),
+            refill_per_sec: f64::from(config.signal_rate_refill_per_sec),
+            max_sources: config.max_signal_sources,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// Takes a token for `source`; `false` if it has none left.
+    pub(crate) fn allow(&mut self, source: NodeId, now: Instant) -> bool {
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
+            // Forget the source seen longest ago (ties: the smallest NodeId).
+            let oldest = self
+                .buckets
+                .iter()
+                .min_by_key(|(id, (_, seen))| (*seen, **id))
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.buckets.remove(&id);
+            }
+        }
+        let (tokens, seen) = self.buckets.entry(source).or_insert((self.capacity, now));
+        let elapsed = now.saturating_duration_since(*seen).as_secs_f64();
+        *tokens = (*tokens + elapsed * self.refill_per_sec).min(self.capacity);
+        *seen = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl NodeManager {
+    /// Answers a peer's request on connection `conn`.
+    pub(super) fn serve(&mut self, conn: ConnId, request: PeerRequestId, body: Request) {
+        let response = self.answer(conn, body);
+        self.stats.requests_served += 1;
+        self.commands.push_back(Command::SendResponse {
+            conn,
+            request,
+            body: response,
+        });
+    }
+
+    fn answer(&mut self, conn: ConnId, body: Request) -> Response {
+        if self.state != RunState::Running {
+            return Response::Refused(RefusalReason::Stopping);
+        }
+        let Some(requester) = self.conns.get(conn).map(|c| (c.peer, c.remote)) else {
+            return Response::Refused(RefusalReason::NotConnected);
+        };
+        let (requester, requester_address) = requester;
+        match body {
+            Request::ClosestNodes { target } => self.closest_nodes(requester, &target),
+            Request::Signal { target } => {
+                if !self.signal_limiter.allow(requester, self.now.mono) {
+                    self.stats.signals_rate_limited += 1;
+                    return Response::Refused(RefusalReason::RateLimited);
+                }
+                let Some((target_conn, target_address)) =
+                    self.conns.primary(&target).map(|(id, c)| (id, c.remote))
+                else {
+                    return Response::Refused(RefusalReason::NotConnected);
+                };
+                // Fire and forget: the target punches towards the requester.
+                let id = RequestId(self.fresh_id());
+                self.commands.push_back(Command::SendRequest {
+                    conn: target_conn,
+                    request: id,
+                    body: Request::SignalFinal {
+                        source: requester,
+                        source_address: requester_address,
+                    },
+                    timeout: self.config.rpc_timeout,
+                });
+                Response::Signal { target_address }
+            }
+            Request::SignalFinal { source_address, .. } => {
+                if !self.signal_limiter.allow(requester, self.now.mono) {
+                    self.stats.signals_rate_limited += 1;
+                    return Response::Refused(RefusalReason::RateLimited);
+                }
+                self.commands.push_back(Command::HolePunch {
+                    address: source_address,
+                    timeout: self.config.connection_connect_timeout,
+                });
+                Response::Ack
+            }
+        }
+    }
+
+    /// The nodes this node is connected to and its graph's contacts with
+    /// global addresses, closest to `target`, without the requester.
+    fn closest_nodes(&self, requester: NodeId, target: &NodeId) -> Response {
+        let k = self.config.k;
+        let active: Vec<NodeId> = self
+            .conns
+            .closest_peers(target, k + 1)
+            .into_iter()
+            .filter(|p| *p != requester)
+            .take(k)
+            .collect();
+        let contacts = self
+            .graph
+            .closest_where(target, k, |e| {
+                e.node_id != requester
+                    && e.contact
+                        .iter()
+                        .any(|(_, d)| d.scopes.contains(NodeAddressScope::Global))
+            })
+            .into_iter()
+            .map(|e| (e.node_id, e.contact.filter_scope(NodeAddressScope::Global)))
+            .collect();
+        Response::ClosestNodes { active, contacts }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_21st_signal_in_a_burst_is_refused_and_tokens_refill() {
+        let mut limiter = SignalLimiter::new(&Config::default());
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        let source = NodeId::from_bytes([1; 32]);
+        for i in 0..20 {
+            assert!(limiter.allow(source, t0), "signal {i}");
+        }
+        assert!(!limiter.allow(source, t0));
+        // 10 per second: after 0.1 s one more.
+        assert!(limiter.allow(source, t0 + Duration::from_millis(100)));
+        assert!(!limiter.allow(source, t0 + Duration::from_millis(100)));
+        // Other sources have their own bucket.
+        assert!(limiter.allow(NodeId::from_bytes([2; 32]), t0));
+    }
+
+    #[test]
+    fn sources_are_bounded() {
+        let config = Config {
+            max_signal_sources: 2,
+            ..Config::default()
+        };
+        let mut limiter = SignalLimiter::new(&config);
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        for b in 0..10u8 {
+            limiter.allow(
+                NodeId::from_bytes([b; 32]),
+                t0 + Duration::from_secs(b.into()),
+            );
+        }
+        assert_eq!(limiter.buckets.len(), 2);
+    }
+}

@@ -1,0 +1,303 @@
+//! The messages nodes exchange, and their codec.
+//!
+//! Every message is a [`Message`]: a version byte and a body, encoded with
+//! postcard. Decoding checks the size limit first, rejects unknown versions,
+//! rejects trailing bytes, and checks every list against its bound, so a peer
+//! can neither crash a node nor make it allocate without limit.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::contact::NodeContact;
+use crate::id::NodeId;
+
+/// The wire version this build speaks.
+pub const WIRE_VERSION: u8 = 1;
+
+/// The most NodeIds or contacts a closest-nodes answer may carry.
+pub const MAX_CLOSEST: usize = 1024;
+
+/// A versioned message.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Message<T> {
+    /// [`WIRE_VERSION`] when sent by this build.
+    pub version: u8,
+    /// The request or response.
+    pub body: T,
+}
+
+/// A request from one node to another, one per stream.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// The nodes closest to `target` that the peer knows: the ones it is
+    /// connected to, and its graph's contacts with global addresses.
+    ///
+    /// Spec: the original's `nodesClosestActiveConnectionsGet` and
+    /// `nodesClosestLocalNodesGet`, answered in one round trip.
+    ClosestNodes {
+        /// The NodeId to find.
+        target: NodeId,
+    },
+    /// Asks the peer (the signaller) to tell `target`, which it is connected
+    /// to, to punch a hole towards the requester.
+    ///
+    /// Spec: `nodesConnectionSignalInitial`.
+    Signal {
+        /// The node to reach.
+        target: NodeId,
+    },
+    /// From a signaller: `source` wants to connect; punch towards its address.
+    ///
+    /// Spec: `nodesConnectionSignalFinal`.
+    SignalFinal {
+        /// The node that wants to connect.
+        source: NodeId,
+        /// Its address as the signaller sees it.
+        source_address: SocketAddr,
+    },
+}
+
+/// An answer to a [`Request`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::ClosestNodes`].
+    ClosestNodes {
+        /// Nodes the responder is connected to, closest to the target first.
+        active: Vec<NodeId>,
+        /// Contacts of the responder's graph, global addresses only, closest first.
+        contacts: Vec<(NodeId, NodeContact)>,
+    },
+    /// Answer to [`Request::Signal`]: the target's address as the signaller sees it.
+    Signal {
+        /// Where to punch and connect.
+        target_address: SocketAddr,
+    },
+    /// Answer to [`Request::SignalFinal`].
+    Ack,
+    /// The request was refused.
+    Refused(RefusalReason),
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum RefusalReason {
+    /// The signaller is not connected to the target.
+    NotConnected,
+    /// The requester exceeded its rate limit.
+    RateLimited,
+    /// The node is stopping.
+    Stopping,
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Larger than the configured limit; not even looked at.
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A version this build does not speak.
+    #[error("message version {found} is not supported (this build speaks {WIRE_VERSION})")]
+    UnsupportedVersion {
+        /// The version in the message.
+        found: u8,
+    },
+    /// Not a valid encoding.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Bytes after the message.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    /// A list longer than its bound.
+    #[error("message lists {found} entries, the limit is {limit}")]
+    TooManyEntries {
+        /// How many.
+        found: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// Bytes that decode differently from how they would be encoded.
+    #[error("message is not in canonical encoding")]
+    NotCanonical,
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// Larger than the limit once encoded.
+    #[error("encoded message of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Postcard failed (a bug: messages are plain data).
+    #[error("cannot encode message: {0}")]
+    Postcard(String),
+}
+
+/// Encodes `body` as a [`Message`] of the current version.
+pub fn encode<T: Serialize>(body: &T, limit: usize) -> Result<Vec<u8>, EncodeError> {
+    let bytes = postcard::to_allocvec(&Message {
+        version: WIRE_VERSION,
+        body,
+    })
+    .map_err(|e| EncodeError::Postcard(e.to_string()))?;
+    if bytes.len() > limit {
+        return Err(EncodeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a [`Request`].
+pub fn decode_request(bytes: &[u8], limit: usize) -> Result<Request, DecodeError> {
+    decode(bytes, limit)
+}
+
+/// Decodes a [`Response`], checking its lists against [`MAX_CLOSEST`].
+pub fn decode_response(bytes: &[u8], limit: usize) -> Result<Response, DecodeError> {
+    let response: Response = decode(bytes, limit)?;
+    if let Response::ClosestNodes { active, contacts } = &response {
+        let found = active.len().max(contacts.len());
+        if found > MAX_CLOSEST {
+            return Err(DecodeError::TooManyEntries {
+                found,
+                limit: MAX_CLOSEST,
+            });
+        }
+    }
+    Ok(response)
+}
+
+fn decode<T: Serialize + for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    // The version is the first byte (a u8 is one byte in postcard): check it
+    // before the body, whose layout may differ in other versions.
+    match bytes.first() {
+        Some(&WIRE_VERSION) => {}
+        Some(&found) => return Err(DecodeError::UnsupportedVersion { found }),
+        None => return Err(DecodeError::Malformed("empty message".into())),
+    }
+    let (message, rest): (Message<T>, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    // Postcard accepts some non-minimal varints; a message must re-encode to
+    // the same bytes, so that what is signed is what is meant.
+    let again =
+        postcard::to_allocvec(&message).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if again != bytes {
+        return Err(DecodeError::NotCanonical);
+    }
+    Ok(message.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::NodeAddress;
+    use crate::contact::{ContactMode, NodeAddressScopes, NodeContactAddressData};
+
+    const LIMIT: usize = 64 * 1024;
+
+    fn contact() -> NodeContact {
+        NodeContact::new(
+            NodeAddress::new(std::net::IpAddr::from([10, 0, 0, 1]), 7),
+            NodeContactAddressData {
+                mode: ContactMode::Direct,
+                connected_time: 5,
+                scopes: NodeAddressScopes::GLOBAL,
+            },
+        )
+    }
+
+    #[test]
+    fn round_trips() {
+        let request = Request::ClosestNodes {
+            target: NodeId::from_bytes([1; 32]),
+        };
+        let bytes = encode(&request, LIMIT).unwrap();
+        assert_eq!(bytes[0], WIRE_VERSION);
+        assert_eq!(decode_request(&bytes, LIMIT), Ok(request));
+        let response = Response::ClosestNodes {
+            active: vec![NodeId::from_bytes([2; 32])],
+            contacts: vec![(NodeId::from_bytes([3; 32]), contact())],
+        };
+        let bytes = encode(&response, LIMIT).unwrap();
+        assert_eq!(decode_response(&bytes, LIMIT), Ok(response));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let request = Request::Signal {
+            target: NodeId::from_bytes([1; 32]),
+        };
+        let mut bytes = encode(&request, LIMIT).unwrap();
+        assert!(matches!(
+            decode_request(&bytes, 10),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        bytes.push(0);
+        assert_eq!(
+            decode_request(&bytes, LIMIT),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        bytes.pop();
+        bytes[0] = 9;
+        assert_eq!(
+            decode_request(&bytes, LIMIT),
+            Err(DecodeError::UnsupportedVersion { found: 9 })
+        );
+        assert!(matches!(
+            decode_request(&[], LIMIT),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_request(&[WIRE_VERSION, 200], LIMIT),
+            Err(DecodeError::Malformed(_))
+        ));
+        // A non-minimal varint for the enum tag (1 written as 0x81 0x00).
+        let canonical = encode(&request, LIMIT).unwrap();
+        let mut padded = vec![canonical[0], 0x81, 0x00];
+        padded.extend_from_slice(&canonical[2..]);
+        assert_eq!(
+            decode_request(&padded, LIMIT),
+            Err(DecodeError::NotCanonical)
+        );
+    }
+
+    #[test]
+    fn oversized_lists_are_refused() {
+        let response = Response::ClosestNodes {
+            active: vec![NodeId::from_bytes([2; 32]); MAX_CLOSEST + 1],
+            contacts: Vec::new(),
+        };
+        let bytes = encode(&response, 1 << 20).unwrap();
+        assert!(matches!(
+            decode_response(&bytes, 1 << 20),
+            Err(DecodeError::TooManyEntries { .. })
+        ));
+        assert!(matches!(
+            encode(&response, 16 * 1024),
+            Err(EncodeError::TooLarge { .. })
+        ));
+    }
+}
