@@ -276,9 +276,8 @@ impl NodeGraph {
         self.set_inner(node_id, address, data, false)
     }
 
-    /// As [`NodeGraph::set`], but a full bucket evicts its oldest contact.
-    ///
-    /// Spec: `NodeManager.setNode` with `force`.
+    /// As [`NodeGraph::set`], but a full bucket evicts its oldest contact:
+    /// what `NodeManager::set_node` does with `force`.
     pub fn force_set(
         &mut self,
         node_id: NodeId,

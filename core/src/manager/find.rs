@@ -138,13 +138,13 @@ pub(crate) struct QueryMdns {
 const MAX_MDNS_ADDRESSES: usize = 16;
 
 impl NodeManager {
+    /// Spec: `NodeManager.findNode`.
+    ///
     /// Finds `node_id` and connects to it, racing the direct, signal and mDNS
     /// strategies (the first success ends the others). Ends with
     /// `Found(Some((address, data)))`, or `Found(None)` if the node was not
     /// found: the k closest nodes seen all answered without it, `limit` nodes
     /// were contacted, or no candidate is left. `Timeout` if the deadline passes first.
-    ///
-    /// Spec: `NodeManager.findNode`.
     pub fn find_node(
         &mut self,
         now: crate::time::Now,
@@ -154,10 +154,10 @@ impl NodeManager {
         self.find_with(now, node_id, options, Strategies::ALL)
     }
 
+    /// Spec: `NodeManager.findNodeBySignal`.
+    ///
     /// `find_node` with the signal strategy only: candidates are reached
     /// through nodes that are connected to them.
-    ///
-    /// Spec: `NodeManager.findNodeBySignal`.
     pub fn find_node_by_signal(
         &mut self,
         now: crate::time::Now,
@@ -167,10 +167,10 @@ impl NodeManager {
         self.find_with(now, node_id, options, Strategies::SIGNAL)
     }
 
+    /// Spec: `NodeManager.findNodeByDirect`.
+    ///
     /// `find_node` with the direct strategy only: candidates are dialled at
     /// the addresses other nodes' graphs give.
-    ///
-    /// Spec: `NodeManager.findNodeByDirect`.
     pub fn find_node_by_direct(
         &mut self,
         now: crate::time::Now,
@@ -180,10 +180,10 @@ impl NodeManager {
         self.find_with(now, node_id, options, Strategies::DIRECT)
     }
 
+    /// Spec: `NodeManager.findNodeByMDNS`.
+    ///
     /// `find_node` with mDNS only: query the local network, then connect to
     /// the addresses found (scope `local`).
-    ///
-    /// Spec: `NodeManager.findNodeByMDNS`.
     pub fn find_node_by_mdns(
         &mut self,
         now: crate::time::Now,
@@ -193,10 +193,10 @@ impl NodeManager {
         self.find_with(now, node_id, options, Strategies::MDNS)
     }
 
+    /// Spec: `NodeManager.pingNode`.
+    ///
     /// Finds `node_id` (connecting to it) and ends with where it was reached,
     /// or `Found(None)`.
-    ///
-    /// Spec: `NodeManager.pingNode`.
     pub fn ping_node(
         &mut self,
         now: crate::time::Now,
@@ -206,11 +206,11 @@ impl NodeManager {
         self.find_with(now, node_id, options, Strategies::ALL)
     }
 
+    /// Spec: `NodeManager.queryMDNS`.
+    ///
     /// Asks the local network for `node_id` and ends, after `timeout`
     /// (default `nodes_connection_find_local_timeout`), with the addresses that
     /// answered (none if mDNS is off).
-    ///
-    /// Spec: `NodeManager.queryMDNS`.
     pub fn query_mdns(
         &mut self,
         now: crate::time::Now,
@@ -591,11 +591,11 @@ impl NodeManager {
         None
     }
 
+    /// Spec: `NodeManager.queueDataFromRequest`.
+    ///
     /// Merges a contacted node's answer into the lookup's candidates: its
     /// graph's contacts (global addresses only) to dial directly, and the
     /// nodes it is connected to, which it can signal.
-    ///
-    /// Spec: `NodeManager.queueDataFromRequest`.
     fn queue_data_from_request(
         &mut self,
         op: &mut FindNode,

@@ -35,13 +35,13 @@ pub(crate) struct CheckConnections {
 }
 
 impl NodeManager {
+    /// Spec: `NodeManager.acquireConnection`.
+    ///
     /// A use of a connection to `node_id`: the node's primary connection if
     /// there is one, otherwise after `find_node` reaches it. Ends with
     /// `Connection { lease, conn, peer }`; the use lasts until
     /// [`super::Event::ConnectionReleased`] for that lease. While a connection
     /// has uses it does not idle out.
-    ///
-    /// Spec: `NodeManager.acquireConnection`.
     pub fn acquire_connection(
         &mut self,
         now: Now,
@@ -97,11 +97,11 @@ impl NodeManager {
         Some(Step::Done(Ok(OpValue::Connection { lease, conn, peer })))
     }
 
+    /// Spec: `NodeManager.refreshBucket`.
+    ///
     /// Refreshes bucket `bucket`: looks up a random NodeId in its range, which
     /// fills the graph with nodes found on the way, then schedules the next
     /// refresh of the bucket.
-    ///
-    /// Spec: `NodeManager.refreshBucket`.
     pub fn refresh_bucket(
         &mut self,
         now: Now,
@@ -204,11 +204,11 @@ impl NodeManager {
         Duration::from_millis(self.rng.random_range(low..=high))
     }
 
+    /// Spec: `NodeManager.setupRefreshBucketTasks`.
+    ///
     /// Makes sure every bucket has exactly one refresh task, keeping the due
     /// times of tasks that already exist (persisted ones resume), and removes
     /// them all when refreshing is disabled.
-    ///
-    /// Spec: `NodeManager.setupRefreshBucketTasks`.
     pub(super) fn setup_refresh_bucket_tasks(&mut self) -> Vec<StoreOp> {
         let mut ops = Vec::new();
         for bucket in BucketIndex::all() {
@@ -222,12 +222,12 @@ impl NodeManager {
         ops
     }
 
+    /// Spec: `NodeManager.updateRefreshBucketDelay`.
+    ///
     /// Moves the refresh of `bucket` to `delay` from now (jittered; the
     /// configured delay if `None`). There is one refresh task per bucket, so
     /// this moves it rather than adding one. With `lazy` the operation ends
     /// once the new time is committed; otherwise it ends when that refresh has run.
-    ///
-    /// Spec: `NodeManager.updateRefreshBucketDelay`.
     pub fn update_refresh_bucket_delay(
         &mut self,
         now: Now,
@@ -359,11 +359,11 @@ impl NodeManager {
         }
     }
 
+    /// Spec: `NodeManager.resetBuckets`.
+    ///
     /// Rebuilds the graph for a new NodeId after key renewal: every contact
     /// moves to its bucket under the new id; where a bucket overflows, the
     /// most recently connected contacts stay.
-    ///
-    /// Spec: `NodeManager.resetBuckets`.
     pub fn reset_buckets(&mut self, now: Now, new_node_id: NodeId) -> Result<OpId, ApiError> {
         self.advance_clock(now);
         self.check_running()?;

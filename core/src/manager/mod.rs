@@ -206,11 +206,11 @@ pub struct NodeManager {
 }
 
 impl NodeManager {
+    /// Spec: `NodeManager.constructor`.
+    ///
     /// A stopped manager for `own` (its NodeId), with an empty graph; feed it
     /// [`Event::SnapshotLoaded`] and then call [`NodeManager::start`].
     /// `seed` seeds every random choice (refresh targets, jitter).
-    ///
-    /// Spec: `NodeManager.constructor`.
     pub fn new(config: Config, own: NodeId, now: Now, seed: [u8; 32]) -> Result<Self, ConfigError> {
         let graph = NodeGraph::new(own, &config)?;
         let signal_limiter = SignalLimiter::new(&config);
@@ -297,9 +297,9 @@ impl NodeManager {
         self.timers.get(timer)
     }
 
-    /// Bucket `index` of the graph.
-    ///
     /// Spec: `NodeManager.getBucket`.
+    ///
+    /// Bucket `index` of the graph.
     pub fn get_bucket(&self, index: BucketIndex) -> NodeBucket {
         self.graph.get_bucket(index)
     }
@@ -421,13 +421,13 @@ impl NodeManager {
         Ok(())
     }
 
+    /// Spec: `NodeManager.start`.
+    ///
     /// Starts the manager: resumes persisted tasks, creates the missing
     /// refresh tasks, schedules the connection check, starts announcing on
     /// mDNS. From now on every new connection, inbound included, is recorded
     /// with `set_node(peer, address, { direct, now, [global] }, block = true)`.
     /// Ends when the tasks it wrote are committed.
-    ///
-    /// Spec: `NodeManager.start`.
     pub fn start(&mut self, now: Now) -> Result<OpId, ApiError> {
         self.advance_clock(now);
         match self.state {
@@ -461,12 +461,12 @@ impl NodeManager {
         Ok(op)
     }
 
+    /// Spec: `NodeManager.stop`.
+    ///
     /// Stops the manager: ends every operation with `Cancelled`, stops mDNS,
     /// closes connections. Scheduled tasks stay in the store and resume at
     /// the next start (of a new manager on the same store). Nothing is
     /// emitted after the `Stopped` event.
-    ///
-    /// Spec: `NodeManager.stop`.
     pub fn stop(&mut self, now: Now) -> Result<(), ApiError> {
         self.advance_clock(now);
         if self.state != RunState::Running {

@@ -58,6 +58,8 @@ pub(crate) struct Gc {
 }
 
 impl NodeManager {
+    /// Spec: `NodeManager.setNode`.
+    ///
     /// Adds or updates a node in the graph. The own NodeId is ignored. A known
     /// node is updated and becomes the newest of its bucket; a new one is
     /// added if its bucket has room. In a full bucket, `force` evicts the
@@ -65,8 +67,6 @@ impl NodeManager {
     /// pending list and garbage collection is scheduled, or, with `block`, run
     /// now and waited for. Every add or update pushes the bucket's refresh back.
     /// `connect_timeout` bounds each garbage-collection ping.
-    ///
-    /// Spec: `NodeManager.setNode`.
     #[allow(clippy::too_many_arguments)]
     pub fn set_node(
         &mut self,
@@ -192,9 +192,9 @@ impl NodeManager {
         }
     }
 
-    /// Removes a node from the graph (contact and pending entry).
-    ///
     /// Spec: `NodeManager.unsetNode`.
+    ///
+    /// Removes a node from the graph (contact and pending entry).
     pub fn unset_node(&mut self, now: Now, node_id: NodeId) -> Result<OpId, ApiError> {
         self.advance_clock(now);
         self.check_running()?;
@@ -208,10 +208,10 @@ impl NodeManager {
         Ok(op)
     }
 
+    /// Spec: `NodeManager.addPendingNode`.
+    ///
     /// Puts a node on its bucket's pending list, then runs garbage collection
     /// now and waits for it (`block`), or schedules it.
-    ///
-    /// Spec: `NodeManager.addPendingNode`.
     pub fn add_pending_node(
         &mut self,
         now: Now,
@@ -255,10 +255,10 @@ impl NodeManager {
         Ok(op)
     }
 
+    /// Spec: `NodeManager.setupGCTask`.
+    ///
     /// Schedules garbage collection of `bucket` now, unless it is already
     /// scheduled or running: at most one per bucket.
-    ///
-    /// Spec: `NodeManager.setupGCTask`.
     pub(super) fn setup_gc_task(&mut self, bucket: BucketIndex) -> Vec<StoreOp> {
         let key = TaskKey::GarbageCollect(bucket);
         if self.gc_running.contains_key(&bucket) || self.timers.get(Timer::Task(key)).is_some() {
@@ -267,13 +267,13 @@ impl NodeManager {
         self.schedule_task(key, Duration::ZERO, TaskPayload::None)
     }
 
+    /// Spec: `NodeManager.garbageCollectBucket`.
+    ///
     /// Pings the contacts of `bucket`, oldest first, `gc_concurrency` at a
     /// time; removes those that do not answer; fills the room made with
     /// pending nodes, newest first; drops the other pending nodes. Ends when
     /// the result is committed. If a collection of the bucket is running, it
     /// waits for that one instead of starting a second.
-    ///
-    /// Spec: `NodeManager.garbageCollectBucket`.
     pub fn garbage_collect_bucket(
         &mut self,
         now: Now,
@@ -420,10 +420,10 @@ impl NodeManager {
         ops
     }
 
+    /// Spec: `NodeManager.pingNodeAddress`.
+    ///
     /// Ends `true` if `node_id` answers at `address` (an existing connection
     /// counts): a direct connection whose peer proves the NodeId. Never signals.
-    ///
-    /// Spec: `NodeManager.pingNodeAddress`.
     pub fn ping_node_address(
         &mut self,
         now: Now,

@@ -34,14 +34,14 @@ pub(crate) struct SyncOp {
 }
 
 impl NodeManager {
+    /// Spec: `NodeManager.syncNodeGraph`.
+    ///
     /// Joins the network: connects to the seed nodes (the closest
     /// `sync_concurrency` at a time), fails listing each seed's failure if
     /// none answers, then looks up the own NodeId and refreshes every bucket
     /// farther than the closest neighbour's. `blocking` waits for those
     /// refreshes; otherwise one sync task is scheduled and the operation ends
     /// once it is persisted.
-    ///
-    /// Spec: `NodeManager.syncNodeGraph`.
     pub fn sync_node_graph(
         &mut self,
         now: Now,

@@ -244,6 +244,8 @@ pub struct Net {
     /// Requests in flight at the receiver: (receiver, PeerRequestId) → (sender, RequestId).
     inbound: BTreeMap<(NodeId, PeerRequestId), (NodeId, RequestId)>,
     pub steps: u64,
+    /// Node i gets seed `seed_base + i`.
+    pub seed_base: u64,
     pub trace: Vec<(NodeId, Command)>,
     pub keep_trace: bool,
 }
@@ -262,6 +264,7 @@ impl Net {
             next_conn: 1,
             inbound: BTreeMap::new(),
             steps: 0,
+            seed_base: 7,
             trace: Vec::new(),
             keep_trace: false,
         }
@@ -269,9 +272,13 @@ impl Net {
 
     /// Adds and starts a node.
     pub fn add(&mut self, node_id: NodeId, address: SocketAddr, config: Config) {
-        let mut node =
-            NodeManager::new(config, node_id, self.now, seed(self.peers.len() as u64 + 7))
-                .expect("valid config");
+        let mut node = NodeManager::new(
+            config,
+            node_id,
+            self.now,
+            seed(self.seed_base.wrapping_add(self.peers.len() as u64)),
+        )
+        .expect("valid config");
         node.start(self.now).expect("start");
         self.by_address.insert(address, node_id);
         self.peers.insert(
