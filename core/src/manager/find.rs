@@ -275,10 +275,7 @@ impl NodeManager {
             mdns: MdnsPhase::Off,
         };
         let timeout = options.timeout.unwrap_or(self.config.find_node_timeout);
-        match parent {
-            Parent::Op(p) => Ok(self.spawn_child(p, OpKind::Find(Box::new(find)), Some(timeout))),
-            _ => self.spawn(OpKind::Find(Box::new(find)), parent, Some(timeout)),
-        }
+        self.spawn(OpKind::Find(Box::new(find)), parent, Some(timeout))
     }
 
     pub(super) fn step_query_mdns(&mut self, id: OpId, mut op: QueryMdns, input: Input) -> Step {
@@ -315,9 +312,13 @@ impl NodeManager {
                 self.seed_candidates(&mut op);
                 if op.strategies.mdns && self.config.mdns.is_some() {
                     let query = self.new_query(op.target);
-                    let child =
-                        self.spawn_child(id, OpKind::QueryMdns(query), Some(op.mdns_timeout));
-                    op.mdns = MdnsPhase::Querying(child);
+                    let child = self.spawn(
+                        OpKind::QueryMdns(query),
+                        Parent::Op(id),
+                        Some(op.mdns_timeout),
+                    );
+                    // Without room for the query, the lookup goes on without mDNS.
+                    op.mdns = child.map_or(MdnsPhase::Done, MdnsPhase::Querying);
                 }
             }
             Input::Connected {

@@ -257,10 +257,7 @@ impl NodeManager {
             batch: true,
             child: !lazy,
         };
-        let op = match parent {
-            Parent::Op(p) => self.spawn_child(p, OpKind::Wait(wait), None),
-            _ => self.spawn(OpKind::Wait(wait), parent, None)?,
-        };
+        let op = self.spawn(OpKind::Wait(wait), parent, None)?;
         let ops = self.schedule_task(TaskKey::RefreshBucket(bucket), delay, TaskPayload::None);
         if !lazy {
             self.refresh_waiters.entry(bucket).or_default().push(op);

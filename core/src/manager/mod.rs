@@ -573,24 +573,6 @@ impl NodeManager {
         Ok(id)
     }
 
-    /// Spawns a child; if that is refused, the parent hears of it as a failed child.
-    fn spawn_child(&mut self, parent: OpId, kind: OpKind, deadline: Option<Duration>) -> OpId {
-        match self.spawn(kind, Parent::Op(parent), deadline) {
-            Ok(id) => id,
-            Err(_) => {
-                let id = OpId(self.fresh_id());
-                self.inputs.push_back((
-                    parent,
-                    Input::Child {
-                        child: id,
-                        result: Err(OpError::Cancelled),
-                    },
-                ));
-                id
-            }
-        }
-    }
-
     fn input(&mut self, op: OpId, input: Input) {
         self.inputs.push_back((op, input));
     }

@@ -326,8 +326,9 @@ impl NodeManager {
     pub(super) fn step_gc(&mut self, id: OpId, mut gc: Box<Gc>, input: Input) -> Step {
         match input {
             Input::Start => {
-                self.timers
-                    .cancel(Timer::Task(TaskKey::GarbageCollect(gc.bucket)));
+                // This collection is the one a scheduled task would have run.
+                let ops = self.unschedule_task(TaskKey::GarbageCollect(gc.bucket));
+                self.store(ops, None);
                 gc.to_ping = self
                     .graph
                     .bucket(gc.bucket)
@@ -369,14 +370,19 @@ impl NodeManager {
                 attempt: None,
                 timeout: gc.connect_timeout,
             };
-            let child = self.spawn_child(id, OpKind::PingAddress(ping), None);
-            gc.in_flight.insert(child, (node_id, updated));
+            // A contact that cannot be pinged now (too many operations) is
+            // kept: only a failed ping condemns it.
+            if let Ok(child) = self.spawn(OpKind::PingAddress(ping), Parent::Op(id), None) {
+                gc.in_flight.insert(child, (node_id, updated));
+            }
         }
         if !gc.in_flight.is_empty() || !gc.to_ping.is_empty() {
             return Step::Continue(OpKind::Gc(gc));
         }
         let ops = self.gc_apply(&gc);
         gc.committing = true;
+        // Nodes offered from now on wait for the next collection, not this one.
+        self.gc_running.retain(|_, op| *op != id);
         self.store(ops, Some(id));
         Step::Continue(OpKind::Gc(gc))
     }
