@@ -160,7 +160,14 @@ impl NodeManager {
             Input::Child { .. } if !op.committing => {
                 // Found or not, the bucket was refreshed; schedule the next.
                 self.refresh_running.retain(|_, r| *r != id);
-                let ops = self.reschedule_refresh(op.bucket);
+                let ops = if self.refresh_waiters.contains_key(&op.bucket) {
+                    // Someone waits for a refresh that this one preempted
+                    // (it was due while this ran): run it now.
+                    let key = TaskKey::RefreshBucket(op.bucket);
+                    self.schedule_task(key, Duration::ZERO, TaskPayload::None)
+                } else {
+                    self.reschedule_refresh(op.bucket)
+                };
                 op.committing = true;
                 self.store(ops, Some(id));
             }
@@ -175,10 +182,6 @@ impl NodeManager {
     /// The next refresh of `bucket`, a jittered `refresh_bucket_delay` from now.
     fn reschedule_refresh(&mut self, bucket: BucketIndex) -> Vec<StoreOp> {
         let key = TaskKey::RefreshBucket(bucket);
-        if self.refresh_waiters.contains_key(&bucket) {
-            // Someone waits for a refresh that this one preempted: run it now.
-            return self.schedule_task(key, Duration::ZERO, TaskPayload::None);
-        }
         if self.config.refresh_bucket_delay.is_zero() {
             return self.unschedule_task(key);
         }

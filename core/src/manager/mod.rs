@@ -203,6 +203,9 @@ pub struct NodeManager {
     check_running: Option<OpId>,
     signal_limiter: SignalLimiter,
     stats: Stats,
+    /// Whether the store holds this graph's space (owner and active space);
+    /// a new store gets them written at start.
+    graph_persisted: bool,
 }
 
 impl NodeManager {
@@ -239,6 +242,7 @@ impl NodeManager {
             check_running: None,
             signal_limiter,
             stats: Stats::default(),
+            graph_persisted: false,
         })
     }
 
@@ -404,6 +408,7 @@ impl NodeManager {
             return Err(ApiError::SnapshotAfterStart);
         }
         if let Some(graph) = snapshot.graph {
+            self.graph_persisted = true;
             let own = self.graph.own_node_id();
             let (restored, trim) = NodeGraph::restore(graph, &self.config)
                 .map_err(|e| ApiError::BadSnapshot(e.to_string()))?;
@@ -446,7 +451,13 @@ impl NodeManager {
             let at = self.now.mono_of_unix(due);
             self.timers.set(Timer::Task(key), at);
         }
-        let mut ops = self.setup_refresh_bucket_tasks();
+        let mut ops = Vec::new();
+        if !self.graph_persisted {
+            // A new store: write the graph's space so that it loads next time.
+            ops.extend(self.graph.persist_all());
+            self.graph_persisted = true;
+        }
+        ops.extend(self.setup_refresh_bucket_tasks());
         ops.extend(self.schedule_check_connections(false));
         if let Some(mdns) = &self.config.mdns {
             self.commands.push_back(Command::MdnsAnnounce {
@@ -913,8 +924,13 @@ impl NodeManager {
     }
 
     fn on_connection_closed(&mut self, conn: ConnId) {
-        if self.conns.remove(conn).is_some() {
+        if let Some(closed) = self.conns.remove(conn) {
             self.timers.cancel(Timer::ConnIdle(conn));
+            // Another connection to the node may now be its primary one, with
+            // the primary's longer time to live.
+            if let Some((primary, _)) = self.conns.primary(&closed.peer) {
+                self.arm_idle(primary);
+            }
         }
     }
 
