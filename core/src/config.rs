@@ -69,6 +69,14 @@ pub struct Config {
     pub max_signal_sources: usize,
     /// The largest encoded wire message accepted or sent. Default 64 KiB.
     pub max_message_size: usize,
+    /// How long a claim exchange may take, on either side. Default 15 s.
+    pub claim_timeout: Duration,
+    /// How far a new claim's issue time may be from now. Default 5 min.
+    pub claim_max_skew: Duration,
+    /// Claim ids remembered to refuse replays. Default 1024.
+    pub max_recent_claims: usize,
+    /// The most claims one chain-data page carries. Default 256.
+    pub max_chain_page: usize,
 }
 
 /// Where mDNS announces and queries.
@@ -121,6 +129,10 @@ impl Default for Config {
             signal_rate_refill_per_sec: 10,
             max_signal_sources: 1024,
             max_message_size: 64 * 1024,
+            claim_timeout: Duration::from_secs(15),
+            claim_max_skew: Duration::from_secs(300),
+            max_recent_claims: 1024,
+            max_chain_page: 256,
         }
     }
 }
@@ -178,6 +190,8 @@ impl Config {
         check_range("max_queued_events", self.max_queued_events, 16, 1 << 24)?;
         check_range("max_signal_sources", self.max_signal_sources, 1, 1 << 20)?;
         check_range("max_message_size", self.max_message_size, 1024, 16 << 20)?;
+        check_range("max_recent_claims", self.max_recent_claims, 1, 1 << 20)?;
+        check_range("max_chain_page", self.max_chain_page, 1, 1024)?;
         check_range(
             "signal_rate_capacity",
             self.signal_rate_capacity as usize,
@@ -196,6 +210,8 @@ impl Config {
                 self.nodes_connection_find_local_timeout,
             ),
             ("rpc_timeout", self.rpc_timeout),
+            ("claim_timeout", self.claim_timeout),
+            ("claim_max_skew", self.claim_max_skew),
             ("find_node_timeout", self.find_node_timeout),
             ("connection_idle_ttl", self.connection_idle_ttl),
             (

@@ -29,6 +29,7 @@
 
 mod address;
 mod bucket;
+pub mod claims;
 mod config;
 mod conn_error;
 mod contact;
@@ -60,7 +61,7 @@ pub use id::{
 pub use manager::{
     ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, FindOptions, LeaseId,
     NodeEvent, NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId,
-    ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies, Timer,
+    ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies, StreamId, Timer,
 };
 pub use seed::{SeedNodes, SeedNodesParseError};
 pub use store::{

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::address::NodeAddress;
+use crate::claims::SignedClaim;
 use crate::contact::{NodeContact, NodeContactAddressData};
 use crate::graph::NodeGraphSpace;
 use crate::id::{BucketIndex, NodeId};
@@ -67,6 +68,24 @@ pub enum StoreOp {
     },
     /// Deletes a scheduled task (nothing if absent).
     DeleteTask(TaskKey),
+    /// Appends a claim to the own sigchain. The payload is stored byte for byte.
+    PutClaim {
+        /// Its position in the chain.
+        seq: u64,
+        /// The signed claim.
+        claim: SignedClaim,
+    },
+    /// Records a link of the gestalt graph (`a < b`).
+    PutGestaltLink {
+        /// One node.
+        a: NodeId,
+        /// The other.
+        b: NodeId,
+    },
+    /// Allows `node_id` to claim this node (the `claim` permission).
+    PutClaimPermission(NodeId),
+    /// Withdraws that permission.
+    DeleteClaimPermission(NodeId),
 }
 
 /// A persisted task of the node manager. There is at most one task per key,
@@ -139,6 +158,12 @@ pub struct Snapshot {
     pub graph: Option<GraphSnapshot>,
     /// Scheduled tasks.
     pub tasks: Vec<(TaskKey, TaskRecord)>,
+    /// The own sigchain, in seq order.
+    pub claims: Vec<SignedClaim>,
+    /// Gestalt links.
+    pub gestalt_links: Vec<(NodeId, NodeId)>,
+    /// Nodes allowed to claim this one.
+    pub claim_permissions: Vec<NodeId>,
 }
 
 /// A persisted contact: the contact and when it was last updated.

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::claims::{AbortReason, ClaimId, SignedClaim};
 use crate::contact::NodeContact;
 use crate::id::NodeId;
 
@@ -47,6 +48,16 @@ pub enum Request {
         /// The node to reach.
         target: NodeId,
     },
+    /// Up to `limit` claims of the peer's sigchain, from `from` (inclusive)
+    /// or the start.
+    ///
+    /// Spec: what `NodeManager.requestChainData` asks.
+    ChainData {
+        /// The first claim wanted.
+        from: Option<ClaimId>,
+        /// The most claims wanted.
+        limit: u32,
+    },
     /// From a signaller: `source` wants to connect; punch towards its address.
     ///
     /// Spec: `nodesConnectionSignalFinal`.
@@ -75,6 +86,11 @@ pub enum Response {
     },
     /// Answer to [`Request::SignalFinal`].
     Ack,
+    /// Answer to [`Request::ChainData`]: signed claims in seq order.
+    ChainData {
+        /// The claims.
+        claims: Vec<SignedClaim>,
+    },
     /// The request was refused.
     Refused(RefusalReason),
 }
@@ -88,6 +104,48 @@ pub enum RefusalReason {
     RateLimited,
     /// The node is stopping.
     Stopping,
+}
+
+/// The messages of the claim exchange, all on one stream opened by the requester.
+///
+/// 1. requester → target: `Request`, its claim {iss requester, sub target}, signed by it;
+/// 2. target → requester: `Countersigned`, the same claim signed by both;
+/// 3. target → requester: `Reverse`, the target's claim {iss target, sub requester}, signed by it;
+/// 4. requester → target: `ReverseCountersigned`, that claim signed by both.
+///
+/// Either side may send `Abort` instead of its next message.
+///
+/// Spec: the messages of `NodeManager.claimNode` and `NodeManager.handleClaimNode`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ClaimMessage {
+    /// Message 1.
+    Request(SignedClaim),
+    /// Message 2.
+    Countersigned(SignedClaim),
+    /// Message 3.
+    Reverse(SignedClaim),
+    /// Message 4.
+    ReverseCountersigned(SignedClaim),
+    /// The exchange is over: the sender gives up, for this reason.
+    Abort(AbortReason),
+}
+
+impl ClaimMessage {
+    /// The message's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClaimMessage::Request(_) => "Request",
+            ClaimMessage::Countersigned(_) => "Countersigned",
+            ClaimMessage::Reverse(_) => "Reverse",
+            ClaimMessage::ReverseCountersigned(_) => "ReverseCountersigned",
+            ClaimMessage::Abort(_) => "Abort",
+        }
+    }
+}
+
+/// Decodes a [`ClaimMessage`].
+pub fn decode_claim_message(bytes: &[u8], limit: usize) -> Result<ClaimMessage, DecodeError> {
+    decode(bytes, limit)
 }
 
 /// Why bytes are not a valid message.
@@ -166,14 +224,16 @@ pub fn decode_request(bytes: &[u8], limit: usize) -> Result<Request, DecodeError
 /// Decodes a [`Response`], checking its lists against [`MAX_CLOSEST`].
 pub fn decode_response(bytes: &[u8], limit: usize) -> Result<Response, DecodeError> {
     let response: Response = decode(bytes, limit)?;
-    if let Response::ClosestNodes { active, contacts } = &response {
-        let found = active.len().max(contacts.len());
-        if found > MAX_CLOSEST {
-            return Err(DecodeError::TooManyEntries {
-                found,
-                limit: MAX_CLOSEST,
-            });
-        }
+    let found = match &response {
+        Response::ClosestNodes { active, contacts } => active.len().max(contacts.len()),
+        Response::ChainData { claims } => claims.len(),
+        _ => 0,
+    };
+    if found > MAX_CLOSEST {
+        return Err(DecodeError::TooManyEntries {
+            found,
+            limit: MAX_CLOSEST,
+        });
     }
     Ok(response)
 }

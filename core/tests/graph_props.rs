@@ -101,7 +101,12 @@ impl ModelStore {
                 StoreOp::DeletePending { space, node_id } => {
                     self.pending.remove(&(space, node_id));
                 }
-                StoreOp::PutTask { .. } | StoreOp::DeleteTask(_) => {}
+                StoreOp::PutTask { .. }
+                | StoreOp::DeleteTask(_)
+                | StoreOp::PutClaim { .. }
+                | StoreOp::PutGestaltLink { .. }
+                | StoreOp::PutClaimPermission(_)
+                | StoreOp::DeleteClaimPermission(_) => {}
                 StoreOp::ClearSpace(space) => {
                     self.owners.remove(&space);
                     self.contacts.retain(|(s, _), _| *s != space);

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
+use keynode_core::claims::SignedClaim;
 use keynode_core::{
     ContactRecord, GraphSnapshot, NODE_ID_LEN, NodeGraphSpace, NodeId, PendingRecord, Snapshot,
     StoreOp, TaskKey, TaskRecord,
@@ -143,6 +144,9 @@ pub struct Store {
     contacts: Db,
     pending: Db,
     tasks: Db,
+    claims: Db,
+    gestalt: Db,
+    permissions: Db,
 }
 
 impl std::fmt::Debug for Store {
@@ -191,11 +195,14 @@ impl Store {
                     create("contacts")?,
                     create("pending")?,
                     create("tasks")?,
+                    create("claims")?,
+                    create("gestalt")?,
+                    create("permissions")?,
                 ];
                 Ok(CommitOrAbort::<_, Infallible>::Commit(dbs))
             })
             .map_err(lmdb)?;
-        let [meta, contacts, pending, tasks] = match created {
+        let [meta, contacts, pending, tasks, claims, gestalt, permissions] = match created {
             CommitOrAbort::Commit(dbs) => dbs,
             CommitOrAbort::Abort(never) => match never {},
         };
@@ -230,6 +237,9 @@ impl Store {
             contacts,
             pending,
             tasks,
+            claims,
+            gestalt,
+            permissions,
         })
     }
 
@@ -312,6 +322,28 @@ impl Store {
                 .delete(txn, &key.to_bytes())
                 .map(drop)
                 .map_err(err),
+            StoreOp::PutClaim { seq, claim } => {
+                // The claim's payload is written as received, byte for byte.
+                let value = encode("claim", claim)?;
+                self.claims
+                    .put(txn, &seq.to_be_bytes(), &value)
+                    .map_err(err)
+            }
+            StoreOp::PutGestaltLink { a, b } => {
+                let mut key = [0u8; 2 * NODE_ID_LEN];
+                key[..NODE_ID_LEN].copy_from_slice(a.as_bytes());
+                key[NODE_ID_LEN..].copy_from_slice(b.as_bytes());
+                self.gestalt.put(txn, &key, &[]).map_err(err)
+            }
+            StoreOp::PutClaimPermission(node_id) => self
+                .permissions
+                .put(txn, node_id.as_bytes(), &[])
+                .map_err(err),
+            StoreOp::DeleteClaimPermission(node_id) => self
+                .permissions
+                .delete(txn, node_id.as_bytes())
+                .map(drop)
+                .map_err(err),
             StoreOp::ClearSpace(space) => {
                 self.meta.delete(txn, owner_key(*space)).map_err(err)?;
                 for db in [self.contacts, self.pending] {
@@ -327,7 +359,50 @@ impl Store {
         Ok(Snapshot {
             graph: self.load_graph()?,
             tasks: self.load_tasks()?,
+            claims: self.load_claims()?,
+            gestalt_links: self.load_gestalt()?,
+            claim_permissions: self.load_permissions()?,
         })
+    }
+
+    /// The own sigchain, in seq order, as stored.
+    pub fn load_claims(&self) -> Result<Vec<SignedClaim>, StoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.lmdb_error(e))?;
+        let mut out = Vec::new();
+        for item in self.claims.iter(&txn).map_err(|e| self.lmdb_error(e))? {
+            let (_, value) = item.map_err(|e| self.lmdb_error(e))?;
+            out.push(decode(value).map_err(|detail| self.corrupt("claim", detail))?);
+        }
+        Ok(out)
+    }
+
+    fn load_gestalt(&self) -> Result<Vec<(NodeId, NodeId)>, StoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.lmdb_error(e))?;
+        let mut out = Vec::new();
+        for item in self.gestalt.iter(&txn).map_err(|e| self.lmdb_error(e))? {
+            let (key, _) = item.map_err(|e| self.lmdb_error(e))?;
+            let (a, b) = key.split_at(key.len().min(NODE_ID_LEN));
+            let pair = NodeId::try_from_slice(a).and_then(|a| Ok((a, NodeId::try_from_slice(b)?)));
+            out.push(pair.map_err(|e| self.corrupt("gestalt link", e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    fn load_permissions(&self) -> Result<Vec<NodeId>, StoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.lmdb_error(e))?;
+        let mut out = Vec::new();
+        for item in self
+            .permissions
+            .iter(&txn)
+            .map_err(|e| self.lmdb_error(e))?
+        {
+            let (key, _) = item.map_err(|e| self.lmdb_error(e))?;
+            out.push(
+                NodeId::try_from_slice(key)
+                    .map_err(|e| self.corrupt("claim permission", e.to_string()))?,
+            );
+        }
+        Ok(out)
     }
 
     /// The scheduled tasks, in key order.

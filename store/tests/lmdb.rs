@@ -267,6 +267,76 @@ fn tasks_survive_a_reopen() {
 }
 
 #[test]
+fn the_sigchain_gestalt_and_permissions_survive_a_reopen_byte_for_byte() {
+    use keynode_core::claims::{CLAIM_VERSION, Claim, ClaimBody, ClaimId, KeyPair, SignedClaim};
+    let dir = tempfile::tempdir().unwrap();
+    let owner = KeyPair::from_seed(&[1; 32]).unwrap();
+    let mut claims = Vec::new();
+    let mut prev: Option<(ClaimId, [u8; 32])> = None;
+    for seq in 0..5u64 {
+        let partner = KeyPair::from_seed(&[seq as u8 + 2; 32]).unwrap();
+        let claim = Claim {
+            version: CLAIM_VERSION,
+            id: ClaimId([seq as u8; 16]),
+            seq,
+            prev_claim_id: prev.map(|p| p.0),
+            prev_digest: prev.map(|p| p.1),
+            iat: 1000 + seq,
+            nbf: 1000 + seq,
+            body: ClaimBody::LinkNode {
+                iss: owner.node_id(),
+                sub: partner.node_id(),
+            },
+        };
+        let mut signed = SignedClaim::sign(&claim, &owner).unwrap();
+        signed.countersign(&partner);
+        prev = Some((claim.id, signed.digest()));
+        claims.push(signed);
+    }
+    let ops: Vec<StoreOp> = claims
+        .iter()
+        .enumerate()
+        .map(|(seq, claim)| StoreOp::PutClaim {
+            seq: seq as u64,
+            claim: claim.clone(),
+        })
+        .chain([
+            StoreOp::PutGestaltLink {
+                a: NodeId::from_bytes([1; 32]),
+                b: NodeId::from_bytes([2; 32]),
+            },
+            StoreOp::PutClaimPermission(NodeId::from_bytes([5; 32])),
+            StoreOp::PutClaimPermission(NodeId::from_bytes([6; 32])),
+            StoreOp::DeleteClaimPermission(NodeId::from_bytes([5; 32])),
+        ])
+        .collect();
+    let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    store.apply(&ops).unwrap();
+    store.close();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let snapshot = store.load().unwrap();
+    store.close();
+    assert_eq!(
+        snapshot.claims, claims,
+        "same claims, same bytes, in seq order"
+    );
+    for (loaded, written) in snapshot.claims.iter().zip(&claims) {
+        assert_eq!(loaded.payload, written.payload);
+        assert_eq!(loaded.digest(), written.digest());
+    }
+    assert_eq!(
+        snapshot.gestalt_links,
+        vec![(NodeId::from_bytes([1; 32]), NodeId::from_bytes([2; 32]))]
+    );
+    assert_eq!(
+        snapshot.claim_permissions,
+        vec![NodeId::from_bytes([6; 32])]
+    );
+    let (ok, bad) = keynode_core::claims::verify_chain(&owner.node_id(), &snapshot.claims, None);
+    assert_eq!((ok.len(), bad.len()), (5, 0));
+}
+
+#[test]
 fn a_path_opens_once_per_process_and_again_after_close() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();

@@ -6,11 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::address::{Hostname, NodeAddress};
+use crate::claims::{ChainRejection, ClaimError, SignedClaim};
 use crate::conn_error::ConnectionErrorCode;
 use crate::contact::{ContactMode, NodeContactAddressData};
 use crate::id::{BucketIndex, NodeId};
 use crate::store::{Snapshot, StoreOp};
-use crate::wire::{Request, Response};
+use crate::wire::{ClaimMessage, Request, Response};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -65,6 +66,17 @@ id_type!(
     /// [`Event::ConnectionReleased`].
     LeaseId
 );
+
+/// A bidirectional stream carrying a multi-message exchange (the claim
+/// exchange). `Local` streams are opened by this node and numbered by the
+/// core; `Remote` ones are opened by the peer and numbered by the driver.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum StreamId {
+    /// Opened by this node ([`Command::OpenStream`]).
+    Local(u64),
+    /// Opened by the peer ([`Event::StreamOpened`]).
+    Remote(u64),
+}
 
 /// Why a connection attempt failed (reported by the driver).
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
@@ -154,6 +166,27 @@ pub enum Event {
         /// The decoded response.
         result: Result<Response, RpcFailure>,
     },
+    /// A peer opened a stream with its first message (a claim exchange).
+    StreamOpened {
+        /// The connection.
+        conn: ConnId,
+        /// The stream (`StreamId::Remote`).
+        stream: StreamId,
+        /// The first message.
+        message: ClaimMessage,
+    },
+    /// A message arrived on a stream.
+    StreamReceived {
+        /// The stream.
+        stream: StreamId,
+        /// The message.
+        message: ClaimMessage,
+    },
+    /// A stream ended (finished, reset, or its connection closed).
+    StreamClosed {
+        /// The stream.
+        stream: StreamId,
+    },
     /// mDNS found addresses of a node.
     MdnsAnswer {
         /// The query.
@@ -221,6 +254,24 @@ pub enum Command {
         request: PeerRequestId,
         /// The response.
         body: Response,
+    },
+    /// Open a bidirectional stream on a connection and send its first message.
+    OpenStream {
+        /// The connection.
+        conn: ConnId,
+        /// The stream (`StreamId::Local`).
+        stream: StreamId,
+        /// The first message.
+        message: ClaimMessage,
+    },
+    /// Send a message on a stream; `finish` ends the sending side.
+    StreamSend {
+        /// The stream.
+        stream: StreamId,
+        /// The message.
+        message: ClaimMessage,
+        /// Whether this is the last message.
+        finish: bool,
     },
     /// Close a connection with an application close code.
     CloseConnection {
@@ -309,6 +360,14 @@ pub enum OpValue {
     Reachable(bool),
     /// `query_mdns`: the addresses found.
     Addresses(Vec<SocketAddr>),
+    /// `request_chain_data`: the claims that verified, in seq order, and the
+    /// ones that did not.
+    Chain {
+        /// Verified claims.
+        claims: Vec<SignedClaim>,
+        /// Claims that failed verification, with why.
+        rejected: Vec<ChainRejection>,
+    },
     /// `acquire_connection`: a use of a connection, to end with
     /// [`Event::ConnectionReleased`].
     Connection {
@@ -354,6 +413,15 @@ pub enum OpError {
     /// The store failed to persist the change.
     #[error("store failed: {0}")]
     Store(String),
+    /// A claim exchange or chain check failed.
+    #[error("claim failed: {0}")]
+    Claim(ClaimError),
+    /// The manager has no signing key.
+    #[error("this node manager has no signing key")]
+    CannotSign,
+    /// A request was refused by the peer.
+    #[error("the peer refused the request: {0:?}")]
+    Refused(crate::wire::RefusalReason),
 }
 
 fn list_failures(failures: &[SeedFailure]) -> String {

@@ -384,7 +384,10 @@ impl NodeManager {
                 }
             }
             Input::Deadline => return Step::Done(Err(OpError::Timeout)),
-            Input::Mdns { .. } | Input::Committed { .. } => {}
+            Input::Mdns { .. }
+            | Input::Committed { .. }
+            | Input::Stream { .. }
+            | Input::StreamClosed => {}
         }
         match self.find_advance(id, &mut op) {
             Some(done) => done,

@@ -29,6 +29,7 @@
 //! seed and the same inputs give the same commands.
 
 mod api;
+mod claims;
 mod conns;
 mod find;
 mod maintenance;
@@ -47,12 +48,13 @@ use rand_chacha::ChaCha8Rng;
 pub use api::{
     ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, LeaseId, NodeEvent,
     OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId, ResolveId, RpcFailure,
-    SeedFailure, StoreBatch,
+    SeedFailure, StoreBatch, StreamId,
 };
 pub use find::{FindOptions, Strategies};
 pub use timers::Timer;
 
 use crate::address::{Host, NodeAddress};
+use crate::claims::{ClaimId, GestaltGraph, Identity, KeyPair, Sigchain};
 use crate::config::{Config, ConfigError};
 use crate::conn_error::ConnectionErrorCode;
 use crate::contact::{ContactMode, NodeAddressScopes, NodeContactAddressData};
@@ -131,6 +133,10 @@ enum Input {
     Committed {
         result: Result<(), String>,
     },
+    Stream {
+        message: crate::wire::ClaimMessage,
+    },
+    StreamClosed,
     Deadline,
 }
 
@@ -155,6 +161,9 @@ enum OpKind {
     Refresh(maintenance::Refresh),
     CheckConnections(maintenance::CheckConnections),
     Sync(Box<sync::SyncOp>),
+    ClaimNode(Box<claims::ClaimNodeOp>),
+    HandleClaim(claims::HandleClaimOp),
+    ChainData(claims::ChainDataOp),
 }
 
 struct OpEntry {
@@ -203,6 +212,13 @@ pub struct NodeManager {
     check_running: Option<OpId>,
     signal_limiter: SignalLimiter,
     stats: Stats,
+    key: Option<KeyPair>,
+    sigchain: Sigchain,
+    gestalt: GestaltGraph,
+    claim_permissions: BTreeSet<NodeId>,
+    /// Ids of claims signed recently, to refuse replays (bounded; oldest out).
+    recent_claims: BTreeSet<ClaimId>,
+    streams: BTreeMap<StreamId, OpId>,
     /// Whether the store holds this graph's space (owner and active space);
     /// a new store gets them written at start.
     graph_persisted: bool,
@@ -214,7 +230,14 @@ impl NodeManager {
     /// A stopped manager for `own` (its NodeId), with an empty graph; feed it
     /// [`Event::SnapshotLoaded`] and then call [`NodeManager::start`].
     /// `seed` seeds every random choice (refresh targets, jitter).
-    pub fn new(config: Config, own: NodeId, now: Now, seed: [u8; 32]) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: Config,
+        identity: impl Into<Identity>,
+        now: Now,
+        seed: [u8; 32],
+    ) -> Result<Self, ConfigError> {
+        let identity = identity.into();
+        let own = identity.node_id();
         let graph = NodeGraph::new(own, &config)?;
         let signal_limiter = SignalLimiter::new(&config);
         Ok(Self {
@@ -242,6 +265,12 @@ impl NodeManager {
             check_running: None,
             signal_limiter,
             stats: Stats::default(),
+            key: identity.key().cloned(),
+            sigchain: Sigchain::new(own),
+            gestalt: GestaltGraph::default(),
+            claim_permissions: BTreeSet::new(),
+            recent_claims: BTreeSet::new(),
+            streams: BTreeMap::new(),
             graph_persisted: false,
         })
     }
@@ -355,6 +384,23 @@ impl NodeManager {
                 Some(op) => self.input(op, Input::Response { request, result }),
                 None => self.stats.stale_events += 1,
             },
+            Event::StreamOpened {
+                conn,
+                stream,
+                message,
+            } => {
+                if self.state == RunState::Running {
+                    self.handle_claim_node(conn, stream, message);
+                }
+            }
+            Event::StreamReceived { stream, message } => match self.streams.get(&stream) {
+                Some(op) => self.input(*op, Input::Stream { message }),
+                None => self.stats.stale_events += 1,
+            },
+            Event::StreamClosed { stream } => match self.streams.remove(&stream) {
+                Some(op) => self.input(op, Input::StreamClosed),
+                None => self.stats.stale_events += 1,
+            },
             Event::MdnsAnswer { query, addresses } => match self.queries.get(&query) {
                 Some(op) => self.input(*op, Input::Mdns { addresses }),
                 None => self.stats.stale_events += 1,
@@ -423,6 +469,13 @@ impl NodeManager {
             }
         }
         self.tasks = snapshot.tasks.into_iter().collect();
+        // Claims that no longer verify are left out of the chain in memory.
+        let (chain, _rejected) = Sigchain::restore(self.graph.own_node_id(), snapshot.claims);
+        self.sigchain = chain;
+        for (a, b) in snapshot.gestalt_links {
+            let _new = self.gestalt.link(a, b);
+        }
+        self.claim_permissions = snapshot.claim_permissions.into_iter().collect();
         Ok(())
     }
 
@@ -513,6 +566,7 @@ impl NodeManager {
         self.resolves.clear();
         self.requests.clear();
         self.batches.clear();
+        self.streams.clear();
         self.timers.clear();
         self.gc_running.clear();
         self.refresh_running.clear();
@@ -636,6 +690,9 @@ impl NodeManager {
             OpKind::Refresh(op) => self.step_refresh(id, op, input),
             OpKind::CheckConnections(op) => self.step_check_connections(id, op, input),
             OpKind::Sync(op) => self.step_sync(id, op, input),
+            OpKind::ClaimNode(op) => self.step_claim_node(id, op, input),
+            OpKind::HandleClaim(op) => self.step_handle_claim(id, op, input),
+            OpKind::ChainData(op) => self.step_chain_data(id, op, input),
         }
     }
 
@@ -698,6 +755,7 @@ impl NodeManager {
     /// id, so it works whatever state the operation ended in.
     fn forget_op(&mut self, id: OpId) {
         self.gc_running.retain(|_, op| *op != id);
+        self.streams.retain(|_, op| *op != id);
         self.refresh_running.retain(|_, op| *op != id);
         if self.check_running == Some(id) {
             self.check_running = None;

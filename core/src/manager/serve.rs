@@ -77,6 +77,7 @@ impl NodeManager {
         let (requester, requester_address) = requester;
         match body {
             Request::ClosestNodes { target } => self.closest_nodes(requester, &target),
+            Request::ChainData { from, limit } => self.serve_chain_data(from, limit),
             Request::Signal { target } => {
                 if !self.signal_limiter.allow(requester, self.now.mono) {
                     self.stats.signals_rate_limited += 1;

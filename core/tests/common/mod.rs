@@ -22,6 +22,9 @@ pub struct ModelStore {
     pub contacts: BTreeMap<(NodeGraphSpace, NodeId), ContactRecord>,
     pub pending: BTreeMap<(NodeGraphSpace, NodeId), PendingRecord>,
     pub tasks: BTreeMap<TaskKey, TaskRecord>,
+    pub claims: BTreeMap<u64, keynode_core::claims::SignedClaim>,
+    pub gestalt: BTreeSet<(NodeId, NodeId)>,
+    pub permissions: BTreeSet<NodeId>,
     pub batches: usize,
 }
 
@@ -65,6 +68,18 @@ impl ModelStore {
                 StoreOp::DeleteTask(key) => {
                     self.tasks.remove(&key);
                 }
+                StoreOp::PutClaim { seq, claim } => {
+                    self.claims.insert(seq, claim);
+                }
+                StoreOp::PutGestaltLink { a, b } => {
+                    self.gestalt.insert((a, b));
+                }
+                StoreOp::PutClaimPermission(node) => {
+                    self.permissions.insert(node);
+                }
+                StoreOp::DeleteClaimPermission(node) => {
+                    self.permissions.remove(&node);
+                }
             }
         }
     }
@@ -89,6 +104,9 @@ impl ModelStore {
         Snapshot {
             graph,
             tasks: self.tasks.clone().into_iter().collect(),
+            claims: self.claims.values().cloned().collect(),
+            gestalt_links: self.gestalt.iter().copied().collect(),
+            claim_permissions: self.permissions.iter().copied().collect(),
         }
     }
 }
@@ -227,6 +245,11 @@ enum Delivery {
     },
 }
 
+/// Changes (or drops, returning false) a claim message sent by a node.
+pub type StreamTamper = Box<dyn FnMut(NodeId, &mut keynode_core::wire::ClaimMessage) -> bool>;
+/// Changes a response on its way to a node.
+pub type ResponseTamper = Box<dyn FnMut(NodeId, &mut keynode_core::wire::Response)>;
+
 /// Several managers on an in-memory network. Deliveries take `latency`;
 /// messages to an offline node are lost (the sender times out). Everything
 /// happens in a deterministic order: by time, then by sequence number.
@@ -244,6 +267,16 @@ pub struct Net {
     /// Requests in flight at the receiver: (receiver, PeerRequestId) → (sender, RequestId).
     inbound: BTreeMap<(NodeId, PeerRequestId), (NodeId, RequestId)>,
     pub steps: u64,
+    /// Claim streams: (node, its stream id) → (other node, its stream id).
+    streams: BTreeMap<(NodeId, keynode_core::StreamId), (NodeId, keynode_core::StreamId)>,
+    next_stream: u64,
+    /// Changes (or drops, returning false) claim messages in flight: a
+    /// man in the middle, for tests of tampering.
+    pub tamper_stream: Option<StreamTamper>,
+    /// Changes responses in flight.
+    pub tamper_response: Option<ResponseTamper>,
+    /// Every claim message sent: (sender, message).
+    pub claim_log: Vec<(NodeId, keynode_core::wire::ClaimMessage)>,
     /// Node i gets seed `seed_base + i`.
     pub seed_base: u64,
     pub trace: Vec<(NodeId, Command)>,
@@ -264,6 +297,11 @@ impl Net {
             next_conn: 1,
             inbound: BTreeMap::new(),
             steps: 0,
+            streams: BTreeMap::new(),
+            next_stream: 1,
+            tamper_stream: None,
+            tamper_response: None,
+            claim_log: Vec::new(),
             seed_base: 7,
             trace: Vec::new(),
             keep_trace: false,
@@ -272,13 +310,20 @@ impl Net {
 
     /// Adds and starts a node.
     pub fn add(&mut self, node_id: NodeId, address: SocketAddr, config: Config) {
-        let mut node = NodeManager::new(
-            config,
-            node_id,
-            self.now,
-            seed(self.seed_base.wrapping_add(self.peers.len() as u64)),
-        )
-        .expect("valid config");
+        self.add_identity(node_id.into(), address, config);
+    }
+
+    /// Adds and starts a node with this identity (a key pair signs claims).
+    pub fn add_identity(
+        &mut self,
+        identity: keynode_core::claims::Identity,
+        address: SocketAddr,
+        config: Config,
+    ) {
+        let node_id = identity.node_id();
+        let node_seed = seed(self.seed_base.wrapping_add(self.peers.len() as u64));
+        let mut node =
+            NodeManager::new(config, identity, self.now, node_seed).expect("valid config");
         node.start(self.now).expect("start");
         self.by_address.insert(address, node_id);
         self.peers.insert(
@@ -401,6 +446,26 @@ impl Net {
                         );
                     }
                 }
+                Command::OpenStream {
+                    conn,
+                    stream,
+                    message,
+                } => {
+                    if let Some(to) = peer.links.get(&conn).copied() {
+                        let remote = keynode_core::StreamId::Remote(self.next_stream);
+                        self.next_stream += 1;
+                        self.streams.insert((node_id, stream), (to, remote));
+                        self.streams.insert((to, remote), (node_id, stream));
+                        self.send_claim(node_id, to, latency, Some(conn), remote, message);
+                    }
+                }
+                Command::StreamSend {
+                    stream, message, ..
+                } => {
+                    if let Some((to, their)) = self.streams.get(&(node_id, stream)).copied() {
+                        self.send_claim(node_id, to, latency, None, their, message);
+                    }
+                }
                 Command::CloseConnection { conn, .. } => {
                     if let Some(other) = peer.links.remove(&conn) {
                         if let Some(o) = self.peers.get_mut(&other) {
@@ -415,6 +480,61 @@ impl Net {
                 _ => {}
             }
         }
+    }
+
+    fn send_claim(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        latency: Duration,
+        open_on: Option<ConnId>,
+        stream: keynode_core::StreamId,
+        mut message: keynode_core::wire::ClaimMessage,
+    ) {
+        if let Some(tamper) = self.tamper_stream.as_mut()
+            && !tamper(from, &mut message)
+        {
+            return;
+        }
+        self.claim_log.push((from, message.clone()));
+        if self.offline.contains(&to) {
+            return;
+        }
+        let event = match open_on {
+            Some(conn) => Event::StreamOpened {
+                conn,
+                stream,
+                message,
+            },
+            None => Event::StreamReceived { stream, message },
+        };
+        self.schedule(latency, Delivery::Event(to, event));
+    }
+
+    /// Opens a claim stream from `from` to `to` on their connection, as if
+    /// `from` had sent `message` (replays, forged first messages).
+    pub fn inject_stream_open(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        message: keynode_core::wire::ClaimMessage,
+    ) -> bool {
+        let Some(conn) = self.peers[&from]
+            .links
+            .iter()
+            .find(|(_, peer)| **peer == to)
+            .map(|(c, _)| *c)
+        else {
+            return false;
+        };
+        let remote = keynode_core::StreamId::Remote(self.next_stream);
+        self.next_stream += 1;
+        let local = keynode_core::StreamId::Local(u64::MAX - self.next_stream);
+        self.streams.insert((from, local), (to, remote));
+        self.streams.insert((to, remote), (from, local));
+        let latency = self.latency;
+        self.send_claim(from, to, latency, Some(conn), remote, message);
+        true
     }
 
     /// Delivers the next thing due, or runs the next timer. False when idle.
@@ -574,9 +694,16 @@ impl Net {
                 }
                 self.pump(to);
             }
-            Delivery::Response { to, request, body } => {
+            Delivery::Response {
+                to,
+                request,
+                mut body,
+            } => {
                 if self.offline.contains(&to) {
                     return true;
+                }
+                if let Some(tamper) = self.tamper_response.as_mut() {
+                    tamper(to, &mut body);
                 }
                 if let Some(p) = self.peers.get_mut(&to) {
                     p.node.handle(

@@ -1,0 +1,438 @@
+//! The claim exchange, consent, replay, tampering, chain verification.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Net, addr};
+use keynode_core::claims::{
+    Claim, ClaimBody, ClaimError, ClaimId, KeyPair, SignedClaim, verify_chain,
+};
+use keynode_core::wire::{ClaimMessage, Response};
+use keynode_core::{
+    Config, ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData, NodeId, OpError,
+    OpValue,
+};
+
+const STEPS: u64 = 100_000;
+
+fn key(n: u8) -> KeyPair {
+    KeyPair::from_seed(&[n; 32]).unwrap()
+}
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.refresh_bucket_delay = Duration::ZERO;
+    config.retry_connections_delay = Duration::ZERO;
+    config
+}
+
+/// Nodes A (key 1, address 1) and B (key 2, address 2); A knows B's address;
+/// B allows claims from A when `allow`.
+fn pair(allow: bool) -> (Net, NodeId, NodeId) {
+    let mut net = Net::new();
+    let (a, b) = (key(1), key(2));
+    let (ida, idb) = (a.node_id(), b.node_id());
+    net.add_identity(a.into(), addr(1), config());
+    net.add_identity(b.into(), addr(2), config());
+    let data = NodeContactAddressData {
+        mode: ContactMode::Direct,
+        connected_time: 1,
+        scopes: NodeAddressScopes::GLOBAL,
+    };
+    let op = net.call(ida, |n, now| {
+        n.set_node(
+            now,
+            idb,
+            NodeAddress::from(addr(2)),
+            data,
+            false,
+            true,
+            None,
+        )
+        .unwrap()
+    });
+    net.run_until_done(ida, op, STEPS).unwrap();
+    if allow {
+        let op = net.call(idb, |n, now| n.allow_claims_from(now, ida, true).unwrap());
+        net.run_until_done(idb, op, STEPS).unwrap();
+    }
+    (net, ida, idb)
+}
+
+fn claim(net: &mut Net, from: NodeId, to: NodeId) -> Result<OpValue, OpError> {
+    let op = net.call(from, |n, now| n.claim_node(now, to, None).unwrap());
+    let result = net.run_until_done(from, op, STEPS);
+    // Let the target finish its side.
+    for _ in 0..200 {
+        net.step();
+    }
+    result
+}
+
+fn stored_claims(net: &Net, node: NodeId) -> usize {
+    net.peers[&node].store.claims.len()
+}
+
+fn link_claims(chain: &[SignedClaim]) -> Vec<Claim> {
+    chain.iter().map(|s| s.decode().unwrap()).collect()
+}
+
+#[test]
+fn a_cross_sign_links_both_chains_and_gestalts() {
+    let (mut net, a, b) = pair(true);
+    assert_eq!(claim(&mut net, a, b), Ok(OpValue::Unit));
+    for (me, other) in [(a, b), (b, a)] {
+        let chain = net.node(me).sigchain();
+        assert_eq!(chain.len(), 1, "{me} holds one claim");
+        let claims = link_claims(&chain);
+        assert_eq!(
+            claims[0].body,
+            ClaimBody::LinkNode {
+                iss: me,
+                sub: other
+            }
+        );
+        assert_eq!(claims[0].seq, 0);
+        // Doubly signed, and both signatures verify.
+        assert!(chain[0].verify(&[me, other]).is_ok());
+        assert_eq!(net.node(me).gestalt(&me), vec![other]);
+        // Persisted with the graph's batch discipline: claim and link.
+        assert_eq!(stored_claims(&net, me), 1);
+        assert_eq!(net.peers[&me].store.gestalt.len(), 1);
+        assert_eq!(net.peers[&me].store.claims[&0], chain[0]);
+    }
+    // The exchange had exactly the four messages, in order.
+    let names: Vec<&str> = net.claim_log.iter().map(|(_, m)| m.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "Request",
+            "Countersigned",
+            "Reverse",
+            "ReverseCountersigned"
+        ]
+    );
+}
+
+#[test]
+fn an_unsolicited_claim_is_refused() {
+    let (mut net, a, b) = pair(false);
+    assert_eq!(
+        claim(&mut net, a, b),
+        Err(OpError::Claim(ClaimError::NotPermitted))
+    );
+    for node in [a, b] {
+        assert!(net.node(node).sigchain().is_empty());
+        assert_eq!(stored_claims(&net, node), 0);
+        assert!(net.node(node).gestalt(&node).is_empty());
+    }
+}
+
+#[test]
+fn a_node_without_a_key_cannot_claim() {
+    let mut net = Net::new();
+    net.add(common::id(1), addr(1), config());
+    let op = net.call(common::id(1), |n, now| {
+        n.claim_node(now, key(2).node_id(), None).unwrap()
+    });
+    assert_eq!(
+        net.run_until_done(common::id(1), op, STEPS),
+        Err(OpError::CannotSign)
+    );
+}
+
+/// How a man in the middle changes a claim message.
+#[derive(Clone, Copy, Debug)]
+enum Tamper {
+    Body,
+    Signature,
+    Signer,
+    Subject,
+}
+
+fn tamper(message: &mut ClaimMessage, how: Tamper, third: &KeyPair, sender: &KeyPair) {
+    let signed = match message {
+        ClaimMessage::Request(s)
+        | ClaimMessage::Countersigned(s)
+        | ClaimMessage::Reverse(s)
+        | ClaimMessage::ReverseCountersigned(s) => s,
+        ClaimMessage::Abort(_) => return,
+    };
+    match how {
+        Tamper::Body => {
+            // Another time in the claim, re-encoded, signatures kept.
+            let mut claim = signed.decode().unwrap();
+            claim.iat += 1;
+            signed.payload = postcard::to_allocvec(&claim).unwrap();
+        }
+        Tamper::Signature => {
+            if let Some((_, sig)) = signed.signatures.last_mut() {
+                sig.0[0] ^= 1;
+            }
+        }
+        Tamper::Signer => {
+            // The last signature replaced by a valid one of a third node.
+            signed.signatures.pop();
+            signed.countersign(third);
+        }
+        Tamper::Subject => {
+            // A valid claim, signed by its sender, about a third node.
+            let mut claim = signed.decode().unwrap();
+            let ClaimBody::LinkNode { iss, .. } = claim.body;
+            claim.body = ClaimBody::LinkNode {
+                iss,
+                sub: third.node_id(),
+            };
+            *signed = SignedClaim::sign(&claim, sender).unwrap();
+        }
+    }
+}
+
+#[test]
+fn tampering_with_any_message_is_rejected_and_stores_nothing() {
+    let third = key(3);
+    for message_index in 1..=4usize {
+        for how in [
+            Tamper::Body,
+            Tamper::Signature,
+            Tamper::Signer,
+            Tamper::Subject,
+        ] {
+            let (mut net, a, b) = pair(true);
+            let keys = [(a, key(1)), (b, key(2))];
+            let mut seen = 0;
+            let t = third.clone();
+            net.tamper_stream = Some(Box::new(move |from, message| {
+                if matches!(message, ClaimMessage::Abort(_)) {
+                    return true;
+                }
+                seen += 1;
+                if seen == message_index {
+                    let sender = &keys.iter().find(|(id, _)| *id == from).unwrap().1;
+                    tamper(message, how, &t, sender);
+                }
+                true
+            }));
+            let result = claim(&mut net, a, b);
+            let case = format!("message {message_index}, {how:?}");
+            // The target never stores a link it did not verify.
+            assert!(net.node(b).sigchain().is_empty(), "{case}: target chain");
+            assert_eq!(stored_claims(&net, b), 0, "{case}: target store");
+            assert!(net.node(b).gestalt(&b).is_empty(), "{case}: target gestalt");
+            if message_index < 4 {
+                assert!(
+                    matches!(result, Err(OpError::Claim(_))),
+                    "{case}: requester fails, got {result:?}"
+                );
+                assert!(net.node(a).sigchain().is_empty(), "{case}: requester chain");
+                assert_eq!(stored_claims(&net, a), 0, "{case}: requester store");
+            } else {
+                // Message 4 is past the requester's commit point: its link is
+                // one-sided until a retry repairs it.
+                assert_eq!(result, Ok(OpValue::Unit), "{case}");
+                assert_eq!(net.node(a).sigchain().len(), 1, "{case}");
+                net.tamper_stream = None;
+                assert_eq!(claim(&mut net, a, b), Ok(OpValue::Unit), "{case}: retry");
+                assert_eq!(net.node(a).sigchain().len(), 1, "{case}: no duplicate");
+                assert_eq!(net.node(b).sigchain().len(), 1, "{case}: repaired");
+                assert_eq!(net.node(b).gestalt(&b), vec![a]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_retry_after_success_never_duplicates_a_link() {
+    let (mut net, a, b) = pair(true);
+    assert_eq!(claim(&mut net, a, b), Ok(OpValue::Unit));
+    assert_eq!(claim(&mut net, a, b), Ok(OpValue::Unit));
+    assert_eq!(net.node(a).sigchain().len(), 1);
+    assert_eq!(net.node(b).sigchain().len(), 1);
+    assert_eq!(stored_claims(&net, a), 1);
+    assert_eq!(stored_claims(&net, b), 1);
+}
+
+#[test]
+fn a_replayed_or_stale_first_message_is_rejected() {
+    let (mut net, a, b) = pair(true);
+    // A complete exchange; its first message is then replayed on a new stream.
+    assert_eq!(claim(&mut net, a, b), Ok(OpValue::Unit));
+    let replay = net
+        .claim_log
+        .iter()
+        .find(|(from, m)| *from == a && matches!(m, ClaimMessage::Request(_)))
+        .map(|(_, m)| m.clone())
+        .expect("message 1 was sent");
+    connect(&mut net, a, b);
+    let before = net.claim_log.len();
+    assert!(net.inject_stream_open(a, b, replay.clone()));
+    for _ in 0..200 {
+        net.step();
+    }
+    let answer = &net.claim_log[before + 1..];
+    assert!(
+        matches!(answer.first(), Some((from, ClaimMessage::Abort(_))) if *from == b),
+        "B aborts a replayed first message: {answer:?}"
+    );
+    assert_eq!(net.node(b).sigchain().len(), 1, "nothing more stored");
+
+    // A stale claim (issued an hour ago) is refused too.
+    let (mut net, a, b) = pair(true);
+    connect(&mut net, a, b);
+    let stale = Claim {
+        version: keynode_core::claims::CLAIM_VERSION,
+        id: ClaimId([9; 16]),
+        seq: 0,
+        prev_claim_id: None,
+        prev_digest: None,
+        iat: net.now.unix_secs() - 3600,
+        nbf: net.now.unix_secs() - 3600,
+        body: ClaimBody::LinkNode { iss: a, sub: b },
+    };
+    let message = ClaimMessage::Request(SignedClaim::sign(&stale, &key(1)).unwrap());
+    let before = net.claim_log.len();
+    assert!(net.inject_stream_open(a, b, message));
+    for _ in 0..200 {
+        net.step();
+    }
+    assert!(matches!(
+        net.claim_log.get(before + 1),
+        Some((_, ClaimMessage::Abort(_)))
+    ));
+    assert!(net.node(b).sigchain().is_empty());
+    assert_eq!(stored_claims(&net, b), 0);
+}
+
+/// Connects `a` to `b` (node 2 at address 2).
+fn connect(net: &mut Net, a: NodeId, b: NodeId) {
+    let op = net.call(a, |n, now| {
+        n.ping_node_address(now, b, NodeAddress::from(addr(2)), None)
+            .unwrap()
+    });
+    assert_eq!(
+        net.run_until_done(a, op, STEPS),
+        Ok(OpValue::Reachable(true))
+    );
+}
+
+/// A chain of `owner` linking it to `partners`, built by hand.
+fn chain(owner: &KeyPair, partners: &[KeyPair]) -> Vec<SignedClaim> {
+    let mut out: Vec<SignedClaim> = Vec::new();
+    let mut prev: Option<(ClaimId, [u8; 32])> = None;
+    for (i, partner) in partners.iter().enumerate() {
+        let mut id = [0u8; 16];
+        id[5] = i as u8 + 1;
+        let claim = Claim {
+            version: keynode_core::claims::CLAIM_VERSION,
+            id: ClaimId(id),
+            seq: i as u64,
+            prev_claim_id: prev.map(|p| p.0),
+            prev_digest: prev.map(|p| p.1),
+            iat: 100,
+            nbf: 100,
+            body: ClaimBody::LinkNode {
+                iss: owner.node_id(),
+                sub: partner.node_id(),
+            },
+        };
+        let mut signed = SignedClaim::sign(&claim, owner).unwrap();
+        signed.countersign(partner);
+        prev = Some((claim.id, signed.digest()));
+        out.push(signed);
+    }
+    out
+}
+
+#[test]
+fn chain_verification_reports_forged_and_broken_claims() {
+    let owner = key(10);
+    let partners: Vec<KeyPair> = (11..=14).map(key).collect();
+    let good = chain(&owner, &partners);
+    let (ok, bad) = verify_chain(&owner.node_id(), &good, None);
+    assert_eq!(ok.len(), 4);
+    assert!(bad.is_empty());
+
+    // A forged signature on claim 1: claims 1.. are not returned.
+    let mut forged = good.clone();
+    forged[1].signatures[1].1.0[3] ^= 0x40;
+    let (ok, bad) = verify_chain(&owner.node_id(), &forged, None);
+    assert_eq!(ok.len(), 1);
+    assert_eq!(bad.len(), 3);
+    assert!(matches!(bad[0].error, ClaimError::BadSignature(_)));
+    assert_eq!(bad[0].seq, Some(1));
+
+    // A broken link: claim 2 re-signed with a wrong previous digest.
+    let mut broken = good.clone();
+    let mut c2 = broken[2].decode().unwrap();
+    c2.prev_digest = Some([0; 32]);
+    broken[2] = SignedClaim::sign(&c2, &owner).unwrap();
+    broken[2].countersign(&partners[2]);
+    let (ok, bad) = verify_chain(&owner.node_id(), &broken, None);
+    assert_eq!(ok.len(), 2);
+    assert!(matches!(
+        bad[0].error,
+        ClaimError::BrokenLink {
+            seq: 2,
+            reason: "previous digest"
+        }
+    ));
+
+    // A claim issued by someone else in the chain.
+    let mut foreign = good.clone();
+    foreign[0] = chain(&partners[0], std::slice::from_ref(&owner))[0].clone();
+    let (ok, bad) = verify_chain(&owner.node_id(), &foreign, None);
+    assert!(ok.is_empty());
+    assert!(matches!(bad[0].error, ClaimError::WrongIssuer { .. }));
+}
+
+#[test]
+fn request_chain_data_returns_only_what_verifies() {
+    let (mut net, a, b) = pair(true);
+    assert_eq!(claim(&mut net, a, b), Ok(OpValue::Unit));
+    let op = net.call(a, |n, now| {
+        n.request_chain_data(now, b, None, None).unwrap()
+    });
+    match net.run_until_done(a, op, STEPS) {
+        Ok(OpValue::Chain { claims, rejected }) => {
+            assert_eq!(claims, net.node(b).sigchain());
+            assert!(rejected.is_empty());
+        }
+        other => panic!("expected a chain, got {other:?}"),
+    }
+    // A forged signature in the answer is reported and left out.
+    net.tamper_response = Some(Box::new(|_, response| {
+        if let Response::ChainData { claims } = response {
+            for claim in claims.iter_mut() {
+                claim.signatures[0].1.0[0] ^= 1;
+            }
+        }
+    }));
+    let op = net.call(a, |n, now| {
+        n.request_chain_data(now, b, None, None).unwrap()
+    });
+    match net.run_until_done(a, op, STEPS) {
+        Ok(OpValue::Chain { claims, rejected }) => {
+            assert!(claims.is_empty());
+            assert_eq!(rejected.len(), 1);
+            assert!(matches!(rejected[0].error, ClaimError::BadSignature(_)));
+        }
+        other => panic!("expected a chain, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_sigchain_survives_a_restart_byte_for_byte() {
+    let (mut net, a, b) = pair(true);
+    assert_eq!(claim(&mut net, a, b), Ok(OpValue::Unit));
+    let before = net.node(b).sigchain();
+    let snapshot = net.peers[&b].store.snapshot();
+    let mut restarted =
+        keynode_core::NodeManager::new(config(), key(2), net.now, common::seed(9)).unwrap();
+    restarted.handle(net.now, keynode_core::Event::SnapshotLoaded(snapshot));
+    restarted.start(net.now).unwrap();
+    assert_eq!(restarted.sigchain(), before);
+    assert_eq!(restarted.gestalt(&b), vec![a]);
+    // The permission was persisted with it.
+    assert!(net.peers[&b].store.permissions.contains(&a));
+}
