@@ -448,5 +448,19 @@ mod tests {
         padded.payload.push(0);
         padded.signatures = vec![(a.node_id(), a.sign(&padded.payload))];
         assert!(matches!(padded.verify(&[]), Err(ClaimError::Malformed(_))));
+        // A non-minimal varint (seq 0 written as 0x80 0x00) decodes to the
+        // same claim but is not its canonical encoding: refused.
+        let claim = signed.decode().unwrap();
+        let canonical = postcard::to_allocvec(&claim).unwrap();
+        let seq_at = 1 + 16; // version byte, then the 16-byte id
+        assert_eq!(canonical[seq_at], 0);
+        let mut long = canonical[..seq_at].to_vec();
+        long.extend_from_slice(&[0x80, 0x00]);
+        long.extend_from_slice(&canonical[seq_at + 1..]);
+        let forged = SignedClaim {
+            signatures: vec![(a.node_id(), a.sign(&long))],
+            payload: long,
+        };
+        assert_eq!(forged.verify(&[]), Err(ClaimError::NotCanonical));
     }
 }
