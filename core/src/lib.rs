@@ -36,6 +36,7 @@ mod contact;
 mod graph;
 mod id;
 mod manager;
+pub mod net;
 mod seed;
 mod store;
 mod time;

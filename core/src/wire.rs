@@ -143,6 +143,43 @@ impl ClaimMessage {
     }
 }
 
+/// What travels on a QUIC stream: each frame a length-prefixed [`Message`].
+/// A request stream carries one `Request` and one `Response`; a claim stream
+/// carries `Claim` messages.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Frame {
+    /// A request (the first frame of a request stream).
+    Request(Request),
+    /// The response to the stream's request.
+    Response(Response),
+    /// A message of the claim exchange.
+    Claim(ClaimMessage),
+}
+
+/// Decodes a [`Frame`], checking its lists against their bounds.
+pub fn decode_frame(bytes: &[u8], limit: usize) -> Result<Frame, DecodeError> {
+    let frame: Frame = decode(bytes, limit)?;
+    if let Frame::Response(response) = &frame {
+        check_response_bounds(response)?;
+    }
+    Ok(frame)
+}
+
+fn check_response_bounds(response: &Response) -> Result<(), DecodeError> {
+    let found = match response {
+        Response::ClosestNodes { active, contacts } => active.len().max(contacts.len()),
+        Response::ChainData { claims } => claims.len(),
+        _ => 0,
+    };
+    if found > MAX_CLOSEST {
+        return Err(DecodeError::TooManyEntries {
+            found,
+            limit: MAX_CLOSEST,
+        });
+    }
+    Ok(())
+}
+
 /// Decodes a [`ClaimMessage`].
 pub fn decode_claim_message(bytes: &[u8], limit: usize) -> Result<ClaimMessage, DecodeError> {
     decode(bytes, limit)
@@ -224,17 +261,7 @@ pub fn decode_request(bytes: &[u8], limit: usize) -> Result<Request, DecodeError
 /// Decodes a [`Response`], checking its lists against [`MAX_CLOSEST`].
 pub fn decode_response(bytes: &[u8], limit: usize) -> Result<Response, DecodeError> {
     let response: Response = decode(bytes, limit)?;
-    let found = match &response {
-        Response::ClosestNodes { active, contacts } => active.len().max(contacts.len()),
-        Response::ChainData { claims } => claims.len(),
-        _ => 0,
-    };
-    if found > MAX_CLOSEST {
-        return Err(DecodeError::TooManyEntries {
-            found,
-            limit: MAX_CLOSEST,
-        });
-    }
+    check_response_bounds(&response)?;
     Ok(response)
 }
 
