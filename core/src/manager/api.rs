@@ -368,6 +368,8 @@ pub enum OpValue {
         /// Claims that failed verification, with why.
         rejected: Vec<ChainRejection>,
     },
+    /// `request`: the peer's response.
+    Response(Response),
     /// `acquire_connection`: a use of a connection, to end with
     /// [`Event::ConnectionReleased`].
     Connection {

@@ -91,6 +91,52 @@ impl NodeManager {
         Step::Continue(OpKind::Acquire(op))
     }
 
+    /// Sends `body` on connection `conn` (one the caller holds a lease on,
+    /// from `acquire_connection`) and ends with the peer's response. What the
+    /// drivers' `with_conn_f` / `with_conn_g` closures use to talk to the peer.
+    pub fn request(
+        &mut self,
+        now: Now,
+        conn: crate::manager::ConnId,
+        body: crate::wire::Request,
+    ) -> Result<OpId, ApiError> {
+        self.advance_clock(now);
+        self.check_running()?;
+        let op = self.spawn(
+            OpKind::UserRequest(Some((conn, body))),
+            Parent::Caller,
+            None,
+        )?;
+        self.run();
+        Ok(op)
+    }
+
+    pub(super) fn step_user_request(
+        &mut self,
+        id: OpId,
+        op: Option<(crate::manager::ConnId, crate::wire::Request)>,
+        input: Input,
+    ) -> Step {
+        match (op, input) {
+            (Some((conn, body)), Input::Start) => {
+                if self.conns.get(conn).is_none() {
+                    return Step::Done(Err(OpError::Refused(
+                        crate::wire::RefusalReason::NotConnected,
+                    )));
+                }
+                self.send_request(id, conn, body);
+                Step::Continue(OpKind::UserRequest(None))
+            }
+            (_, Input::Response { result, .. }) => Step::Done(match result {
+                Ok(response) => Ok(OpValue::Response(response)),
+                Err(super::RpcFailure::Timeout) => Err(OpError::Timeout),
+                Err(_) => Err(OpError::Refused(crate::wire::RefusalReason::NotConnected)),
+            }),
+            (_, Input::Deadline) => Step::Done(Err(OpError::Timeout)),
+            (op, _) => Step::Continue(OpKind::UserRequest(op)),
+        }
+    }
+
     fn lease_primary(&mut self, node_id: &NodeId) -> Option<Step> {
         let (conn, _) = self.conns.primary(node_id)?;
         let (lease, peer) = self.lease(conn)?;

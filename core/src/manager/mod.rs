@@ -164,6 +164,8 @@ enum OpKind {
     ClaimNode(Box<claims::ClaimNodeOp>),
     HandleClaim(claims::HandleClaimOp),
     ChainData(claims::ChainDataOp),
+    /// A caller's request on a connection; `None` once sent.
+    UserRequest(Option<(ConnId, Request)>),
 }
 
 struct OpEntry {
@@ -693,6 +695,7 @@ impl NodeManager {
             OpKind::ClaimNode(op) => self.step_claim_node(id, op, input),
             OpKind::HandleClaim(op) => self.step_handle_claim(id, op, input),
             OpKind::ChainData(op) => self.step_chain_data(id, op, input),
+            OpKind::UserRequest(op) => self.step_user_request(id, op, input),
         }
     }
 

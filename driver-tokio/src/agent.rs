@@ -1,0 +1,579 @@
+//! [`Agent`]: a keynode node on tokio.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keynode_core::claims::{ClaimId, SignedClaim};
+use keynode_core::net::{NetCommand, NetConfig, Node};
+use keynode_core::wire::{Request, Response};
+use keynode_core::{
+    ApiError, BucketIndex, Command, Config, ConnId, Event, FindOptions, LeaseId, NodeAddress,
+    NodeBucket, NodeContactAddressData, NodeId, NodeManager, Now, OpError, OpId, OpValue, Output,
+    SeedNodes,
+};
+use keynode_store::StoreOptions;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store_thread::StoreThread;
+
+/// How to run an agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Where the key and the database live.
+    pub data_dir: PathBuf,
+    /// The UDP address to bind (port 0: any).
+    pub bind: SocketAddr,
+    /// The node manager's configuration.
+    pub config: Config,
+    /// QUIC settings.
+    pub net: NetConfig,
+    /// The LMDB map size.
+    pub map_size: usize,
+}
+
+impl AgentConfig {
+    /// An agent in `data_dir` bound to `bind`, with default settings.
+    pub fn new(data_dir: impl Into<PathBuf>, bind: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            bind,
+            config: Config::default(),
+            net: NetConfig::default(),
+            map_size: StoreOptions::default().map_size,
+        }
+    }
+}
+
+/// What went wrong in an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The data directory or key file.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] keynode_store::StoreError),
+    /// The node could not be built.
+    #[error(transparent)]
+    Net(#[from] keynode_core::net::NetError),
+    /// The socket.
+    #[error("socket {addr}: {source}")]
+    Socket {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The manager refused the call.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The operation failed.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// The agent stopped.
+    #[error("the agent has stopped")]
+    Stopped,
+    /// An answer of an unexpected kind (a bug).
+    #[error("unexpected result: {0}")]
+    Unexpected(String),
+}
+
+type OpCall = Box<dyn FnOnce(&mut NodeManager, Now) -> Result<OpId, ApiError> + Send>;
+type ReadCall = Box<dyn FnOnce(&NodeManager) + Send>;
+
+enum Call {
+    Op(OpCall, oneshot::Sender<Result<OpValue, AgentError>>),
+    Read(ReadCall),
+    Release(LeaseId),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A running keynode node: UDP socket, QUIC, LMDB, timers. Cheap to clone;
+/// every clone talks to the same node.
+#[derive(Clone)]
+pub struct Agent {
+    calls: mpsc::UnboundedSender<Call>,
+    node_id: NodeId,
+    local_addr: SocketAddr,
+    data_dir: Arc<PathBuf>,
+}
+
+/// The wall-clock and monotonic time now.
+pub fn now() -> Now {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    Now::new(Instant::now(), unix_ms)
+}
+
+/// The node's secret key: 32 bytes in `data_dir/node.key` (mode 0600),
+/// made from OS randomness on first start.
+pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], AgentError> {
+    let path = data_dir.join("node.key");
+    let err = |source| AgentError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "node.key must hold 32 bytes",
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_bytes().map_err(err)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&path).map_err(err)?;
+            file.write_all(&key).map_err(err)?;
+            file.sync_all().map_err(err)?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+fn random_bytes() -> Result<[u8; 32], std::io::Error> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| std::io::Error::other("no OS randomness"))?;
+    Ok(bytes)
+}
+
+impl Agent {
+    /// Starts an agent: opens (or creates) its data directory, key and
+    /// store, binds its socket, starts the node manager. Returns once the
+    /// manager has started and its start batch is committed.
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let secret = load_or_create_key(&config.data_dir)?;
+        let socket = UdpSocket::bind(config.bind)
+            .await
+            .map_err(|source| AgentError::Socket {
+                addr: config.bind,
+                source,
+            })?;
+        let local_addr = socket.local_addr().map_err(|source| AgentError::Socket {
+            addr: config.bind,
+            source,
+        })?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let store_path = config.data_dir.join("db");
+        let options = StoreOptions::with_map_size(config.map_size);
+        let (store, snapshot) = tokio::task::block_in_place(|| {
+            StoreThread::open(store_path, options, events_tx.clone())
+        })?;
+        let start = now();
+        let mut node = Node::new(
+            config.config,
+            config.net,
+            &secret,
+            start,
+            random_bytes().map_err(|source| AgentError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?,
+        )?;
+        let node_id = node.node_id();
+        node.handle(start, Event::SnapshotLoaded(snapshot));
+        let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+        let agent = Agent {
+            calls: calls_tx,
+            node_id,
+            local_addr,
+            data_dir: Arc::new(config.data_dir.clone()),
+        };
+        tokio::spawn(run(node, socket, store, events_tx, events_rx, calls_rx));
+        agent.op(|m, now| m.start(now)).await?;
+        Ok(agent)
+    }
+
+    /// The node's NodeId.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The socket address the agent listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    async fn op(
+        &self,
+        f: impl FnOnce(&mut NodeManager, Now) -> Result<OpId, ApiError> + Send + 'static,
+    ) -> Result<OpValue, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call::Op(Box::new(f), tx))
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await.map_err(|_| AgentError::Stopped)?
+    }
+
+    /// Reads the manager's state.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&NodeManager) -> T + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        let call: ReadCall = Box::new(move |m| {
+            let _ = tx.send(f(m));
+        });
+        self.calls
+            .send(Call::Read(call))
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+
+    /// Spec `findNode`: where `node_id` was reached, or `None`.
+    pub async fn find_node(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
+        found(
+            self.op(move |m, now| m.find_node(now, node_id, FindOptions::default()))
+                .await?,
+        )
+    }
+
+    /// Spec `pingNode`.
+    pub async fn ping_node(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
+        found(
+            self.op(move |m, now| m.ping_node(now, node_id, FindOptions::default()))
+                .await?,
+        )
+    }
+
+    /// Spec `pingNodeAddress`.
+    pub async fn ping_node_address(
+        &self,
+        node_id: NodeId,
+        address: NodeAddress,
+    ) -> Result<bool, AgentError> {
+        match self
+            .op(move |m, now| m.ping_node_address(now, node_id, address, None))
+            .await?
+        {
+            OpValue::Reachable(r) => Ok(r),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Spec `setNode`.
+    pub async fn set_node(
+        &self,
+        node_id: NodeId,
+        address: NodeAddress,
+        data: NodeContactAddressData,
+        block: bool,
+        force: bool,
+    ) -> Result<(), AgentError> {
+        self.op(move |m, now| m.set_node(now, node_id, address, data, block, force, None))
+            .await
+            .map(drop)
+    }
+
+    /// Spec `unsetNode`.
+    pub async fn unset_node(&self, node_id: NodeId) -> Result<(), AgentError> {
+        self.op(move |m, now| m.unset_node(now, node_id))
+            .await
+            .map(drop)
+    }
+
+    /// Spec `getBucket`.
+    pub async fn get_bucket(&self, bucket: BucketIndex) -> Result<NodeBucket, AgentError> {
+        self.read(move |m| m.get_bucket(bucket)).await
+    }
+
+    /// Every contact of the graph, by bucket.
+    pub async fn get_all(&self) -> Result<Vec<(BucketIndex, NodeBucket)>, AgentError> {
+        self.read(|m| {
+            let graph = m.graph();
+            graph
+                .bucket_sizes()
+                .map(|(b, _)| (b, graph.get_bucket(b)))
+                .collect()
+        })
+        .await
+    }
+
+    /// The connections up: id, peer, address.
+    pub async fn connections(&self) -> Result<Vec<(ConnId, NodeId, SocketAddr)>, AgentError> {
+        self.read(|m| m.connections()).await
+    }
+
+    /// Spec `claimNode`.
+    pub async fn claim_node(&self, node_id: NodeId) -> Result<(), AgentError> {
+        self.op(move |m, now| m.claim_node(now, node_id, None))
+            .await
+            .map(drop)
+    }
+
+    /// Allows `node_id` to claim this node.
+    pub async fn allow_claims_from(
+        &self,
+        node_id: NodeId,
+        allowed: bool,
+    ) -> Result<(), AgentError> {
+        self.op(move |m, now| m.allow_claims_from(now, node_id, allowed))
+            .await
+            .map(drop)
+    }
+
+    /// Spec `requestChainData`: the claims that verified.
+    pub async fn request_chain_data(
+        &self,
+        node_id: NodeId,
+        from: Option<ClaimId>,
+    ) -> Result<Vec<SignedClaim>, AgentError> {
+        match self
+            .op(move |m, now| m.request_chain_data(now, node_id, from, None))
+            .await?
+        {
+            OpValue::Chain { claims, .. } => Ok(claims),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The own sigchain.
+    pub async fn sigchain(&self) -> Result<Vec<SignedClaim>, AgentError> {
+        self.read(|m| m.sigchain()).await
+    }
+
+    /// Spec `syncNodeGraph`.
+    pub async fn sync_node_graph(
+        &self,
+        seeds: SeedNodes,
+        blocking: bool,
+    ) -> Result<(), AgentError> {
+        self.op(move |m, now| m.sync_node_graph(now, &seeds, None, blocking))
+            .await
+            .map(drop)
+    }
+
+    /// Spec `acquireConnection`: a use of a connection to `node_id`,
+    /// released when the returned value is dropped.
+    pub async fn acquire_connection(&self, node_id: NodeId) -> Result<Connection, AgentError> {
+        match self
+            .op(move |m, now| m.acquire_connection(now, node_id, None))
+            .await?
+        {
+            OpValue::Connection { lease, conn, peer } => Ok(Connection {
+                agent: self.clone(),
+                lease,
+                conn,
+                peer,
+            }),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Spec `withConnF`: runs `f` on a pooled connection to `node_id`; the
+    /// connection is released when `f` ends, fails, or is dropped.
+    pub async fn with_conn_f<T, F, Fut>(&self, node_id: NodeId, f: F) -> Result<T, AgentError>
+    where
+        F: FnOnce(Arc<Connection>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, AgentError>>,
+    {
+        let conn = Arc::new(self.acquire_connection(node_id).await?);
+        f(conn).await
+    }
+
+    /// Spec `withConnG`: a stream produced by `g` on a pooled connection to
+    /// `node_id`; the connection is released when the stream ends or is dropped.
+    pub async fn with_conn_g<T, G, S>(
+        &self,
+        node_id: NodeId,
+        g: G,
+    ) -> Result<impl futures::Stream<Item = T>, AgentError>
+    where
+        G: FnOnce(Arc<Connection>) -> S,
+        S: futures::Stream<Item = T>,
+    {
+        let conn = Arc::new(self.acquire_connection(node_id).await?);
+        Ok(g(conn))
+    }
+
+    /// Stops the node: operations end, the store is flushed and closed.
+    pub async fn stop(&self) -> Result<(), AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call::Stop(tx))
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+}
+
+/// A use of a connection (from `acquire_connection`); released on drop.
+pub struct Connection {
+    agent: Agent,
+    lease: LeaseId,
+    conn: ConnId,
+    peer: NodeId,
+}
+
+impl Connection {
+    /// The peer.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Sends a request on this connection and waits for the response.
+    pub async fn request(&self, body: Request) -> Result<Response, AgentError> {
+        let conn = self.conn;
+        match self
+            .agent
+            .op(move |m, now| m.request(now, conn, body))
+            .await?
+        {
+            OpValue::Response(r) => Ok(r),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let _ = self.agent.calls.send(Call::Release(self.lease));
+    }
+}
+
+fn found(value: OpValue) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
+    match value {
+        OpValue::Found(f) => Ok(f),
+        other => Err(AgentError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// The agent's loop: one input at a time, then drain the node completely.
+async fn run(
+    mut node: Node,
+    socket: UdpSocket,
+    mut store: StoreThread,
+    events_tx: mpsc::UnboundedSender<Event>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    mut calls: mpsc::UnboundedReceiver<Call>,
+) {
+    let mut pending: BTreeMap<OpId, oneshot::Sender<Result<OpValue, AgentError>>> = BTreeMap::new();
+    let mut buf = vec![0u8; 65536];
+    let mut stopping: Option<oneshot::Sender<()>> = None;
+    loop {
+        while let Some(command) = node.poll() {
+            match command {
+                NetCommand::Transmit(t) => {
+                    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                        tracing::debug!("send to {} failed: {e}", t.destination);
+                    }
+                }
+                NetCommand::Manager(Command::Store(batch)) => store.apply(batch.id, batch.ops),
+                NetCommand::Manager(Command::Resolve { resolve, hostname }) => {
+                    let tx = events_tx.clone();
+                    tokio::spawn(async move {
+                        let result = tokio::net::lookup_host((hostname.as_str(), 0))
+                            .await
+                            .map(|addrs| addrs.map(|a| a.ip()).collect())
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send(Event::Resolved { resolve, result });
+                    });
+                }
+                NetCommand::Manager(Command::Output(Output::Done { op, result })) => {
+                    if let Some(reply) = pending.remove(&op) {
+                        let _ = reply.send(result.map_err(AgentError::Op));
+                    }
+                }
+                NetCommand::Manager(Command::Output(Output::Event(event))) => {
+                    tracing::debug!(?event, "node event");
+                }
+                NetCommand::Manager(other) => tracing::trace!(?other, "not handled by this driver"),
+            }
+        }
+        if let Some(done) = stopping.take() {
+            // Everything the manager emitted is out: flush the store and end.
+            tokio::task::block_in_place(|| store.close());
+            for (_, reply) in std::mem::take(&mut pending) {
+                let _ = reply.send(Err(AgentError::Stopped));
+            }
+            let _ = done.send(());
+            return;
+        }
+        let deadline = node.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = received {
+                    node.handle_datagram(now(), from, buf.get(..n).unwrap_or_default());
+                }
+            }
+            Some(event) = events.recv() => node.handle(now(), event),
+            call = calls.recv() => match call {
+                Some(Call::Op(f, reply)) => {
+                    let t = now();
+                    match f(node.manager(t), t) {
+                        Ok(op) => {
+                            pending.insert(op, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(AgentError::Api(e)));
+                        }
+                    }
+                }
+                Some(Call::Read(f)) => f(node.manager_ref()),
+                Some(Call::Release(lease)) => node.handle(now(), Event::ConnectionReleased { lease }),
+                Some(Call::Stop(done)) => {
+                    let t = now();
+                    let _ = node.manager(t).stop(t);
+                    stopping = Some(done);
+                }
+                None => {
+                    let t = now();
+                    let _ = node.manager(t).stop(t);
+                    tokio::task::block_in_place(|| store.close());
+                    return;
+                }
+            },
+            () = sleep => node.handle_timeout(now()),
+        }
+    }
+}
+
+/// How long a demo or test waits for one operation at most.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(60);

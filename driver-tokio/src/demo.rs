@@ -1,0 +1,222 @@
+//! `keynode demo`: a local network of agents that find, ping and claim each other.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use keynode_core::{NodeAddress, SeedNodes};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::{Agent, AgentConfig, AgentError};
+
+/// What the demo does.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Agents to start.
+    pub nodes: usize,
+    /// Lookups of a random other agent per agent.
+    pub finds_per_node: usize,
+    /// Seed of the random choice of pairs.
+    pub seed: u64,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 10,
+            finds_per_node: 2,
+            seed: 1,
+            progress: true,
+        }
+    }
+}
+
+/// The demo's results.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DemoReport {
+    /// Agents started.
+    pub nodes: usize,
+    /// Lookups made.
+    pub finds: usize,
+    /// Lookups that found their target.
+    pub finds_ok: usize,
+    /// Pings answered.
+    pub pings_ok: usize,
+    /// Claims cross-signed.
+    pub claims_ok: usize,
+    /// Median lookup time, milliseconds.
+    pub find_p50_ms: f64,
+    /// 99th percentile lookup time, milliseconds.
+    pub find_p99_ms: f64,
+    /// Operations that failed (errors, not found, unanswered pings, refused claims).
+    pub failures: usize,
+    /// Wall time of the whole demo, seconds.
+    pub wall_s: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted.get(rank).copied().unwrap_or(0.0)
+}
+
+/// Starts `nodes` agents on loopback with LMDB in a temporary directory,
+/// syncs them through the first as seed node, then runs lookups, pings and
+/// claims between random pairs.
+pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
+    let started = Instant::now();
+    let root = tempfile::tempdir().map_err(|source| AgentError::DataDir {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let steps = (options.nodes * (2 + options.finds_per_node + 2)) as u64;
+    let bar = if options.progress {
+        let bar = ProgressBar::new(steps);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    bar.set_message("starting");
+    let mut agents: Vec<Agent> = Vec::with_capacity(options.nodes);
+    for i in 0..options.nodes {
+        let config = AgentConfig::new(root.path().join(format!("agent-{i}")), loopback);
+        agents.push(Agent::start(config).await?);
+        bar.inc(1);
+    }
+    let mut report = DemoReport {
+        nodes: agents.len(),
+        ..DemoReport::default()
+    };
+    let Some(seed) = agents.first().cloned() else {
+        return Ok(report);
+    };
+    let seeds = SeedNodes::new([(seed.node_id(), NodeAddress::from(seed.local_addr()))]);
+
+    bar.set_message("syncing");
+    for agent in agents.iter().skip(1) {
+        if let Err(e) = agent.sync_node_graph(seeds.clone(), true).await {
+            tracing::warn!("sync of {} failed: {e}", agent.node_id());
+            report.failures += 1;
+        }
+        bar.inc(1);
+    }
+
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let n = agents.len();
+    let other = |i: usize, rng: &mut ChaCha8Rng| {
+        if n < 2 {
+            return i;
+        }
+        let j = rng.random_range(0..n - 1);
+        if j >= i { j + 1 } else { j }
+    };
+
+    bar.set_message("finding");
+    let mut latencies = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        for _ in 0..options.finds_per_node {
+            let j = other(i, &mut rng);
+            let Some(target) = agents.get(j).map(Agent::node_id) else {
+                continue;
+            };
+            let t = Instant::now();
+            report.finds += 1;
+            match agent.find_node(target).await {
+                Ok(Some(_)) => {
+                    report.finds_ok += 1;
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok(None) => report.failures += 1,
+                Err(e) => {
+                    tracing::warn!("find failed: {e}");
+                    report.failures += 1;
+                }
+            }
+            bar.inc(1);
+        }
+    }
+
+    bar.set_message("pinging");
+    for (i, agent) in agents.iter().enumerate() {
+        let j = other(i, &mut rng);
+        let Some(target) = agents.get(j).map(Agent::node_id) else {
+            continue;
+        };
+        match agent.ping_node(target).await {
+            Ok(Some(_)) => report.pings_ok += 1,
+            _ => report.failures += 1,
+        }
+        bar.inc(1);
+    }
+
+    bar.set_message("claiming");
+    for (i, agent) in agents.iter().enumerate() {
+        let j = (i + 1) % n;
+        if j == i {
+            continue;
+        }
+        let Some(target) = agents.get(j).cloned() else {
+            continue;
+        };
+        let claimed = async {
+            target.allow_claims_from(agent.node_id(), true).await?;
+            agent.claim_node(target.node_id()).await
+        };
+        match claimed.await {
+            Ok(()) => report.claims_ok += 1,
+            Err(e) => {
+                tracing::warn!("claim failed: {e}");
+                report.failures += 1;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    for agent in &agents {
+        let _ = agent.stop().await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    report.find_p50_ms = percentile(&latencies, 50.0);
+    report.find_p99_ms = percentile(&latencies, 99.0);
+    report.wall_s = started.elapsed().as_secs_f64();
+    // Give sockets a moment to close before the directory goes.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(root);
+    Ok(report)
+}
+
+impl DemoReport {
+    /// The report as a table.
+    pub fn table(&self) -> String {
+        let rows = [
+            ("nodes", self.nodes.to_string()),
+            ("finds", self.finds.to_string()),
+            ("finds_ok", self.finds_ok.to_string()),
+            ("pings_ok", self.pings_ok.to_string()),
+            ("claims_ok", self.claims_ok.to_string()),
+            ("find_p50_ms", format!("{:.2}", self.find_p50_ms)),
+            ("find_p99_ms", format!("{:.2}", self.find_p99_ms)),
+            ("failures", self.failures.to_string()),
+            ("wall_s", format!("{:.2}", self.wall_s)),
+        ];
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(&format!("{k:<12} {v:>10}\n"));
+        }
+        out
+    }
+}

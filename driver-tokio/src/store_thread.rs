@@ -1,0 +1,107 @@
+//! The store on its own thread: heed's write transactions are not `Send`,
+//! so one thread owns the LMDB environment and applies batches in order.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+
+use keynode_core::{BatchId, Event, Snapshot, StoreOp};
+use keynode_store::{Store, StoreError, StoreOptions};
+use tokio::sync::mpsc::UnboundedSender;
+
+enum Job {
+    Apply(BatchId, Vec<StoreOp>),
+    Close(std::sync::mpsc::Sender<()>),
+}
+
+/// A handle to the store thread.
+pub(crate) struct StoreThread {
+    jobs: mpsc::Sender<Job>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl StoreThread {
+    /// Opens the store at `path` on a new thread and loads the snapshot.
+    /// Each applied batch is reported to `events` as committed or failed.
+    pub(crate) fn open(
+        path: PathBuf,
+        options: StoreOptions,
+        events: UnboundedSender<Event>,
+    ) -> Result<(Self, Snapshot), StoreError> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Snapshot, StoreError>>();
+        let thread = thread::Builder::new()
+            .name("keynode-store".to_owned())
+            .spawn(move || {
+                let mut store = match Store::open(&path, &options).and_then(|s| {
+                    let snapshot = s.load()?;
+                    Ok((s, snapshot))
+                }) {
+                    Ok((store, snapshot)) => {
+                        let _ = ready_tx.send(Ok(snapshot));
+                        store
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    match job {
+                        Job::Apply(batch, ops) => {
+                            let event = match store.apply(&ops) {
+                                Ok(()) => Event::StoreCommitted(batch),
+                                Err(e) => Event::StoreFailed {
+                                    batch,
+                                    error: e.to_string(),
+                                },
+                            };
+                            let _ = events.send(event);
+                        }
+                        Job::Close(done) => {
+                            store.close();
+                            let _ = done.send(());
+                            return;
+                        }
+                    }
+                }
+                store.close();
+            })
+            .map_err(|e| StoreError::CreateDir {
+                path: PathBuf::from("<store thread>"),
+                source: e,
+            })?;
+        let snapshot = ready_rx.recv().map_err(|_| StoreError::CreateDir {
+            path: PathBuf::from("<store thread>"),
+            source: std::io::Error::other("store thread ended"),
+        })??;
+        Ok((
+            Self {
+                jobs,
+                thread: Some(thread),
+            },
+            snapshot,
+        ))
+    }
+
+    pub(crate) fn apply(&self, batch: BatchId, ops: Vec<StoreOp>) {
+        let _ = self.jobs.send(Job::Apply(batch, ops));
+    }
+
+    /// Applies what is queued, closes the environment and waits for the thread.
+    pub(crate) fn close(&mut self) {
+        let (tx, rx) = mpsc::channel();
+        if self.jobs.send(Job::Close(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StoreThread {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
