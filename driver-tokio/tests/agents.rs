@@ -1,0 +1,185 @@
+//! Agents on loopback with real UDP sockets, QUIC and LMDB directories.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use keynode_core::claims::KeyPair;
+use keynode_core::wire::{Request, Response};
+use keynode_core::{NodeAddress, SeedNodes};
+use keynode_tokio::demo::{self, DemoOptions};
+use keynode_tokio::{Agent, AgentConfig, AgentError};
+
+fn loopback() -> SocketAddr {
+    ([127, 0, 0, 1], 0).into()
+}
+
+async fn start(dir: &std::path::Path, name: &str) -> Agent {
+    Agent::start(AgentConfig::new(dir.join(name), loopback()))
+        .await
+        .expect("agent starts")
+}
+
+fn seeds(agent: &Agent) -> SeedNodes {
+    SeedNodes::new([(agent.node_id(), NodeAddress::from(agent.local_addr()))])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_agents_sync_through_one_seed_and_find_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for i in 0..20 {
+        agents.push(start(dir.path(), &format!("a{i}")).await);
+    }
+    let seed = seeds(&agents[0]);
+    for agent in agents.iter().skip(1) {
+        agent.sync_node_graph(seed.clone(), true).await.unwrap();
+    }
+    for (i, from) in agents.iter().enumerate() {
+        for (j, to) in agents.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let found = from.find_node(to.node_id()).await.unwrap();
+            let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
+            assert_eq!(address, NodeAddress::from(to.local_addr()));
+        }
+    }
+    for agent in &agents {
+        agent.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_certificate_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a").await;
+    let b = start(dir.path(), "b").await;
+    let impostor = KeyPair::from_seed(&[42; 32]).unwrap().node_id();
+    let at_b = NodeAddress::from(b.local_addr());
+    assert!(!a.ping_node_address(impostor, at_b.clone()).await.unwrap());
+    assert!(a.ping_node_address(b.node_id(), at_b).await.unwrap());
+    assert!(
+        a.connections()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, peer, _)| *peer != impostor)
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_keeps_its_id_graph_sigchain_and_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a").await;
+    let b = start(dir.path(), "b").await;
+    b.sync_node_graph(seeds(&a), true).await.unwrap();
+    a.allow_claims_from(b.node_id(), true).await.unwrap();
+    b.claim_node(a.node_id()).await.unwrap();
+    let id = b.node_id();
+    let graph = b.get_all().await.unwrap();
+    let chain = b.sigchain().await.unwrap();
+    let tasks = b
+        .read(|m| m.tasks().map(|(k, _)| *k).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(!graph.is_empty());
+    assert_eq!(chain.len(), 1);
+    assert_eq!(
+        tasks.len(),
+        257,
+        "256 refresh tasks and the connection check"
+    );
+    b.stop().await.unwrap();
+
+    let again = start(dir.path(), "b").await;
+    assert_eq!(again.node_id(), id);
+    assert_eq!(again.get_all().await.unwrap(), graph);
+    assert_eq!(again.sigchain().await.unwrap(), chain);
+    let tasks_again = again
+        .read(|m| m.tasks().map(|(k, _)| *k).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(tasks_again, tasks);
+    again.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_conn_releases_its_use_on_error_and_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a").await;
+    let b = start(dir.path(), "b").await;
+    b.sync_node_graph(seeds(&a), true).await.unwrap();
+    let target = a.node_id();
+    let leases = |agent: Agent| async move {
+        agent
+            .read(|m| {
+                m.connections()
+                    .iter()
+                    .map(|(c, _, _)| m.connection_leases(*c).unwrap_or(0))
+                    .sum::<u32>()
+            })
+            .await
+            .unwrap()
+    };
+
+    // A closure that talks to the peer and succeeds.
+    let answer = b
+        .with_conn_f(target, |conn| async move {
+            conn.request(Request::ClosestNodes { target }).await
+        })
+        .await
+        .unwrap();
+    assert!(matches!(answer, Response::ClosestNodes { .. }));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(leases(b.clone()).await, 0, "released after success");
+
+    // A closure that fails.
+    let failed: Result<(), AgentError> = b
+        .with_conn_f(target, |_conn| async move { Err(AgentError::Stopped) })
+        .await;
+    assert!(failed.is_err());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(leases(b.clone()).await, 0, "released after an error");
+
+    // A stream held, then dropped half-way.
+    let stream = b
+        .with_conn_g(target, |conn| {
+            futures::stream::iter(0..3).then(move |i| {
+                let conn = conn.clone();
+                async move { (i, conn.peer()) }
+            })
+        })
+        .await
+        .unwrap();
+    let mut stream = Box::pin(stream);
+    let first = stream.next().await.unwrap();
+    assert_eq!(first, (0, target));
+    assert_eq!(leases(b.clone()).await, 1, "held while the stream lives");
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        leases(b.clone()).await,
+        0,
+        "released when the stream is dropped"
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_with_defaults_succeeds() {
+    let options = DemoOptions {
+        progress: false,
+        ..DemoOptions::default()
+    };
+    let report = demo::run(options).await.unwrap();
+    assert!(report.nodes >= 10);
+    assert!(report.finds > 0);
+    assert_eq!(report.finds_ok, report.finds);
+    assert!(report.claims_ok > 0);
+    assert_eq!(report.failures, 0, "{report:?}");
+}
