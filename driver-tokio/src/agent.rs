@@ -90,11 +90,13 @@ pub enum AgentError {
 
 type OpCall = Box<dyn FnOnce(&mut NodeManager, Now) -> Result<OpId, ApiError> + Send>;
 type ReadCall = Box<dyn FnOnce(&NodeManager) + Send>;
+type RenewReply = oneshot::Sender<Result<NodeId, AgentError>>;
 
 enum Call {
     Op(OpCall, oneshot::Sender<Result<OpValue, AgentError>>),
     Read(ReadCall),
     Release(LeaseId),
+    Renew(Box<[u8; 32]>, RenewReply),
     Stop(oneshot::Sender<()>),
 }
 
@@ -103,7 +105,7 @@ enum Call {
 #[derive(Clone)]
 pub struct Agent {
     calls: mpsc::UnboundedSender<Call>,
-    node_id: NodeId,
+    node_id: Arc<std::sync::Mutex<NodeId>>,
     local_addr: SocketAddr,
     data_dir: Arc<PathBuf>,
 }
@@ -134,20 +136,35 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], AgentError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = random_bytes().map_err(err)?;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&path).map_err(err)?;
-            file.write_all(&key).map_err(err)?;
-            file.sync_all().map_err(err)?;
+            write_key(data_dir, &key)?;
             Ok(key)
         }
         Err(e) => Err(err(e)),
     }
+}
+
+/// Writes the key file (mode 0600) through a temporary file and a rename,
+/// so that a crash leaves the old key or the new one, never half of one.
+fn write_key(data_dir: &Path, key: &[u8; 32]) -> Result<(), AgentError> {
+    let path = data_dir.join("node.key");
+    let tmp = data_dir.join("node.key.tmp");
+    let err = |source| AgentError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(err)?;
+    file.write_all(key).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(())
 }
 
 fn random_bytes() -> Result<[u8; 32], std::io::Error> {
@@ -201,7 +218,7 @@ impl Agent {
         let (calls_tx, calls_rx) = mpsc::unbounded_channel();
         let agent = Agent {
             calls: calls_tx,
-            node_id,
+            node_id: Arc::new(std::sync::Mutex::new(node_id)),
             local_addr,
             data_dir: Arc::new(config.data_dir.clone()),
         };
@@ -210,9 +227,33 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The node's NodeId.
+    /// The node's NodeId (the current one, after a key renewal).
     pub fn node_id(&self) -> NodeId {
-        self.node_id
+        match self.node_id.lock() {
+            Ok(id) => *id,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Makes a new key (kept in the data directory, replacing the old one),
+    /// moves every contact to its bucket under the new NodeId, and returns
+    /// it. Working connections stay up until they close.
+    pub async fn renew_key(&self) -> Result<NodeId, AgentError> {
+        let dir = self.data_dir.to_path_buf();
+        let secret = random_bytes().map_err(|source| AgentError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .send(Call::Renew(Box::new(secret), tx))
+            .map_err(|_| AgentError::Stopped)?;
+        let node_id = rx.await.map_err(|_| AgentError::Stopped)??;
+        write_key(&dir, &secret)?;
+        if let Ok(mut id) = self.node_id.lock() {
+            *id = node_id;
+        }
+        Ok(node_id)
     }
 
     /// The socket address the agent listens on.
@@ -558,6 +599,9 @@ async fn run(
                 }
                 Some(Call::Read(f)) => f(node.manager_ref()),
                 Some(Call::Release(lease)) => node.handle(now(), Event::ConnectionReleased { lease }),
+                Some(Call::Renew(secret, reply)) => {
+                    let _ = reply.send(node.renew_key(now(), &secret).map_err(AgentError::Net));
+                }
                 Some(Call::Stop(done)) => {
                     let t = now();
                     let _ = node.manager(t).stop(t);

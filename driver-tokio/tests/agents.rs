@@ -183,3 +183,58 @@ async fn the_demo_with_defaults_succeeds() {
     assert!(report.claims_ok > 0);
     assert_eq!(report.failures, 0, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for i in 0..6 {
+        agents.push(start(dir.path(), &format!("r{i}")).await);
+    }
+    let seed = seeds(&agents[0]);
+    for agent in agents.iter().skip(1) {
+        agent.sync_node_graph(seed.clone(), true).await.unwrap();
+    }
+    let x = agents[3].clone();
+    let old = x.node_id();
+    let before: usize = x
+        .get_all()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.len())
+        .sum();
+    let new = x.renew_key().await.unwrap();
+    assert_ne!(old, new);
+    assert_eq!(x.node_id(), new);
+    let after = x.get_all().await.unwrap();
+    for (bucket, contacts) in &after {
+        for (id, _) in contacts {
+            assert_eq!(
+                new.bucket_index(id),
+                Some(*bucket),
+                "{id} is in its bucket under the new id"
+            );
+        }
+    }
+    assert_eq!(after.iter().map(|(_, b)| b.len()).sum::<usize>(), before);
+    // The key file holds the new key: a restart keeps the new NodeId.
+    let secret = keynode_tokio::load_or_create_key(&dir.path().join("r3")).unwrap();
+    assert_eq!(KeyPair::from_seed(&secret).unwrap().node_id(), new);
+    // The others learn the new NodeId and find the agent under it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, other) in agents.iter().enumerate() {
+        if i == 3 {
+            continue;
+        }
+        let found = other.find_node(new).await.unwrap();
+        assert_eq!(
+            found.map(|(address, _)| address),
+            Some(NodeAddress::from(x.local_addr())),
+            "agent {i} finds the renewed agent"
+        );
+    }
+    for agent in &agents {
+        agent.stop().await.unwrap();
+    }
+}

@@ -46,6 +46,11 @@ impl Sigchain {
         (chain, bad)
     }
 
+    /// Makes `owner` the issuer of the claims appended from now on.
+    pub(crate) fn set_owner(&mut self, owner: NodeId) {
+        self.owner = owner;
+    }
+
     /// A new claim for the head of the chain (not appended).
     pub(crate) fn next_claim<R: rand::RngCore + ?Sized>(
         &mut self,

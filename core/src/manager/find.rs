@@ -507,13 +507,14 @@ impl NodeManager {
             return;
         }
         let distance = op.target.distance(&node_id);
-        if !via_signal && op.strategies.signal {
-            if let Some(state) = self.start_signal(id, op, distance) {
-                if let Some(c) = op.candidates.get_mut(&distance) {
-                    c.state = state;
-                }
-                return;
+        if !via_signal
+            && op.strategies.signal
+            && let Some(state) = self.start_signal(id, op, distance)
+        {
+            if let Some(c) = op.candidates.get_mut(&distance) {
+                c.state = state;
             }
+            return;
         }
         if let Some(c) = op.candidates.get_mut(&distance) {
             c.state = CandidateState::Failed;

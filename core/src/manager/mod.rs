@@ -417,11 +417,7 @@ impl NodeManager {
                 });
                 self.on_batch(batch, Err(error));
             }
-            Event::KeyRenewed { node_id } => {
-                let update = self.graph.reset(node_id);
-                self.emit_event(NodeEvent::BucketsReset { node_id });
-                self.store(update.ops, None);
-            }
+            Event::KeyRenewed { node_id } => self.on_new_node_id(node_id),
         }
         self.run();
     }
@@ -447,6 +443,37 @@ impl NodeManager {
         if now.mono >= self.now.mono {
             self.now = now;
         }
+    }
+
+    /// Takes a renewed key: the NodeId changes, the graph is rebuilt for it
+    /// (`reset_buckets`), and new claims are signed with the new key.
+    /// Connections made with the old key keep working until they close.
+    ///
+    /// The sigchain keeps its claims; those issued under the old NodeId no
+    /// longer verify as this node's (chains do not yet record key renewals).
+    pub fn renew_identity(&mut self, now: Now, identity: impl Into<Identity>) {
+        self.advance_clock(now);
+        let identity = identity.into();
+        self.key = identity.key().cloned();
+        self.on_new_node_id(identity.node_id());
+        if self.state == RunState::Running {
+            self.announce_new_key();
+        }
+        self.run();
+    }
+
+    fn on_new_node_id(&mut self, node_id: NodeId) {
+        if node_id == self.graph.own_node_id() {
+            return;
+        }
+        if self.key.as_ref().is_some_and(|k| k.node_id() != node_id) {
+            // The key no longer matches the NodeId: it cannot sign for it.
+            self.key = None;
+        }
+        let update = self.graph.reset(node_id);
+        self.sigchain.set_owner(node_id);
+        self.emit_event(NodeEvent::BucketsReset { node_id });
+        self.store(update.ops, None);
     }
 
     // ----- start and stop -----

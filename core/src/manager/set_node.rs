@@ -42,6 +42,8 @@ pub(crate) struct PingAddress {
     addresses: VecDeque<NodeAddress>,
     attempt: Option<AttemptId>,
     timeout: Duration,
+    /// Dial even when a connection exists (to present a renewed key).
+    fresh: bool,
 }
 
 /// Garbage collection of one bucket.
@@ -369,6 +371,7 @@ impl NodeManager {
                 addresses,
                 attempt: None,
                 timeout: gc.connect_timeout,
+                fresh: false,
             };
             // A contact that cannot be pinged now (too many operations) is
             // kept: only a failed ping condemns it.
@@ -447,6 +450,7 @@ impl NodeManager {
             addresses: VecDeque::from([address]),
             attempt: None,
             timeout: connect_timeout.unwrap_or(self.config.connection_connect_timeout),
+            fresh: false,
         };
         let op = self.spawn(OpKind::PingAddress(ping), Parent::Caller, None)?;
         self.run();
@@ -469,6 +473,27 @@ impl NodeManager {
         }
     }
 
+    /// Dials every connected node again, so that each learns this node's
+    /// renewed key (its certificate names the new NodeId).
+    pub(super) fn announce_new_key(&mut self) {
+        let mut peers: Vec<(NodeId, NodeAddress)> = self
+            .connections()
+            .into_iter()
+            .map(|(_, peer, remote)| (peer, NodeAddress::from(remote)))
+            .collect();
+        peers.dedup_by_key(|(peer, _)| *peer);
+        for (node_id, address) in peers {
+            let ping = PingAddress {
+                node_id,
+                addresses: VecDeque::from([address]),
+                attempt: None,
+                timeout: self.config.connection_connect_timeout,
+                fresh: true,
+            };
+            let _ = self.spawn(OpKind::PingAddress(ping), Parent::Internal, None);
+        }
+    }
+
     pub(super) fn step_ping_address(
         &mut self,
         id: OpId,
@@ -477,7 +502,10 @@ impl NodeManager {
     ) -> Step {
         match input {
             Input::Start | Input::ConnectFailed { .. } => {
-                if matches!(input, Input::Start) && self.conns.is_connected(&op.node_id) {
+                if matches!(input, Input::Start)
+                    && !op.fresh
+                    && self.conns.is_connected(&op.node_id)
+                {
                     return Step::Done(Ok(OpValue::Reachable(true)));
                 }
                 match op.addresses.pop_front() {

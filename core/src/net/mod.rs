@@ -2,6 +2,7 @@
 //! (quinn-proto, TLS 1.3 by rustls with mutual Ed25519 authentication),
 //! hole-punching packets, and mDNS — all sans-IO, as datagrams in and out.
 
+pub mod mdns;
 mod node;
 mod tls;
 

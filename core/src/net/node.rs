@@ -221,6 +221,26 @@ impl Node {
         })
     }
 
+    /// Renews the node's key: the NodeId becomes the key of `secret`, the
+    /// graph is rebuilt for it, and new connections present a new
+    /// certificate. Connections made with the old certificate keep working
+    /// until they close.
+    pub fn renew_key(&mut self, now: Now, secret: &[u8; 32]) -> Result<NodeId, NetError> {
+        self.advance(now);
+        let key = KeyPair::from_seed(secret).map_err(|_| NetError::Key)?;
+        let cert = NodeCertificate::new(secret)?;
+        let tls = QuicServerConfig::try_from(server_config(&cert)?)
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        let mut server = ServerConfig::with_crypto(Arc::new(tls));
+        server.transport_config(Arc::new(transport(&self.net)));
+        self.endpoint.set_server_config(Some(Arc::new(server)));
+        self.cert = cert;
+        let node_id = key.node_id();
+        self.manager.renew_identity(now, key);
+        self.drive();
+        Ok(node_id)
+    }
+
     /// The NodeId.
     pub fn node_id(&self) -> NodeId {
         self.manager.node_id()
