@@ -56,6 +56,9 @@ pub struct DemoReport {
     pub failures: usize,
     /// Wall time of the whole demo, seconds.
     pub wall_s: f64,
+    /// What failed, for the log (not part of the JSON report).
+    #[serde(skip)]
+    pub errors: Vec<String>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -108,8 +111,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     bar.set_message("syncing");
     for agent in agents.iter().skip(1) {
         if let Err(e) = agent.sync_node_graph(seeds.clone(), true).await {
-            tracing::warn!("sync of {} failed: {e}", agent.node_id());
-            report.failures += 1;
+            report.fail(format!("sync of {} failed: {e}", agent.node_id()));
         }
         bar.inc(1);
     }
@@ -139,11 +141,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
                     report.finds_ok += 1;
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
-                Ok(None) => report.failures += 1,
-                Err(e) => {
-                    tracing::warn!("find failed: {e}");
-                    report.failures += 1;
-                }
+                Ok(None) => report.fail(format!("agent {i} did not find agent {j}")),
+                Err(e) => report.fail(format!("agent {i} finding agent {j}: {e}")),
             }
             bar.inc(1);
         }
@@ -157,7 +156,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
         };
         match agent.ping_node(target).await {
             Ok(Some(_)) => report.pings_ok += 1,
-            _ => report.failures += 1,
+            Ok(None) => report.fail(format!("agent {i} got no answer from agent {j}")),
+            Err(e) => report.fail(format!("agent {i} pinging agent {j}: {e}")),
         }
         bar.inc(1);
     }
@@ -177,10 +177,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
         };
         match claimed.await {
             Ok(()) => report.claims_ok += 1,
-            Err(e) => {
-                tracing::warn!("claim failed: {e}");
-                report.failures += 1;
-            }
+            Err(e) => report.fail(format!("agent {i} claiming agent {j}: {e}")),
         }
         bar.inc(1);
     }
@@ -200,6 +197,14 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
 }
 
 impl DemoReport {
+    fn fail(&mut self, error: String) {
+        tracing::warn!("{error}");
+        self.failures += 1;
+        if self.errors.len() < 20 {
+            self.errors.push(error);
+        }
+    }
+
     /// The report as a table.
     pub fn table(&self) -> String {
         let rows = [
