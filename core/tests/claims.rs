@@ -529,3 +529,55 @@ fn chain_data_is_paged() {
     // A page that starts later links to claims not fetched: still verified.
     assert_eq!(page(&mut net, Some(third), 10), full[2..].to_vec());
 }
+
+#[test]
+fn concurrent_exchanges_on_one_chain_take_turns() {
+    // A claims B while B claims C: B's chain gets both claims, linked.
+    let mut net = Net::new();
+    for n in [1u8, 2, 3] {
+        net.add_identity(key(n).into(), addr(n.into()), config());
+    }
+    let (a, b, c) = (key(1).node_id(), key(2).node_id(), key(3).node_id());
+    let data = NodeContactAddressData {
+        mode: ContactMode::Direct,
+        connected_time: 1,
+        scopes: NodeAddressScopes::GLOBAL,
+    };
+    for (from, to, at) in [(a, b, 2u16), (b, c, 3)] {
+        let op = net.call(from, |m, now| {
+            m.set_node(
+                now,
+                to,
+                NodeAddress::from(addr(at)),
+                data,
+                false,
+                true,
+                None,
+            )
+            .unwrap()
+        });
+        net.run_until_done(from, op, STEPS).unwrap();
+    }
+    for (target, from) in [(b, a), (c, b)] {
+        let op = net.call(target, |m, now| {
+            m.allow_claims_from(now, from, true).unwrap()
+        });
+        net.run_until_done(target, op, STEPS).unwrap();
+    }
+    let first = net.call(a, |m, now| m.claim_node(now, b, None).unwrap());
+    let second = net.call(b, |m, now| m.claim_node(now, c, None).unwrap());
+    assert_eq!(net.run_until_done(a, first, STEPS), Ok(OpValue::Unit));
+    assert_eq!(net.run_until_done(b, second, STEPS), Ok(OpValue::Unit));
+    for _ in 0..500 {
+        net.step();
+    }
+    let chain = net.node(b).sigchain();
+    assert_eq!(chain.len(), 2);
+    let (ok, bad) = verify_chain(&b, &chain, None);
+    assert_eq!((ok.len(), bad.len()), (2, 0), "{bad:?}");
+    let mut gestalt = net.node(b).gestalt(&b);
+    gestalt.sort();
+    let mut expected = vec![a, c];
+    expected.sort();
+    assert_eq!(gestalt, expected);
+}

@@ -102,7 +102,7 @@ impl DatagramNet {
                     host.node.handle(now, Event::StoreCommitted(batch.id));
                 }
                 NetCommand::Manager(Command::Output(o)) => host.outputs.push(o),
-                NetCommand::Manager(_) => {}
+                NetCommand::Manager(_) | NetCommand::MdnsTransmit(_) => {}
             }
         }
     }

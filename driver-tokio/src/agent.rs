@@ -34,6 +34,11 @@ pub struct AgentConfig {
     pub net: NetConfig,
     /// The LMDB map size.
     pub map_size: usize,
+    /// The IPv4 interface mDNS runs on when `config.mdns` is set: its
+    /// multicast group is joined there and announcements name this address.
+    /// On Linux, `lo` carries multicast only with an explicit interface
+    /// (127.0.0.1). Default 127.0.0.1.
+    pub mdns_interface: std::net::Ipv4Addr,
 }
 
 impl AgentConfig {
@@ -45,6 +50,7 @@ impl AgentConfig {
             config: Config::default(),
             net: NetConfig::default(),
             map_size: StoreOptions::default().map_size,
+            mdns_interface: std::net::Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -90,11 +96,13 @@ pub enum AgentError {
 
 type OpCall = Box<dyn FnOnce(&mut NodeManager, Now) -> Result<OpId, ApiError> + Send>;
 type ReadCall = Box<dyn FnOnce(&NodeManager) + Send>;
+type NetReadCall = Box<dyn FnOnce(&Node) + Send>;
 type RenewReply = oneshot::Sender<Result<NodeId, AgentError>>;
 
 enum Call {
     Op(OpCall, oneshot::Sender<Result<OpValue, AgentError>>),
     Read(ReadCall),
+    NetRead(NetReadCall),
     Release(LeaseId),
     Renew(Box<[u8; 32]>, RenewReply),
     Stop(oneshot::Sender<()>),
@@ -203,6 +211,7 @@ impl Agent {
             StoreThread::open(store_path, options, events_tx.clone())
         })?;
         let start = now();
+        let mdns_config = config.config.mdns.clone();
         let mut node = Node::new(
             config.config,
             config.net,
@@ -215,6 +224,25 @@ impl Agent {
         )?;
         let node_id = node.node_id();
         node.handle(start, Event::SnapshotLoaded(snapshot));
+        let mdns = match &mdns_config {
+            Some(m) => {
+                let announced_ip = match local_addr.ip() {
+                    ip if ip.is_unspecified() => std::net::IpAddr::V4(config.mdns_interface),
+                    ip => ip,
+                };
+                node.set_announced_addresses(vec![SocketAddr::new(
+                    announced_ip,
+                    local_addr.port(),
+                )]);
+                Some(mdns_socket(m, config.mdns_interface).map_err(|source| {
+                    AgentError::Socket {
+                        addr: SocketAddr::new(config.mdns_interface.into(), m.port),
+                        source,
+                    }
+                })?)
+            }
+            None => None,
+        };
         let (calls_tx, calls_rx) = mpsc::unbounded_channel();
         let agent = Agent {
             calls: calls_tx,
@@ -222,7 +250,9 @@ impl Agent {
             local_addr,
             data_dir: Arc::new(config.data_dir.clone()),
         };
-        tokio::spawn(run(node, socket, store, events_tx, events_rx, calls_rx));
+        tokio::spawn(run(
+            node, socket, mdns, store, events_tx, events_rx, calls_rx,
+        ));
         agent.op(|m, now| m.start(now)).await?;
         Ok(agent)
     }
@@ -292,6 +322,21 @@ impl Agent {
         rx.await.map_err(|_| AgentError::Stopped)
     }
 
+    /// Reads the net layer's state (connections, mDNS counters).
+    pub async fn net_read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node) -> T + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        let call: NetReadCall = Box::new(move |n| {
+            let _ = tx.send(f(n));
+        });
+        self.calls
+            .send(Call::NetRead(call))
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+
     /// Spec `findNode`: where `node_id` was reached, or `None`.
     pub async fn find_node(
         &self,
@@ -301,6 +346,28 @@ impl Agent {
             self.op(move |m, now| m.find_node(now, node_id, FindOptions::default()))
                 .await?,
         )
+    }
+
+    /// Spec `findNodeByMDNS`: `node_id` found on the local network.
+    pub async fn find_node_by_mdns(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
+        found(
+            self.op(move |m, now| m.find_node_by_mdns(now, node_id, FindOptions::default()))
+                .await?,
+        )
+    }
+
+    /// Spec `queryMDNS`: the addresses at which `node_id` answered on the local network.
+    pub async fn query_mdns(&self, node_id: NodeId) -> Result<Vec<SocketAddr>, AgentError> {
+        match self
+            .op(move |m, now| m.query_mdns(now, node_id, None))
+            .await?
+        {
+            OpValue::Addresses(a) => Ok(a),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     /// Spec `pingNode`.
@@ -521,9 +588,11 @@ fn found(value: OpValue) -> Result<Option<(NodeAddress, NodeContactAddressData)>
 }
 
 /// The agent's loop: one input at a time, then drain the node completely.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     mut node: Node,
     socket: UdpSocket,
+    mdns: Option<UdpSocket>,
     mut store: StoreThread,
     events_tx: mpsc::UnboundedSender<Event>,
     mut events: mpsc::UnboundedReceiver<Event>,
@@ -531,6 +600,7 @@ async fn run(
 ) {
     let mut pending: BTreeMap<OpId, oneshot::Sender<Result<OpValue, AgentError>>> = BTreeMap::new();
     let mut buf = vec![0u8; 65536];
+    let mut mdns_buf = vec![0u8; 9000];
     let mut stopping: Option<oneshot::Sender<()>> = None;
     loop {
         while let Some(command) = node.poll() {
@@ -538,6 +608,14 @@ async fn run(
                 NetCommand::Transmit(t) => {
                     if let Err(e) = socket.send_to(&t.contents, t.destination).await {
                         tracing::debug!("send to {} failed: {e}", t.destination);
+                    }
+                }
+                NetCommand::MdnsTransmit(t) => {
+                    tracing::debug!("mDNS {} bytes to {}", t.contents.len(), t.destination);
+                    if let Some(m) = &mdns
+                        && let Err(e) = m.send_to(&t.contents, t.destination).await
+                    {
+                        tracing::trace!("mDNS send to {} failed: {e}", t.destination);
                     }
                 }
                 NetCommand::Manager(Command::Store(batch)) => store.apply(batch.id, batch.ops),
@@ -584,6 +662,10 @@ async fn run(
                     node.handle_datagram(now(), from, buf.get(..n).unwrap_or_default());
                 }
             }
+            Some((n, from)) = recv_mdns(&mdns, &mut mdns_buf) => {
+                tracing::debug!("mDNS {n} bytes from {from}");
+                node.handle_mdns_datagram(now(), from, mdns_buf.get(..n).unwrap_or_default());
+            }
             Some(event) = events.recv() => node.handle(now(), event),
             call = calls.recv() => match call {
                 Some(Call::Op(f, reply)) => {
@@ -598,6 +680,7 @@ async fn run(
                     }
                 }
                 Some(Call::Read(f)) => f(node.manager_ref()),
+                Some(Call::NetRead(f)) => f(&node),
                 Some(Call::Release(lease)) => node.handle(now(), Event::ConnectionReleased { lease }),
                 Some(Call::Renew(secret, reply)) => {
                     let _ = reply.send(node.renew_key(now(), &secret).map_err(AgentError::Net));
@@ -617,6 +700,39 @@ async fn run(
             () = sleep => node.handle_timeout(now()),
         }
     }
+}
+
+/// A datagram from the mDNS socket, or never if there is none.
+async fn recv_mdns(socket: &Option<UdpSocket>, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The mDNS socket: the mDNS port, shared with other agents on the host
+/// (SO_REUSEADDR/SO_REUSEPORT), joined to the IPv4 groups on `interface`,
+/// multicasting from it with loopback on (so that agents on one host hear
+/// each other).
+fn mdns_socket(
+    config: &keynode_core::MdnsConfig,
+    interface: std::net::Ipv4Addr,
+) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, config.port)).into())?;
+    for group in &config.groups {
+        if let std::net::IpAddr::V4(group) = group {
+            socket.join_multicast_v4(group, &interface)?;
+        }
+    }
+    socket.set_multicast_if_v4(&interface)?;
+    socket.set_multicast_loop_v4(true)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// How long a demo or test waits for one operation at most.

@@ -238,3 +238,46 @@ async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id()
         agent.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "mDNS: the service exposes no timer for query retransmissions and delayed responses yet"]
+async fn two_agents_without_seeds_find_each_other_by_mdns() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("keynode_tokio=debug")
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    // A port of this test's own, so that parallel runs do not hear each other.
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let mdns = keynode_core::MdnsConfig {
+        groups: vec![std::net::IpAddr::from([224, 0, 0, 250])],
+        port,
+    };
+    let mut agents = Vec::new();
+    for name in ["m1", "m2"] {
+        let mut config = AgentConfig::new(dir.path().join(name), loopback());
+        config.config.mdns = Some(mdns.clone());
+        config.mdns_interface = std::net::Ipv4Addr::LOCALHOST;
+        agents.push(Agent::start(config).await.unwrap());
+    }
+    let (a, b) = (&agents[0], &agents[1]);
+    // Give the announcements a moment to go out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addresses = a.query_mdns(b.node_id()).await.unwrap();
+    if addresses.is_empty() {
+        for agent in &agents {
+            eprintln!("{:?}", agent.net_read(|n| n.mdns_stats()).await);
+        }
+    }
+    assert_eq!(addresses, vec![b.local_addr()]);
+    let found = a.find_node_by_mdns(b.node_id()).await.unwrap();
+    let (address, data) = found.expect("found on the local network");
+    assert_eq!(address, NodeAddress::from(b.local_addr()));
+    assert!(
+        data.scopes.local && !data.scopes.global,
+        "mDNS addresses are local"
+    );
+    for agent in &agents {
+        agent.stop().await.unwrap();
+    }
+}

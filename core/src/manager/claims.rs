@@ -311,6 +311,12 @@ impl NodeManager {
                     Err(_) => Step::Done(Err(OpError::NodeNotFound(target))),
                 }
             }
+            (ClaimNodeOp::Finding { target }, Input::ChainFree) => {
+                match self.conns.primary(&target) {
+                    Some((conn, _)) => self.claim_open(id, target, conn),
+                    None => Step::Done(Err(OpError::NodeNotFound(target))),
+                }
+            }
             (ClaimNodeOp::Finding { target }, Input::Child { .. }) => {
                 match self.conns.primary(&target) {
                     Some((conn, _)) => self.claim_open(id, target, conn),
@@ -420,6 +426,20 @@ impl NodeManager {
     }
 
     fn claim_open(&mut self, id: OpId, target: NodeId, conn: ConnId) -> Step {
+        // One exchange at a time builds on the chain's head: another one's
+        // claim appended meanwhile would break this one's link.
+        match self.chain_owner {
+            Some(owner) if owner != id => {
+                if self.chain_queue.len() >= MAX_CHAIN_WAITERS {
+                    return Step::Done(Err(OpError::Claim(ClaimError::ChainAdvanced)));
+                }
+                self.chain_queue.push_back(ChainWaiter::Requester(id));
+                return Step::Continue(OpKind::ClaimNode(Box::new(ClaimNodeOp::Finding {
+                    target,
+                })));
+            }
+            _ => self.chain_owner = Some(id),
+        }
         let (mine, reused) = match self.own_link_claim(target) {
             Ok(x) => x,
             Err(e) => return Step::Done(Err(OpError::Claim(e))),
@@ -458,6 +478,19 @@ impl NodeManager {
             self.abort_stream(stream, &ClaimError::StreamClosed);
             return;
         };
+        if self.chain_owner.is_some() {
+            // Another exchange builds on the chain: this one waits its turn.
+            if self.chain_queue.len() >= MAX_CHAIN_WAITERS {
+                self.abort_stream(stream, &ClaimError::ChainAdvanced);
+            } else {
+                self.chain_queue.push_back(ChainWaiter::Handler {
+                    conn,
+                    stream,
+                    message,
+                });
+            }
+            return;
+        }
         match self.begin_handle_claim(requester, message) {
             Ok((countersigned, mine, reused)) => {
                 self.commands.push_back(Command::StreamSend {
@@ -480,6 +513,7 @@ impl NodeManager {
                 match self.spawn(OpKind::HandleClaim(op), Parent::Internal, Some(timeout)) {
                     Ok(id) => {
                         self.streams.insert(stream, id);
+                        self.chain_owner = Some(id);
                     }
                     Err(_) => self.abort_stream(stream, &ClaimError::ChainAdvanced),
                 }
@@ -561,6 +595,52 @@ impl NodeManager {
             }
             (_, Input::StreamClosed) => Step::Done(Err(OpError::Claim(ClaimError::StreamClosed))),
             (state, _) => Step::Continue(OpKind::HandleClaim(state)),
+        }
+    }
+}
+
+/// Exchanges waiting for the chain at most; more are refused.
+const MAX_CHAIN_WAITERS: usize = 64;
+
+/// An exchange waiting for the chain.
+#[derive(Debug)]
+pub(crate) enum ChainWaiter {
+    /// A `claim_node` of this node.
+    Requester(OpId),
+    /// A peer's exchange, not yet answered.
+    Handler {
+        conn: ConnId,
+        stream: StreamId,
+        message: ClaimMessage,
+    },
+}
+
+impl NodeManager {
+    /// The chain's exchange `id` ended: the next waiting one goes on.
+    pub(super) fn release_chain(&mut self, id: OpId) {
+        if self.chain_owner != Some(id) {
+            return;
+        }
+        self.chain_owner = None;
+        while let Some(waiter) = self.chain_queue.pop_front() {
+            match waiter {
+                ChainWaiter::Requester(op) if self.ops.contains_key(&op) => {
+                    self.chain_owner = Some(op);
+                    self.input(op, Input::ChainFree);
+                    return;
+                }
+                ChainWaiter::Requester(_) => {}
+                ChainWaiter::Handler {
+                    conn,
+                    stream,
+                    message,
+                } => {
+                    self.handle_claim_node(conn, stream, message);
+                    if self.chain_owner.is_some() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }

@@ -387,7 +387,8 @@ impl NodeManager {
             Input::Mdns { .. }
             | Input::Committed { .. }
             | Input::Stream { .. }
-            | Input::StreamClosed => {}
+            | Input::StreamClosed
+            | Input::ChainFree => {}
         }
         match self.find_advance(id, &mut op) {
             Some(done) => done,

@@ -137,6 +137,8 @@ enum Input {
         message: crate::wire::ClaimMessage,
     },
     StreamClosed,
+    /// The sigchain is free for this claim exchange.
+    ChainFree,
     Deadline,
 }
 
@@ -221,6 +223,9 @@ pub struct NodeManager {
     /// Ids of claims signed recently, to refuse replays (bounded; oldest out).
     recent_claims: BTreeSet<ClaimId>,
     streams: BTreeMap<StreamId, OpId>,
+    /// The claim exchange building on the chain's head, and those waiting.
+    chain_owner: Option<OpId>,
+    chain_queue: VecDeque<claims::ChainWaiter>,
     /// Whether the store holds this graph's space (owner and active space);
     /// a new store gets them written at start.
     graph_persisted: bool,
@@ -273,6 +278,8 @@ impl NodeManager {
             claim_permissions: BTreeSet::new(),
             recent_claims: BTreeSet::new(),
             streams: BTreeMap::new(),
+            chain_owner: None,
+            chain_queue: VecDeque::new(),
             graph_persisted: false,
         })
     }
@@ -596,6 +603,8 @@ impl NodeManager {
         self.requests.clear();
         self.batches.clear();
         self.streams.clear();
+        self.chain_owner = None;
+        self.chain_queue.clear();
         self.timers.clear();
         self.gc_running.clear();
         self.refresh_running.clear();
@@ -784,6 +793,7 @@ impl NodeManager {
     /// Releases what an ending operation held outside itself. Looked up by
     /// id, so it works whatever state the operation ended in.
     fn forget_op(&mut self, id: OpId) {
+        self.release_chain(id);
         self.gc_running.retain(|_, op| *op != id);
         self.streams.retain(|_, op| *op != id);
         self.refresh_running.retain(|_, op| *op != id);

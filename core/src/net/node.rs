@@ -14,6 +14,7 @@ use quinn_proto::{
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::mdns::MdnsService;
 use super::tls::{
     ExpectNodeId, NodeCertificate, TlsError, client_config, node_id_of, server_config,
 };
@@ -86,7 +87,10 @@ pub struct Transmit {
 pub enum NetCommand {
     /// Send a datagram from the node's socket.
     Transmit(Transmit),
-    /// Everything else the manager asks (store batches, resolutions, mDNS,
+    /// Send a datagram from the mDNS socket (to a multicast group or a
+    /// unicast querier).
+    MdnsTransmit(Transmit),
+    /// Everything else the manager asks (store batches, resolutions,
     /// outputs): the manager's own [`Command`].
     Manager(Command),
 }
@@ -161,6 +165,9 @@ pub struct Node {
     now: Now,
     next_id: u64,
     buf: Vec<u8>,
+    mdns: Option<MdnsService>,
+    /// The addresses mDNS announces: the node's QUIC socket addresses.
+    announced: Vec<SocketAddr>,
 }
 
 /// A length prefix: 4 bytes, big-endian.
@@ -218,6 +225,8 @@ impl Node {
             now,
             next_id: 1,
             buf: Vec::new(),
+            mdns: None,
+            announced: Vec::new(),
         })
     }
 
@@ -239,6 +248,26 @@ impl Node {
         self.manager.renew_identity(now, key);
         self.drive();
         Ok(node_id)
+    }
+
+    /// The addresses mDNS announces for this node (its QUIC socket's
+    /// addresses on the interfaces mDNS runs on). Set before `start`.
+    pub fn set_announced_addresses(&mut self, addresses: Vec<SocketAddr>) {
+        self.announced = addresses;
+    }
+
+    /// mDNS counters, while mDNS runs.
+    pub fn mdns_stats(&self) -> Option<super::mdns::MdnsStats> {
+        self.mdns.as_ref().map(MdnsService::stats)
+    }
+
+    /// Feeds a datagram received on the mDNS socket.
+    pub fn handle_mdns_datagram(&mut self, now: Now, from: SocketAddr, bytes: &[u8]) {
+        self.advance(now);
+        if let Some(mdns) = self.mdns.as_mut() {
+            mdns.handle_datagram(now.mono, from, bytes);
+        }
+        self.drive();
     }
 
     /// The NodeId.
@@ -347,6 +376,11 @@ impl Node {
                 c.conn.handle_timeout(now.mono);
             }
         }
+        if let Some(mdns) = self.mdns.as_mut()
+            && mdns.poll_timeout().is_some_and(|t| t <= now.mono)
+        {
+            mdns.handle_timeout(now.mono);
+        }
         self.drive();
     }
 
@@ -409,10 +443,36 @@ impl Node {
             for id in ids {
                 progressed |= self.drive_conn(id);
             }
+            progressed |= self.drive_mdns();
             if !progressed {
                 return;
             }
         }
+    }
+
+    /// Moves mDNS answers to the manager and its datagrams to the driver.
+    fn drive_mdns(&mut self) -> bool {
+        let Some(mdns) = self.mdns.as_mut() else {
+            return false;
+        };
+        let mut progressed = false;
+        let mut answers = Vec::new();
+        while let Some(answer) = mdns.poll_answer() {
+            answers.push(answer);
+        }
+        while let Some(t) = mdns.poll_transmit() {
+            progressed = true;
+            self.out.push_back(NetCommand::MdnsTransmit(Transmit {
+                destination: t.destination,
+                contents: t.bytes,
+            }));
+        }
+        for (query, addresses) in answers {
+            progressed = true;
+            self.manager
+                .handle(self.now, Event::MdnsAnswer { query, addresses });
+        }
+        progressed
     }
 
     fn carry_out(&mut self, command: Command) {
@@ -492,6 +552,36 @@ impl Node {
                         },
                     );
                     self.set_timer(NetTimer::Punch(address), now.mono);
+                }
+            }
+            Command::MdnsAnnounce {
+                node_id,
+                groups,
+                port,
+            } => {
+                if self.mdns.is_none() {
+                    let config = crate::config::MdnsConfig { groups, port };
+                    self.mdns =
+                        MdnsService::new(node_id, self.announced.clone(), now.mono, &config).ok();
+                }
+                if let Some(mdns) = self.mdns.as_mut() {
+                    let _ = mdns.announce(now.mono);
+                }
+            }
+            Command::MdnsQuery { query, node_id } => {
+                if let Some(mdns) = self.mdns.as_mut() {
+                    // A refused query finds nothing; the manager's deadline ends it.
+                    let _ = mdns.query(now.mono, query, node_id);
+                }
+            }
+            Command::MdnsQueryEnd { query } => {
+                if let Some(mdns) = self.mdns.as_mut() {
+                    mdns.end_query(query);
+                }
+            }
+            Command::MdnsStop => {
+                if let Some(mdns) = self.mdns.as_mut() {
+                    mdns.stop(now.mono);
                 }
             }
             other => self.out.push_back(NetCommand::Manager(other)),
