@@ -194,12 +194,10 @@ impl Agent {
             source,
         })?;
         let secret = load_or_create_key(&config.data_dir)?;
-        let socket = UdpSocket::bind(config.bind)
-            .await
-            .map_err(|source| AgentError::Socket {
-                addr: config.bind,
-                source,
-            })?;
+        let socket = quic_socket(config.bind).map_err(|source| AgentError::Socket {
+            addr: config.bind,
+            source,
+        })?;
         let local_addr = socket.local_addr().map_err(|source| AgentError::Socket {
             addr: config.bind,
             source,
@@ -700,6 +698,19 @@ async fn run(
             () = sleep => node.handle_timeout(now()),
         }
     }
+}
+
+/// The QUIC socket, with buffers large enough that a burst of handshakes
+/// (each Initial is 1200 bytes) is not dropped while the loop works.
+fn quic_socket(bind: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    // The kernel caps these at net.core.[rw]mem_max; a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&bind.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// A datagram from the mDNS socket, or never if there is none.

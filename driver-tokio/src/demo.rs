@@ -52,6 +52,12 @@ pub struct DemoReport {
     pub find_p50_ms: f64,
     /// 99th percentile lookup time, milliseconds.
     pub find_p99_ms: f64,
+    /// Median time of lookups that had to open a connection (cold), ms.
+    pub find_cold_p50_ms: f64,
+    /// Lookups that had to open a connection.
+    pub finds_cold: usize,
+    /// Median time of the same lookup repeated on the connection it opened (warm), ms.
+    pub find_warm_p50_ms: f64,
     /// Operations that failed (errors, not found, unanswered pings, refused claims).
     pub failures: usize,
     /// Wall time of the whole demo, seconds.
@@ -128,18 +134,34 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
 
     bar.set_message("finding");
     let mut latencies = Vec::new();
+    let mut cold_latencies = Vec::new();
+    let mut warm_latencies = Vec::new();
     for (i, agent) in agents.iter().enumerate() {
         for _ in 0..options.finds_per_node {
             let j = other(i, &mut rng);
             let Some(target) = agents.get(j).map(Agent::node_id) else {
                 continue;
             };
+            let cold = !agent
+                .connections()
+                .await?
+                .iter()
+                .any(|(_, peer, _)| *peer == target);
             let t = Instant::now();
             report.finds += 1;
             match agent.find_node(target).await {
                 Ok(Some(_)) => {
                     report.finds_ok += 1;
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    latencies.push(ms);
+                    if cold {
+                        cold_latencies.push(ms);
+                        // The same lookup again, now on a warm connection.
+                        let t = Instant::now();
+                        if let Ok(Some(_)) = agent.find_node(target).await {
+                            warm_latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
                 }
                 Ok(None) => report.fail(format!("agent {i} did not find agent {j}")),
                 Err(e) => report.fail(format!("agent {i} finding agent {j}: {e}")),
@@ -189,6 +211,11 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     latencies.sort_by(f64::total_cmp);
     report.find_p50_ms = percentile(&latencies, 50.0);
     report.find_p99_ms = percentile(&latencies, 99.0);
+    cold_latencies.sort_by(f64::total_cmp);
+    warm_latencies.sort_by(f64::total_cmp);
+    report.finds_cold = cold_latencies.len();
+    report.find_cold_p50_ms = percentile(&cold_latencies, 50.0);
+    report.find_warm_p50_ms = percentile(&warm_latencies, 50.0);
     report.wall_s = started.elapsed().as_secs_f64();
     // Give sockets a moment to close before the directory goes.
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -215,12 +242,15 @@ impl DemoReport {
             ("claims_ok", self.claims_ok.to_string()),
             ("find_p50_ms", format!("{:.2}", self.find_p50_ms)),
             ("find_p99_ms", format!("{:.2}", self.find_p99_ms)),
+            ("finds_cold", self.finds_cold.to_string()),
+            ("find_cold_p50_ms", format!("{:.2}", self.find_cold_p50_ms)),
+            ("find_warm_p50_ms", format!("{:.2}", self.find_warm_p50_ms)),
             ("failures", self.failures.to_string()),
             ("wall_s", format!("{:.2}", self.wall_s)),
         ];
         let mut out = String::new();
         for (k, v) in rows {
-            out.push_str(&format!("{k:<12} {v:>10}\n"));
+            out.push_str(&format!("{k:<18} {v:>10}\n"));
         }
         out
     }
