@@ -123,6 +123,17 @@ struct Stream {
     finish: bool,
 }
 
+impl Stream {
+    fn new(role: Role) -> Self {
+        Self {
+            role,
+            recv: Vec::new(),
+            send: Vec::new(),
+            finish: false,
+        }
+    }
+}
+
 struct QuicConn {
     handle: ConnectionHandle,
     conn: quinn_proto::Connection,
@@ -706,15 +717,7 @@ impl Node {
     ) -> Option<quinn_proto::StreamId> {
         let c = self.conns.get_mut(&conn).filter(|c| c.up)?;
         let stream = c.conn.streams().open(Dir::Bi)?;
-        c.streams.insert(
-            stream,
-            Stream {
-                role,
-                recv: Vec::new(),
-                send: Vec::new(),
-                finish: false,
-            },
-        );
+        c.streams.insert(stream, Stream::new(role));
         self.send_frame(conn, stream, &frame, finish);
         Some(stream)
     }
@@ -795,15 +798,7 @@ impl Node {
                 let mut accepted = Vec::new();
                 if let Some(c) = self.conns.get_mut(&id) {
                     while let Some(stream) = c.conn.streams().accept(Dir::Bi) {
-                        c.streams.insert(
-                            stream,
-                            Stream {
-                                role: Role::Unknown,
-                                recv: Vec::new(),
-                                send: Vec::new(),
-                                finish: false,
-                            },
-                        );
+                        c.streams.insert(stream, Stream::new(Role::Unknown));
                         accepted.push(stream);
                     }
                 }
