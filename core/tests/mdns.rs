@@ -1,6 +1,7 @@
 //! mDNS discovery: `MdnsService`s exchanging datagrams over an in-memory
-//! network with a virtual clock, malformed input, and one run over real UDP
-//! multicast on loopback.
+//! network with a virtual clock, malformed input, one run over real UDP
+//! multicast on loopback, and `Node`s (mDNS wired to the manager) driven in
+//! memory only by their `poll_timeout`, as a real driver drives them.
 
 // Tests take a start instant from the clock; all later times are derived.
 #![allow(clippy::disallowed_methods)]
@@ -12,7 +13,10 @@ use std::time::{Duration, Instant};
 use keynode_core::net::mdns::{
     MAX_QUERIES, MdnsError, MdnsService, MdnsTransmit, QUERY_LIFETIME, TXT_NODE_ID_KEY,
 };
-use keynode_core::{MdnsConfig, NodeId, QueryId};
+use keynode_core::net::{NetCommand, NetConfig, Node};
+use keynode_core::{
+    Command, Config, Event, MdnsConfig, NodeId, Now, OpError, OpId, OpValue, Output, QueryId,
+};
 use mdns_proto::Name;
 use mdns_proto::wire::{Flags, Header, MessageBuilder, MessageReader};
 use proptest::prelude::*;
@@ -96,6 +100,12 @@ impl Lan {
                     let now = self.now;
                     for host in &mut self.hosts {
                         host.mdns.handle_timeout(now);
+                        // What was due is done: a deadline left in the past
+                        // would make a driver spin.
+                        assert!(
+                            host.mdns.poll_timeout().is_none_or(|next| next > now),
+                            "a deadline stays in the past"
+                        );
                     }
                 }
                 _ => break,
@@ -181,6 +191,28 @@ fn the_first_answer_comes_within_the_response_jitter() {
     // RFC 6762 §6: a shared-record response waits 20–120 ms.
     lan.run(Duration::from_millis(125));
     assert!(!lan.hosts[0].answers.is_empty());
+}
+
+/// A question that comes soon after the responder announced (even between
+/// its two announcements) is answered like any other, within the response
+/// jitter: a recent announcement does not hold the answer back.
+#[test]
+fn a_query_soon_after_an_announcement_is_answered_within_the_jitter() {
+    for offset_ms in [0, 1, 300, 999, 1000, 1001, 1500] {
+        let mut lan = Lan::new(2);
+        let now = lan.now;
+        lan.hosts[1].mdns.announce(now).unwrap();
+        lan.run(Duration::from_millis(offset_ms));
+        let b = lan.hosts[1].mdns.node_id();
+        let now = lan.now;
+        lan.hosts[0].mdns.query(now, QueryId(1), b).unwrap();
+        lan.run(Duration::from_millis(125));
+        assert_eq!(
+            answered(&lan.hosts[0], QueryId(1)),
+            addresses_of(&lan.hosts[1]),
+            "query {offset_ms} ms after the announcement"
+        );
+    }
 }
 
 #[test]
@@ -685,4 +717,267 @@ fn discovery_over_real_multicast_on_loopback() {
     // Both heard their own datagrams looped back and ignored them.
     assert!(services[0].stats().own_datagrams > 0);
     assert!(services[1].stats().own_datagrams > 0);
+}
+
+// Nodes: mDNS wired into `Node`, driven the way a real driver drives it.
+
+/// The mDNS port of the node-level tests (all nodes share it, as on one host).
+const NODE_MDNS_PORT: u16 = 45000;
+
+/// A `Node` of the in-memory network, with what its manager reported.
+struct NodeHost {
+    node: Node,
+    /// Its QUIC address, the one it announces.
+    quic: SocketAddr,
+    /// (operation, result, when) of every finished operation.
+    done: Vec<(OpId, Result<OpValue, OpError>, Instant)>,
+    /// The mDNS datagrams it sent, with when.
+    mdns_sent: Vec<(Instant, Vec<u8>)>,
+}
+
+/// Nodes on one host sharing the mDNS port with multicast loop on: every
+/// mDNS datagram reaches every node, the sender included, from
+/// 127.0.0.1:NODE_MDNS_PORT. Time only moves to the earliest
+/// `Node::poll_timeout` (or to a time a test asks for), and a node's
+/// `handle_timeout` runs only once its own deadline has come: exactly what a
+/// real driver does, so a timer a node does not expose never fires.
+struct NodeLan {
+    hosts: Vec<NodeHost>,
+    start: Instant,
+    now: Now,
+    /// Timer wakes, to catch a deadline that stays in the past (a driver
+    /// would spin on it).
+    wakes: usize,
+}
+
+impl NodeLan {
+    fn new(count: u8) -> Self {
+        let now = Now::new(Instant::now(), 1_700_000_000_000);
+        let mut lan = Self {
+            hosts: Vec::new(),
+            start: now.mono,
+            now,
+            wakes: 0,
+        };
+        for n in 1..=count {
+            let mut config = Config::default();
+            config.mdns = Some(MdnsConfig {
+                groups: vec![IpAddr::V4(Ipv4Addr::new(224, 0, 0, 250))],
+                port: NODE_MDNS_PORT,
+            });
+            let mut node = Node::new(config, NetConfig::default(), &[n; 32], now, [n; 32]).unwrap();
+            let quic = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4000 + u16::from(n));
+            node.set_announced_addresses(vec![quic]);
+            // Starting announces on mDNS.
+            node.manager(now).start(now).unwrap();
+            lan.hosts.push(NodeHost {
+                node,
+                quic,
+                done: Vec::new(),
+                mdns_sent: Vec::new(),
+            });
+        }
+        lan.settle();
+        lan
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now.mono - self.start
+    }
+
+    /// Carries out every command and delivers every mDNS datagram, at the
+    /// current time, until the nodes are quiet.
+    fn settle(&mut self) {
+        let now = self.now;
+        for _ in 0..1000 {
+            let mut datagrams = Vec::new();
+            for host in &mut self.hosts {
+                while let Some(command) = host.node.poll() {
+                    match command {
+                        NetCommand::MdnsTransmit(t) => {
+                            assert!(t.destination.ip().is_multicast(), "{:?}", t.destination);
+                            host.mdns_sent.push((now.mono, t.contents.clone()));
+                            datagrams.push(t.contents);
+                        }
+                        NetCommand::Manager(Command::Store(batch)) => {
+                            host.node.handle(now, Event::StoreCommitted(batch.id));
+                        }
+                        NetCommand::Manager(Command::Output(Output::Done { op, result })) => {
+                            host.done.push((op, result, now.mono));
+                        }
+                        // No QUIC traffic in these tests.
+                        NetCommand::Transmit(_) | NetCommand::Manager(_) => {}
+                    }
+                }
+            }
+            if datagrams.is_empty() {
+                return;
+            }
+            let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), NODE_MDNS_PORT);
+            for bytes in datagrams {
+                for host in &mut self.hosts {
+                    host.node.handle_mdns_datagram(now, from, &bytes);
+                }
+            }
+        }
+        panic!("the nodes never settle");
+    }
+
+    /// Runs the network until `elapsed` since the start, waking nodes only at
+    /// their `poll_timeout`.
+    fn run_until(&mut self, elapsed: Duration) {
+        let until = self.start + elapsed;
+        loop {
+            self.settle();
+            let next = self
+                .hosts
+                .iter_mut()
+                .filter_map(|host| host.node.poll_timeout())
+                .min();
+            let Some(next) = next.filter(|next| *next <= until) else {
+                break;
+            };
+            if next > self.now.mono {
+                self.now = self.now.advanced(next - self.now.mono);
+            }
+            let now = self.now;
+            for host in &mut self.hosts {
+                if host.node.poll_timeout().is_some_and(|due| due <= now.mono) {
+                    host.node.handle_timeout(now);
+                    self.wakes += 1;
+                }
+            }
+            assert!(self.wakes < 10_000, "a deadline stays in the past");
+        }
+        if until > self.now.mono {
+            self.now = self.now.advanced(until - self.now.mono);
+        }
+        self.settle();
+    }
+
+    /// `query_mdns` on node `asker` for node `target`'s NodeId.
+    fn query(&mut self, asker: usize, target: usize, timeout: Option<Duration>) -> OpId {
+        let node_id = self.hosts[target].node.node_id();
+        let now = self.now;
+        let op = self.hosts[asker]
+            .node
+            .manager(now)
+            .query_mdns(now, node_id, timeout)
+            .unwrap();
+        self.settle();
+        op
+    }
+
+    /// The result of operation `op` of node `host` and when it ended.
+    fn result(&self, host: usize, op: OpId) -> Option<(Result<OpValue, OpError>, Instant)> {
+        self.hosts[host]
+            .done
+            .iter()
+            .find(|(id, _, _)| *id == op)
+            .map(|(_, result, at)| (result.clone(), *at))
+    }
+
+    /// The mDNS questions node `host` sent (as opposed to its responses).
+    fn questions_sent(&self, host: usize) -> usize {
+        self.hosts[host]
+            .mdns_sent
+            .iter()
+            .filter(|(_, bytes)| {
+                !MessageReader::try_parse(bytes)
+                    .unwrap()
+                    .header()
+                    .flags()
+                    .is_response()
+            })
+            .count()
+    }
+}
+
+/// Node A queries node B 300 ms after B announced (the reported case): B
+/// answers and A finds B's address, although the network wakes the nodes
+/// only at their `poll_timeout`.
+#[test]
+fn a_node_queried_soon_after_announcing_answers_under_a_real_driver() {
+    let mut lan = NodeLan::new(2);
+    lan.run_until(Duration::from_millis(300));
+    let asked = lan.now.mono;
+    // The manager's own deadline (1.5 s by default).
+    let op = lan.query(0, 1, None);
+    lan.run_until(Duration::from_secs(3));
+    let (result, at) = lan.result(0, op).expect("the query ended");
+    assert_eq!(result, Ok(OpValue::Addresses(vec![lan.hosts[1].quic])));
+    assert!(at - asked <= Duration::from_millis(1500));
+
+    // Found within 1.2 s: a query that only waits that long finds it too.
+    let mut lan = NodeLan::new(2);
+    lan.run_until(Duration::from_millis(300));
+    let asked = lan.now.mono;
+    let op = lan.query(0, 1, Some(Duration::from_millis(1200)));
+    lan.run_until(Duration::from_secs(3));
+    let (result, at) = lan.result(0, op).expect("the query ended");
+    assert_eq!(result, Ok(OpValue::Addresses(vec![lan.hosts[1].quic])));
+    assert_eq!(at - asked, Duration::from_millis(1200));
+}
+
+/// Whenever the question comes, right after the announcement, between the
+/// two announcements, or long after them, the responder answers it (it is
+/// not held back because it multicast its records recently) and the querier
+/// has the address within 1.2 s. From 1.5 s on, no announcement falls in the
+/// window, so only an answer to the question can find the address.
+#[test]
+fn a_query_is_answered_within_a_bounded_time_whenever_it_comes() {
+    let offsets_ms = [
+        0, 1, 20, 150, 300, 700, 999, 1000, 1001, 1100, 1500, 2500, 10_000, 100_000,
+    ];
+    for offset in offsets_ms {
+        let mut lan = NodeLan::new(2);
+        lan.run_until(Duration::from_millis(offset));
+        let asked = lan.now.mono;
+        let op = lan.query(0, 1, Some(Duration::from_millis(1200)));
+        lan.run_until(Duration::from_millis(offset) + Duration::from_secs(2));
+        let (result, at) = lan.result(0, op).expect("the query ended");
+        assert_eq!(
+            result,
+            Ok(OpValue::Addresses(vec![lan.hosts[1].quic])),
+            "query {offset} ms after the announcement"
+        );
+        assert!(at - asked <= Duration::from_millis(1200));
+        // The other way round too, from the same network.
+        let asked = lan.now.mono;
+        let op = lan.query(1, 0, Some(Duration::from_millis(250)));
+        lan.run_until(lan.elapsed() + Duration::from_secs(1));
+        let (result, at) = lan.result(1, op).expect("the query ended");
+        assert_eq!(
+            result,
+            Ok(OpValue::Addresses(vec![lan.hosts[0].quic])),
+            "reverse query after {offset} ms"
+        );
+        assert!(at - asked <= Duration::from_millis(250));
+    }
+}
+
+/// With nobody answering, the querier's retransmissions (RFC 6762 §5.2: 1 s,
+/// then doubling) are timers the node exposes, and the nodes are woken only
+/// when something is due.
+#[test]
+fn a_node_repeats_an_unanswered_question_under_a_real_driver() {
+    let mut lan = NodeLan::new(2);
+    lan.run_until(Duration::from_secs(2));
+    let before = lan.questions_sent(0);
+    let now = lan.now;
+    let op = lan.hosts[0]
+        .node
+        .manager(now)
+        .query_mdns(now, node_id(99), Some(Duration::from_millis(7500)))
+        .unwrap();
+    lan.run_until(Duration::from_secs(12));
+    let (result, _) = lan.result(0, op).expect("the query ended");
+    assert_eq!(result, Ok(OpValue::Addresses(Vec::new())));
+    // Asked at 0, 1, 3 and 7 s after the query, then ended.
+    assert_eq!(lan.questions_sent(0) - before, 4);
+    // Ten minutes of idle announcing nodes: a handful of wakes (re-announces,
+    // the manager's own timers), not a spin.
+    let wakes = lan.wakes;
+    lan.run_until(Duration::from_secs(612));
+    assert!(lan.wakes - wakes < 200, "{} wakes", lan.wakes - wakes);
 }

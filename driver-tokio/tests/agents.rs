@@ -240,7 +240,6 @@ async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "mDNS: the service exposes no timer for query retransmissions and delayed responses yet"]
 async fn two_agents_without_seeds_find_each_other_by_mdns() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("keynode_tokio=debug")

@@ -413,7 +413,11 @@ impl Node {
             .values_mut()
             .filter_map(|c| c.conn.poll_timeout())
             .min();
-        [manager, own, conns].into_iter().flatten().min()
+        // mDNS announcements, jittered responses and query retransmissions
+        // are timers too: without them a driver that sleeps until this
+        // deadline never sends them.
+        let mdns = self.mdns.as_ref().and_then(MdnsService::poll_timeout);
+        [manager, own, conns, mdns].into_iter().flatten().min()
     }
 
     /// The connections up, with their peers.
