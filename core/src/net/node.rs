@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::mdns::MdnsService;
 use super::tls::{
-    ExpectNodeId, NodeCertificate, TlsError, client_config, node_id_of, server_config,
+    EventClock, ExpectNodeId, NodeCertificate, TlsError, client_config, node_id_of, server_config,
 };
 use crate::claims::KeyPair;
 use crate::config::{Config, ConfigError};
@@ -154,9 +154,12 @@ struct Punch {
 /// datagrams. Sans-IO like the manager: the driver feeds datagrams and time,
 /// and sends what [`Node::poll`] returns.
 ///
-/// Determinism: quinn-proto's endpoint is seeded and its reset key derived
-/// from the seed; ring's key exchange and quinn's connection ids still draw
-/// OS randomness, so runs are equal in outcome, not byte for byte.
+/// Determinism: quinn-proto's endpoint RNG, its stateless-reset key and its
+/// connection-id generator are all derived from the node's seed, and rustls
+/// reads time from the inputs (its clock is the wall-clock time of the last
+/// event). What still draws OS randomness is ring's TLS key exchange
+/// (ephemeral X25519 keys and the handshake randoms) and the client's initial
+/// destination connection id, so two runs agree in outcome, not byte for byte.
 pub struct Node {
     manager: NodeManager,
     endpoint: quinn_proto::Endpoint,
@@ -179,6 +182,8 @@ pub struct Node {
     mdns: Option<MdnsService>,
     /// The addresses mDNS announces: the node's QUIC socket addresses.
     announced: Vec<SocketAddr>,
+    /// rustls's clock: the wall-clock time of the last input.
+    clock: EventClock,
 }
 
 /// A length prefix: 4 bytes, big-endian.
@@ -201,11 +206,17 @@ impl Node {
         let mut rng = ChaCha8Rng::from_seed(seed);
         let mut reset_key = [0u8; 32];
         rng.fill_bytes(&mut reset_key);
-        let endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        let mut endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
             &reset_key,
         )));
-        let tls = QuicServerConfig::try_from(server_config(&cert)?)
+        let mut cid_seed = [0u8; 32];
+        rng.fill_bytes(&mut cid_seed);
+        endpoint_config
+            .cid_generator(move || Box::new(SeededCids(ChaCha8Rng::from_seed(cid_seed))));
+        let clock = EventClock::default();
+        clock.set(now.unix_ms);
+        let tls = QuicServerConfig::try_from(server_config(&cert, &clock)?)
             .map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut server = ServerConfig::with_crypto(Arc::new(tls));
         server.transport_config(Arc::new(transport(&net)));
@@ -238,6 +249,7 @@ impl Node {
             buf: Vec::new(),
             mdns: None,
             announced: Vec::new(),
+            clock,
         })
     }
 
@@ -249,7 +261,7 @@ impl Node {
         self.advance(now);
         let key = KeyPair::from_seed(secret).map_err(|_| NetError::Key)?;
         let cert = NodeCertificate::new(secret)?;
-        let tls = QuicServerConfig::try_from(server_config(&cert)?)
+        let tls = QuicServerConfig::try_from(server_config(&cert, &self.clock)?)
             .map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut server = ServerConfig::with_crypto(Arc::new(tls));
         server.transport_config(Arc::new(transport(&self.net)));
@@ -301,6 +313,7 @@ impl Node {
     fn advance(&mut self, now: Now) {
         if now.mono >= self.now.mono {
             self.now = now;
+            self.clock.set(now.unix_ms);
         }
     }
 
@@ -611,7 +624,7 @@ impl Node {
         timeout: Duration,
     ) {
         let now = self.now;
-        let config = client_config(&self.cert, node_id).and_then(|(tls, verifier)| {
+        let config = client_config(&self.cert, node_id, &self.clock).and_then(|(tls, verifier)| {
             let quic =
                 QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
             let mut client = ClientConfig::new(Arc::new(quic));
@@ -1199,6 +1212,29 @@ fn flush(c: &mut QuicConn, stream: quinn_proto::StreamId) {
         s.finish = false;
     }
 }
+
+/// Connection ids from the node's seeded generator, so that the endpoint
+/// draws no OS randomness for them.
+struct SeededCids(ChaCha8Rng);
+
+impl quinn_proto::ConnectionIdGenerator for SeededCids {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        let mut bytes = [0u8; CID_LEN];
+        self.0.fill_bytes(&mut bytes);
+        quinn_proto::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The length of the node's connection ids.
+const CID_LEN: usize = 8;
 
 fn transport(net: &NetConfig) -> TransportConfig {
     let mut transport = TransportConfig::default();

@@ -5,13 +5,16 @@
 //! The handshake's signature proves the peer holds that key, and the key is
 //! the NodeId, so checking "key == NodeId we dialled" authenticates the peer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ring::signature::{ED25519, UnparsedPublicKey};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::time_provider::TimeProvider;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::id::NodeId;
@@ -82,6 +85,25 @@ pub fn node_id_of(certificate: &[u8]) -> Option<NodeId> {
         .position(|w| w == ED25519_SPKI_PREFIX)?;
     let start = at + ED25519_SPKI_PREFIX.len();
     NodeId::try_from_slice(certificate.get(start..start + 32)?).ok()
+}
+
+/// The wall-clock time of the last event the node saw, as rustls's clock:
+/// TLS reads no system clock either.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct EventClock(pub(crate) Arc<AtomicU64>);
+
+impl EventClock {
+    pub(crate) fn set(&self, unix_ms: u64) {
+        self.0.store(unix_ms, Ordering::Relaxed);
+    }
+}
+
+impl TimeProvider for EventClock {
+    fn current_time(&self) -> Option<UnixTime> {
+        Some(UnixTime::since_unix_epoch(Duration::from_millis(
+            self.0.load(Ordering::Relaxed),
+        )))
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -213,11 +235,15 @@ impl ClientCertVerifier for AnyNodeClient {
 }
 
 /// The rustls server configuration of a node.
-pub(crate) fn server_config(cert: &NodeCertificate) -> Result<rustls::ServerConfig, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(AnyNodeClient))
-        .with_single_cert(vec![cert.certificate.clone()], cert.private_key())?;
+pub(crate) fn server_config(
+    cert: &NodeCertificate,
+    clock: &EventClock,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config =
+        rustls::ServerConfig::builder_with_details(provider(), Arc::new(clock.clone()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(AnyNodeClient))
+            .with_single_cert(vec![cert.certificate.clone()], cert.private_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
@@ -226,16 +252,18 @@ pub(crate) fn server_config(cert: &NodeCertificate) -> Result<rustls::ServerConf
 pub(crate) fn client_config(
     cert: &NodeCertificate,
     expected: NodeId,
+    clock: &EventClock,
 ) -> Result<(rustls::ClientConfig, Arc<ExpectNodeId>), TlsError> {
     let verifier = Arc::new(ExpectNodeId {
         expected,
         found: Mutex::new(None),
     });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_client_auth_cert(vec![cert.certificate.clone()], cert.private_key())?;
+    let mut config =
+        rustls::ClientConfig::builder_with_details(provider(), Arc::new(clock.clone()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_client_auth_cert(vec![cert.certificate.clone()], cert.private_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok((config, verifier))
 }
@@ -251,7 +279,8 @@ mod tests {
         let cert = NodeCertificate::new(&seed).unwrap();
         let key = KeyPair::from_seed(&seed).unwrap();
         assert_eq!(node_id_of(&cert.certificate), Some(key.node_id()));
-        assert!(server_config(&cert).is_ok());
-        assert!(client_config(&cert, key.node_id()).is_ok());
+        let clock = EventClock::default();
+        assert!(server_config(&cert, &clock).is_ok());
+        assert!(client_config(&cert, key.node_id(), &clock).is_ok());
     }
 }
