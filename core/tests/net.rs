@@ -282,3 +282,34 @@ fn claims_cross_sign_over_quic() {
         other => panic!("expected chain data, got {other:?}"),
     }
 }
+
+#[test]
+fn nodes_sync_through_a_seed_and_find_each_other_over_quic() {
+    let mut net = DatagramNet::new();
+    let ids: Vec<NodeId> = (1..=5).map(|n| net.add(n)).collect();
+    let seeds = keynode_core::SeedNodes::new([(ids[0], NodeAddress::from(address(1)))]);
+    for n in 2..=5u8 {
+        let seeds = seeds.clone();
+        let op = net.call(n, move |m, now| {
+            m.sync_node_graph(now, &seeds, None, true).unwrap()
+        });
+        assert_eq!(net.wait(n, op), Ok(OpValue::Unit), "node {n} joins");
+    }
+    for from in 1..=5u8 {
+        for (j, target) in ids.iter().enumerate() {
+            if usize::from(from) == j + 1 {
+                continue;
+            }
+            let target = *target;
+            let op = net.call(from, move |m, now| {
+                m.find_node(now, target, FindOptions::default()).unwrap()
+            });
+            match net.wait(from, op) {
+                Ok(OpValue::Found(Some((at, _)))) => {
+                    assert_eq!(at, NodeAddress::from(address(j as u8 + 1)));
+                }
+                other => panic!("node {from} finding node {}: {other:?}", j + 1),
+            }
+        }
+    }
+}
