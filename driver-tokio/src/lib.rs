@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod agent;
+pub mod control;
 pub mod demo;
 mod store_thread;
 

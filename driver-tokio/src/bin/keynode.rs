@@ -1,11 +1,16 @@
 //! The `keynode` command.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use keynode_core::SeedNodes;
+use clap::{Args, Parser, Subcommand};
+use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
+use keynode_tokio::control::{
+    AddressInfo, ClaimBodyInfo, Client, ControlError, ControlSocket, Reply, Request, Response,
+};
 use keynode_tokio::demo::{self, DemoOptions};
 use keynode_tokio::{Agent, AgentConfig};
 
@@ -37,18 +42,30 @@ enum Top {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Run an agent.
+    /// Run an agent, or ask a running one for its status.
     Agent {
         #[command(subcommand)]
         command: AgentCommand,
+    },
+    /// The node graph, connections and claims of a running agent.
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+    /// The key of a running agent.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
 }
 
 #[derive(Subcommand)]
 enum AgentCommand {
-    /// Start an agent and run until interrupted.
+    /// Start an agent and run until interrupted (SIGINT or SIGTERM). It
+    /// prints "<nodeid> listening on <addr>" once started, and takes
+    /// commands on control.sock in its data directory.
     Start {
-        /// Where its key and database live.
+        /// Where its key, database and control socket live.
         #[arg(long)]
         data_dir: PathBuf,
         /// The UDP address to listen on.
@@ -57,6 +74,97 @@ enum AgentCommand {
         /// Seed nodes: nodeid@host:port;...
         #[arg(long, default_value = "")]
         seed_nodes: String,
+    },
+    /// The NodeId and address of a running agent.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// How a client command reaches its agent.
+#[derive(Args)]
+struct ClientArgs {
+    /// The agent's data directory (where its control.sock is).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Print the answer as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// Add a node to the graph, evicting the oldest contact of a full
+    /// bucket (setNode, forced).
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The node.
+        node_id: NodeId,
+        /// Where it is: host:port.
+        address: NodeAddress,
+    },
+    /// Find a node through the network (findNode).
+    Find {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The node.
+        node_id: NodeId,
+    },
+    /// Ping a node (pingNode); fails if it does not answer.
+    Ping {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The node.
+        node_id: NodeId,
+    },
+    /// Every contact of the node graph, by bucket.
+    Getall {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The connections up.
+    Connections {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Link this node and another into one gestalt (claimNode); the other
+    /// must allow it (nodes allow-claim).
+    Claim {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The node to claim.
+        node_id: NodeId,
+    },
+    /// Allow a node to claim this one.
+    AllowClaim {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The node.
+        node_id: NodeId,
+        /// Withdraw the permission instead.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// The sigchain of a node (requestChainData), or this node's own.
+    Chain {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The node; this node's own chain if absent.
+        node_id: Option<NodeId>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new key: the agent gets a new NodeId.
+    Renew {
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -79,7 +187,9 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+type BoxError = Box<dyn std::error::Error>;
+
+async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
     match cli.command {
         Top::Demo {
             nodes,
@@ -112,16 +222,330 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     bind,
                     seed_nodes,
                 },
+        } => start_agent(data_dir, bind, &seed_nodes).await,
+        Top::Agent {
+            command: AgentCommand::Status { client },
         } => {
-            let seeds: SeedNodes = seed_nodes.parse()?;
-            let agent = Agent::start(AgentConfig::new(data_dir, bind)).await?;
-            println!("{} listening on {}", agent.node_id(), agent.local_addr());
-            if !seeds.is_empty() {
-                agent.sync_node_graph(seeds, false).await?;
-            }
-            tokio::signal::ctrl_c().await?;
-            agent.stop().await?;
-            Ok(ExitCode::SUCCESS)
+            command(&client, Request::Status, |reply| match reply {
+                Reply::Status {
+                    node_id,
+                    address,
+                    data_dir,
+                } => Ok(format!(
+                    "{node_id} listening on {address} (data in {})",
+                    data_dir.display()
+                )),
+                _ => Err(unexpected(reply)),
+            })
+            .await
+        }
+        Top::Nodes { command: nodes } => run_nodes(nodes).await,
+        Top::Keys {
+            command: KeysCommand::Renew { client },
+        } => {
+            command(&client, Request::RenewKey, |reply| match reply {
+                Reply::KeyRenewed {
+                    old_node_id,
+                    node_id,
+                } => Ok(format!("new key: NodeId {node_id} (was {old_node_id})")),
+                _ => Err(unexpected(reply)),
+            })
+            .await
         }
     }
+}
+
+async fn run_nodes(nodes: NodesCommand) -> Result<ExitCode, BoxError> {
+    match nodes {
+        NodesCommand::Add {
+            client,
+            node_id,
+            address,
+        } => {
+            let text = format!("added {node_id} at {address}");
+            let request = Request::SetNode {
+                node_id,
+                address,
+                force: true,
+                block: false,
+            };
+            command(&client, request, |reply| done(reply, text)).await
+        }
+        NodesCommand::Find { client, node_id } => {
+            command(&client, Request::FindNode { node_id }, |reply| {
+                found(reply, "found at", "could not be found")
+            })
+            .await
+        }
+        NodesCommand::Ping { client, node_id } => {
+            command(&client, Request::PingNode { node_id }, |reply| {
+                found(reply, "answered at", "did not answer")
+            })
+            .await
+        }
+        NodesCommand::Getall { client } => {
+            command(&client, Request::GetAll, |reply| match reply {
+                Reply::Contacts { buckets } => {
+                    let mut out = String::new();
+                    let mut count = 0;
+                    for bucket in buckets {
+                        for contact in &bucket.contacts {
+                            count += 1;
+                            for address in &contact.addresses {
+                                out.push_str(&format!(
+                                    "{:>3}  {}  {}\n",
+                                    bucket.bucket,
+                                    contact.node_id,
+                                    describe(address)
+                                ));
+                            }
+                        }
+                    }
+                    out.push_str(&plural(count, "contact"));
+                    Ok(out)
+                }
+                _ => Err(unexpected(reply)),
+            })
+            .await
+        }
+        NodesCommand::Connections { client } => {
+            command(&client, Request::Connections, |reply| match reply {
+                Reply::Connections { connections } => {
+                    let mut out = String::new();
+                    for c in connections {
+                        out.push_str(&format!("{:>5}  {}  {}\n", c.id, c.node_id, c.remote));
+                    }
+                    out.push_str(&plural(connections.len(), "connection"));
+                    Ok(out)
+                }
+                _ => Err(unexpected(reply)),
+            })
+            .await
+        }
+        NodesCommand::Claim { client, node_id } => {
+            let text = format!("claimed {node_id}: both sigchains link the two nodes");
+            command(&client, Request::ClaimNode { node_id }, |reply| {
+                done(reply, text)
+            })
+            .await
+        }
+        NodesCommand::AllowClaim {
+            client,
+            node_id,
+            revoke,
+        } => {
+            let text = if revoke {
+                format!("{node_id} may no longer claim this node")
+            } else {
+                format!("{node_id} may now claim this node")
+            };
+            let request = Request::AllowClaims {
+                node_id,
+                allowed: !revoke,
+            };
+            command(&client, request, |reply| done(reply, text)).await
+        }
+        NodesCommand::Chain { client, node_id } => {
+            command(&client, Request::Chain { node_id }, |reply| match reply {
+                Reply::Chain { node_id, claims } => {
+                    let mut out =
+                        format!("sigchain of {node_id}: {}", plural(claims.len(), "claim"));
+                    for claim in claims {
+                        let what = match &claim.body {
+                            ClaimBodyInfo::LinkNode { issuer, subject } => {
+                                format!("link {issuer} -> {subject}")
+                            }
+                        };
+                        out.push_str(&format!(
+                            "\n{:>4}  {}  {what}  (issued {})",
+                            claim.seq,
+                            claim.id,
+                            ago(claim.iat)
+                        ));
+                    }
+                    Ok(out)
+                }
+                _ => Err(unexpected(reply)),
+            })
+            .await
+        }
+    }
+}
+
+/// Sends one request to the agent of `client.data_dir` and prints the
+/// answer: `render`'s text, or the reply as JSON with `--json`. The exit
+/// code is non-zero when the request fails, the agent cannot be reached, or
+/// `render` says the answer is a failure (a node not found).
+async fn command(
+    client: &ClientArgs,
+    request: Request,
+    render: impl FnOnce(&Reply) -> Result<String, String>,
+) -> Result<ExitCode, BoxError> {
+    let wait = Duration::from_secs(client.timeout);
+    let dir = client.data_dir.clone();
+    let response = tokio::time::timeout(wait, async {
+        let mut control = Client::connect(&dir).await?;
+        control.call(&request).await
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "no answer from the agent in {} within {} s",
+            dir.display(),
+            wait.as_secs()
+        )
+    })??;
+    let reply = match response {
+        Response::Ok(reply) => reply,
+        Response::Error(error) => {
+            if client.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&Response::Error(error.clone()))?
+                );
+            }
+            return Err(Box::new(RequestFailed(error)));
+        }
+    };
+    let outcome = render(&reply);
+    if client.json {
+        println!("{}", serde_json::to_string(&reply)?);
+    }
+    match outcome {
+        Ok(text) => {
+            if !client.json {
+                println!("{text}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// An error answer of the agent.
+#[derive(Debug)]
+struct RequestFailed(ControlError);
+
+impl std::fmt::Display for RequestFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.message)
+    }
+}
+
+impl std::error::Error for RequestFailed {}
+
+fn done(reply: &Reply, text: String) -> Result<String, String> {
+    match reply {
+        Reply::Done => Ok(text),
+        _ => Err(unexpected(reply)),
+    }
+}
+
+fn found(reply: &Reply, yes: &str, no: &str) -> Result<String, String> {
+    match reply {
+        Reply::Found {
+            node_id,
+            address: Some(address),
+        } => Ok(format!("{node_id} {yes} {}", describe(address))),
+        Reply::Found {
+            node_id,
+            address: None,
+        } => Err(format!("node {node_id} {no}")),
+        _ => Err(unexpected(reply)),
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn unexpected(reply: &Reply) -> String {
+    format!("unexpected answer from the agent: {reply:?}")
+}
+
+fn describe(address: &AddressInfo) -> String {
+    let scopes = match address.scopes {
+        NodeAddressScopes {
+            local: true,
+            global: true,
+        } => "local+global",
+        NodeAddressScopes { local: true, .. } => "local",
+        NodeAddressScopes { global: true, .. } => "global",
+        NodeAddressScopes { .. } => "no scope",
+    };
+    let mode = format!("{:?}", address.mode).to_lowercase();
+    format!(
+        "{}  {mode}, {scopes}, connected {}",
+        address.address,
+        ago(address.connected_time)
+    )
+}
+
+fn ago(unix_secs: u64) -> String {
+    let now = keynode_tokio::now().unix_secs();
+    match now.checked_sub(unix_secs) {
+        Some(secs) => format!("{secs} s ago"),
+        None => format!("{} s from now", unix_secs - now),
+    }
+}
+
+/// `keynode agent start`: the control socket is bound before the agent
+/// starts (so a second agent on the same directory is refused before it
+/// opens the store) and removed when the agent stops.
+async fn start_agent(
+    data_dir: PathBuf,
+    bind: SocketAddr,
+    seed_nodes: &str,
+) -> Result<ExitCode, BoxError> {
+    let seeds: SeedNodes = seed_nodes.parse()?;
+    // Registered before anything is printed, so that a signal sent as soon
+    // as the start line is read stops the agent cleanly.
+    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let socket = ControlSocket::bind(&data_dir)?;
+    let agent = match Agent::start(AgentConfig::new(data_dir, bind)).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            socket.remove();
+            return Err(e.into());
+        }
+    };
+    let outcome = async {
+        let server = socket.serve(agent.clone())?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{} listening on {}",
+                agent.node_id(),
+                agent.local_addr()
+            )?;
+            out.flush()?;
+        }
+        if !seeds.is_empty() {
+            agent.sync_node_graph(seeds, false).await?;
+        }
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+        server.shutdown();
+        Ok::<_, BoxError>(())
+    }
+    .await;
+    let stopped = agent.stop().await;
+    outcome?;
+    stopped?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind)
 }

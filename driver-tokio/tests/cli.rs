@@ -1,0 +1,712 @@
+//! The `keynode` command in child processes: agents started with `keynode
+//! agent start`, driven through their control sockets (by `keynode nodes
+//! ...` and by hand), stopped by signals, and killed with SIGKILL.
+//!
+//! Every child is killed when its guard is dropped, so a failing test leaves
+//! no process behind, and every wait is bounded by [`WAIT`], so a hung child
+//! fails the test instead of hanging it.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keynode_core::claims::ClaimBody;
+use keynode_core::{BucketIndex, NodeAddress, NodeId};
+use keynode_store::{Store, StoreOptions};
+use keynode_tokio::control::{MAX_REQUEST_SIZE, Reply, Request, Response};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+const KEYNODE: &str = env!("CARGO_BIN_EXE_keynode");
+
+/// The longest any child or answer is waited for.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+struct Guard {
+    child: Child,
+    what: String,
+}
+
+impl Guard {
+    /// Waits for the child to end, at most [`WAIT`].
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running after {WAIT:?}",
+                self.what
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {}", self.what);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent started with `keynode agent start`.
+struct AgentProc {
+    guard: Guard,
+    dir: PathBuf,
+    node_id: String,
+    addr: String,
+    /// What the agent printed on stdout after its start line, once it ends.
+    rest: mpsc::Receiver<String>,
+}
+
+impl AgentProc {
+    fn dir(&self) -> &str {
+        self.dir.to_str().expect("utf-8 path")
+    }
+
+    fn id(&self) -> NodeId {
+        self.node_id.parse().expect("the start line holds a NodeId")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// Sends `signal`, waits for the agent to end, and checks that it ended
+    /// successfully, removed its socket and printed nothing more.
+    fn stop_with(mut self, signal: &str) {
+        self.guard.signal(signal);
+        let status = self.guard.wait();
+        assert!(status.success(), "agent stopped by SIG{signal}: {status}");
+        assert!(
+            !self.socket().exists(),
+            "control.sock is removed on SIG{signal}"
+        );
+        let rest = self.rest.recv_timeout(WAIT).expect("stdout closes");
+        assert_eq!(rest, "", "the agent prints exactly one line on stdout");
+    }
+}
+
+/// Starts `keynode agent start` on `dir` and reads its start line.
+fn start_agent(dir: &Path) -> AgentProc {
+    let log = dir.with_extension("log");
+    let stderr = File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
+    let mut child = Command::new(KEYNODE)
+        .args(["agent", "start", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("keynode starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut guard = Guard {
+        child,
+        what: format!("agent in {}", dir.display()),
+    };
+    let (line_tx, line_rx) = mpsc::channel();
+    let (rest_tx, rest_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = line_tx.send(reader.read_line(&mut line).map(|_| line));
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+        let _ = rest_tx.send(rest);
+    });
+    let line = match line_rx.recv_timeout(WAIT) {
+        Ok(Ok(line)) => line,
+        other => {
+            let status = guard.child.try_wait();
+            panic!(
+                "no start line from the agent in {} ({other:?}, {status:?}); its log:\n{}",
+                dir.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        }
+    };
+    let Some((node_id, addr)) = line.trim_end().split_once(" listening on ") else {
+        let _ = guard.child.kill();
+        panic!(
+            "unexpected start line {line:?}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    let agent = AgentProc {
+        node_id: node_id.to_owned(),
+        addr: addr.to_owned(),
+        guard,
+        dir: dir.to_path_buf(),
+        rest: rest_rx,
+    };
+    assert!(agent.node_id.parse::<NodeId>().is_ok(), "{line:?}");
+    assert!(
+        agent.addr.parse::<std::net::SocketAddr>().is_ok(),
+        "{line:?}"
+    );
+    agent
+}
+
+/// What a client command did.
+#[derive(Debug)]
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `keynode args...` to its end (at most [`WAIT`]).
+fn keynode(args: &[&str]) -> Output {
+    let mut child = Command::new(KEYNODE)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keynode starts");
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let mut guard = Guard {
+        child,
+        what: format!("keynode {}", args.join(" ")),
+    };
+    let status = guard.wait();
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Runs a command that must succeed; its stdout.
+fn ok(args: &[&str]) -> String {
+    let out = keynode(args);
+    assert!(
+        out.status.success(),
+        "keynode {} failed: {out:?}",
+        args.join(" ")
+    );
+    out.stdout
+}
+
+/// Runs a command with `--json` that must succeed; its one JSON line.
+fn json(args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let stdout = ok(&args);
+    assert_eq!(stdout.lines().count(), 1, "one line of JSON: {stdout:?}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+/// The (node id, address) pairs of a `nodes getall --json` answer.
+fn contacts(all: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for bucket in all["buckets"].as_array().expect("buckets") {
+        for contact in bucket["contacts"].as_array().expect("contacts") {
+            for address in contact["addresses"].as_array().expect("addresses") {
+                out.insert((
+                    contact["node_id"].as_str().expect("node_id").to_owned(),
+                    address["address"].as_str().expect("address").to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The (issuer, subject) links of a `nodes chain --json` answer.
+fn links(chain: &Value) -> Vec<(String, String)> {
+    chain["claims"]
+        .as_array()
+        .expect("claims")
+        .iter()
+        .map(|claim| {
+            assert_eq!(claim["body"]["type"], "link_node");
+            (
+                claim["body"]["issuer"].as_str().expect("issuer").to_owned(),
+                claim["body"]["subject"]
+                    .as_str()
+                    .expect("subject")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A connection to an agent's control socket, speaking the protocol by hand.
+struct Control {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Control {
+    fn connect(agent: &AgentProc) -> Control {
+        let stream = UnixStream::connect(agent.socket()).expect("control.sock accepts");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_write_timeout(Some(WAIT)).expect("timeout");
+        Control {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            writer: stream,
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    fn read(&mut self) -> io::Result<Response> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    fn call(&mut self, request: &Request) -> io::Result<Response> {
+        let mut bytes = serde_json::to_vec(request).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        self.send_raw(&bytes)?;
+        self.read()
+    }
+}
+
+#[test]
+fn two_agents_are_driven_through_their_control_sockets() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = start_agent(&tmp.path().join("a"));
+    let b = start_agent(&tmp.path().join("b"));
+
+    for agent in [&a, &b] {
+        let meta = std::fs::metadata(agent.socket()).expect("control.sock exists");
+        assert!(meta.file_type().is_socket(), "control.sock is a socket");
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "control.sock is for its owner only"
+        );
+    }
+
+    // nodes add, then getall shows it.
+    let added = ok(&["nodes", "add", "--data-dir", a.dir(), &b.node_id, &b.addr]);
+    assert!(added.contains(&b.node_id), "{added}");
+    let all = json(&["nodes", "getall", "--data-dir", a.dir()]);
+    assert!(
+        contacts(&all).contains(&(b.node_id.clone(), b.addr.clone())),
+        "{all}"
+    );
+    let table = ok(&["nodes", "getall", "--data-dir", a.dir()]);
+    assert!(
+        table.contains(&b.node_id) && table.contains(&b.addr),
+        "{table}"
+    );
+
+    // find and ping.
+    let found = json(&["nodes", "find", "--data-dir", a.dir(), &b.node_id]);
+    assert_eq!(found["reply"], "found");
+    assert_eq!(found["node_id"], b.node_id.as_str());
+    assert_eq!(found["address"]["address"], b.addr.as_str());
+    let pinged = ok(&["nodes", "ping", "--data-dir", a.dir(), &b.node_id]);
+    assert!(pinged.contains(&b.addr), "{pinged}");
+    let connections = json(&["nodes", "connections", "--data-dir", a.dir()]);
+    assert!(
+        connections["connections"]
+            .as_array()
+            .expect("connections")
+            .iter()
+            .any(|c| c["node_id"] == b.node_id.as_str()),
+        "{connections}"
+    );
+
+    // A node nobody knows: find and ping fail with a message.
+    let nobody = NodeId::from_bytes([7; 32]).to_string();
+    for command in ["find", "ping"] {
+        let out = keynode(&["nodes", command, "--data-dir", a.dir(), &nobody]);
+        assert!(
+            !out.status.success(),
+            "{command} of an unknown node: {out:?}"
+        );
+        assert!(out.stderr.contains(&nobody), "{out:?}");
+    }
+
+    // A claim needs the other side's permission.
+    let refused = keynode(&["nodes", "claim", "--data-dir", a.dir(), &b.node_id]);
+    assert!(
+        !refused.status.success(),
+        "claim without permission: {refused:?}"
+    );
+    assert!(refused.stderr.contains("error: "), "{refused:?}");
+    ok(&["nodes", "allow-claim", "--data-dir", b.dir(), &a.node_id]);
+    let claimed = ok(&["nodes", "claim", "--data-dir", a.dir(), &b.node_id]);
+    assert!(claimed.contains(&b.node_id), "{claimed}");
+    let their_chain = json(&["nodes", "chain", "--data-dir", a.dir(), &b.node_id]);
+    assert_eq!(their_chain["node_id"], b.node_id.as_str());
+    assert_eq!(
+        links(&their_chain),
+        [(b.node_id.clone(), a.node_id.clone())]
+    );
+    let own_chain = json(&["nodes", "chain", "--data-dir", a.dir()]);
+    assert_eq!(own_chain["node_id"], a.node_id.as_str());
+    assert_eq!(links(&own_chain), [(a.node_id.clone(), b.node_id.clone())]);
+    let own_table = ok(&["nodes", "chain", "--data-dir", a.dir()]);
+    assert!(own_table.contains(&b.node_id), "{own_table}");
+
+    // Bad requests get error responses, and the connection and the agent go on.
+    let mut control = Control::connect(&a);
+    control.send_raw(b"this is not json\n").expect("send");
+    control.send_raw(b"{\"op\":\"find_node\"}\n").expect("send");
+    let mut huge = vec![b'x'; MAX_REQUEST_SIZE + 1];
+    huge.push(b'\n');
+    control.send_raw(&huge).expect("send");
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        match control.read().expect("an answer to each line") {
+            Response::Error(e) => kinds.push(serde_json::to_value(e.kind).expect("kind")),
+            Response::Ok(reply) => panic!("a bad request succeeded: {reply:?}"),
+        }
+    }
+    assert_eq!(kinds, ["bad_request", "bad_request", "too_large"]);
+    match control.call(&Request::Status).expect("status") {
+        Response::Ok(Reply::Status { node_id, .. }) => assert_eq!(node_id, a.id()),
+        other => panic!("status after bad requests: {other:?}"),
+    }
+    drop(control);
+
+    // No second agent on the same directory.
+    let second = keynode(&["agent", "start", "--data-dir", a.dir()]);
+    assert!(!second.status.success(), "{second:?}");
+    assert!(second.stderr.contains("already running"), "{second:?}");
+
+    // keys renew: a new NodeId, reported by status too.
+    let renewed = json(&["keys", "renew", "--data-dir", b.dir()]);
+    assert_eq!(renewed["old_node_id"], b.node_id.as_str());
+    let new_id = renewed["node_id"].as_str().expect("node_id").to_owned();
+    assert_ne!(new_id, b.node_id);
+    let status = json(&["agent", "status", "--data-dir", b.dir()]);
+    assert_eq!(status["node_id"], new_id.as_str());
+    assert_eq!(status["address"], b.addr.as_str());
+
+    // Clean stops on SIGTERM and SIGINT; then no agent answers.
+    let (a_dir, a_id, b_addr) = (a.dir.clone(), a.node_id.clone(), b.addr.clone());
+    let b_id = b.node_id.clone();
+    a.stop_with("TERM");
+    b.stop_with("INT");
+    let a_dir_text = a_dir.to_str().expect("utf-8 path");
+    let gone = keynode(&["nodes", "getall", "--data-dir", a_dir_text]);
+    assert!(!gone.status.success(), "{gone:?}");
+    assert!(
+        gone.stderr.contains("no agent running in")
+            && gone.stderr.contains("control.sock not found"),
+        "{gone:?}"
+    );
+
+    // Restarted, the agent keeps its NodeId, its contact and its claim.
+    let again = start_agent(&a_dir);
+    assert_eq!(again.node_id, a_id);
+    let all = json(&["nodes", "getall", "--data-dir", again.dir()]);
+    assert!(contacts(&all).contains(&(b_id.clone(), b_addr)), "{all}");
+    let chain = json(&["nodes", "chain", "--data-dir", again.dir()]);
+    assert_eq!(links(&chain), [(a_id, b_id)]);
+    again.stop_with("TERM");
+}
+
+/// What the streams got acknowledged before the kill.
+#[derive(Default)]
+struct Acked {
+    contacts: BTreeSet<NodeId>,
+    claims: BTreeSet<NodeId>,
+    permissions: BTreeSet<NodeId>,
+    /// Error answers (there should be none: the agent only dies by SIGKILL).
+    errors: Vec<String>,
+}
+
+impl Acked {
+    fn merge(&mut self, other: Acked) {
+        self.contacts.extend(other.contacts);
+        self.claims.extend(other.claims);
+        self.permissions.extend(other.permissions);
+        self.errors.extend(other.errors);
+    }
+}
+
+/// Sends `request`; `Ok(true)` when acknowledged, `Ok(false)` on an error
+/// answer (recorded), `Err` when the connection broke.
+fn acknowledged(control: &mut Control, request: &Request, acked: &mut Acked) -> io::Result<bool> {
+    match control.call(request)? {
+        Response::Ok(_) => Ok(true),
+        Response::Error(e) => {
+            acked.errors.push(format!("{request:?}: {e:?}"));
+            Ok(false)
+        }
+    }
+}
+
+fn set_node(node_id: NodeId, address: NodeAddress) -> Request {
+    Request::SetNode {
+        node_id,
+        address,
+        force: true,
+        block: false,
+    }
+}
+
+/// Contacts per bucket: well below k (20), so that no forced set evicts an
+/// acknowledged contact and no connection's set_node fills a bucket and
+/// starts a garbage collection.
+const PER_BUCKET: usize = 10;
+
+/// Streams `set_node` of contacts in `buckets` (re-setting them once all are
+/// in) until the connection breaks.
+fn set_node_stream(
+    mut control: Control,
+    own: NodeId,
+    buckets: std::ops::Range<u8>,
+    seed: u64,
+    count: Arc<AtomicUsize>,
+) -> Acked {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut ids = Vec::new();
+    for bucket in buckets {
+        for _ in 0..PER_BUCKET {
+            ids.push(own.random_in_bucket(BucketIndex::new(bucket), &mut rng));
+        }
+    }
+    let mut acked = Acked::default();
+    for (i, id) in ids.iter().cycle().enumerate() {
+        let port = 20_000 + u16::try_from(i % 10_000).unwrap_or(0);
+        let address = NodeAddress::from(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        match acknowledged(&mut control, &set_node(*id, address), &mut acked) {
+            Ok(true) => {
+                acked.contacts.insert(*id);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(false) => {}
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+/// Adds each helper and claims it, then streams `allow_claims` for random
+/// nodes until the connection breaks.
+fn claim_stream(
+    mut control: Control,
+    helpers: Vec<(NodeId, NodeAddress)>,
+    claims: Arc<AtomicUsize>,
+) -> Acked {
+    let mut acked = Acked::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let mut allow = |control: &mut Control, acked: &mut Acked| -> io::Result<()> {
+        let node_id = NodeId::random(&mut rng);
+        let request = Request::AllowClaims {
+            node_id,
+            allowed: true,
+        };
+        if acknowledged(control, &request, acked)? {
+            acked.permissions.insert(node_id);
+        }
+        Ok(())
+    };
+    let result = (|| -> io::Result<()> {
+        for (node_id, address) in helpers {
+            if acknowledged(&mut control, &set_node(node_id, address), &mut acked)? {
+                acked.contacts.insert(node_id);
+            }
+            if acknowledged(&mut control, &Request::ClaimNode { node_id }, &mut acked)? {
+                acked.claims.insert(node_id);
+                claims.fetch_add(1, Ordering::SeqCst);
+            }
+            for _ in 0..5 {
+                allow(&mut control, &mut acked)?;
+            }
+        }
+        loop {
+            allow(&mut control, &mut acked)?;
+        }
+    })();
+    drop(result);
+    acked
+}
+
+#[test]
+fn an_agent_killed_with_sigkill_mid_stream_loses_nothing_it_acknowledged_and_reopens_cleanly() {
+    const STREAMS: u8 = 4;
+    const BUCKETS_PER_STREAM: u8 = 30;
+    const SETS_BEFORE_KILL: usize = 300;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let victim_dir = tmp.path().join("victim");
+    let mut victim = start_agent(&victim_dir);
+    let own = victim.id();
+    let helpers: Vec<AgentProc> = (0..3)
+        .map(|i| start_agent(&tmp.path().join(format!("helper{i}"))))
+        .collect();
+    for helper in &helpers {
+        ok(&[
+            "nodes",
+            "allow-claim",
+            "--data-dir",
+            helper.dir(),
+            &victim.node_id,
+        ]);
+    }
+
+    let sets = Arc::new(AtomicUsize::new(0));
+    let claims = Arc::new(AtomicUsize::new(0));
+    let mut streams = Vec::new();
+    for s in 0..STREAMS {
+        // Buckets 100.. (far from where the helpers land, 250 and up).
+        let first = 100 + s * BUCKETS_PER_STREAM;
+        let control = Control::connect(&victim);
+        let count = sets.clone();
+        streams.push(thread::spawn(move || {
+            set_node_stream(
+                control,
+                own,
+                first..first + BUCKETS_PER_STREAM,
+                u64::from(s),
+                count,
+            )
+        }));
+    }
+    let helper_contacts = helpers
+        .iter()
+        .map(|h| (h.id(), h.addr.parse().expect("address")))
+        .collect();
+    let control = Control::connect(&victim);
+    let claim_count = claims.clone();
+    streams.push(thread::spawn(move || {
+        claim_stream(control, helper_contacts, claim_count)
+    }));
+
+    // Kill once every claim and enough contacts are acknowledged, while the
+    // streams are still sending.
+    let deadline = Instant::now() + WAIT;
+    while claims.load(Ordering::SeqCst) < helpers.len()
+        || sets.load(Ordering::SeqCst) < SETS_BEFORE_KILL
+    {
+        assert!(
+            Instant::now() < deadline,
+            "streams stalled: {} claims, {} contacts acknowledged",
+            claims.load(Ordering::SeqCst),
+            sets.load(Ordering::SeqCst)
+        );
+        assert!(
+            streams.iter().all(|s| !s.is_finished()),
+            "a stream ended before the kill"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    victim.guard.child.kill().expect("SIGKILL");
+    let status = victim.guard.wait();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the agent died by SIGKILL: {status}"
+    );
+
+    let mut acked = Acked::default();
+    for stream in streams {
+        acked.merge(stream.join().expect("stream thread"));
+    }
+    assert_eq!(acked.errors, Vec::<String>::new(), "error answers");
+    assert_eq!(acked.claims.len(), helpers.len());
+    assert!(!acked.permissions.is_empty());
+
+    // The dead agent's socket is left behind; clients say so.
+    let dead = keynode(&["nodes", "getall", "--data-dir", victim.dir()]);
+    assert!(!dead.status.success(), "{dead:?}");
+    assert!(dead.stderr.contains("no agent running in"), "{dead:?}");
+
+    // The store opens cleanly and holds everything acknowledged.
+    {
+        let store = Store::open(victim_dir.join("db"), &StoreOptions::default())
+            .expect("the store reopens after SIGKILL");
+        let snapshot = store.load().expect("the store loads");
+        let graph = snapshot.graph.expect("a graph was written");
+        assert_eq!(graph.own, own);
+        let stored: BTreeSet<NodeId> = graph.contacts.iter().map(|(id, _)| *id).collect();
+        let lost: Vec<_> = acked.contacts.difference(&stored).collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} acknowledged contacts lost: {lost:?}",
+            lost.len(),
+            acked.contacts.len()
+        );
+        let linked: BTreeSet<NodeId> = snapshot
+            .claims
+            .iter()
+            .map(
+                |signed| match signed.decode().expect("claim decodes").body {
+                    ClaimBody::LinkNode { iss, sub } => {
+                        assert_eq!(iss, own);
+                        sub
+                    }
+                },
+            )
+            .collect();
+        assert!(
+            acked.claims.is_subset(&linked),
+            "acknowledged claims {:?}, stored {linked:?}",
+            acked.claims
+        );
+        let allowed: BTreeSet<NodeId> = snapshot.claim_permissions.iter().copied().collect();
+        let lost: Vec<_> = acked.permissions.difference(&allowed).collect();
+        assert!(lost.is_empty(), "claim permissions lost: {lost:?}");
+        store.close();
+    }
+
+    // The agent starts again on the directory (replacing the dead socket)
+    // and serves what was acknowledged.
+    let again = start_agent(&victim_dir);
+    assert_eq!(again.id(), own);
+    let all = json(&["nodes", "getall", "--data-dir", again.dir()]);
+    let served: BTreeSet<NodeId> = contacts(&all)
+        .into_iter()
+        .map(|(id, _)| id.parse().expect("node id"))
+        .collect();
+    assert!(acked.contacts.is_subset(&served), "contacts after restart");
+    let chain = json(&["nodes", "chain", "--data-dir", again.dir()]);
+    let subjects: BTreeSet<NodeId> = links(&chain)
+        .into_iter()
+        .map(|(_, sub)| sub.parse().expect("node id"))
+        .collect();
+    assert!(acked.claims.is_subset(&subjects), "claims after restart");
+    again.stop_with("TERM");
+    for helper in helpers {
+        helper.stop_with("TERM");
+    }
+}
