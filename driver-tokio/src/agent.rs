@@ -151,6 +151,31 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], AgentError> {
     }
 }
 
+/// Takes the data directory's lock file, so that no two agents (in this
+/// process or another) use one directory: LMDB itself allows that across
+/// processes. Held until the agent's loop ends.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, AgentError> {
+    let path = data_dir.join("agent.lock");
+    let err = |source| AgentError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "another agent is using this data directory",
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
+}
+
 /// Writes the key file (mode 0600) through a temporary file and a rename,
 /// so that a crash leaves the old key or the new one, never half of one.
 fn write_key(data_dir: &Path, key: &[u8; 32]) -> Result<(), AgentError> {
@@ -193,6 +218,7 @@ impl Agent {
             path: config.data_dir.clone(),
             source,
         })?;
+        let lock = lock_data_dir(&config.data_dir)?;
         let secret = load_or_create_key(&config.data_dir)?;
         let socket = quic_socket(config.bind).map_err(|source| AgentError::Socket {
             addr: config.bind,
@@ -248,9 +274,11 @@ impl Agent {
             local_addr,
             data_dir: Arc::new(config.data_dir.clone()),
         };
-        tokio::spawn(run(
-            node, socket, mdns, store, events_tx, events_rx, calls_rx,
-        ));
+        tokio::spawn(async move {
+            run(node, socket, mdns, store, events_tx, events_rx, calls_rx).await;
+            // The directory is free once the store is closed.
+            drop(lock);
+        });
         agent.op(|m, now| m.start(now)).await?;
         Ok(agent)
     }

@@ -280,3 +280,22 @@ async fn two_agents_without_seeds_find_each_other_by_mdns() {
         agent.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_data_directory_serves_one_agent_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "same").await;
+    let second = Agent::start(AgentConfig::new(dir.path().join("same"), loopback())).await;
+    match second {
+        Err(AgentError::DataDir { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
+        }
+        Err(other) => panic!("expected the directory to be busy, got {other}"),
+        Ok(_) => panic!("two agents opened one data directory"),
+    }
+    a.stop().await.unwrap();
+    // Free again once the first has stopped.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let again = start(dir.path(), "same").await;
+    again.stop().await.unwrap();
+}
