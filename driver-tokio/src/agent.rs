@@ -274,11 +274,9 @@ impl Agent {
             local_addr,
             data_dir: Arc::new(config.data_dir.clone()),
         };
-        tokio::spawn(async move {
-            run(node, socket, mdns, store, events_tx, events_rx, calls_rx).await;
-            // The directory is free once the store is closed.
-            drop(lock);
-        });
+        tokio::spawn(run(
+            node, socket, mdns, store, lock, events_tx, events_rx, calls_rx,
+        ));
         agent.op(|m, now| m.start(now)).await?;
         Ok(agent)
     }
@@ -620,6 +618,7 @@ async fn run(
     socket: UdpSocket,
     mdns: Option<UdpSocket>,
     mut store: StoreThread,
+    lock: std::fs::File,
     events_tx: mpsc::UnboundedSender<Event>,
     mut events: mpsc::UnboundedReceiver<Event>,
     mut calls: mpsc::UnboundedReceiver<Call>,
@@ -667,8 +666,10 @@ async fn run(
             }
         }
         if let Some(done) = stopping.take() {
-            // Everything the manager emitted is out: flush the store and end.
+            // Everything the manager emitted is out: flush the store, free
+            // the directory, then say so.
             tokio::task::block_in_place(|| store.close());
+            drop(lock);
             for (_, reply) in std::mem::take(&mut pending) {
                 let _ = reply.send(Err(AgentError::Stopped));
             }
