@@ -222,6 +222,10 @@ impl NodeManager {
                 ops.extend(self.reschedule_refresh(bucket));
             }
         }
+        // Rebuilt from its sorted entries, the map's nodes are full (one by
+        // one, they are half full): 256 refresh tasks live all the time,
+        // and rescheduling one replaces its value in place.
+        self.tasks = std::mem::take(&mut self.tasks).into_iter().collect();
         ops
     }
 
