@@ -22,6 +22,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod alloc;
+mod hash;
 mod lookup;
 mod manager;
 mod net;

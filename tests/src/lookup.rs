@@ -18,7 +18,7 @@
 //! finder would be counted too (they look up random or own NodeIds, so
 //! they never coincide in practice).
 
-use std::collections::HashMap;
+use crate::hash::FxHashMap;
 
 use keynode_core::wire::{Request, Response};
 use keynode_core::{NodeId, NodeManager, OpError, OpId, OpValue, RequestId};
@@ -46,7 +46,7 @@ pub struct LookupOutcome {
 #[derive(Debug)]
 struct Tracked {
     target: NodeId,
-    depth: HashMap<NodeId, u32>,
+    depth: FxHashMap<NodeId, u32>,
     requests: u32,
     chain: u32,
     answered: Vec<NodeId>,
@@ -55,10 +55,10 @@ struct Tracked {
 /// The lookups being measured.
 #[derive(Debug, Default)]
 pub struct Lookups {
-    by_target: HashMap<(HostId, NodeId), OpId>,
-    tracked: HashMap<(HostId, OpId), Tracked>,
-    requests: HashMap<(HostId, RequestId), (OpId, NodeId, u32)>,
-    outcomes: HashMap<(HostId, OpId), LookupOutcome>,
+    by_target: FxHashMap<(HostId, NodeId), OpId>,
+    tracked: FxHashMap<(HostId, OpId), Tracked>,
+    requests: FxHashMap<(HostId, RequestId), (OpId, NodeId, u32)>,
+    outcomes: FxHashMap<(HostId, OpId), LookupOutcome>,
 }
 
 /// What the finder knows about `target` before it asks anyone: the

@@ -14,7 +14,9 @@
 //!   timeout closes the connections on both sides;
 //! - store batches commit at once; mDNS finds nothing; hostnames do not resolve.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -155,10 +157,10 @@ pub struct DriverStats {
 /// The manager level: the hosts' `NodeManager`s and the driver around them.
 pub struct ManagerLevel {
     hosts: Vec<Host>,
-    by_id: HashMap<NodeId, HostId>,
-    links: HashMap<ConnId, Link>,
+    by_id: FxHashMap<NodeId, HostId>,
+    links: FxHashMap<ConnId, Link>,
     next_conn: u64,
-    inbound: HashMap<(HostId, PeerRequestId), Inbound>,
+    inbound: FxHashMap<(HostId, PeerRequestId), Inbound>,
     next_peer_request: u64,
     results: BTreeMap<(HostId, OpId), Result<OpValue, OpError>>,
     /// Node events, kept only when asked for (`keep_events`).
@@ -180,10 +182,10 @@ impl ManagerLevel {
     pub fn new(seed: u64) -> Self {
         Self {
             hosts: Vec::new(),
-            by_id: HashMap::new(),
-            links: HashMap::new(),
+            by_id: FxHashMap::default(),
+            links: FxHashMap::default(),
             next_conn: 1,
-            inbound: HashMap::new(),
+            inbound: FxHashMap::default(),
             next_peer_request: 1,
             results: BTreeMap::new(),
             events: Vec::new(),
