@@ -236,6 +236,13 @@ impl ManagerLevel {
         self.results.remove(&(host, op))
     }
 
+    /// Results not taken yet, of every host.
+    pub fn untaken_results(
+        &self,
+    ) -> impl Iterator<Item = (&(HostId, OpId), &Result<OpValue, OpError>)> {
+        self.results.iter()
+    }
+
     /// Forgets every result of `host` not taken yet.
     pub fn take_results_of(&mut self, host: HostId) {
         let keys: Vec<(HostId, OpId)> = self

@@ -55,11 +55,26 @@ pub fn add_nodes(sim: &mut ManagerSim, seed: u64, n: usize, config: &Config) -> 
 
 /// `host` joins from `seeds` and the join succeeds.
 pub fn join(sim: &mut ManagerSim, host: HostId, seeds: &[HostId]) {
+    join_within(sim, host, seeds, LIMIT);
+}
+
+/// `host` joins from `seeds` and the join succeeds within `limit`.
+pub fn join_within(sim: &mut ManagerSim, host: HostId, seeds: &[HostId], limit: Duration) {
     let op = sim.join(host, seeds);
-    let result = sim.run_until_done(host, op, LIMIT);
+    let result = sim.run_until_done(host, op, limit);
+    let state = sim.level.node(host).map(|n| {
+        format!(
+            "ops in flight {}, next timer {:?}, connections {:?}, {:?}",
+            n.operations_in_flight(),
+            n.poll_timeout().map(|(_, t)| t),
+            n.connections(),
+            n.stats()
+        )
+    });
     assert!(
         matches!(result, Some(Ok(OpValue::Unit))),
-        "{host:?} joins from {seeds:?}: {result:?}"
+        "{host:?} joins from {seeds:?}: {result:?} at {:?}; {state:?}",
+        sim.elapsed()
     );
 }
 
