@@ -22,7 +22,8 @@
 //! random members of each bucket's range (through `set_node`), then the
 //! same lookups run. `--closest` looks up random keys instead of nodes and
 //! checks the k nodes that answered closest to the key against the true k
-//! closest live nodes (libp2p's `get_closest_peers`).
+//! closest live nodes (libp2p's `get_closest_peers`), with `find_node`'s cap
+//! of contacted nodes lifted ([`CLOSEST_LIMIT`]).
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,10 @@ pub const BUILD_TIME: Duration = Duration::from_secs(1800);
 pub const SETTLE_TIME: Duration = Duration::from_secs(300);
 /// Lookups in flight at once.
 pub const CONCURRENT_LOOKUPS: usize = 16;
+/// `--closest`: the most nodes one lookup contacts. `find_node` stops at 20
+/// by default (the original's `limit`); libp2p's `get_closest_peers` has no
+/// such cap and ends by the Kademlia rule alone, as these lookups then do.
+pub const CLOSEST_LIMIT: usize = 1000;
 /// Seed nodes each newcomer syncs from.
 pub const SEEDS_PER_JOIN: usize = 3;
 
@@ -97,6 +102,10 @@ pub struct Report {
     pub virtual_s: f64,
     /// Events processed.
     pub events: u64,
+    /// Contacts per node's routing table once the network is built.
+    pub contacts_mean: f64,
+    /// Connections open per node once the network is built.
+    pub connections_mean: f64,
 }
 
 /// The configuration of every simulated node.
@@ -132,6 +141,12 @@ pub fn run(options: &Options) -> Report {
         build_by_joining(&mut sim, &ids, options.seed)
     };
     let bytes_per_node = (alloc::live_bytes().saturating_sub(before) / n) as u64;
+    let contacts_mean = (0..n)
+        .filter_map(|i| sim.level.node(HostId(i as u32)))
+        .map(|node| node.graph().len() as f64)
+        .sum::<f64>()
+        / n as f64;
+    let connections_mean = sim.level.open_connections() as f64 * 2.0 / n as f64;
     let peak_bytes_per_node = (alloc::peak_bytes().saturating_sub(before) / n) as u64;
 
     let mut pick = rng(options.seed, b"lookups!");
@@ -146,7 +161,7 @@ pub fn run(options: &Options) -> Report {
         sim.advance(Duration::from_secs(60));
     }
     let outcomes = run_lookups(&mut sim, &alive, options, &mut pick);
-    summarise(
+    let mut report = summarise(
         &sim,
         options,
         &outcomes,
@@ -154,7 +169,10 @@ pub fn run(options: &Options) -> Report {
         joins_failed,
         bytes_per_node,
         peak_bytes_per_node,
-    )
+    );
+    report.contacts_mean = contacts_mean;
+    report.connections_mean = connections_mean;
+    report
 }
 
 /// Node i joins at `i × interval` from seeds among the nodes before it.
@@ -298,7 +316,15 @@ fn run_lookups(
             {
                 continue;
             }
-            let op = sim.find(finder, target, FindOptions::default());
+            let options = if options.closest {
+                FindOptions {
+                    limit: Some(CLOSEST_LIMIT),
+                    ..FindOptions::default()
+                }
+            } else {
+                FindOptions::default()
+            };
+            let op = sim.find(finder, target, options);
             outstanding.push((finder, op, target));
             started += 1;
         }
@@ -407,6 +433,8 @@ fn summarise(
         joins_failed,
         virtual_s: sim.elapsed().as_secs_f64(),
         events: sim.steps(),
+        contacts_mean: 0.0,
+        connections_mean: 0.0,
     }
 }
 
@@ -438,6 +466,7 @@ impl Report {
              {hops:<17} mean {:.3}  p99 {}  max {}\n\
              requests/lookup   {:.2}\n\
              memory/node       {} bytes (peak {} bytes)\n\
+             contacts/node     {:.1}, connections/node {:.1}\n\
              joins failed      {}\n\
              virtual time      {:.1} s, {} events\n\
              wall time         {:.2} s\n\
@@ -452,6 +481,8 @@ impl Report {
             self.requests_mean,
             self.bytes_per_node,
             self.peak_bytes_per_node,
+            self.contacts_mean,
+            self.connections_mean,
             self.joins_failed,
             self.virtual_s,
             self.events,
