@@ -65,6 +65,17 @@ impl Bucket {
         self.contacts.insert(at, entry);
     }
 
+    /// Makes room for one more contact, growing the list towards `k` and
+    /// never beyond it, so a full bucket holds exactly k (a doubling vector
+    /// would hold 32 slots for 20 contacts).
+    pub(crate) fn reserve_contact(&mut self, k: usize) {
+        let len = self.contacts.len();
+        if len == self.contacts.capacity() {
+            let want = (len * 2).max(4).min(k.max(len + 1));
+            self.contacts.reserve_exact(want - len);
+        }
+    }
+
     pub(crate) fn insert_pending(&mut self, node: PendingNode) {
         let at = self.pending.partition_point(|p| p.seq <= node.seq);
         self.pending.insert(at, node);

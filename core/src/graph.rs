@@ -340,6 +340,7 @@ impl NodeGraph {
             (change, entry)
         };
         ops.push(contact_op(space, &entry));
+        bucket.reserve_contact(k);
         bucket.contacts.push(entry);
         self.next_seq += 1;
         Ok(GraphUpdate { change, ops })

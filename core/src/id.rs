@@ -25,8 +25,33 @@ const DIGITS_LEN: usize = NODE_ID_TEXT_LEN - 1;
 /// base32hex, lowercase, unpadded, prefixed with `v`; `Display` and `FromStr`
 /// convert between the two. Ordering is by bytes, so sorted collections of
 /// `NodeId`s are deterministic.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeId([u8; NODE_ID_LEN]);
+
+/// The 32 bytes as four big-endian words: comparing those is comparing the
+/// bytes, without a call to `memcmp` (ids and distances are compared in
+/// every table lookup).
+fn words(bytes: &[u8; NODE_ID_LEN]) -> [u64; 4] {
+    let mut words = [0u64; 4];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *word = u64::from_be_bytes(b);
+    }
+    words
+}
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        words(&self.0).cmp(&words(&other.0))
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Spec: `NodeIdEncoded`, the text form of a [`NodeId`].
 pub type NodeIdEncoded = String;
@@ -234,8 +259,20 @@ impl<'de> Deserialize<'de> for NodeId {
 }
 
 /// The XOR distance between two [`NodeId`]s, ordered as a 256-bit big-endian number.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Distance([u8; NODE_ID_LEN]);
+
+impl Ord for Distance {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        words(&self.0).cmp(&words(&other.0))
+    }
+}
+
+impl PartialOrd for Distance {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Distance {
     /// The distance as big-endian bytes.
@@ -413,6 +450,24 @@ mod tests {
                     Some(index),
                     "own {own} bucket {index}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn order_is_the_order_of_the_bytes() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for _ in 0..2000 {
+            let (a, b) = (NodeId::random(&mut rng), NodeId::random(&mut rng));
+            // Equal prefixes of random lengths exercise every word.
+            let mut c = *b.as_bytes();
+            let keep = usize::from(c[0] % 32);
+            c[..keep].copy_from_slice(&a.as_bytes()[..keep]);
+            let c = NodeId::from_bytes(c);
+            for (x, y) in [(a, b), (a, c), (c, a), (a, a)] {
+                assert_eq!(x.cmp(&y), x.as_bytes().cmp(y.as_bytes()));
+                let (dx, dy) = (x.distance(&b), y.distance(&b));
+                assert_eq!(dx.cmp(&dy), dx.as_bytes().cmp(dy.as_bytes()));
             }
         }
     }

@@ -69,10 +69,21 @@ impl ConnTable {
 
     /// Connected nodes, closest to `target` first, at most `limit`.
     pub(crate) fn closest_peers(&self, target: &NodeId, limit: usize) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> = self.by_peer.keys().copied().collect();
-        peers.sort_unstable_by_key(|p| p.distance(target));
-        peers.truncate(limit);
-        peers
+        if limit == 0 {
+            return Vec::new();
+        }
+        // Each distance once; only the `limit` closest are sorted.
+        let mut peers: Vec<(crate::id::Distance, NodeId)> = self
+            .by_peer
+            .keys()
+            .map(|p| (p.distance(target), *p))
+            .collect();
+        if peers.len() > limit {
+            peers.select_nth_unstable(limit - 1);
+            peers.truncate(limit);
+        }
+        peers.sort_unstable();
+        peers.into_iter().map(|(_, p)| p).collect()
     }
 
     pub(crate) fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {

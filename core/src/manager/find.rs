@@ -613,8 +613,8 @@ impl NodeManager {
         let max = self.config.max_lookup_candidates;
         let k = self.config.k;
         for (node_id, contact) in contacts.into_iter().take(k) {
-            let global = contact.filter_scope(NodeAddressScope::Global);
-            add_candidate(op, own, node_id, addresses_of(&global), None, max);
+            let global = addresses_where(&contact, |d| d.scopes.contains(NodeAddressScope::Global));
+            add_candidate(op, own, node_id, global, None, max);
         }
         for node_id in active.into_iter().take(k) {
             add_candidate(op, own, node_id, Vec::new(), Some(responder), max);
@@ -699,9 +699,23 @@ impl NodeManager {
 
 /// The addresses of a contact, most recently connected first.
 fn addresses_of(contact: &NodeContact) -> Vec<NodeAddress> {
-    let mut list: Vec<(&NodeAddress, &NodeContactAddressData)> = contact.iter().collect();
-    list.sort_by_key(|(_, d)| std::cmp::Reverse(d.connected_time));
-    list.into_iter().map(|(a, _)| a.clone()).collect()
+    addresses_where(contact, |_| true)
+}
+
+/// The addresses of a contact whose data passes `keep`, most recently
+/// connected first (ties in the contact's order).
+fn addresses_where(
+    contact: &NodeContact,
+    keep: impl Fn(&NodeContactAddressData) -> bool,
+) -> Vec<NodeAddress> {
+    let mut list: Vec<(&NodeAddress, &NodeContactAddressData)> =
+        contact.iter().filter(|(_, d)| keep(d)).collect();
+    if list.len() > 1 {
+        list.sort_by_key(|(_, d)| std::cmp::Reverse(d.connected_time));
+    }
+    let mut addresses = Vec::with_capacity(list.len());
+    addresses.extend(list.into_iter().map(|(a, _)| a.clone()));
+    addresses
 }
 
 /// Adds a candidate or merges what is new about it; forgets the farthest

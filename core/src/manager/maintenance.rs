@@ -236,9 +236,14 @@ impl NodeManager {
     }
 
     /// Pushes the refresh of `bucket` back by a full delay: the bucket was
-    /// just touched. Nothing while its refresh runs (it reschedules itself).
+    /// just touched. Nothing while its refresh runs (it reschedules itself),
+    /// nor when someone waits for it (an eager update, a blocking sync): it
+    /// stays when it was due, or a bucket touched more often than the delay
+    /// would keep its waiter forever (the simulator found a join that never
+    /// ended).
     pub(super) fn push_refresh_back(&mut self, bucket: BucketIndex) -> Vec<StoreOp> {
-        if self.refresh_running.contains_key(&bucket) {
+        if self.refresh_running.contains_key(&bucket) || self.refresh_waiters.contains_key(&bucket)
+        {
             return Vec::new();
         }
         self.reschedule_refresh(bucket)
@@ -268,6 +273,10 @@ impl NodeManager {
                 ops.extend(self.reschedule_refresh(bucket));
             }
         }
+        // Rebuilt from its sorted entries, the map's nodes are full (one by
+        // one, they are half full): 256 refresh tasks live all the time,
+        // and rescheduling one replaces its value in place.
+        self.tasks = std::mem::take(&mut self.tasks).into_iter().collect();
         ops
     }
 

@@ -331,10 +331,14 @@ impl NodeManager {
                 // This collection is the one a scheduled task would have run.
                 let ops = self.unschedule_task(TaskKey::GarbageCollect(gc.bucket));
                 self.store(ops, None);
+                // Contacts connected within `gc_contact_fresh` are alive.
+                let fresh = self.config.gc_contact_fresh.as_secs();
+                let stale_before = self.now.unix_secs().saturating_sub(fresh);
                 gc.to_ping = self
                     .graph
                     .bucket(gc.bucket)
                     .iter()
+                    .filter(|e| fresh == 0 || e.contact.last_connected() < stale_before)
                     .map(|e| (e.node_id, e.updated))
                     .collect();
             }

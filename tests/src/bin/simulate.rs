@@ -1,0 +1,65 @@
+//! `simulate`: build a network of N keynode nodes on the simulator and
+//! measure lookups. See `keynode_tests::report` for what is run.
+//!
+//! ```sh
+//! cargo run --release -p keynode-tests --bin simulate -- --nodes 10000 --lookups 1000 --seed 1
+//! ```
+
+use clap::Parser;
+use keynode_tests::alloc::CountingAlloc;
+use keynode_tests::report::{self, Options};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Simulates a keynode network and reports how its lookups do.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Nodes in the network.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Lookups of random existing nodes.
+    #[arg(long, default_value_t = 100)]
+    lookups: usize,
+    /// The seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The fraction of nodes that leave before the lookups (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    dead: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Ideal routing tables (k random members of every bucket's range) instead of joining.
+    #[arg(long)]
+    ideal: bool,
+    /// Look up the k closest nodes to random keys instead of nodes.
+    #[arg(long)]
+    closest: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if !(0.0..=1.0).contains(&args.dead) {
+        eprintln!(
+            "--dead must be a fraction between 0 and 1, got {}",
+            args.dead
+        );
+        std::process::exit(2);
+    }
+    let options = Options {
+        nodes: args.nodes,
+        lookups: args.lookups,
+        seed: args.seed,
+        dead: args.dead,
+        ideal: args.ideal,
+        closest: args.closest,
+    };
+    let report = report::run(&options);
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text(&options));
+    }
+}
