@@ -33,5 +33,5 @@ mod trace;
 pub use lookup::{LookupOutcome, Lookups, known_at_start};
 pub use manager::{DriverStats, ManagerLevel, ManagerSim, Msg, seed_entry};
 pub use net::{Drop, HostId, Latency, NODE_PORT, NatType, NetConfig, Network, mix};
-pub use sim::{Ctx, Level, START_UNIX_MS, Sim};
+pub use sim::{Ctx, Level, MAX_EVENTS_PER_INSTANT, START_UNIX_MS, Sim};
 pub use trace::{Trace, digest_bytes};

@@ -5,8 +5,18 @@
 //! Two levels are planned. The manager level ([`crate::ManagerLevel`])
 //! runs `NodeManager`s exchanging connection events and requests; the
 //! datagram level (full nodes exchanging real QUIC datagrams) implements the
-//! same trait when the net layer exists, with `Msg` = a UDP datagram, and
-//! reuses the clock, the queue, the [`Network`] and the trace unchanged.
+//! same trait when the net layer exists, and reuses the clock, the queue,
+//! the [`Network`] and the trace unchanged:
+//! - `Msg` is a UDP datagram `{ from, to, bytes }` (plus the host's own
+//!   events, as here);
+//! - every datagram goes through [`Network::outbound`] at the sender and
+//!   [`Network::accepts`] at the receiver, so the NAT models apply to QUIC's
+//!   packets and to hole-punch packets alike, and loss drops datagrams
+//!   (QUIC's own recovery resends them);
+//! - `wake` is the node's `handle_timeout` (quinn-proto's timers among
+//!   them), `next_wake` its `poll_timeout`;
+//! - the scenarios' helpers (`add_node`, `join`, `find`) become the same
+//!   methods on `Sim<DatagramLevel>`.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -126,7 +136,14 @@ pub struct Sim<L: Level> {
     trace: Trace,
     touched: Vec<HostId>,
     steps: u64,
+    /// Events processed at the current instant, to catch livelocks.
+    same_instant: u64,
 }
+
+/// Events at one instant of virtual time beyond which the simulation is
+/// taken to be in a livelock (a loop of zero-delay messages) and panics
+/// instead of hanging.
+pub const MAX_EVENTS_PER_INSTANT: u64 = 10_000_000;
 
 impl<L: Level> Sim<L> {
     /// A simulation at time zero; `seed` seeds the network's randomness.
@@ -148,6 +165,7 @@ impl<L: Level> Sim<L> {
             trace: Trace::default(),
             touched: Vec::new(),
             steps: 0,
+            same_instant: 0,
         }
     }
 
@@ -212,6 +230,16 @@ impl<L: Level> Sim<L> {
                 }
             }
         }
+        // Moved deadlines leave stale entries behind; far-future ones (a
+        // refresh an hour away) would pile up. Rebuild from the live ones.
+        if self.wakes.len() > 2 * self.deadline.len() + 4096 {
+            self.wakes = self
+                .deadline
+                .iter()
+                .enumerate()
+                .filter_map(|(i, at)| at.map(|at| Reverse((at, HostId(i as u32)))))
+                .collect();
+        }
     }
 
     /// The time of the next event, if any.
@@ -247,6 +275,19 @@ impl<L: Level> Sim<L> {
             (None, None) => return false,
         };
         self.steps += 1;
+        let at = match (message, wake) {
+            (Some(m), Some(w)) => m.min(w),
+            (m, w) => m.or(w).unwrap_or(self.elapsed),
+        };
+        if at > self.elapsed {
+            self.same_instant = 0;
+        }
+        self.same_instant += 1;
+        assert!(
+            self.same_instant <= MAX_EVENTS_PER_INSTANT,
+            "livelock: {MAX_EVENTS_PER_INSTANT} events at {:?} of virtual time",
+            self.elapsed
+        );
         if take_message {
             let Some(Reverse(s)) = self.queue.pop() else {
                 return false;
