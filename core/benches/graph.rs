@@ -172,6 +172,8 @@ fn graph_max_k(g: &mut Group<'_>) {
     // from `Default` and then changed field by field.
     let mut config = Config::default();
     config.k = Config::MAX_K;
+    // A lookup must be able to remember k candidates.
+    config.max_lookup_candidates = config.k;
     let graph = build(&mut rng, &config);
     let largest = graph.bucket_sizes().map(|(_, n)| n).max().unwrap_or(0);
     eprintln!(

@@ -164,14 +164,21 @@ fn small_buckets() -> keynode_core::Config {
 
 /// Node `a` at all zeroes and nodes in its farthest bucket (top bit set).
 fn bucket_network(n: usize) -> (keynode_tests::ManagerSim, HostId, Vec<HostId>) {
+    bucket_network_with(n, &small_buckets())
+}
+
+fn bucket_network_with(
+    n: usize,
+    config: &keynode_core::Config,
+) -> (keynode_tests::ManagerSim, HostId, Vec<HostId>) {
     let mut sim = network(7);
-    let a = sim.add_node(small_buckets(), NodeId::from_bytes([0; 32]), NatType::None);
+    let a = sim.add_node(config.clone(), NodeId::from_bytes([0; 32]), NatType::None);
     let others = (1..=n)
         .map(|i| {
             let mut id = [0u8; 32];
             id[0] = 0x80 | (i as u8);
             id[31] = i as u8;
-            sim.add_node(small_buckets(), NodeId::from_bytes(id), NatType::None)
+            sim.add_node(config.clone(), NodeId::from_bytes(id), NatType::None)
         })
         .collect();
     (sim, a, others)
@@ -205,6 +212,38 @@ fn full_bucket_with_the_oldest_dead_replaces_it() {
     assert!(!contains(&sim, a, n[0]), "the dead oldest contact is gone");
     assert!(contains(&sim, a, n[1]) && contains(&sim, a, n[2]));
     assert_buckets_within_k(&sim);
+}
+
+/// How many connections node `a` attempts while a newcomer joins its full
+/// bucket, ten minutes after the bucket's contacts last connected (their
+/// connections have idled out).
+fn pings_for_a_newcomer(gc_contact_fresh: Duration) -> u64 {
+    let mut config = small_buckets();
+    config.gc_contact_fresh = gc_contact_fresh;
+    let (mut sim, a, n) = bucket_network_with(3, &config);
+    join(&mut sim, n[0], &[a]);
+    join(&mut sim, n[1], &[a]);
+    sim.advance(Duration::from_secs(600));
+    let before = sim.level.node(a).unwrap().stats().connects;
+    join(&mut sim, n[2], &[a]);
+    assert!(!contains(&sim, a, n[2]), "no room: the newcomer is dropped");
+    assert!(contains(&sim, a, n[0]) && contains(&sim, a, n[1]));
+    sim.level.node(a).unwrap().stats().connects - before
+}
+
+#[test]
+fn recently_connected_contacts_are_not_pinged_with_gc_contact_fresh() {
+    assert_eq!(
+        pings_for_a_newcomer(Duration::ZERO),
+        2,
+        "the original pings both"
+    );
+    assert_eq!(pings_for_a_newcomer(Duration::from_secs(3600)), 0);
+    assert_eq!(
+        pings_for_a_newcomer(Duration::from_secs(300)),
+        2,
+        "10 min is stale"
+    );
 }
 
 #[test]
