@@ -13,7 +13,10 @@
 //! - [`ManagerLevel`] runs real `NodeManager`s and plays their driver. Nodes
 //!   join only through `sync_node_graph` from seed nodes; nothing fills a
 //!   routing table by hand (except [`report`]'s `--ideal` comparison).
-//!   The datagram level (full nodes over real QUIC) is another `Level`.
+//! - [`DatagramLevel`] runs full nodes (`keynode_core::net::Node`, the
+//!   manager on QUIC) exchanging real QUIC datagrams, handshakes and hole
+//!   punches included, through the same [`Network`]; the same helpers
+//!   (`add_node`, `join`, `find`) drive it.
 //! - [`report`] builds a network of N nodes and measures lookups: the
 //!   `simulate` binary.
 //!
@@ -22,6 +25,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod alloc;
+mod datagram;
 mod hash;
 mod lookup;
 mod manager;
@@ -30,6 +34,7 @@ pub mod report;
 mod sim;
 mod trace;
 
+pub use datagram::{DatagramLevel, DatagramSim, DatagramStats, Packet};
 pub use lookup::{LookupOutcome, Lookups, known_at_start};
 pub use manager::{DriverStats, ManagerLevel, ManagerSim, Msg, seed_entry};
 pub use net::{Drop, HostId, Latency, NODE_PORT, NatType, NetConfig, Network, mix};

@@ -2,21 +2,26 @@
 //! messages, a queue of host wake-ups, and the hash of everything that
 //! happened. It knows nothing of what the hosts are: a [`Level`] does.
 //!
-//! Two levels are planned. The manager level ([`crate::ManagerLevel`])
-//! runs `NodeManager`s exchanging connection events and requests; the
-//! datagram level (full nodes exchanging real QUIC datagrams) implements the
-//! same trait when the net layer exists, and reuses the clock, the queue,
-//! the [`Network`] and the trace unchanged:
-//! - `Msg` is a UDP datagram `{ from, to, bytes }` (plus the host's own
-//!   events, as here);
-//! - every datagram goes through [`Network::outbound`] at the sender and
-//!   [`Network::accepts`] at the receiver, so the NAT models apply to QUIC's
-//!   packets and to hole-punch packets alike, and loss drops datagrams
-//!   (QUIC's own recovery resends them);
-//! - `wake` is the node's `handle_timeout` (quinn-proto's timers among
-//!   them), `next_wake` its `poll_timeout`;
-//! - the scenarios' helpers (`add_node`, `join`, `find`) become the same
-//!   methods on `Sim<DatagramLevel>`.
+//! Two levels implement it, sharing the clock, the queue, the [`Network`]
+//! and the trace:
+//! - the manager level ([`crate::ManagerLevel`]) runs `NodeManager`s and
+//!   plays their driver: connections, requests and responses are modelled
+//!   message by message (a dial is a packet through the NATs, requests
+//!   travel with the link's latency plus resends of lost packets). Fast
+//!   enough for the 100,000-node `simulate` runs;
+//! - the datagram level ([`crate::DatagramLevel`]) runs full nodes
+//!   (`keynode_core::net::Node`: the manager on QUIC) exchanging real QUIC
+//!   datagrams. `Msg` is a UDP datagram `{ from, source, destination,
+//!   bytes }` (plus the host's own events); every datagram goes through
+//!   [`Network::outbound`] at the sender and [`Network::accepts`] at the
+//!   receiver, so the NAT models apply to QUIC's packets and to hole-punch
+//!   packets alike, and loss drops datagrams (QUIC's own recovery resends
+//!   them); `wake` is the node's `handle_timeout` (quinn-proto's timers
+//!   among them), `next_wake` its `poll_timeout`. Every handshake is real
+//!   TLS, so it suits tens of nodes rather than thousands.
+//!
+//! Both offer the same helpers on `Sim<Level>`: `add_node`, `join`, `find`,
+//! `run_until_done`, `kill`, `set_online`.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
