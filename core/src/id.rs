@@ -121,6 +121,40 @@ impl NodeId {
         }
         NodeId(out)
     }
+
+    /// A NodeId in sub-range `sub` of bucket `index` of `self`'s table (see
+    /// [`Distance::bits_below`]): [`NodeId::random_in_bucket`] with the
+    /// `bits` bits below `index` set so that the distance's are `sub`'s.
+    pub fn random_in_sub_range<R: RngCore + ?Sized>(
+        &self,
+        index: BucketIndex,
+        bits: u8,
+        sub: u32,
+        rng: &mut R,
+    ) -> NodeId {
+        let mut out = self.random_in_bucket(index, rng);
+        let bits = bits.min(index.get()).min(32);
+        for j in 1..=bits {
+            let position = usize::from(index.get() - j);
+            let want = (sub >> (bits - j)) & 1 == 1;
+            let mask = 1u8 << (position % 8);
+            let own = self
+                .0
+                .get(NODE_ID_LEN - 1 - position / 8)
+                .copied()
+                .unwrap_or(0);
+            if let Some(byte) = out.0.get_mut(NODE_ID_LEN - 1 - position / 8) {
+                // Distance bit = own bit XOR out bit.
+                let own_bit = own & mask != 0;
+                if own_bit ^ want {
+                    *byte |= mask;
+                } else {
+                    *byte &= !mask;
+                }
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for NodeId {
@@ -289,6 +323,19 @@ impl Distance {
         Some(BucketIndex(bit as u8))
     }
 
+    /// The `count` bits just below bit `index` (fewer when `index` is
+    /// smaller than `count`), as a number: which of the `2^count` equal
+    /// sub-ranges of bucket `index` the distance falls in. `count` above 32
+    /// is taken as 32.
+    pub fn bits_below(&self, index: BucketIndex, count: u8) -> u32 {
+        let count = count.min(index.get()).min(32);
+        let mut value = 0u32;
+        for i in 1..=count {
+            value = (value << 1) | u32::from(self.bit(BucketIndex(index.get() - i)));
+        }
+        value
+    }
+
     /// Whether bit `index` of the distance is set.
     pub fn bit(&self, index: BucketIndex) -> bool {
         let bit = usize::from(index.get());
@@ -436,6 +483,27 @@ mod tests {
             Some(BucketIndex(255))
         );
         assert_eq!(own.bucket_index(&own), None);
+    }
+
+    #[test]
+    fn random_in_sub_range_lands_in_that_sub_range() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for _ in 0..20 {
+            let own = NodeId::random(&mut rng);
+            for index in BucketIndex::all() {
+                for sub in 0..16 {
+                    let id = own.random_in_sub_range(index, 4, sub, &mut rng);
+                    assert_eq!(own.bucket_index(&id), Some(index));
+                    let bits = 4.min(index.get());
+                    let expect = sub & ((1 << bits) - 1);
+                    assert_eq!(
+                        own.distance(&id).bits_below(index, 4),
+                        expect,
+                        "{index} {sub}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

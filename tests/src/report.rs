@@ -113,6 +113,7 @@ pub fn node_config() -> Config {
     let mut config = Config::default();
     config.retry_connections_delay = Duration::ZERO;
     config.gc_contact_fresh = config.refresh_bucket_delay;
+
     config
 }
 

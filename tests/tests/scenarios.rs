@@ -419,3 +419,53 @@ fn lookups_keep_working_while_thirty_percent_of_nodes_leave() {
     );
     assert_buckets_within_k(&sim);
 }
+
+/// How many of the 16 sub-ranges of each of `host`'s three farthest
+/// buckets hold a contact, summed (at most 48).
+fn far_sub_ranges_covered(sim: &keynode_tests::ManagerSim, host: HostId) -> usize {
+    let graph = sim.level.node(host).expect("alive").graph();
+    let own = graph.own_node_id();
+    (253..=255u8)
+        .map(keynode_core::BucketIndex::new)
+        .map(|bucket| {
+            let mut seen = [false; 16];
+            for e in graph.bucket(bucket) {
+                seen[own.distance(&e.node_id).bits_below(bucket, 4) as usize] = true;
+            }
+            seen.iter().filter(|s| **s).count()
+        })
+        .sum()
+}
+
+/// The last of `n` nodes to join, and the network it joined.
+fn last_joiner(n: usize, config: &keynode_core::Config) -> (keynode_tests::ManagerSim, HostId) {
+    let mut sim = network(21);
+    let hosts = add_nodes(&mut sim, 21, n, config);
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    for (i, h) in hosts.iter().enumerate().skip(1) {
+        let mut seeds: Vec<HostId> = (0..3).map(|_| hosts[rng.random_range(0..i)]).collect();
+        seeds.sort();
+        seeds.dedup();
+        join(&mut sim, *h, &seeds);
+    }
+    (sim, hosts[n - 1])
+}
+
+#[test]
+fn a_newcomer_spreads_its_far_buckets_over_their_ranges() {
+    // A refresh heading for one random target fills its bucket with nodes
+    // near that target; with bucket diversity on, the lookup turns to the
+    // emptiest sub-range once the bucket holds its share of the current one.
+    let mut config = keynode_tests::report::node_config();
+    let (sim, newcomer) = last_joiner(800, &config);
+    let spread = far_sub_ranges_covered(&sim, newcomer);
+    config.bucket_diversity_bits = 0;
+    let (sim, newcomer) = last_joiner(800, &config);
+    let clustered = far_sub_ranges_covered(&sim, newcomer);
+    eprintln!("far sub-ranges covered: {spread} with diversity, {clustered} without");
+    assert!(
+        spread >= clustered + 8,
+        "{spread} sub-ranges covered with diversity, {clustered} without"
+    );
+    assert_buckets_within_k(&sim);
+}

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rand::Rng;
+
 use super::{
     AttemptId, Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, RequestId, Step,
 };
@@ -11,7 +13,7 @@ use crate::address::NodeAddress;
 use crate::contact::{
     ContactMode, NodeAddressScope, NodeAddressScopes, NodeContact, NodeContactAddressData,
 };
-use crate::id::{Distance, NodeId};
+use crate::id::{BucketIndex, Distance, NodeId};
 use crate::manager::api::{ApiError, Command, QueryId};
 use crate::wire::{Request, Response};
 
@@ -124,6 +126,9 @@ pub(crate) struct FindNode {
     in_flight: usize,
     contacted: usize,
     mdns: MdnsPhase,
+    /// A bucket refresh's lookup: fill this bucket evenly (see
+    /// [`NodeManager::retarget_fill`]).
+    fill: Option<BucketIndex>,
 }
 
 /// An mDNS query collecting answers until its deadline.
@@ -255,6 +260,19 @@ impl NodeManager {
         strategies: Strategies,
         parent: Parent,
     ) -> Result<OpId, ApiError> {
+        self.spawn_lookup(target, options, strategies, parent, None)
+    }
+
+    /// A lookup; with `fill`, a bucket refresh's lookup that spreads its
+    /// contacts over the bucket's sub-ranges.
+    pub(super) fn spawn_lookup(
+        &mut self,
+        target: NodeId,
+        options: FindOptions,
+        strategies: Strategies,
+        parent: Parent,
+        fill: Option<BucketIndex>,
+    ) -> Result<OpId, ApiError> {
         let find = FindNode {
             target,
             strategies,
@@ -273,6 +291,7 @@ impl NodeManager {
             in_flight: 0,
             contacted: 0,
             mdns: MdnsPhase::Off,
+            fill,
         };
         let timeout = options.timeout.unwrap_or(self.config.find_node_timeout);
         self.spawn(OpKind::Find(Box::new(find)), parent, Some(timeout))
@@ -624,6 +643,7 @@ impl NodeManager {
     /// Starts attempts while there is room, then checks whether the lookup is over.
     fn find_advance(&mut self, id: OpId, op: &mut FindNode) -> Option<Step> {
         while op.in_flight < op.concurrency && op.contacted < op.limit {
+            self.retarget_fill(op);
             let Some(distance) = op
                 .candidates
                 .iter()
@@ -661,6 +681,62 @@ impl NodeManager {
         }
         self.find_finished(op)
             .then_some(Step::Done(Ok(OpValue::Found(None))))
+    }
+
+    /// A refresh looks up a random NodeId in its bucket only to meet the
+    /// nodes on the way: they become its contacts. Heading for one target,
+    /// they all end up near it, in a few of the bucket's sub-ranges (see
+    /// `Config::bucket_diversity_bits`), and lookups through a bucket that
+    /// covers its range unevenly take more hops. So once the bucket holds
+    /// its share of the target's sub-range, the lookup turns to a random
+    /// NodeId in the emptiest sub-range, keeping what it learned.
+    fn retarget_fill(&mut self, op: &mut FindNode) {
+        let Some(bucket) = op.fill else {
+            return;
+        };
+        let bits = self
+            .config
+            .bucket_diversity_bits
+            .min(bucket.get())
+            .min(crate::Config::MAX_DIVERSITY_BITS);
+        if bits == 0 {
+            return;
+        }
+        let own = self.graph.own_node_id();
+        let share = self.config.k.div_ceil(1 << bits);
+        let mut counts = [0usize; 1 << crate::Config::MAX_DIVERSITY_BITS];
+        for entry in self.graph.bucket(bucket) {
+            if let Some(c) =
+                counts.get_mut(own.distance(&entry.node_id).bits_below(bucket, bits) as usize)
+            {
+                *c += 1;
+            }
+        }
+        let current = own.distance(&op.target).bits_below(bucket, bits) as usize;
+        if counts.get(current).copied().unwrap_or(0) < share {
+            return;
+        }
+        let sub_ranges = counts.get(..1 << bits).unwrap_or(&[]);
+        let fewest = sub_ranges.iter().copied().min().unwrap_or(0);
+        if fewest >= share {
+            // Evenly filled: nothing to turn to.
+            op.fill = None;
+            return;
+        }
+        // Among the emptiest sub-ranges, a random one.
+        let emptiest: Vec<usize> = (0..sub_ranges.len())
+            .filter(|&i| sub_ranges.get(i) == Some(&fewest))
+            .collect();
+        let pick = emptiest
+            .get(self.rng.random_range(0..emptiest.len()))
+            .copied()
+            .unwrap_or(0);
+        op.target = own.random_in_sub_range(bucket, bits, pick as u32, &mut self.rng);
+        let target = op.target;
+        op.candidates = std::mem::take(&mut op.candidates)
+            .into_values()
+            .map(|c| (target.distance(&c.node_id), c))
+            .collect();
     }
 
     fn reachable(&self, op: &FindNode, c: &Candidate) -> bool {

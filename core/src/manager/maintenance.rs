@@ -197,7 +197,7 @@ impl NodeManager {
                     ..Strategies::ALL
                 };
                 if self
-                    .spawn_find(target, options, strategies, Parent::Op(id))
+                    .spawn_lookup(target, options, strategies, Parent::Op(id), Some(op.bucket))
                     .is_err()
                 {
                     return Step::Done(Err(OpError::Cancelled));

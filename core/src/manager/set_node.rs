@@ -65,7 +65,9 @@ impl NodeManager {
     /// Adds or updates a node in the graph. The own NodeId is ignored. A known
     /// node is updated and becomes the newest of its bucket; a new one is
     /// added if its bucket has room. In a full bucket, `force` evicts the
-    /// oldest contact without a ping; otherwise the node goes on the bucket's
+    /// oldest contact without a ping; a node whose part of the bucket's range
+    /// is short of contacts replaces the oldest contact of the most crowded
+    /// part (`Config::bucket_diversity_bits`); otherwise the node goes on the bucket's
     /// pending list and garbage collection is scheduled, or, with `block`, run
     /// now and waited for. Every add or update pushes the bucket's refresh back.
     /// `connect_timeout` bounds each garbage-collection ping.
