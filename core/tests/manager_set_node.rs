@@ -227,7 +227,7 @@ fn gc_tasks(s: &Script) -> Vec<BucketIndex> {
     s.node
         .tasks()
         .filter_map(|(k, _)| match k {
-            TaskKey::GarbageCollect(b) => Some(*b),
+            TaskKey::GarbageCollect(b) => Some(b),
             _ => None,
         })
         .collect()

@@ -96,7 +96,7 @@ fn sync_refreshes_buckets_farther_than_the_closest_neighbour() {
     for (key, record) in net.node(me).tasks() {
         if let TaskKey::RefreshBucket(b) = key {
             let refreshed = record.due_unix_ms >= before.unix_ms + 45 * 60 * 1000;
-            if *b > closest {
+            if b > closest {
                 assert!(
                     refreshed,
                     "bucket {b} above the closest ({closest}) was refreshed"
@@ -174,7 +174,7 @@ fn non_blocking_sync_schedules_one_task() {
     let syncs = net
         .node(id(3))
         .tasks()
-        .filter(|(k, _)| **k == TaskKey::SyncNodeGraph)
+        .filter(|(k, _)| *k == TaskKey::SyncNodeGraph)
         .count();
     assert_eq!(syncs, 1);
     assert!(
@@ -191,6 +191,6 @@ fn non_blocking_sync_schedules_one_task() {
     assert!(
         net.node(id(3))
             .tasks()
-            .all(|(k, _)| *k != TaskKey::SyncNodeGraph)
+            .all(|(k, _)| k != TaskKey::SyncNodeGraph)
     );
 }

@@ -63,7 +63,7 @@ fn in_bucket(own: NodeId, bucket: u8, n: u8) -> NodeId {
 }
 
 fn task_map(node: &NodeManager) -> BTreeMap<TaskKey, TaskRecord> {
-    node.tasks().map(|(k, r)| (*k, r.clone())).collect()
+    node.tasks().collect()
 }
 
 /// The due times of the refresh tasks, by bucket.

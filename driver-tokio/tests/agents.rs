@@ -82,7 +82,7 @@ async fn a_restarted_agent_keeps_its_id_graph_sigchain_and_tasks() {
     let graph = b.get_all().await.unwrap();
     let chain = b.sigchain().await.unwrap();
     let tasks = b
-        .read(|m| m.tasks().map(|(k, _)| *k).collect::<Vec<_>>())
+        .read(|m| m.tasks().map(|(k, _)| k).collect::<Vec<_>>())
         .await
         .unwrap();
     assert!(!graph.is_empty());
@@ -99,7 +99,7 @@ async fn a_restarted_agent_keeps_its_id_graph_sigchain_and_tasks() {
     assert_eq!(again.get_all().await.unwrap(), graph);
     assert_eq!(again.sigchain().await.unwrap(), chain);
     let tasks_again = again
-        .read(|m| m.tasks().map(|(k, _)| *k).collect::<Vec<_>>())
+        .read(|m| m.tasks().map(|(k, _)| k).collect::<Vec<_>>())
         .await
         .unwrap();
     assert_eq!(tasks_again, tasks);

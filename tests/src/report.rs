@@ -310,12 +310,14 @@ fn run_lookups(
                     }
                 }
             };
-            // One measured lookup per (finder, target) at a time.
+            // One measured lookup per (finder, target) at a time; on a
+            // duplicate, wait for one to end (a tiny network has fewer
+            // pairs than lookups in flight).
             if outstanding
                 .iter()
                 .any(|(f, _, t)| *f == finder && *t == target)
             {
-                continue;
+                break;
             }
             let options = if options.closest {
                 FindOptions {

@@ -269,14 +269,10 @@ impl NodeManager {
             let key = TaskKey::RefreshBucket(bucket);
             if self.config.refresh_bucket_delay.is_zero() {
                 ops.extend(self.unschedule_task(key));
-            } else if !self.tasks.contains_key(&key) {
+            } else if !self.tasks.contains_key(key) {
                 ops.extend(self.reschedule_refresh(bucket));
             }
         }
-        // Rebuilt from its sorted entries, the map's nodes are full (one by
-        // one, they are half full): 256 refresh tasks live all the time,
-        // and rescheduling one replaces its value in place.
-        self.tasks = std::mem::take(&mut self.tasks).into_iter().collect();
         ops
     }
 
@@ -331,7 +327,7 @@ impl NodeManager {
         if self.config.retry_connections_delay.is_zero() {
             return self.unschedule_task(key);
         }
-        if !again && self.tasks.contains_key(&key) {
+        if !again && self.tasks.contains_key(key) {
             return Vec::new();
         }
         self.schedule_task(key, self.config.retry_connections_delay, TaskPayload::None)
@@ -399,7 +395,7 @@ impl NodeManager {
                 }
             }
             TaskKey::SyncNodeGraph => {
-                let record = self.tasks.get(&key).cloned();
+                let record = self.tasks.get(key);
                 let ops = self.unschedule_task(key);
                 self.store(ops, None);
                 if let Some(TaskPayload::Sync {

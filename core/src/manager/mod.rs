@@ -36,6 +36,7 @@ mod maintenance;
 mod serve;
 mod set_node;
 mod sync;
+mod tasks;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -209,7 +210,7 @@ pub struct NodeManager {
     requests: BTreeMap<RequestId, OpId>,
     queries: BTreeMap<QueryId, OpId>,
     batches: BTreeMap<BatchId, OpId>,
-    tasks: BTreeMap<TaskKey, TaskRecord>,
+    tasks: tasks::TaskTable,
     gc_running: BTreeMap<BucketIndex, OpId>,
     refresh_running: BTreeMap<BucketIndex, OpId>,
     refresh_waiters: BTreeMap<BucketIndex, Vec<OpId>>,
@@ -265,7 +266,7 @@ impl NodeManager {
             requests: BTreeMap::new(),
             queries: BTreeMap::new(),
             batches: BTreeMap::new(),
-            tasks: BTreeMap::new(),
+            tasks: tasks::TaskTable::default(),
             gc_running: BTreeMap::new(),
             refresh_running: BTreeMap::new(),
             refresh_waiters: BTreeMap::new(),
@@ -330,7 +331,7 @@ impl NodeManager {
     }
 
     /// The scheduled tasks and when they are due (wall-clock ms).
-    pub fn tasks(&self) -> impl Iterator<Item = (&TaskKey, &TaskRecord)> {
+    pub fn tasks(&self) -> impl Iterator<Item = (TaskKey, TaskRecord)> + '_ {
         self.tasks.iter()
     }
 
@@ -531,11 +532,8 @@ impl NodeManager {
         }
         self.state = RunState::Running;
         // Persisted tasks resume at their due time (now if it passed).
-        let resumed: Vec<(TaskKey, u64)> = self
-            .tasks
-            .iter()
-            .map(|(k, r)| (*k, r.due_unix_ms))
-            .collect();
+        let resumed: Vec<(TaskKey, u64)> =
+            self.tasks.iter().map(|(k, r)| (k, r.due_unix_ms)).collect();
         for (key, due) in resumed {
             let at = self.now.mono_of_unix(due);
             self.timers.set(Timer::Task(key), at);

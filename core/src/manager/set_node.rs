@@ -555,7 +555,7 @@ impl NodeManager {
     /// Forgets task `key`; returns the operation that deletes it.
     pub(super) fn unschedule_task(&mut self, key: TaskKey) -> Vec<StoreOp> {
         self.timers.cancel(Timer::Task(key));
-        match self.tasks.remove(&key) {
+        match self.tasks.remove(key) {
             Some(_) => vec![StoreOp::DeleteTask(key)],
             None => Vec::new(),
         }
