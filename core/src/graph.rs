@@ -572,20 +572,38 @@ impl NodeGraph {
             .map(|(i, b)| (bucket_rank(&to_target, *i), b))
             .collect();
         order.sort_unstable_by_key(|(rank, _)| *rank);
+        // Whole buckets in rank order until they hold `limit` contacts; then
+        // the closest of those that pass `keep`. `keep` looks into each
+        // contact's addresses (a pointer away), so it runs on the closest
+        // first and only as far as needed; if too few pass, the next buckets
+        // are taken in.
         let mut found: Vec<(Distance, &BucketEntry)> = Vec::new();
-        for (_, bucket) in order {
-            let kept = bucket.contacts.iter().filter(|e| keep(e));
-            found.extend(kept.map(|e| (e.node_id.distance(target), e)));
-            if found.len() >= limit {
-                break;
+        let mut kept: Vec<&BucketEntry> = Vec::with_capacity(limit);
+        let mut buckets = order.into_iter().map(|(_, b)| b).peekable();
+        while kept.len() < limit && buckets.peek().is_some() {
+            found.clear();
+            for bucket in buckets.by_ref() {
+                found.extend(
+                    bucket
+                        .contacts
+                        .iter()
+                        .map(|e| (e.node_id.distance(target), e)),
+                );
+                if found.len() >= limit - kept.len() {
+                    break;
+                }
+            }
+            found.sort_unstable_by_key(|(d, _)| *d);
+            for (_, entry) in found.iter() {
+                if kept.len() == limit {
+                    break;
+                }
+                if keep(entry) {
+                    kept.push(entry);
+                }
             }
         }
-        if found.len() > limit {
-            found.select_nth_unstable_by_key(limit - 1, |(d, _)| *d);
-            found.truncate(limit);
-        }
-        found.sort_unstable_by_key(|(d, _)| *d);
-        found.into_iter().map(|(_, e)| e).collect()
+        kept
     }
 
     /// Rebuilds the table for a new own NodeId (after key renewal), in the

@@ -194,6 +194,18 @@ proptest! {
             expected.truncate(limit);
             let got: Vec<NodeId> = graph.closest(&target, limit).iter().map(|e| e.node_id).collect();
             prop_assert_eq!(got, expected);
+            // With a filter (as a closest-nodes answer leaves out nodes
+            // without global addresses): the closest of those that pass.
+            let keep = |id: &NodeId| !id.as_bytes()[31].is_multiple_of(3);
+            let mut expected: Vec<NodeId> = members.iter().copied().filter(keep).collect();
+            expected.sort_by_key(|id| id.distance(&target));
+            expected.truncate(limit);
+            let got: Vec<NodeId> = graph
+                .closest_where(&target, limit, |e| keep(&e.node_id))
+                .iter()
+                .map(|e| e.node_id)
+                .collect();
+            prop_assert_eq!(got, expected);
         }
     }
 

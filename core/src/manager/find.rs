@@ -808,6 +808,16 @@ fn add_candidate(
         return;
     }
     let distance = op.target.distance(&node_id);
+    // A full list only takes nodes closer than its farthest: skip the
+    // insert-then-forget of the rest (most of a late answer).
+    if op.candidates.len() >= max
+        && op
+            .candidates
+            .last_key_value()
+            .is_some_and(|(farthest, _)| distance > *farthest)
+    {
+        return;
+    }
     let candidate = op.candidates.entry(distance).or_insert_with(|| Candidate {
         node_id,
         addresses: Vec::new(),
