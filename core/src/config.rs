@@ -65,11 +65,15 @@ pub struct Config {
     /// collection. Zero turns it off (the original's behaviour: a full
     /// bucket keeps its contacts). Default 4.
     ///
+    /// The same bits steer bucket refreshes: a refresh lookup turns to a
+    /// random NodeId in the emptiest sub-range once the bucket holds its
+    /// share (`k / 2^bits`) of the current target's.
+    ///
     /// Why: a bucket is mostly filled by its own refresh lookup, whose
     /// contacts all lie near one random target. For a lookup to halve the
     /// distance at each hop, a bucket's contacts must spread over its range;
     /// the simulator's 10,000-node network needed 27% more hops than ideal
-    /// tables without this, and 5% with it (BENCHMARKS.md). Only a strictly
+    /// tables without this, and 2% with it (BENCHMARKS.md). Only a strictly
     /// more even spread evicts, so the evictions stop once the sub-ranges
     /// are balanced: a stream of new nodes cannot flush a bucket.
     pub bucket_diversity_bits: u8,

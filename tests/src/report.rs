@@ -16,7 +16,9 @@
 //! Node configuration: the defaults, except that the periodic connection
 //! check is off (`retry_connections_delay = 0`): it would have every node
 //! run two lookups every 45 s, which multiplies the cost of a large run by
-//! several times without changing what the lookups measure.
+//! several times without changing what the lookups measure, and
+//! `gc_contact_fresh` is the refresh delay (1 h). Bucket diversity
+//! (`bucket_diversity_bits`) is at its default, 4.
 //!
 //! `--ideal` skips the joining: every node's routing table is filled with k
 //! random members of each bucket's range (through `set_node`), then the

@@ -147,7 +147,10 @@ impl NodeManager {
     ///
     /// Refreshes bucket `bucket`: looks up a random NodeId in its range, which
     /// fills the graph with nodes found on the way, then schedules the next
-    /// refresh of the bucket.
+    /// refresh of the bucket. Unlike the original, the lookup turns to the
+    /// emptiest part of the bucket's range once the bucket holds its share of
+    /// the current target's part (`Config::bucket_diversity_bits`), so the
+    /// contacts it brings spread over the range instead of clustering.
     pub fn refresh_bucket(
         &mut self,
         now: Now,
