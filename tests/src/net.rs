@@ -61,6 +61,23 @@ impl NatType {
         NatType::PortRestricted,
         NatType::Symmetric,
     ];
+
+    /// How a finder behind `finder` reaches a target behind `target` that
+    /// it learned of through a public node both joined by: directly,
+    /// through signalling and hole punching, or not at all. The model both
+    /// simulation levels are checked against.
+    pub fn reach(finder: NatType, target: NatType) -> Option<keynode_core::ContactMode> {
+        use keynode_core::ContactMode;
+        match (finder, target) {
+            // Anyone may send to these.
+            (_, NatType::None | NatType::FullCone) => Some(ContactMode::Direct),
+            // The symmetric target punched from a new port.
+            (_, NatType::Symmetric) => None,
+            // The symmetric finder dials from a port the target never saw.
+            (NatType::Symmetric, NatType::PortRestricted) => None,
+            _ => Some(ContactMode::Signal),
+        }
+    }
 }
 
 /// The state of one host's NAT: its mappings and what it has sent to.

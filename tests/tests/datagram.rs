@@ -216,18 +216,9 @@ fn a_node_behind_a_port_restricted_nat_is_reached_by_signal_and_hole_punch() {
 
 #[test]
 fn nat_traversal_over_quic_follows_the_nat_types() {
-    use NatType::*;
     for finder in NatType::ALL {
         for target in NatType::ALL {
-            let expected = match (finder, target) {
-                // Anyone may send to these.
-                (_, None | FullCone) => Some(ContactMode::Direct),
-                // The symmetric target punched from a new port.
-                (_, Symmetric) => Option::None,
-                // The symmetric finder dials from a port the target never saw.
-                (Symmetric, PortRestricted) => Option::None,
-                _ => Some(ContactMode::Signal),
-            };
+            let expected = NatType::reach(finder, target);
             assert_eq!(
                 reach(finder, target),
                 expected,

