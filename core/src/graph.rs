@@ -593,13 +593,28 @@ impl NodeGraph {
                     break;
                 }
             }
-            found.sort_unstable_by_key(|(d, _)| *d);
-            for (_, entry) in found.iter() {
-                if kept.len() == limit {
-                    break;
-                }
+            // Sort only the closest `need` (a bucket may hold up to
+            // `Config::MAX_K`); the rest only if too few of those pass.
+            let need = (limit - kept.len()).min(found.len());
+            if found.len() > need && need > 0 {
+                found.select_nth_unstable_by_key(need - 1, |(d, _)| *d);
+            }
+            let (head, tail) = found.split_at_mut(need);
+            head.sort_unstable_by_key(|(d, _)| *d);
+            for (_, entry) in head.iter() {
                 if keep(entry) {
                     kept.push(entry);
+                }
+            }
+            if kept.len() < limit && !tail.is_empty() {
+                tail.sort_unstable_by_key(|(d, _)| *d);
+                for (_, entry) in tail.iter() {
+                    if kept.len() == limit {
+                        break;
+                    }
+                    if keep(entry) {
+                        kept.push(entry);
+                    }
                 }
             }
         }
@@ -853,7 +868,8 @@ fn diverse_eviction(
     if bits == 0 {
         return None;
     }
-    let sub_range = |id: &NodeId| own.distance(id).bits_below(index, bits) as usize;
+    let own_bits = own.bits_below(index, bits);
+    let sub_range = |id: &NodeId| (own_bits ^ id.bits_below(index, bits)) as usize;
     let mut counts = [0u16; 1 << Config::MAX_DIVERSITY_BITS];
     for entry in &bucket.contacts {
         if let Some(c) = counts.get_mut(sub_range(&entry.node_id)) {

@@ -122,6 +122,13 @@ impl NodeId {
         NodeId(out)
     }
 
+    /// [`Distance::bits_below`] of the id itself: for any two ids,
+    /// `a.bits_below(i, c) ^ b.bits_below(i, c) == a.distance(&b).bits_below(i, c)`,
+    /// so a node computes its own once and each contact's without a distance.
+    pub fn bits_below(&self, index: BucketIndex, count: u8) -> u32 {
+        bit_window(&self.0, index, count)
+    }
+
     /// A NodeId in sub-range `sub` of bucket `index` of `self`'s table (see
     /// [`Distance::bits_below`]): [`NodeId::random_in_bucket`] with the
     /// `bits` bits below `index` set so that the distance's are `sub`'s.
@@ -155,6 +162,26 @@ impl NodeId {
         }
         out
     }
+}
+
+/// Bits `index - 1` down to `index - count` of a big-endian 256-bit number
+/// (fewer when `index < count`; `count` at most 8), as a number.
+fn bit_window(bytes: &[u8; NODE_ID_LEN], index: BucketIndex, count: u8) -> u32 {
+    let count = u32::from(count.min(index.get()).min(8));
+    if count == 0 {
+        return 0;
+    }
+    let top = usize::from(index.get()) - 1;
+    // The byte holding bit `top`, and the one below it (or none), as 16 bits
+    // whose lowest is bit number `base` (negative past bit 0).
+    let high_pos = NODE_ID_LEN - 1 - top / 8;
+    let high = u32::from(bytes.get(high_pos).copied().unwrap_or(0));
+    let low = u32::from(bytes.get(high_pos + 1).copied().unwrap_or(0));
+    let window = (high << 8) | low;
+    let base = (top / 8) as i32 * 8 - 8;
+    let lowest = top as i32 + 1 - count as i32;
+    let shift = (lowest - base) as u32;
+    (window >> shift) & ((1 << count) - 1)
 }
 
 impl fmt::Display for NodeId {
@@ -325,15 +352,10 @@ impl Distance {
 
     /// The `count` bits just below bit `index` (fewer when `index` is
     /// smaller than `count`), as a number: which of the `2^count` equal
-    /// sub-ranges of bucket `index` the distance falls in. `count` above 32
-    /// is taken as 32.
+    /// sub-ranges of bucket `index` the distance falls in. `count` above 8
+    /// is taken as 8.
     pub fn bits_below(&self, index: BucketIndex, count: u8) -> u32 {
-        let count = count.min(index.get()).min(32);
-        let mut value = 0u32;
-        for i in 1..=count {
-            value = (value << 1) | u32::from(self.bit(BucketIndex(index.get() - i)));
-        }
-        value
+        bit_window(&self.0, index, count)
     }
 
     /// Whether bit `index` of the distance is set.
@@ -483,6 +505,31 @@ mod tests {
             Some(BucketIndex(255))
         );
         assert_eq!(own.bucket_index(&own), None);
+    }
+
+    #[test]
+    fn bits_below_matches_bit_by_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..50 {
+            let a = NodeId::random(&mut rng);
+            let b = NodeId::random(&mut rng);
+            let d = a.distance(&b);
+            for index in BucketIndex::all() {
+                for count in 0..=8u8 {
+                    let n = count.min(index.get());
+                    let mut expected = 0u32;
+                    for i in 1..=n {
+                        expected =
+                            (expected << 1) | u32::from(d.bit(BucketIndex::new(index.get() - i)));
+                    }
+                    assert_eq!(d.bits_below(index, count), expected, "{index} {count}");
+                    assert_eq!(
+                        a.bits_below(index, count) ^ b.bits_below(index, count),
+                        expected
+                    );
+                }
+            }
+        }
     }
 
     #[test]
