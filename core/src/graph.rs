@@ -851,6 +851,26 @@ fn bucket_rank(to_target: &Distance, index: BucketIndex) -> u16 {
     }
 }
 
+/// How many of `contacts` (of bucket `index` of `own`'s table) fall in each
+/// of the bucket's `2^bits` sub-ranges (`bits` at most
+/// `Config::MAX_DIVERSITY_BITS`; the rest of the array stays zero).
+pub(crate) fn sub_range_counts(
+    own: &NodeId,
+    index: BucketIndex,
+    contacts: &[BucketEntry],
+    bits: u8,
+) -> [u16; 1 << Config::MAX_DIVERSITY_BITS] {
+    let own_bits = own.bits_below(index, bits);
+    let mut counts = [0u16; 1 << Config::MAX_DIVERSITY_BITS];
+    for entry in contacts {
+        let sub = (own_bits ^ entry.node_id.bits_below(index, bits)) as usize;
+        if let Some(c) = counts.get_mut(sub) {
+            *c += 1;
+        }
+    }
+    counts
+}
+
 /// Which contact of the full `bucket` (number `index` of `own`'s table) a
 /// new node should replace to spread the bucket more evenly over its range,
 /// if any: the least recently updated contact of the most crowded
@@ -870,12 +890,7 @@ fn diverse_eviction(
     }
     let own_bits = own.bits_below(index, bits);
     let sub_range = |id: &NodeId| (own_bits ^ id.bits_below(index, bits)) as usize;
-    let mut counts = [0u16; 1 << Config::MAX_DIVERSITY_BITS];
-    for entry in &bucket.contacts {
-        if let Some(c) = counts.get_mut(sub_range(&entry.node_id)) {
-            *c += 1;
-        }
-    }
+    let counts = sub_range_counts(own, index, &bucket.contacts, bits);
     // The most crowded sub-range; ties go to the lowest number (deterministic).
     let (crowded, most) =
         counts.iter().enumerate().fold(

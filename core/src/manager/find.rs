@@ -703,15 +703,8 @@ impl NodeManager {
             return;
         }
         let own = self.graph.own_node_id();
-        let share = self.config.k.div_ceil(1 << bits);
-        let mut counts = [0usize; 1 << crate::Config::MAX_DIVERSITY_BITS];
-        for entry in self.graph.bucket(bucket) {
-            if let Some(c) =
-                counts.get_mut(own.distance(&entry.node_id).bits_below(bucket, bits) as usize)
-            {
-                *c += 1;
-            }
-        }
+        let share = u16::try_from(self.config.k.div_ceil(1 << bits)).unwrap_or(u16::MAX);
+        let counts = crate::graph::sub_range_counts(&own, bucket, self.graph.bucket(bucket), bits);
         let current = own.distance(&op.target).bits_below(bucket, bits) as usize;
         if counts.get(current).copied().unwrap_or(0) < share {
             return;
