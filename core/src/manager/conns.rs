@@ -72,18 +72,22 @@ impl ConnTable {
         if limit == 0 {
             return Vec::new();
         }
-        // Each distance once; only the `limit` closest are sorted.
-        let mut peers: Vec<(crate::id::Distance, NodeId)> = self
-            .by_peer
-            .keys()
-            .map(|p| (p.distance(target), *p))
-            .collect();
-        if peers.len() > limit {
-            peers.select_nth_unstable(limit - 1);
-            peers.truncate(limit);
+        // One pass keeping the `limit` closest in order: no list of every
+        // peer (a node mid-join has hundreds of connections).
+        let mut closest: Vec<(crate::id::Distance, NodeId)> =
+            Vec::with_capacity(limit.min(self.by_peer.len()));
+        for peer in self.by_peer.keys() {
+            let distance = peer.distance(target);
+            if closest.len() >= limit {
+                if closest.last().is_some_and(|(d, _)| distance >= *d) {
+                    continue;
+                }
+                closest.pop();
+            }
+            let at = closest.partition_point(|(d, _)| *d < distance);
+            closest.insert(at, (distance, *peer));
         }
-        peers.sort_unstable();
-        peers.into_iter().map(|(_, p)| p).collect()
+        closest.into_iter().map(|(_, p)| p).collect()
     }
 
     pub(crate) fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
@@ -123,6 +127,23 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 1)),
             mode: ContactMode::Direct,
             leases: 0,
+        }
+    }
+
+    #[test]
+    fn closest_peers_are_the_limit_closest_in_order() {
+        let mut table = ConnTable::default();
+        for b in 0..40u8 {
+            let mut c = conn(0);
+            c.peer = NodeId::from_bytes([b.wrapping_mul(37); 32]);
+            table.insert(ConnId(u64::from(b)), c);
+        }
+        let target = NodeId::from_bytes([90; 32]);
+        let mut all: Vec<NodeId> = table.by_peer.keys().copied().collect();
+        all.sort_by_key(|p| p.distance(&target));
+        for limit in [0, 1, 5, 39, 40, 41] {
+            let want: Vec<NodeId> = all.iter().take(limit).copied().collect();
+            assert_eq!(table.closest_peers(&target, limit), want, "limit {limit}");
         }
     }
 

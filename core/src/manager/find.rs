@@ -91,6 +91,17 @@ enum CandidateState {
     Failed,
 }
 
+impl CandidateState {
+    /// The attempt or request this state waits for (their ids share one counter).
+    fn waits_for(&self) -> Option<u64> {
+        match self {
+            Self::Dialing { attempt, .. } => Some(attempt.0),
+            Self::Signalling { request } | Self::Querying { request } => Some(request.0),
+            Self::Waiting | Self::Answered | Self::Failed => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Candidate {
     node_id: NodeId,
@@ -123,12 +134,36 @@ pub(crate) struct FindNode {
     concurrency: usize,
     limit: usize,
     candidates: BTreeMap<Distance, Candidate>,
+    /// Which candidate each attempt or request in flight belongs to, so an
+    /// answer finds its candidate without a scan of the list.
+    waiting_on: Vec<(u64, NodeId)>,
     in_flight: usize,
     contacted: usize,
     mdns: MdnsPhase,
     /// A bucket refresh's lookup: fill this bucket evenly (see
     /// [`NodeManager::retarget_fill`]).
     fill: Option<BucketIndex>,
+}
+
+impl FindNode {
+    /// Sets the state of the candidate at `distance`, noting the attempt or
+    /// request it now waits for.
+    fn set_state(&mut self, distance: &Distance, state: CandidateState) {
+        if let Some(c) = self.candidates.get_mut(distance) {
+            if let Some(key) = state.waits_for() {
+                self.waiting_on.push((key, c.node_id));
+            }
+            c.state = state;
+        }
+    }
+
+    /// The distance of the candidate waiting for attempt or request `key`,
+    /// forgetting the wait.
+    fn take_waiting(&mut self, key: u64) -> Option<Distance> {
+        let i = self.waiting_on.iter().position(|(k, _)| *k == key)?;
+        let (_, node_id) = self.waiting_on.swap_remove(i);
+        Some(self.target.distance(&node_id))
+    }
 }
 
 /// An mDNS query collecting answers until its deadline.
@@ -288,6 +323,7 @@ impl NodeManager {
                 .max(1),
             limit: options.limit.unwrap_or(self.config.find_node_limit),
             candidates: BTreeMap::new(),
+            waiting_on: Vec::new(),
             in_flight: 0,
             contacted: 0,
             mdns: MdnsPhase::Off,
@@ -476,16 +512,11 @@ impl NodeManager {
         remote: SocketAddr,
     ) -> Option<Step> {
         let target = op.target;
-        let candidate = op.candidates.values_mut().find(
-            |c| matches!(c.state, CandidateState::Dialing { attempt: a, .. } if a == attempt),
-        )?;
-        let via_signal = matches!(
-            candidate.state,
-            CandidateState::Dialing {
-                via_signal: true,
-                ..
-            }
-        );
+        let distance = op.take_waiting(attempt.0)?;
+        let candidate = op.candidates.get(&distance)?;
+        let CandidateState::Dialing { via_signal, .. } = candidate.state else {
+            return None;
+        };
         if candidate.node_id == target {
             let mode = if via_signal {
                 ContactMode::Signal
@@ -495,14 +526,15 @@ impl NodeManager {
             return Some(Step::Done(Ok(self.found(remote, mode, false))));
         }
         let request = self.send_request(id, conn, Request::ClosestNodes { target });
-        candidate.state = CandidateState::Querying { request };
+        op.set_state(&distance, CandidateState::Querying { request });
         None
     }
 
     fn find_connect_failed(&mut self, id: OpId, op: &mut FindNode, attempt: AttemptId) {
-        let Some(candidate) = op.candidates.values_mut().find(
-            |c| matches!(c.state, CandidateState::Dialing { attempt: a, .. } if a == attempt),
-        ) else {
+        let Some(distance) = op.take_waiting(attempt.0) else {
+            return;
+        };
+        let Some(candidate) = op.candidates.get(&distance) else {
             return;
         };
         let CandidateState::Dialing {
@@ -517,28 +549,24 @@ impl NodeManager {
         // Next address; then, if direct failed, a signal; then give up.
         if !via_signal && let Some(next) = candidate.addresses.get(address + 1).cloned() {
             let attempt = self.dial(id, node_id, &next, ContactMode::Direct, op.connect_timeout);
-            if let Some(c) = op.candidates.get_mut(&op.target.distance(&node_id)) {
-                c.state = CandidateState::Dialing {
+            op.set_state(
+                &distance,
+                CandidateState::Dialing {
                     attempt,
                     address: address + 1,
                     via_signal: false,
-                };
-            }
+                },
+            );
             return;
         }
-        let distance = op.target.distance(&node_id);
         if !via_signal
             && op.strategies.signal
             && let Some(state) = self.start_signal(id, op, distance)
         {
-            if let Some(c) = op.candidates.get_mut(&distance) {
-                c.state = state;
-            }
+            op.set_state(&distance, state);
             return;
         }
-        if let Some(c) = op.candidates.get_mut(&distance) {
-            c.state = CandidateState::Failed;
-        }
+        op.set_state(&distance, CandidateState::Failed);
         op.in_flight = op.in_flight.saturating_sub(1);
     }
 
@@ -571,15 +599,14 @@ impl NodeManager {
         request: RequestId,
         result: Result<Response, super::RpcFailure>,
     ) -> Option<Step> {
-        let (distance, candidate) = op.candidates.iter().find(|(_, c)| {
-            matches!(
-                c.state,
-                CandidateState::Signalling { request: r } | CandidateState::Querying { request: r }
-                    if r == request
-            )
-        })?;
-        let (distance, node_id) = (*distance, candidate.node_id);
-        let signalling = matches!(candidate.state, CandidateState::Signalling { .. });
+        let distance = op.take_waiting(request.0)?;
+        let candidate = op.candidates.get(&distance)?;
+        let signalling = match candidate.state {
+            CandidateState::Signalling { request: r } if r == request => true,
+            CandidateState::Querying { request: r } if r == request => false,
+            _ => return None,
+        };
+        let node_id = candidate.node_id;
         let next = match (signalling, result) {
             (true, Ok(Response::Signal { target_address })) => {
                 // Punch from our side while the target punches from its side.
@@ -610,9 +637,7 @@ impl NodeManager {
                 CandidateState::Failed
             }
         };
-        if let Some(c) = op.candidates.get_mut(&distance) {
-            c.state = next;
-        }
+        op.set_state(&distance, next);
         None
     }
 
@@ -675,9 +700,7 @@ impl NodeManager {
             } else {
                 self.start_signal(id, op, distance)
             };
-            if let Some(c) = op.candidates.get_mut(&distance) {
-                c.state = state.unwrap_or(CandidateState::Failed);
-            }
+            op.set_state(&distance, state.unwrap_or(CandidateState::Failed));
         }
         self.find_finished(op)
             .then_some(Step::Done(Ok(OpValue::Found(None))))
@@ -733,8 +756,9 @@ impl NodeManager {
     }
 
     fn reachable(&self, op: &FindNode, c: &Candidate) -> bool {
-        self.conns.is_connected(&c.node_id)
-            || (op.strategies.direct && !c.addresses.is_empty())
+        // The check without a table lookup first.
+        (op.strategies.direct && !c.addresses.is_empty())
+            || self.conns.is_connected(&c.node_id)
             || (op.strategies.signal && c.signallers.iter().any(|s| self.conns.is_connected(s)))
     }
 
