@@ -69,6 +69,9 @@ pub struct Options {
     pub ideal: bool,
     /// Lookups of the k closest nodes to random keys instead of node lookups.
     pub closest: bool,
+    /// Print a line on standard error at every tenth of the build and at
+    /// each phase (a 100,000-node run takes over an hour).
+    pub progress: bool,
 }
 
 /// What the run measured.
@@ -137,12 +140,17 @@ pub fn run(options: &Options) -> Report {
     let mut sim = ManagerSim::new(ManagerLevel::new(options.seed), net, options.seed);
     let before = alloc::live_bytes();
     alloc::reset_peak();
+    let progress = Progress {
+        on: options.progress,
+        wall,
+    };
     let joins_failed = if options.ideal {
         build_ideal(&mut sim, &ids, options.seed);
         0
     } else {
-        build_by_joining(&mut sim, &ids, options.seed)
+        build_by_joining(&mut sim, &ids, options.seed, &progress)
     };
+    progress.note(&sim, "network built");
     let bytes_per_node = (alloc::live_bytes().saturating_sub(before) / n) as u64;
     let contacts_mean = (0..n)
         .filter_map(|i| sim.level.node(HostId(i as u32)))
@@ -162,6 +170,7 @@ pub fn run(options: &Options) -> Report {
         }
         alive.sort();
         sim.advance(Duration::from_secs(60));
+        progress.note(&sim, "dead nodes gone");
     }
     let outcomes = run_lookups(&mut sim, &alive, options, &mut pick);
     let mut report = summarise(
@@ -178,8 +187,27 @@ pub fn run(options: &Options) -> Report {
     report
 }
 
+/// `--progress`: where a long run is, on standard error.
+struct Progress {
+    on: bool,
+    wall: Instant,
+}
+
+impl Progress {
+    fn note(&self, sim: &ManagerSim, what: &str) {
+        if self.on {
+            eprintln!(
+                "simulate: {what}: virtual {:.0} s, {} events, wall {:.0} s",
+                sim.elapsed().as_secs_f64(),
+                sim.steps(),
+                self.wall.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
 /// Node i joins at `i × interval` from seeds among the nodes before it.
-fn build_by_joining(sim: &mut ManagerSim, ids: &[NodeId], seed: u64) -> usize {
+fn build_by_joining(sim: &mut ManagerSim, ids: &[NodeId], seed: u64, progress: &Progress) -> usize {
     let n = ids.len();
     let interval = (BUILD_TIME / n as u32).max(Duration::from_millis(1));
     let mut seeds_rng = rng(seed, b"seednode");
@@ -206,6 +234,9 @@ fn build_by_joining(sim: &mut ManagerSim, ids: &[NodeId], seed: u64) -> usize {
         };
         seeds.sort();
         joins.push((host, sim.join(host, &seeds)));
+        if (i + 1) % n.div_ceil(10) == 0 {
+            progress.note(sim, &format!("{} of {n} nodes joining", i + 1));
+        }
     }
     // Let the last joins finish, then let connections idle out.
     sim.advance(SETTLE_TIME);

@@ -81,6 +81,7 @@ fn options(nodes: usize) -> Options {
         dead: 0.0,
         ideal: false,
         closest: false,
+        progress: false,
     }
 }
 

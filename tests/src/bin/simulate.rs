@@ -37,6 +37,9 @@ struct Args {
     /// Look up the k closest nodes to random keys instead of nodes.
     #[arg(long)]
     closest: bool,
+    /// Print where the run is on standard error (every tenth of the build).
+    #[arg(long)]
+    progress: bool,
 }
 
 fn main() {
@@ -55,6 +58,7 @@ fn main() {
         dead: args.dead,
         ideal: args.ideal,
         closest: args.closest,
+        progress: args.progress,
     };
     let report = report::run(&options);
     if args.json {
