@@ -255,3 +255,42 @@ fn a_node_offline_is_not_found_until_it_is_back_and_one_gone_is_dropped() {
     assert!(!connected(&sim, finder, target));
     assert!(!sim.level.is_alive(target));
 }
+
+/// A target behind a port-restricted NAT joins through a public seed, its
+/// connection check running every `check` (zero: off); after `idle`, a
+/// public finder joins through the seed and looks the target up. Returns
+/// whether the seed was still connected to the target, and whether the
+/// finder reached it.
+fn reached_after_idle(check: Duration, idle: Duration) -> (bool, bool) {
+    let mut sim = network(9, 0.0);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let seed = sim.add_node(quiet(), rng.random(), NatType::None);
+    let mut config = quiet();
+    config.retry_connections_delay = check;
+    let target = sim.add_node(config, rng.random(), NatType::PortRestricted);
+    let finder = sim.add_node(quiet(), rng.random(), NatType::None);
+    join(&mut sim, target, &[seed]);
+    sim.advance(idle);
+    let still = connected(&sim, seed, target);
+    join(&mut sim, finder, &[seed]);
+    let id = sim.level.node_id(target);
+    let reached = match find(&mut sim, finder, id) {
+        Ok(OpValue::Found(Some(_))) => true,
+        Ok(OpValue::Found(None)) => false,
+        other => panic!("{other:?}"),
+    };
+    (still, reached)
+}
+
+/// A node behind a NAT can only be reached through a node connected to
+/// it, and idle connections close after 60 s. The periodic connection
+/// check (every 45 s by default: a lookup of the node's own NodeId) uses
+/// its connections to its closest nodes, so they stay up and it stays
+/// reachable however long it is idle. Without the check it is not.
+#[test]
+fn a_node_behind_a_nat_stays_reachable_while_its_connection_check_runs() {
+    let idle = Duration::from_secs(20 * 60);
+    let default_check = Config::default().retry_connections_delay;
+    assert_eq!(reached_after_idle(default_check, idle), (true, true));
+    assert_eq!(reached_after_idle(Duration::ZERO, idle), (false, false));
+}
