@@ -413,3 +413,63 @@ fn ping_node_address_proves_the_node_id() {
         .is_err()
     );
 }
+
+/// A relay answers a signal request with the target's address and sends
+/// the target a fire-and-forget `SignalFinal`; the target's answer to that
+/// is expected, not a stale event. An answer nobody asked for still is.
+#[test]
+fn a_relayed_signal_answer_is_expected_and_a_stray_one_is_stale() {
+    use keynode_core::wire::{Request, Response};
+    use keynode_core::{ConnId, PeerRequestId, RequestId};
+
+    let mut s = Script::started(quiet_config(), id(1));
+    for (conn, peer) in [(1, 2u8), (2, 3)] {
+        s.handle(Event::ConnectionUp {
+            conn: ConnId(conn),
+            peer: id(peer),
+            remote: addr(peer.into()),
+            attempt: None,
+        });
+    }
+    let cmds = s.handle(Event::RequestReceived {
+        conn: ConnId(1),
+        request: PeerRequestId(7),
+        body: Request::Signal { target: id(3) },
+    });
+    let answer = cmds.iter().find_map(|c| match c {
+        Command::SendResponse { request, body, .. } if *request == PeerRequestId(7) => {
+            Some(body.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(
+        answer,
+        Some(Response::Signal {
+            target_address: addr(3)
+        })
+    );
+    let relayed = cmds.iter().find_map(|c| match c {
+        Command::SendRequest {
+            conn: ConnId(2),
+            request,
+            body: Request::SignalFinal { source, .. },
+            ..
+        } if *source == id(2) => Some(*request),
+        _ => None,
+    });
+    let relayed = relayed.expect("the target is told to punch towards the requester");
+
+    s.handle(Event::ResponseReceived {
+        request: relayed,
+        result: Ok(Response::Ack),
+    });
+    assert_eq!(s.node.stats().stale_events, 0);
+    // Only once, and a stray answer counts.
+    for request in [relayed, RequestId(999_999)] {
+        s.handle(Event::ResponseReceived {
+            request,
+            result: Ok(Response::Ack),
+        });
+    }
+    assert_eq!(s.node.stats().stale_events, 2);
+}

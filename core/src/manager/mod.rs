@@ -208,6 +208,10 @@ pub struct NodeManager {
     attempts: BTreeMap<AttemptId, Attempt>,
     resolves: BTreeMap<ResolveId, (AttemptId, u16)>,
     requests: BTreeMap<RequestId, OpId>,
+    /// Signals relayed to their targets (fire and forget), whose answers
+    /// are expected and dropped; at most `max_operations`, the oldest
+    /// forgotten first.
+    relayed_signals: BTreeSet<RequestId>,
     queries: BTreeMap<QueryId, OpId>,
     batches: BTreeMap<BatchId, OpId>,
     tasks: tasks::TaskTable,
@@ -264,6 +268,7 @@ impl NodeManager {
             attempts: BTreeMap::new(),
             resolves: BTreeMap::new(),
             requests: BTreeMap::new(),
+            relayed_signals: BTreeSet::new(),
             queries: BTreeMap::new(),
             batches: BTreeMap::new(),
             tasks: tasks::TaskTable::default(),
@@ -392,6 +397,7 @@ impl NodeManager {
             } => self.serve(conn, request, body),
             Event::ResponseReceived { request, result } => match self.requests.remove(&request) {
                 Some(op) => self.input(op, Input::Response { request, result }),
+                None if self.relayed_signals.remove(&request) => {}
                 None => self.stats.stale_events += 1,
             },
             Event::StreamOpened {
@@ -599,6 +605,7 @@ impl NodeManager {
         self.attempts.clear();
         self.resolves.clear();
         self.requests.clear();
+        self.relayed_signals.clear();
         self.batches.clear();
         self.streams.clear();
         self.chain_owner = None;

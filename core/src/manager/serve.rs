@@ -90,6 +90,10 @@ impl NodeManager {
                 };
                 // Fire and forget: the target punches towards the requester.
                 let id = RequestId(self.fresh_id());
+                if self.relayed_signals.len() >= self.config.max_operations {
+                    self.relayed_signals.pop_first();
+                }
+                self.relayed_signals.insert(id);
                 self.commands.push_back(Command::SendRequest {
                     conn: target_conn,
                     request: id,
