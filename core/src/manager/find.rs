@@ -801,14 +801,27 @@ fn addresses_where(
     contact: &NodeContact,
     keep: impl Fn(&NodeContactAddressData) -> bool,
 ) -> Vec<NodeAddress> {
-    let mut list: Vec<(&NodeAddress, &NodeContactAddressData)> =
-        contact.iter().filter(|(_, d)| keep(d)).collect();
-    if list.len() > 1 {
-        list.sort_by_key(|(_, d)| std::cmp::Reverse(d.connected_time));
+    let mut addresses: Vec<NodeAddress> = contact
+        .iter()
+        .filter(|(_, d)| keep(d))
+        .map(|(a, _)| a.clone())
+        .collect();
+    if addresses.len() > 1 {
+        // At most five: looking each time up again costs less than a second list.
+        let connected = |a: &NodeAddress| contact.get(a).map_or(0, |d| d.connected_time);
+        addresses.sort_by_key(|a| std::cmp::Reverse(connected(a)));
     }
-    let mut addresses = Vec::with_capacity(list.len());
-    addresses.extend(list.into_iter().map(|(a, _)| a.clone()));
     addresses
+}
+
+/// Whether `addresses` fit a candidate as they are: at most
+/// [`NodeContact::MAX_ADDRESSES`], none twice.
+fn all_distinct_and_few(addresses: &[NodeAddress]) -> bool {
+    addresses.len() <= NodeContact::MAX_ADDRESSES
+        && addresses
+            .iter()
+            .enumerate()
+            .all(|(i, a)| !addresses.iter().skip(i + 1).any(|b| b == a))
 }
 
 /// Adds a candidate or merges what is new about it; forgets the farthest
@@ -841,11 +854,16 @@ fn add_candidate(
         signallers: Vec::new(),
         state: CandidateState::Waiting,
     });
-    for address in addresses {
-        if candidate.addresses.len() < NodeContact::MAX_ADDRESSES
-            && !candidate.addresses.contains(&address)
-        {
-            candidate.addresses.push(address);
+    if candidate.addresses.is_empty() && all_distinct_and_few(&addresses) {
+        // What the merge below would build, without building it again.
+        candidate.addresses = addresses;
+    } else {
+        for address in addresses {
+            if candidate.addresses.len() < NodeContact::MAX_ADDRESSES
+                && !candidate.addresses.contains(&address)
+            {
+                candidate.addresses.push(address);
+            }
         }
     }
     if let Some(s) = signaller
