@@ -36,11 +36,12 @@ use std::time::{Duration, Instant};
 
 use keynode_core::net::{NetCommand, NetConfig as QuicConfig, Node, Transmit};
 use keynode_core::{
-    Command, Config, Event, FindOptions, NodeAddress, NodeEvent, NodeId, NodeManager, Now, OpError,
-    OpId, OpValue, Output, SeedNodes,
+    Command, Config, Event, FindOptions, NodeAddress, NodeId, NodeManager, Now, OpError, OpId,
+    OpValue, Output, SeedNodes,
 };
 
 use crate::net::{HostId, NatType, Network, mix};
+use crate::outputs::HostOutputs;
 use crate::sim::{Ctx, Level, Sim};
 
 /// What travels in the datagram-level simulation.
@@ -89,11 +90,8 @@ struct Host {
 pub struct DatagramLevel {
     hosts: Vec<Host>,
     by_id: BTreeMap<NodeId, HostId>,
-    results: BTreeMap<(HostId, OpId), Result<OpValue, OpError>>,
-    /// Node events, kept only when asked for (`keep_events`).
-    events: Vec<(HostId, NodeEvent)>,
-    /// Whether to keep node events.
-    pub keep_events: bool,
+    /// The operations' results and the node events.
+    pub outputs: HostOutputs,
     /// The QUIC settings of nodes added from now on.
     pub quic: QuicConfig,
     /// The datagram counters.
@@ -110,9 +108,7 @@ impl DatagramLevel {
         Self {
             hosts: Vec::new(),
             by_id: BTreeMap::new(),
-            results: BTreeMap::new(),
-            events: Vec::new(),
-            keep_events: false,
+            outputs: HostOutputs::default(),
             quic: QuicConfig::default(),
             stats: DatagramStats::default(),
             seed,
@@ -162,21 +158,6 @@ impl DatagramLevel {
         self.node(host).is_some()
     }
 
-    /// The result of an operation, once done.
-    pub fn result(&self, host: HostId, op: OpId) -> Option<&Result<OpValue, OpError>> {
-        self.results.get(&(host, op))
-    }
-
-    /// Takes the result of an operation, once done.
-    pub fn take_result(&mut self, host: HostId, op: OpId) -> Option<Result<OpValue, OpError>> {
-        self.results.remove(&(host, op))
-    }
-
-    /// The node events kept so far (with `keep_events`).
-    pub fn events(&self) -> &[(HostId, NodeEvent)] {
-        &self.events
-    }
-
     /// QUIC connections up, summed over the hosts (each connection counts
     /// once per side).
     pub fn connection_ends(&self) -> usize {
@@ -216,12 +197,10 @@ impl DatagramLevel {
                 NetCommand::Manager(Command::Output(Output::Done { op, result })) => {
                     ctx.trace
                         .add(&[3, u64::from(host.0), op.0, done_digest(&result)]);
-                    self.results.insert((host, op), result);
+                    self.outputs.done(host, op, result);
                 }
                 NetCommand::Manager(Command::Output(Output::Event(event))) => {
-                    if self.keep_events {
-                        self.events.push((host, event));
-                    }
+                    self.outputs.event(host, event);
                 }
                 NetCommand::Manager(Command::Resolve { resolve, .. }) => ctx.schedule(
                     Duration::ZERO,
@@ -380,7 +359,7 @@ impl Sim<DatagramLevel> {
         });
         self.level.by_id.insert(id, host);
         self.with(|level, ctx| level.pump(ctx, host));
-        let _started = self.level.take_result(host, start);
+        let _started = self.level.outputs.take_result(host, start);
         host
     }
 
@@ -419,8 +398,8 @@ impl Sim<DatagramLevel> {
         limit: Duration,
     ) -> Option<Result<OpValue, OpError>> {
         let end = self.elapsed() + limit;
-        self.run_until(end, |sim| sim.level.result(host, op).is_some());
-        self.level.take_result(host, op)
+        self.run_until(end, |sim| sim.level.outputs.result(host, op).is_some());
+        self.level.outputs.take_result(host, op)
     }
 
     /// The host leaves for good: its node is dropped without a word, and

@@ -14,21 +14,20 @@
 //!   timeout closes the connections on both sides;
 //! - store batches commit at once; mDNS finds nothing; hostnames do not resolve.
 
-use std::collections::BTreeMap;
-
 use crate::hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use keynode_core::wire::{Request, Response};
 use keynode_core::{
-    AttemptId, Command, Config, ConnId, ConnectFailure, Event, FindOptions, NodeAddress, NodeEvent,
-    NodeId, NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, RequestId, RpcFailure,
-    SeedNodes, Snapshot,
+    AttemptId, Command, Config, ConnId, ConnectFailure, Event, FindOptions, NodeAddress, NodeId,
+    NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, RequestId, RpcFailure, SeedNodes,
+    Snapshot,
 };
 
 use crate::lookup::{LookupOutcome, Lookups};
 use crate::net::{HostId, NatType, Network, mix};
+use crate::outputs::HostOutputs;
 use crate::sim::{Ctx, Level, Sim};
 use crate::trace::digest_bytes;
 
@@ -162,11 +161,8 @@ pub struct ManagerLevel {
     next_conn: u64,
     inbound: FxHashMap<(HostId, PeerRequestId), Inbound>,
     next_peer_request: u64,
-    results: BTreeMap<(HostId, OpId), Result<OpValue, OpError>>,
-    /// Node events, kept only when asked for (`keep_events`).
-    events: Vec<(HostId, NodeEvent)>,
-    /// Whether to keep node events.
-    pub keep_events: bool,
+    /// The operations' results and the node events.
+    pub outputs: HostOutputs,
     /// The lookups whose hops are measured.
     pub lookups: Lookups,
     /// The driver's counters.
@@ -187,9 +183,7 @@ impl ManagerLevel {
             next_conn: 1,
             inbound: FxHashMap::default(),
             next_peer_request: 1,
-            results: BTreeMap::new(),
-            events: Vec::new(),
-            keep_events: false,
+            outputs: HostOutputs::default(),
             lookups: Lookups::default(),
             stats: DriverStats::default(),
             seed,
@@ -224,40 +218,6 @@ impl ManagerLevel {
     /// Whether the host's node runs (it did not leave).
     pub fn is_alive(&self, host: HostId) -> bool {
         self.node(host).is_some()
-    }
-
-    /// The result of an operation, once done.
-    pub fn result(&self, host: HostId, op: OpId) -> Option<&Result<OpValue, OpError>> {
-        self.results.get(&(host, op))
-    }
-
-    /// Takes the result of an operation, once done.
-    pub fn take_result(&mut self, host: HostId, op: OpId) -> Option<Result<OpValue, OpError>> {
-        self.results.remove(&(host, op))
-    }
-
-    /// Results not taken yet, of every host.
-    pub fn untaken_results(
-        &self,
-    ) -> impl Iterator<Item = (&(HostId, OpId), &Result<OpValue, OpError>)> {
-        self.results.iter()
-    }
-
-    /// Forgets every result of `host` not taken yet.
-    pub fn take_results_of(&mut self, host: HostId) {
-        let keys: Vec<(HostId, OpId)> = self
-            .results
-            .range((host, OpId(0))..=(host, OpId(u64::MAX)))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            self.results.remove(&key);
-        }
-    }
-
-    /// The node events kept so far (with `keep_events`).
-    pub fn events(&self) -> &[(HostId, NodeEvent)] {
-        &self.events
     }
 
     /// Connections open, counted once each.
@@ -302,12 +262,10 @@ impl ManagerLevel {
                         ctx.trace
                             .add(&[4, u64::from(outcome.hops), outcome.requests.into()]);
                     }
-                    self.results.insert((host, op), result);
+                    self.outputs.done(host, op, result);
                 }
                 Command::Output(Output::Event(event)) => {
-                    if self.keep_events {
-                        self.events.push((host, event));
-                    }
+                    self.outputs.event(host, event);
                 }
                 Command::Connect {
                     attempt,
@@ -834,7 +792,7 @@ impl Sim<ManagerLevel> {
         });
         self.level.by_id.insert(node_id, host);
         self.with(|level, ctx| level.pump(ctx, host));
-        let _started = self.level.take_result(host, start);
+        let _started = self.level.outputs.take_result(host, start);
         host
     }
 
@@ -888,8 +846,8 @@ impl Sim<ManagerLevel> {
         limit: Duration,
     ) -> Option<Result<OpValue, OpError>> {
         let end = self.elapsed() + limit;
-        self.run_until(end, |sim| sim.level.result(host, op).is_some());
-        self.level.take_result(host, op)
+        self.run_until(end, |sim| sim.level.outputs.result(host, op).is_some());
+        self.level.outputs.take_result(host, op)
     }
 
     /// The host leaves for good: its node stops and its peers notice when

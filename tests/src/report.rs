@@ -242,7 +242,7 @@ fn build_by_joining(sim: &mut ManagerSim, ids: &[NodeId], seed: u64, progress: &
     sim.advance(SETTLE_TIME);
     joins
         .into_iter()
-        .filter(|(host, op)| !matches!(sim.level.take_result(*host, *op), Some(Ok(_))))
+        .filter(|(host, op)| !matches!(sim.level.outputs.take_result(*host, *op), Some(Ok(_))))
         .count()
 }
 
@@ -287,7 +287,7 @@ fn build_ideal(sim: &mut ManagerSim, ids: &[NodeId], seed: u64) {
             }
         }
         // The set_node operations are done at once (the buckets have room).
-        sim.level.take_results_of(host);
+        sim.level.outputs.take_results_of(host);
     }
 }
 
@@ -368,7 +368,7 @@ fn run_lookups(
         let any_done = sim.run_until(end, |s| {
             outstanding
                 .iter()
-                .any(|(h, op, _)| s.level.result(*h, *op).is_some())
+                .any(|(h, op, _)| s.level.outputs.result(*h, *op).is_some())
         });
         assert!(
             any_done,
@@ -377,7 +377,7 @@ fn run_lookups(
         let mut i = 0;
         while i < outstanding.len() {
             let (host, op, target) = outstanding[i];
-            let Some(result) = sim.level.take_result(host, op) else {
+            let Some(result) = sim.level.outputs.take_result(host, op) else {
                 i += 1;
                 continue;
             };

@@ -164,6 +164,7 @@ fn scenario(seed: u64) -> u64 {
     sim.advance(Duration::from_secs(300));
     let extra: Vec<String> = sim
         .level
+        .outputs
         .untaken_results()
         .map(|(k, r)| format!("{k:?}: {r:?}"))
         .collect();

@@ -382,7 +382,7 @@ fn lookups_keep_working_while_thirty_percent_of_nodes_leave() {
         }
         sim.advance(Duration::from_secs(1));
         running.retain(|(finder, op, target)| {
-            let Some(result) = sim.level.take_result(*finder, *op) else {
+            let Some(result) = sim.level.outputs.take_result(*finder, *op) else {
                 return true;
             };
             // Only lookups whose target stayed count.
@@ -396,9 +396,9 @@ fn lookups_keep_working_while_thirty_percent_of_nodes_leave() {
     assert_eq!(alive.len(), N - 30);
     sim.advance(Duration::from_secs(120));
     assert!(
-        running
-            .iter()
-            .all(|(f, op, _)| sim.level.result(*f, *op).is_some() || !sim.level.is_alive(*f)),
+        running.iter().all(
+            |(f, op, _)| sim.level.outputs.result(*f, *op).is_some() || !sim.level.is_alive(*f)
+        ),
         "every lookup of a live finder ended"
     );
     assert!(counted >= 100, "{counted} lookups counted");
