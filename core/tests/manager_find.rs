@@ -473,3 +473,71 @@ fn a_relayed_signal_answer_is_expected_and_a_stray_one_is_stale() {
     }
     assert_eq!(s.node.stats().stale_events, 2);
 }
+
+/// A direct dial that fails moves on to the candidate's next address (most
+/// recently connected first), and the lookup ends where that one answered.
+#[test]
+fn a_failed_dial_moves_on_to_the_candidates_next_address() {
+    use keynode_core::{AttemptId, ConnId, ConnectFailure};
+
+    let mut s = Script::started(quiet_config(), id(1));
+    let (older, newer) = (addr(20), addr(21));
+    for (address, connected_time) in [(older, 100), (newer, 200)] {
+        let data = NodeContactAddressData {
+            mode: ContactMode::Direct,
+            connected_time,
+            scopes: NodeAddressScopes::GLOBAL,
+        };
+        let op = s
+            .node
+            .set_node(
+                s.now,
+                id(2),
+                NodeAddress::from(address),
+                data,
+                false,
+                false,
+                None,
+            )
+            .unwrap();
+        s.drain();
+        assert!(matches!(s.done(op), Some(Ok(_))));
+    }
+    let dials = |cmds: &[Command]| -> Vec<(AttemptId, SocketAddr)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Connect {
+                    attempt, address, ..
+                } => Some((*attempt, *address)),
+                _ => None,
+            })
+            .collect()
+    };
+
+    let op = s
+        .node
+        .find_node(s.now, id(2), FindOptions::default())
+        .unwrap();
+    let first = dials(&s.drain());
+    assert_eq!(first.iter().map(|d| d.1).collect::<Vec<_>>(), vec![newer]);
+    let cmds = s.handle(Event::ConnectFailed {
+        attempt: first[0].0,
+        failure: ConnectFailure::Timeout,
+    });
+    let second = dials(&cmds);
+    assert_eq!(second.iter().map(|d| d.1).collect::<Vec<_>>(), vec![older]);
+    assert_eq!(s.done(op), None);
+    s.handle(Event::ConnectionUp {
+        conn: ConnId(1),
+        peer: id(2),
+        remote: older,
+        attempt: Some(second[0].0),
+    });
+    match s.done(op) {
+        Some(Ok(OpValue::Found(Some((at, data))))) => {
+            assert_eq!(at, NodeAddress::from(older));
+            assert_eq!(data.mode, ContactMode::Direct);
+        }
+        other => panic!("{other:?}"),
+    }
+}
