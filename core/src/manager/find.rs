@@ -700,7 +700,14 @@ impl NodeManager {
             } else {
                 self.start_signal(id, op, distance)
             };
-            op.set_state(&distance, state.unwrap_or(CandidateState::Failed));
+            match state {
+                Some(state) => op.set_state(&distance, state),
+                // No attempt started after all: it is not in flight.
+                None => {
+                    op.set_state(&distance, CandidateState::Failed);
+                    op.in_flight = op.in_flight.saturating_sub(1);
+                }
+            }
         }
         self.find_finished(op)
             .then_some(Step::Done(Ok(OpValue::Found(None))))
