@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Net, Script, addr, id};
+use common::{Net, Script, addr, connects, id};
 use keynode_core::{
     Command, Config, ContactMode, Event, FindOptions, MdnsConfig, NodeAddress, NodeAddressScopes,
     NodeContactAddressData, NodeId, OpError, OpValue,
@@ -504,13 +504,9 @@ fn a_failed_dial_moves_on_to_the_candidates_next_address() {
         assert!(matches!(s.done(op), Some(Ok(_))));
     }
     let dials = |cmds: &[Command]| -> Vec<(AttemptId, SocketAddr)> {
-        cmds.iter()
-            .filter_map(|c| match c {
-                Command::Connect {
-                    attempt, address, ..
-                } => Some((*attempt, *address)),
-                _ => None,
-            })
+        connects(cmds)
+            .into_iter()
+            .map(|(a, _, at)| (a, at))
             .collect()
     };
 

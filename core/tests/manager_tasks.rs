@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{ModelStore, Script, addr, id, seed};
+use common::{ModelStore, Script, addr, connects, id, seed};
 use keynode_core::wire::{Request, Response};
 use keynode_core::{
     ApiError, AttemptId, BucketIndex, Command, Config, ConnId, ConnectFailure, ConnectionErrorCode,
@@ -80,20 +80,6 @@ fn refresh_dues(tasks: &BTreeMap<TaskKey, TaskRecord>) -> BTreeMap<BucketIndex, 
 /// The monotonic instant a task due at `due_unix_ms` should fire at.
 fn mono_due(now: Now, due_unix_ms: u64) -> std::time::Instant {
     now.mono + Duration::from_millis(due_unix_ms.saturating_sub(now.unix_ms))
-}
-
-fn connects(cmds: &[Command]) -> Vec<(AttemptId, NodeId, SocketAddr)> {
-    cmds.iter()
-        .filter_map(|c| match c {
-            Command::Connect {
-                attempt,
-                node_id,
-                address,
-                ..
-            } => Some((*attempt, *node_id, *address)),
-            _ => None,
-        })
-        .collect()
 }
 
 fn closes(cmds: &[Command]) -> Vec<(ConnId, ConnectionErrorCode)> {

@@ -775,3 +775,18 @@ impl Default for Net {
 
 /// A queue of scripted responses, for tests that answer by hand.
 pub type Scripted = VecDeque<Command>;
+
+/// The connection attempts among `cmds`, in order.
+pub fn connects(cmds: &[Command]) -> Vec<(keynode_core::AttemptId, NodeId, SocketAddr)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Connect {
+                attempt,
+                node_id,
+                address,
+                ..
+            } => Some((*attempt, *node_id, *address)),
+            _ => None,
+        })
+        .collect()
+}
