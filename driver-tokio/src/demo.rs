@@ -102,7 +102,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     let mut agents: Vec<Agent> = Vec::with_capacity(options.nodes);
     for i in 0..options.nodes {
         let config = AgentConfig::new(root.path().join(format!("agent-{i}")), loopback);
-        agents.push(Agent::start(config).await?);
+        agents.push(crate::start(config).await?);
         bar.inc(1);
     }
     let mut report = DemoReport {

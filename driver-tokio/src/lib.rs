@@ -1,16 +1,18 @@
-//! keynode on tokio: [`Agent`] runs a node (UDP socket, QUIC, LMDB on its
-//! own thread, timers) and offers the spec's NodeManager methods as async
-//! functions. The `keynode` binary is built on it.
+//! keynode on tokio: [`start`] runs an agent (UDP sockets, QUIC, LMDB on
+//! its own thread, timers) on the current tokio runtime and returns its
+//! [`Agent`] handle, which offers the spec's NodeManager methods as async
+//! functions. The control socket and the `keynode` binary are built on it.
 //!
-//! The driver decides nothing: it moves datagrams between the socket and
-//! the core, applies store batches and reports their commits, resolves
-//! hostnames, and sleeps until the core's next deadline.
+//! The handle and everything else that does not depend on the runtime live
+//! in `keynode-agent` (re-exported here); this crate runs the loop.
 
 #![warn(missing_docs)]
 
-mod agent;
 pub mod control;
 pub mod demo;
-mod store_thread;
+mod run;
 
-pub use agent::{Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, load_or_create_key, now};
+pub use keynode_agent::{
+    Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, load_or_create_key, now,
+};
+pub use run::start;

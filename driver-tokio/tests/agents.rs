@@ -15,7 +15,7 @@ fn loopback() -> SocketAddr {
 }
 
 async fn start(dir: &std::path::Path, name: &str) -> Agent {
-    Agent::start(AgentConfig::new(dir.join(name), loopback()))
+    keynode_tokio::start(AgentConfig::new(dir.join(name), loopback()))
         .await
         .expect("agent starts")
 }
@@ -257,7 +257,7 @@ async fn two_agents_without_seeds_find_each_other_by_mdns() {
         let mut config = AgentConfig::new(dir.path().join(name), loopback());
         config.config.mdns = Some(mdns.clone());
         config.mdns_interface = std::net::Ipv4Addr::LOCALHOST;
-        agents.push(Agent::start(config).await.unwrap());
+        agents.push(keynode_tokio::start(config).await.unwrap());
     }
     let (a, b) = (&agents[0], &agents[1]);
     // Give the announcements a moment to go out.
@@ -285,7 +285,7 @@ async fn two_agents_without_seeds_find_each_other_by_mdns() {
 async fn one_data_directory_serves_one_agent_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "same").await;
-    let second = Agent::start(AgentConfig::new(dir.path().join("same"), loopback())).await;
+    let second = keynode_tokio::start(AgentConfig::new(dir.path().join("same"), loopback())).await;
     match second {
         Err(AgentError::DataDir { source, .. }) => {
             assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);

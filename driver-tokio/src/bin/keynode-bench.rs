@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use keynode_core::NodeAddress;
-use keynode_tokio::{Agent, AgentConfig};
+use keynode_tokio::AgentConfig;
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -27,7 +27,7 @@ struct Report {
     handshakes_ok: usize,
     /// Handshakes per second.
     handshakes_per_s: f64,
-    /// Time from `Agent::start` to a started manager, median over the clients, ms.
+    /// Time from `keynode_tokio::start` to a started manager, median over the clients, ms.
     start_to_ready_p50_ms: f64,
     /// Resident memory of the process per agent, KiB (all agents running).
     rss_per_agent_kib: f64,
@@ -52,14 +52,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = tempfile::tempdir()?;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let base = rss_kib();
-    let server = Agent::start(AgentConfig::new(root.path().join("server"), loopback)).await?;
+    let server =
+        keynode_tokio::start(AgentConfig::new(root.path().join("server"), loopback)).await?;
     let rss_one = rss_kib() - base;
     let mut clients = Vec::with_capacity(args.clients);
     let mut starts = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let t = Instant::now();
         clients.push(
-            Agent::start(AgentConfig::new(
+            keynode_tokio::start(AgentConfig::new(
                 root.path().join(format!("c{i}")),
                 loopback,
             ))

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
+use keynode_tokio::AgentConfig;
 use keynode_tokio::control::{
     AddressInfo, ClaimBodyInfo, Client, ControlError, ControlSocket, Reply, Request, Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
-use keynode_tokio::{Agent, AgentConfig};
 
 #[derive(Parser)]
 #[command(
@@ -510,7 +510,7 @@ async fn start_agent(
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let socket = ControlSocket::bind(&data_dir)?;
-    let agent = match Agent::start(AgentConfig::new(data_dir, bind)).await {
+    let agent = match keynode_tokio::start(AgentConfig::new(data_dir, bind)).await {
         Ok(agent) => agent,
         Err(e) => {
             socket.remove();

@@ -1,24 +1,23 @@
-//! [`Agent`]: a keynode node on tokio.
+//! [`Agent`]: the handle to a running node and the spec's methods on it.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::channel::{mpsc, oneshot};
 use keynode_core::claims::{ClaimId, SignedClaim};
-use keynode_core::net::{NetCommand, NetConfig, Node};
+use keynode_core::net::{NetConfig, Node};
 use keynode_core::wire::{Request, Response};
 use keynode_core::{
-    ApiError, BucketIndex, Command, Config, ConnId, Event, FindOptions, LeaseId, NodeAddress,
-    NodeBucket, NodeContactAddressData, NodeId, NodeManager, Now, OpError, OpId, OpValue, Output,
-    SeedNodes,
+    ApiError, BucketIndex, Config, ConnId, Event, FindOptions, LeaseId, NodeAddress, NodeBucket,
+    NodeContactAddressData, NodeId, NodeManager, Now, OpError, OpId, OpValue, SeedNodes,
 };
 use keynode_store::StoreOptions;
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
 
+use crate::node_loop::{AgentLoop, Inputs};
+use crate::sockets::{mdns_socket, quic_socket};
 use crate::store_thread::StoreThread;
 
 /// How to run an agent.
@@ -99,7 +98,7 @@ type ReadCall = Box<dyn FnOnce(&NodeManager) + Send>;
 type NetReadCall = Box<dyn FnOnce(&Node) + Send>;
 type RenewReply = oneshot::Sender<Result<NodeId, AgentError>>;
 
-enum Call {
+pub(crate) enum Call {
     Op(OpCall, oneshot::Sender<Result<OpValue, AgentError>>),
     Read(ReadCall),
     NetRead(NetReadCall),
@@ -116,6 +115,20 @@ pub struct Agent {
     node_id: Arc<std::sync::Mutex<NodeId>>,
     local_addr: SocketAddr,
     data_dir: Arc<PathBuf>,
+}
+
+/// An agent opened by [`Agent::open`], for a driver to run.
+pub struct Opened {
+    /// The handle; clone it freely.
+    pub agent: Agent,
+    /// The node and its store: the driver feeds it and carries out what it asks.
+    pub node_loop: AgentLoop,
+    /// What the handles and the store thread send to the loop.
+    pub inputs: Inputs,
+    /// The QUIC socket, bound and non-blocking, for the driver to wrap.
+    pub socket: std::net::UdpSocket,
+    /// The mDNS socket when mDNS is on, bound, joined and non-blocking.
+    pub mdns: Option<std::net::UdpSocket>,
 }
 
 /// The wall-clock and monotonic time now.
@@ -210,10 +223,13 @@ fn random_bytes() -> Result<[u8; 32], std::io::Error> {
 }
 
 impl Agent {
-    /// Starts an agent: opens (or creates) its data directory, key and
-    /// store, binds its socket, starts the node manager. Returns once the
-    /// manager has started and its start batch is committed.
-    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+    /// Opens an agent without running it: creates (or opens) its data
+    /// directory, takes its lock, loads its key and store (on the store's
+    /// thread), binds its sockets and builds the node. Blocks while LMDB
+    /// opens. A driver then runs [`Opened::node_loop`] on its runtime and
+    /// awaits [`Agent::start_manager`]; `keynode_tokio::start` and
+    /// `keynode_smol::start` do both.
+    pub fn open(config: AgentConfig) -> Result<Opened, AgentError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -228,12 +244,10 @@ impl Agent {
             addr: config.bind,
             source,
         })?;
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded();
         let store_path = config.data_dir.join("db");
         let options = StoreOptions::with_map_size(config.map_size);
-        let (store, snapshot) = tokio::task::block_in_place(|| {
-            StoreThread::open(store_path, options, events_tx.clone())
-        })?;
+        let (store, snapshot) = StoreThread::open(store_path, options, events_tx.clone())?;
         let start = now();
         let mdns_config = config.config.mdns.clone();
         let mut node = Node::new(
@@ -267,18 +281,26 @@ impl Agent {
             }
             None => None,
         };
-        let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+        let (calls_tx, calls_rx) = mpsc::unbounded();
         let agent = Agent {
             calls: calls_tx,
             node_id: Arc::new(std::sync::Mutex::new(node_id)),
             local_addr,
             data_dir: Arc::new(config.data_dir.clone()),
         };
-        tokio::spawn(run(
-            node, socket, mdns, store, lock, events_tx, events_rx, calls_rx,
-        ));
-        agent.op(|m, now| m.start(now)).await?;
-        Ok(agent)
+        Ok(Opened {
+            agent,
+            node_loop: AgentLoop::new(node, store, lock, events_tx),
+            inputs: Inputs::new(events_rx, calls_rx),
+            socket,
+            mdns,
+        })
+    }
+
+    /// Starts the node manager (spec `start`): returns once it has started
+    /// and its start batch is committed. Needs [`Opened::node_loop`] running.
+    pub async fn start_manager(&self) -> Result<(), AgentError> {
+        self.op(|m, now| m.start(now)).await.map(drop)
     }
 
     /// The node's NodeId (the current one, after a key renewal).
@@ -300,7 +322,7 @@ impl Agent {
         })?;
         let (tx, rx) = oneshot::channel();
         self.calls
-            .send(Call::Renew(Box::new(secret), tx))
+            .unbounded_send(Call::Renew(Box::new(secret), tx))
             .map_err(|_| AgentError::Stopped)?;
         let node_id = rx.await.map_err(|_| AgentError::Stopped)??;
         write_key(&dir, &secret)?;
@@ -326,7 +348,7 @@ impl Agent {
     ) -> Result<OpValue, AgentError> {
         let (tx, rx) = oneshot::channel();
         self.calls
-            .send(Call::Op(Box::new(f), tx))
+            .unbounded_send(Call::Op(Box::new(f), tx))
             .map_err(|_| AgentError::Stopped)?;
         rx.await.map_err(|_| AgentError::Stopped)?
     }
@@ -341,7 +363,7 @@ impl Agent {
             let _ = tx.send(f(m));
         });
         self.calls
-            .send(Call::Read(call))
+            .unbounded_send(Call::Read(call))
             .map_err(|_| AgentError::Stopped)?;
         rx.await.map_err(|_| AgentError::Stopped)
     }
@@ -356,7 +378,7 @@ impl Agent {
             let _ = tx.send(f(n));
         });
         self.calls
-            .send(Call::NetRead(call))
+            .unbounded_send(Call::NetRead(call))
             .map_err(|_| AgentError::Stopped)?;
         rx.await.map_err(|_| AgentError::Stopped)
     }
@@ -559,7 +581,7 @@ impl Agent {
     pub async fn stop(&self) -> Result<(), AgentError> {
         let (tx, rx) = oneshot::channel();
         self.calls
-            .send(Call::Stop(tx))
+            .unbounded_send(Call::Stop(tx))
             .map_err(|_| AgentError::Stopped)?;
         rx.await.map_err(|_| AgentError::Stopped)
     }
@@ -600,7 +622,7 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let _ = self.agent.calls.send(Call::Release(self.lease));
+        let _ = self.agent.calls.unbounded_send(Call::Release(self.lease));
     }
 }
 
@@ -609,170 +631,6 @@ fn found(value: OpValue) -> Result<Option<(NodeAddress, NodeContactAddressData)>
         OpValue::Found(f) => Ok(f),
         other => Err(AgentError::Unexpected(format!("{other:?}"))),
     }
-}
-
-/// The agent's loop: one input at a time, then drain the node completely.
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    mut node: Node,
-    socket: UdpSocket,
-    mdns: Option<UdpSocket>,
-    mut store: StoreThread,
-    lock: std::fs::File,
-    events_tx: mpsc::UnboundedSender<Event>,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    mut calls: mpsc::UnboundedReceiver<Call>,
-) {
-    let mut pending: BTreeMap<OpId, oneshot::Sender<Result<OpValue, AgentError>>> = BTreeMap::new();
-    let mut buf = vec![0u8; 65536];
-    let mut mdns_buf = vec![0u8; 9000];
-    let mut stopping: Option<oneshot::Sender<()>> = None;
-    loop {
-        while let Some(command) = node.poll() {
-            match command {
-                NetCommand::Transmit(t) => {
-                    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
-                        tracing::debug!("send to {} failed: {e}", t.destination);
-                    }
-                }
-                NetCommand::MdnsTransmit(t) => {
-                    tracing::debug!("mDNS {} bytes to {}", t.contents.len(), t.destination);
-                    if let Some(m) = &mdns
-                        && let Err(e) = m.send_to(&t.contents, t.destination).await
-                    {
-                        tracing::trace!("mDNS send to {} failed: {e}", t.destination);
-                    }
-                }
-                NetCommand::Manager(Command::Store(batch)) => store.apply(batch.id, batch.ops),
-                NetCommand::Manager(Command::Resolve { resolve, hostname }) => {
-                    let tx = events_tx.clone();
-                    tokio::spawn(async move {
-                        let result = tokio::net::lookup_host((hostname.as_str(), 0))
-                            .await
-                            .map(|addrs| addrs.map(|a| a.ip()).collect())
-                            .map_err(|e| e.to_string());
-                        let _ = tx.send(Event::Resolved { resolve, result });
-                    });
-                }
-                NetCommand::Manager(Command::Output(Output::Done { op, result })) => {
-                    if let Some(reply) = pending.remove(&op) {
-                        let _ = reply.send(result.map_err(AgentError::Op));
-                    }
-                }
-                NetCommand::Manager(Command::Output(Output::Event(event))) => {
-                    tracing::debug!(?event, "node event");
-                }
-                NetCommand::Manager(other) => tracing::trace!(?other, "not handled by this driver"),
-            }
-        }
-        if let Some(done) = stopping.take() {
-            // Everything the manager emitted is out: flush the store, free
-            // the directory, then say so.
-            tokio::task::block_in_place(|| store.close());
-            drop(lock);
-            for (_, reply) in std::mem::take(&mut pending) {
-                let _ = reply.send(Err(AgentError::Stopped));
-            }
-            let _ = done.send(());
-            return;
-        }
-        let deadline = node.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = received {
-                    node.handle_datagram(now(), from, buf.get(..n).unwrap_or_default());
-                }
-            }
-            Some((n, from)) = recv_mdns(&mdns, &mut mdns_buf) => {
-                tracing::debug!("mDNS {n} bytes from {from}");
-                node.handle_mdns_datagram(now(), from, mdns_buf.get(..n).unwrap_or_default());
-            }
-            Some(event) = events.recv() => node.handle(now(), event),
-            call = calls.recv() => match call {
-                Some(Call::Op(f, reply)) => {
-                    let t = now();
-                    match f(node.manager(t), t) {
-                        Ok(op) => {
-                            pending.insert(op, reply);
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(AgentError::Api(e)));
-                        }
-                    }
-                }
-                Some(Call::Read(f)) => f(node.manager_ref()),
-                Some(Call::NetRead(f)) => f(&node),
-                Some(Call::Release(lease)) => node.handle(now(), Event::ConnectionReleased { lease }),
-                Some(Call::Renew(secret, reply)) => {
-                    let _ = reply.send(node.renew_key(now(), &secret).map_err(AgentError::Net));
-                }
-                Some(Call::Stop(done)) => {
-                    let t = now();
-                    let _ = node.manager(t).stop(t);
-                    stopping = Some(done);
-                }
-                None => {
-                    let t = now();
-                    let _ = node.manager(t).stop(t);
-                    tokio::task::block_in_place(|| store.close());
-                    return;
-                }
-            },
-            () = sleep => node.handle_timeout(now()),
-        }
-    }
-}
-
-/// The QUIC socket, with buffers large enough that a burst of handshakes
-/// (each Initial is 1200 bytes) is not dropped while the loop works.
-fn quic_socket(bind: SocketAddr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-    // The kernel caps these at net.core.[rw]mem_max; a smaller buffer still works.
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
-    socket.bind(&bind.into())?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
-}
-
-/// A datagram from the mDNS socket, or never if there is none.
-async fn recv_mdns(socket: &Option<UdpSocket>, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
-    match socket {
-        Some(s) => s.recv_from(buf).await.ok(),
-        None => std::future::pending().await,
-    }
-}
-
-/// The mDNS socket: the mDNS port, shared with other agents on the host
-/// (SO_REUSEADDR/SO_REUSEPORT), joined to the IPv4 groups on `interface`,
-/// multicasting from it with loopback on (so that agents on one host hear
-/// each other).
-fn mdns_socket(
-    config: &keynode_core::MdnsConfig,
-    interface: std::net::Ipv4Addr,
-) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
-    #[cfg(unix)]
-    socket.set_reuse_port(true)?;
-    socket.bind(&SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, config.port)).into())?;
-    for group in &config.groups {
-        if let std::net::IpAddr::V4(group) = group {
-            socket.join_multicast_v4(group, &interface)?;
-        }
-    }
-    socket.set_multicast_if_v4(&interface)?;
-    socket.set_multicast_loop_v4(true)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
 }
 
 /// How long a demo or test waits for one operation at most.

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 
+use futures::channel::mpsc::UnboundedSender;
 use keynode_core::{BatchId, Event, Snapshot, StoreOp};
 use keynode_store::{Store, StoreError, StoreOptions};
-use tokio::sync::mpsc::UnboundedSender;
 
 enum Job {
     Apply(BatchId, Vec<StoreOp>),
@@ -56,7 +56,7 @@ impl StoreThread {
                                     error: e.to_string(),
                                 },
                             };
-                            let _ = events.send(event);
+                            let _ = events.unbounded_send(event);
                         }
                         Job::Close(done) => {
                             store.close();

@@ -1,0 +1,245 @@
+//! [`AgentLoop`]: everything of the agent's loop that does not depend on
+//! the runtime. A driver's loop is then, on its runtime:
+//!
+//! ```text
+//! loop {
+//!     while let Some(io) = node_loop.poll_io() { send it, or resolve it in a task }
+//!     if node_loop.stopping() { node_loop.finish() (blocking); return }
+//!     wait for the first of: a datagram, an mDNS datagram, inputs.next(),
+//!     the deadline node_loop.poll_timeout(); hand it to node_loop
+//! }
+//! ```
+//!
+//! Store batches and operation results are carried out here (the store has
+//! its own thread, results go to the callers' channels); only what needs a
+//! socket or a resolver is left to the driver.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
+use futures::future::Either;
+use keynode_core::net::{NetCommand, Node, Transmit};
+use keynode_core::{Command, Event, Hostname, OpId, OpValue, Output, ResolveId};
+
+use crate::agent::{AgentError, Call, now};
+use crate::store_thread::StoreThread;
+
+/// What the driver must do for the node.
+#[derive(Debug)]
+#[must_use]
+pub enum Io {
+    /// Send this datagram from the QUIC socket.
+    Transmit(Transmit),
+    /// Send this datagram from the mDNS socket (if there is one).
+    MdnsTransmit(Transmit),
+    /// Resolve `hostname` without blocking the loop, then send
+    /// [`resolved`]`(resolve, result)` to [`AgentLoop::events`].
+    Resolve {
+        /// Which resolution.
+        resolve: ResolveId,
+        /// The name.
+        hostname: Hostname,
+    },
+}
+
+/// The answer to [`Io::Resolve`] as the node takes it.
+pub fn resolved(
+    resolve: ResolveId,
+    result: std::io::Result<impl Iterator<Item = SocketAddr>>,
+) -> Event {
+    Event::Resolved {
+        resolve,
+        result: result
+            .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<IpAddr>>())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Something for the loop from the agent's handles or its store thread.
+pub struct Input(InputKind);
+
+enum InputKind {
+    Event(Event),
+    /// A call from a handle; `None` once every handle is gone.
+    Call(Option<Call>),
+}
+
+/// Where [`Input`]s come from: the handles' calls and the store thread's
+/// (and resolutions') events.
+pub struct Inputs {
+    events: mpsc::UnboundedReceiver<Event>,
+    calls: mpsc::UnboundedReceiver<Call>,
+}
+
+impl Inputs {
+    pub(crate) fn new(
+        events: mpsc::UnboundedReceiver<Event>,
+        calls: mpsc::UnboundedReceiver<Call>,
+    ) -> Self {
+        Self { events, calls }
+    }
+
+    /// The next input. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Input {
+        match futures::future::select(self.events.next(), self.calls.next()).await {
+            Either::Left((Some(event), _)) => Input(InputKind::Event(event)),
+            // The loop holds an events sender, so this does not happen;
+            // if it did, calls still come.
+            Either::Left((None, _)) => Input(InputKind::Call(self.calls.next().await)),
+            Either::Right((call, _)) => Input(InputKind::Call(call)),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<OpValue, AgentError>>;
+
+/// The node, its store and the callers waiting on it: the runtime-free
+/// part of an agent's loop. Built by [`crate::Agent::open`].
+pub struct AgentLoop {
+    node: Node,
+    store: StoreThread,
+    lock: Option<std::fs::File>,
+    events: mpsc::UnboundedSender<Event>,
+    pending: BTreeMap<OpId, Reply>,
+    /// Set by a stop: `Some(None)` when every handle is gone.
+    stopping: Option<Option<oneshot::Sender<()>>>,
+}
+
+impl AgentLoop {
+    pub(crate) fn new(
+        node: Node,
+        store: StoreThread,
+        lock: std::fs::File,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        Self {
+            node,
+            store,
+            lock: Some(lock),
+            events,
+            pending: BTreeMap::new(),
+            stopping: None,
+        }
+    }
+
+    /// Where a driver sends the answers to [`Io::Resolve`].
+    pub fn events(&self) -> mpsc::UnboundedSender<Event> {
+        self.events.clone()
+    }
+
+    /// The next thing the driver must do, after carrying out every store
+    /// batch and result before it. `None`: the node is drained.
+    pub fn poll_io(&mut self) -> Option<Io> {
+        while let Some(command) = self.node.poll() {
+            match command {
+                NetCommand::Transmit(t) => return Some(Io::Transmit(t)),
+                NetCommand::MdnsTransmit(t) => return Some(Io::MdnsTransmit(t)),
+                NetCommand::Manager(Command::Resolve { resolve, hostname }) => {
+                    return Some(Io::Resolve { resolve, hostname });
+                }
+                NetCommand::Manager(Command::Store(batch)) => {
+                    self.store.apply(batch.id, batch.ops);
+                }
+                NetCommand::Manager(Command::Output(Output::Done { op, result })) => {
+                    if let Some(reply) = self.pending.remove(&op) {
+                        let _ = reply.send(result.map_err(AgentError::Op));
+                    }
+                }
+                NetCommand::Manager(Command::Output(Output::Event(event))) => {
+                    tracing::debug!(?event, "node event");
+                }
+                NetCommand::Manager(other) => {
+                    tracing::trace!(?other, "not handled by this driver");
+                }
+            }
+        }
+        None
+    }
+
+    /// When the node next wants [`AgentLoop::handle_timeout`].
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.node.poll_timeout()
+    }
+
+    /// A datagram arrived on the QUIC socket.
+    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        self.node.handle_datagram(now(), from, bytes);
+    }
+
+    /// A datagram arrived on the mDNS socket.
+    pub fn handle_mdns_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        tracing::debug!("mDNS {} bytes from {from}", bytes.len());
+        self.node.handle_mdns_datagram(now(), from, bytes);
+    }
+
+    /// The deadline from [`AgentLoop::poll_timeout`] passed.
+    pub fn handle_timeout(&mut self) {
+        self.node.handle_timeout(now());
+    }
+
+    /// An input from [`Inputs::next`].
+    pub fn handle_input(&mut self, input: Input) {
+        match input.0 {
+            InputKind::Event(event) => self.node.handle(now(), event),
+            InputKind::Call(Some(call)) => self.handle_call(call),
+            InputKind::Call(None) => self.stop(None),
+        }
+    }
+
+    fn handle_call(&mut self, call: Call) {
+        match call {
+            Call::Op(f, reply) => {
+                let t = now();
+                match f(self.node.manager(t), t) {
+                    Ok(op) => {
+                        self.pending.insert(op, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(AgentError::Api(e)));
+                    }
+                }
+            }
+            Call::Read(f) => f(self.node.manager_ref()),
+            Call::NetRead(f) => f(&self.node),
+            Call::Release(lease) => self.node.handle(now(), Event::ConnectionReleased { lease }),
+            Call::Renew(secret, reply) => {
+                let _ = reply.send(self.node.renew_key(now(), &secret).map_err(AgentError::Net));
+            }
+            Call::Stop(done) => self.stop(Some(done)),
+        }
+    }
+
+    fn stop(&mut self, done: Option<oneshot::Sender<()>>) {
+        // The loop ends as soon as the node is drained after the first
+        // stop, so a second one (its sender dropped) learns `Stopped`.
+        if self.stopping.is_none() {
+            let t = now();
+            let _ = self.node.manager(t).stop(t);
+            self.stopping = Some(done);
+        }
+    }
+
+    /// True once the agent was stopped (or every handle dropped): after the
+    /// driver has sent what [`AgentLoop::poll_io`] gave, it calls
+    /// [`AgentLoop::finish`] and ends its loop.
+    pub fn stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    /// Flushes and closes the store (blocking until its thread has
+    /// written everything), frees the data directory, fails the calls still
+    /// waiting and answers the stop.
+    pub fn finish(mut self) {
+        self.store.close();
+        drop(self.lock.take());
+        for (_, reply) in std::mem::take(&mut self.pending) {
+            let _ = reply.send(Err(AgentError::Stopped));
+        }
+        if let Some(Some(done)) = self.stopping.take() {
+            let _ = done.send(());
+        }
+    }
+}

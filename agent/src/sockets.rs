@@ -1,0 +1,42 @@
+//! The agent's UDP sockets, made with `socket2` and handed to the driver
+//! as non-blocking std sockets, which each runtime wraps in its own type.
+
+use std::net::{SocketAddr, UdpSocket};
+
+/// The QUIC socket, with buffers large enough that a burst of handshakes
+/// (each Initial is 1200 bytes) is not dropped while the loop works.
+pub(crate) fn quic_socket(bind: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    // The kernel caps these at net.core.[rw]mem_max; a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&bind.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The mDNS socket: the mDNS port, shared with other agents on the host
+/// (SO_REUSEADDR/SO_REUSEPORT), joined to the IPv4 groups on `interface`,
+/// multicasting from it with loopback on (so that agents on one host hear
+/// each other).
+pub(crate) fn mdns_socket(
+    config: &keynode_core::MdnsConfig,
+    interface: std::net::Ipv4Addr,
+) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, config.port)).into())?;
+    for group in &config.groups {
+        if let std::net::IpAddr::V4(group) = group {
+            socket.join_multicast_v4(group, &interface)?;
+        }
+    }
+    socket.set_multicast_if_v4(&interface)?;
+    socket.set_multicast_loop_v4(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}

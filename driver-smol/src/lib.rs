@@ -1,0 +1,144 @@
+//! keynode on smol: [`start`] runs an agent (UDP sockets, QUIC, LMDB on its
+//! own thread, timers) on smol's global executor and returns its [`Agent`]
+//! handle, which offers the spec's NodeManager methods as async functions.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), keynode_smol::AgentError> {
+//! smol::block_on(async {
+//!     let dir = std::env::temp_dir().join("keynode-smol-example");
+//!     let agent = keynode_smol::start(keynode_smol::AgentConfig::new(
+//!         dir,
+//!         "127.0.0.1:0".parse().expect("an address"),
+//!     ))
+//!     .await?;
+//!     println!("{} listening on {}", agent.node_id(), agent.local_addr());
+//!     agent.stop().await
+//! })
+//! # }
+//! ```
+//!
+//! The handle and everything else that does not depend on the runtime live
+//! in `keynode-agent` (re-exported here), shared with `keynode-tokio`: an
+//! agent behaves the same on either, and the two talk to each other.
+
+#![warn(missing_docs)]
+
+use std::net::SocketAddr;
+
+pub use keynode_agent::{
+    Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, load_or_create_key, now,
+};
+use keynode_agent::{AgentLoop, Input, Inputs, Io, Opened, resolved};
+use smol::net::UdpSocket;
+
+/// Starts an agent: opens its data directory, key and store (on a
+/// blocking thread), binds its sockets, runs its loop on smol's global
+/// executor and starts the node manager. Returns once the manager has
+/// started and its start batch is committed. Works from any executor.
+pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+    let Opened {
+        agent,
+        node_loop,
+        inputs,
+        socket,
+        mdns,
+    } = smol::unblock(move || Agent::open(config)).await?;
+    let local = agent.local_addr();
+    let wrap = |s: std::net::UdpSocket| {
+        let addr = s.local_addr().unwrap_or(local);
+        UdpSocket::try_from(s).map_err(|source| AgentError::Socket { addr, source })
+    };
+    let socket = wrap(socket)?;
+    let mdns = mdns.map(wrap).transpose()?;
+    smol::spawn(run(node_loop, inputs, socket, mdns)).detach();
+    agent.start_manager().await?;
+    Ok(agent)
+}
+
+/// What woke the loop.
+enum Wake {
+    Datagram(std::io::Result<(usize, SocketAddr)>),
+    Mdns(std::io::Result<(usize, SocketAddr)>),
+    Input(Input),
+    Timeout,
+}
+
+/// One input at a time, then drain the node completely.
+async fn run(
+    mut node_loop: AgentLoop,
+    mut inputs: Inputs,
+    socket: UdpSocket,
+    mdns: Option<UdpSocket>,
+) {
+    let mut buf = vec![0u8; 65536];
+    let mut mdns_buf = vec![0u8; 9000];
+    loop {
+        while let Some(io) = node_loop.poll_io() {
+            match io {
+                Io::Transmit(t) => {
+                    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                        tracing::debug!("send to {} failed: {e}", t.destination);
+                    }
+                }
+                Io::MdnsTransmit(t) => {
+                    if let Some(m) = &mdns
+                        && let Err(e) = m.send_to(&t.contents, t.destination).await
+                    {
+                        tracing::trace!("mDNS send to {} failed: {e}", t.destination);
+                    }
+                }
+                Io::Resolve { resolve, hostname } => {
+                    let events = node_loop.events();
+                    smol::spawn(async move {
+                        let result = smol::net::resolve((hostname.as_str(), 0)).await;
+                        let _ =
+                            events.unbounded_send(resolved(resolve, result.map(Vec::into_iter)));
+                    })
+                    .detach();
+                }
+            }
+        }
+        if node_loop.stopping() {
+            // Closing flushes LMDB: off the executor's threads.
+            smol::unblock(move || node_loop.finish()).await;
+            return;
+        }
+        let deadline = node_loop.poll_timeout();
+        // `race` picks at random among the ready ones, so that a flood of
+        // datagrams cannot starve the handles' calls or the timers.
+        let wake = smol::future::race(
+            smol::future::race(
+                async { Wake::Datagram(socket.recv_from(&mut buf).await) },
+                async {
+                    match &mdns {
+                        Some(m) => Wake::Mdns(m.recv_from(&mut mdns_buf).await),
+                        None => std::future::pending().await,
+                    }
+                },
+            ),
+            smol::future::race(async { Wake::Input(inputs.next().await) }, async {
+                match deadline {
+                    Some(at) => {
+                        smol::Timer::at(at).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+                Wake::Timeout
+            }),
+        )
+        .await;
+        match wake {
+            Wake::Datagram(Ok((n, from))) => {
+                node_loop.handle_datagram(from, buf.get(..n).unwrap_or_default());
+            }
+            Wake::Mdns(Ok((n, from))) => {
+                node_loop.handle_mdns_datagram(from, mdns_buf.get(..n).unwrap_or_default());
+            }
+            Wake::Datagram(Err(e)) | Wake::Mdns(Err(e)) => {
+                tracing::trace!("receive failed: {e}");
+            }
+            Wake::Input(input) => node_loop.handle_input(input),
+            Wake::Timeout => node_loop.handle_timeout(),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Agents on smol, on loopback, with real UDP sockets, QUIC and LMDB
+//! directories; and a smol agent and a tokio agent talking to each other.
+
+use std::net::SocketAddr;
+
+use keynode_core::{NodeAddress, SeedNodes};
+use keynode_smol::{Agent, AgentConfig, AgentError};
+
+fn loopback() -> SocketAddr {
+    ([127, 0, 0, 1], 0).into()
+}
+
+fn config(dir: &std::path::Path, name: &str) -> AgentConfig {
+    AgentConfig::new(dir.join(name), loopback())
+}
+
+async fn start(dir: &std::path::Path, name: &str) -> Agent {
+    keynode_smol::start(config(dir, name))
+        .await
+        .expect("agent starts")
+}
+
+fn seeds(agent: &Agent) -> SeedNodes {
+    SeedNodes::new([(agent.node_id(), NodeAddress::from(agent.local_addr()))])
+}
+
+/// Each of `agents` finds, pings and claims every other one.
+async fn find_ping_and_claim_all(agents: &[Agent]) {
+    for (i, from) in agents.iter().enumerate() {
+        for (j, to) in agents.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let found = from.find_node(to.node_id()).await.unwrap();
+            let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
+            assert_eq!(address, NodeAddress::from(to.local_addr()));
+            let pinged = from.ping_node(to.node_id()).await.unwrap();
+            assert!(pinged.is_some(), "agent {i} pings agent {j}");
+        }
+    }
+    for (i, from) in agents.iter().enumerate() {
+        for (j, to) in agents.iter().enumerate() {
+            if i < j {
+                to.allow_claims_from(from.node_id(), true).await.unwrap();
+                from.claim_node(to.node_id())
+                    .await
+                    .unwrap_or_else(|e| panic!("agent {i} claims agent {j}: {e}"));
+            }
+        }
+    }
+    // Every agent's chain holds one link per other agent, each verified
+    // when fetched by another agent.
+    for (i, agent) in agents.iter().enumerate() {
+        let chain = agent.sigchain().await.unwrap();
+        assert_eq!(chain.len(), agents.len() - 1, "agent {i}'s sigchain");
+        let other = &agents[(i + 1) % agents.len()];
+        let fetched = other
+            .request_chain_data(agent.node_id(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            fetched, chain,
+            "agent {i}'s chain as another agent verified it"
+        );
+    }
+}
+
+#[test]
+fn five_smol_agents_sync_through_one_seed_then_find_ping_and_claim_each_other() {
+    smol::block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agents = Vec::new();
+        for i in 0..5 {
+            agents.push(start(dir.path(), &format!("a{i}")).await);
+        }
+        let seed = seeds(&agents[0]);
+        for agent in agents.iter().skip(1) {
+            agent.sync_node_graph(seed.clone(), true).await.unwrap();
+        }
+        find_ping_and_claim_all(&agents).await;
+        for agent in &agents {
+            agent.stop().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_smol_agent_and_a_tokio_agent_find_ping_and_claim_each_other() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The tokio agent's loop runs on the tokio runtime; its handle, like
+    // the smol agent's, only awaits channels and is used from smol here.
+    let on_tokio = runtime
+        .block_on(keynode_tokio::start(config(dir.path(), "tokio")))
+        .expect("the tokio agent starts");
+    smol::block_on(async {
+        let on_smol = start(dir.path(), "smol").await;
+        on_smol
+            .sync_node_graph(seeds(&on_tokio), true)
+            .await
+            .unwrap();
+        let agents = [on_smol, on_tokio];
+        find_ping_and_claim_all(&agents).await;
+        for agent in &agents {
+            agent.stop().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_stopped_smol_agent_frees_its_directory_and_restarts_with_its_id_graph_and_chain() {
+    smol::block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let a = start(dir.path(), "a").await;
+        let b = start(dir.path(), "b").await;
+        match keynode_smol::start(config(dir.path(), "b")).await {
+            Err(AgentError::DataDir { .. }) => {}
+            Err(other) => panic!("a second agent on b's directory: {other}"),
+            Ok(_) => panic!("a second agent started on b's directory"),
+        }
+        b.sync_node_graph(seeds(&a), true).await.unwrap();
+        a.allow_claims_from(b.node_id(), true).await.unwrap();
+        b.claim_node(a.node_id()).await.unwrap();
+        let id = b.node_id();
+        let graph = b.get_all().await.unwrap();
+        let chain = b.sigchain().await.unwrap();
+        assert!(!graph.is_empty());
+        assert_eq!(chain.len(), 1);
+        b.stop().await.unwrap();
+        assert!(
+            matches!(b.get_all().await, Err(AgentError::Stopped)),
+            "a stopped agent's handle says so"
+        );
+
+        let again = start(dir.path(), "b").await;
+        assert_eq!(again.node_id(), id);
+        assert_eq!(again.get_all().await.unwrap(), graph);
+        assert_eq!(again.sigchain().await.unwrap(), chain);
+        again.stop().await.unwrap();
+        a.stop().await.unwrap();
+    });
+}
+
+#[test]
+fn a_seed_named_by_hostname_is_resolved_and_joined() {
+    smol::block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = start(dir.path(), "seed").await;
+        let newcomer = start(dir.path(), "newcomer").await;
+        let by_name: SeedNodes =
+            format!("{}@localhost:{}", seed.node_id(), seed.local_addr().port())
+                .parse()
+                .unwrap();
+        newcomer.sync_node_graph(by_name, true).await.unwrap();
+        let found = newcomer.find_node(seed.node_id()).await.unwrap();
+        assert!(
+            found.is_some(),
+            "the seed, resolved from localhost, is found"
+        );
+        assert!(
+            newcomer
+                .connections()
+                .await
+                .unwrap()
+                .iter()
+                .any(|(_, peer, at)| *peer == seed.node_id() && *at == seed.local_addr()),
+            "connected to the seed at the address localhost resolved to"
+        );
+        newcomer.stop().await.unwrap();
+        seed.stop().await.unwrap();
+    });
+}

@@ -1,0 +1,99 @@
+//! The agent's loop on tokio.
+
+use keynode_agent::{Agent, AgentConfig, AgentError, AgentLoop, Inputs, Io, Opened, resolved};
+use tokio::net::UdpSocket;
+
+/// Starts an agent on the current tokio runtime: opens its data directory,
+/// key and store, binds its sockets, runs its loop in a task and starts the
+/// node manager. Returns once the manager has started and its start batch
+/// is committed. Needs the multi-threaded runtime (opening LMDB blocks, in
+/// `block_in_place`).
+pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+    let Opened {
+        agent,
+        node_loop,
+        inputs,
+        socket,
+        mdns,
+    } = tokio::task::block_in_place(|| Agent::open(config))?;
+    let local = agent.local_addr();
+    let wrap = |s: std::net::UdpSocket| {
+        let addr = s.local_addr().unwrap_or(local);
+        UdpSocket::from_std(s).map_err(|source| AgentError::Socket { addr, source })
+    };
+    let socket = wrap(socket)?;
+    let mdns = mdns.map(wrap).transpose()?;
+    tokio::spawn(run(node_loop, inputs, socket, mdns));
+    agent.start_manager().await?;
+    Ok(agent)
+}
+
+/// One input at a time, then drain the node completely.
+async fn run(
+    mut node_loop: AgentLoop,
+    mut inputs: Inputs,
+    socket: UdpSocket,
+    mdns: Option<UdpSocket>,
+) {
+    let mut buf = vec![0u8; 65536];
+    let mut mdns_buf = vec![0u8; 9000];
+    loop {
+        while let Some(io) = node_loop.poll_io() {
+            match io {
+                Io::Transmit(t) => {
+                    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                        tracing::debug!("send to {} failed: {e}", t.destination);
+                    }
+                }
+                Io::MdnsTransmit(t) => {
+                    if let Some(m) = &mdns
+                        && let Err(e) = m.send_to(&t.contents, t.destination).await
+                    {
+                        tracing::trace!("mDNS send to {} failed: {e}", t.destination);
+                    }
+                }
+                Io::Resolve { resolve, hostname } => {
+                    let events = node_loop.events();
+                    tokio::spawn(async move {
+                        let result = tokio::net::lookup_host((hostname.as_str(), 0)).await;
+                        let _ = events.unbounded_send(resolved(resolve, result));
+                    });
+                }
+            }
+        }
+        if node_loop.stopping() {
+            tokio::task::block_in_place(|| node_loop.finish());
+            return;
+        }
+        let deadline = node_loop.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = received {
+                    node_loop.handle_datagram(from, buf.get(..n).unwrap_or_default());
+                }
+            }
+            Some((n, from)) = recv_mdns(&mdns, &mut mdns_buf) => {
+                node_loop.handle_mdns_datagram(from, mdns_buf.get(..n).unwrap_or_default());
+            }
+            input = inputs.next() => node_loop.handle_input(input),
+            () = sleep => node_loop.handle_timeout(),
+        }
+    }
+}
+
+/// A datagram from the mDNS socket, or never if there is none.
+async fn recv_mdns(
+    socket: &Option<UdpSocket>,
+    buf: &mut [u8],
+) -> Option<(usize, std::net::SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await.ok(),
+        None => std::future::pending().await,
+    }
+}
