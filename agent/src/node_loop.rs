@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! loop {
-//!     while let Some(io) = node_loop.poll_io() { send it, or resolve it in a task }
+//!     node_loop.drain(send a datagram, start a resolution).await
 //!     if node_loop.stopping() { node_loop.finish() (blocking); return }
 //!     wait for the first of: a datagram, an mDNS datagram, inputs.next(),
 //!     the deadline node_loop.poll_timeout(); hand it to node_loop
@@ -157,6 +157,39 @@ impl AgentLoop {
             }
         }
         None
+    }
+
+    /// Carries out everything the node asks until it is drained:
+    /// `send(transmit, on_mdns_socket)` sends a datagram from the QUIC
+    /// socket or the mDNS one (a failed send is logged and dropped, as UDP
+    /// is: QUIC retransmits), `resolve(resolve, hostname, events)` starts a
+    /// resolution that must not block the loop (a task of the runtime that
+    /// ends by sending [`resolved`] to `events`).
+    pub async fn drain<Sent: Future<Output = std::io::Result<usize>>>(
+        &mut self,
+        mut send: impl FnMut(Transmit, bool) -> Sent,
+        mut resolve: impl FnMut(ResolveId, Hostname, mpsc::UnboundedSender<Event>),
+    ) {
+        while let Some(io) = self.poll_io() {
+            match io {
+                Io::Transmit(t) => {
+                    let to = t.destination;
+                    if let Err(e) = send(t, false).await {
+                        tracing::debug!("send to {to} failed: {e}");
+                    }
+                }
+                Io::MdnsTransmit(t) => {
+                    let to = t.destination;
+                    if let Err(e) = send(t, true).await {
+                        tracing::trace!("mDNS send to {to} failed: {e}");
+                    }
+                }
+                Io::Resolve {
+                    resolve: id,
+                    hostname,
+                } => resolve(id, hostname, self.events()),
+            }
+        }
     }
 
     /// When the node next wants [`AgentLoop::handle_timeout`].

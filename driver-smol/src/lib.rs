@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 pub use keynode_agent::{
     Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, load_or_create_key, now,
 };
-use keynode_agent::{AgentLoop, Input, Inputs, Io, Opened, resolved};
+use keynode_agent::{AgentLoop, Input, Inputs, Opened, Transmit, resolved};
 use smol::net::UdpSocket;
 
 /// Starts an agent: opens its data directory, key and store (on a
@@ -73,31 +73,31 @@ async fn run(
     let mut buf = vec![0u8; 65536];
     let mut mdns_buf = vec![0u8; 9000];
     loop {
-        while let Some(io) = node_loop.poll_io() {
-            match io {
-                Io::Transmit(t) => {
-                    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
-                        tracing::debug!("send to {} failed: {e}", t.destination);
+        node_loop
+            .drain(
+                |t: Transmit, on_mdns: bool| {
+                    let from = if on_mdns {
+                        mdns.as_ref()
+                    } else {
+                        Some(&socket)
+                    };
+                    async move {
+                        match from {
+                            Some(s) => s.send_to(&t.contents, t.destination).await,
+                            None => Ok(0),
+                        }
                     }
-                }
-                Io::MdnsTransmit(t) => {
-                    if let Some(m) = &mdns
-                        && let Err(e) = m.send_to(&t.contents, t.destination).await
-                    {
-                        tracing::trace!("mDNS send to {} failed: {e}", t.destination);
-                    }
-                }
-                Io::Resolve { resolve, hostname } => {
-                    let events = node_loop.events();
+                },
+                |resolve, hostname, events| {
                     smol::spawn(async move {
                         let result = smol::net::resolve((hostname.as_str(), 0)).await;
                         let _ =
                             events.unbounded_send(resolved(resolve, result.map(Vec::into_iter)));
                     })
                     .detach();
-                }
-            }
-        }
+                },
+            )
+            .await;
         if node_loop.stopping() {
             // Closing flushes LMDB: off the executor's threads.
             smol::unblock(move || node_loop.finish()).await;

@@ -1,6 +1,8 @@
 //! The agent's loop on tokio.
 
-use keynode_agent::{Agent, AgentConfig, AgentError, AgentLoop, Inputs, Io, Opened, resolved};
+use keynode_agent::{
+    Agent, AgentConfig, AgentError, AgentLoop, Inputs, Opened, Transmit, resolved,
+};
 use tokio::net::UdpSocket;
 
 /// Starts an agent on the current tokio runtime: opens its data directory,
@@ -38,29 +40,29 @@ async fn run(
     let mut buf = vec![0u8; 65536];
     let mut mdns_buf = vec![0u8; 9000];
     loop {
-        while let Some(io) = node_loop.poll_io() {
-            match io {
-                Io::Transmit(t) => {
-                    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
-                        tracing::debug!("send to {} failed: {e}", t.destination);
+        node_loop
+            .drain(
+                |t: Transmit, on_mdns: bool| {
+                    let from = if on_mdns {
+                        mdns.as_ref()
+                    } else {
+                        Some(&socket)
+                    };
+                    async move {
+                        match from {
+                            Some(s) => s.send_to(&t.contents, t.destination).await,
+                            None => Ok(0),
+                        }
                     }
-                }
-                Io::MdnsTransmit(t) => {
-                    if let Some(m) = &mdns
-                        && let Err(e) = m.send_to(&t.contents, t.destination).await
-                    {
-                        tracing::trace!("mDNS send to {} failed: {e}", t.destination);
-                    }
-                }
-                Io::Resolve { resolve, hostname } => {
-                    let events = node_loop.events();
+                },
+                |resolve, hostname, events| {
                     tokio::spawn(async move {
                         let result = tokio::net::lookup_host((hostname.as_str(), 0)).await;
                         let _ = events.unbounded_send(resolved(resolve, result));
                     });
-                }
-            }
-        }
+                },
+            )
+            .await;
         if node_loop.stopping() {
             tokio::task::block_in_place(|| node_loop.finish());
             return;
