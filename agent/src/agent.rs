@@ -96,7 +96,7 @@ pub enum AgentError {
 type OpCall = Box<dyn FnOnce(&mut NodeManager, Now) -> Result<OpId, ApiError> + Send>;
 type ReadCall = Box<dyn FnOnce(&NodeManager) + Send>;
 type NetReadCall = Box<dyn FnOnce(&Node) + Send>;
-type RenewReply = oneshot::Sender<Result<NodeId, AgentError>>;
+pub(crate) type RenewReply = oneshot::Sender<Result<NodeId, AgentError>>;
 
 pub(crate) enum Call {
     Op(OpCall, oneshot::Sender<Result<OpValue, AgentError>>),
@@ -191,7 +191,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, AgentError> {
 
 /// Writes the key file (mode 0600) through a temporary file and a rename,
 /// so that a crash leaves the old key or the new one, never half of one.
-fn write_key(data_dir: &Path, key: &[u8; 32]) -> Result<(), AgentError> {
+pub(crate) fn write_key(data_dir: &Path, key: &[u8; 32]) -> Result<(), AgentError> {
     let path = data_dir.join("node.key");
     let tmp = data_dir.join("node.key.tmp");
     let err = |source| AgentError::DataDir {
@@ -290,7 +290,7 @@ impl Agent {
         };
         Ok(Opened {
             agent,
-            node_loop: AgentLoop::new(node, store, lock, events_tx),
+            node_loop: AgentLoop::new(node, store, lock, config.data_dir.clone(), events_tx),
             inputs: Inputs::new(events_rx, calls_rx),
             socket,
             mdns,
@@ -315,17 +315,17 @@ impl Agent {
     /// moves every contact to its bucket under the new NodeId, and returns
     /// it. Working connections stay up until they close.
     pub async fn renew_key(&self) -> Result<NodeId, AgentError> {
-        let dir = self.data_dir.to_path_buf();
         let secret = random_bytes().map_err(|source| AgentError::DataDir {
-            path: dir.clone(),
+            path: self.data_dir.to_path_buf(),
             source,
         })?;
         let (tx, rx) = oneshot::channel();
         self.calls
             .unbounded_send(Call::Renew(Box::new(secret), tx))
             .map_err(|_| AgentError::Stopped)?;
+        // The key file is written (and synced) on the store's thread, not
+        // on the caller's: the handle never blocks an executor.
         let node_id = rx.await.map_err(|_| AgentError::Stopped)??;
-        write_key(&dir, &secret)?;
         if let Ok(mut id) = self.node_id.lock() {
             *id = node_id;
         }

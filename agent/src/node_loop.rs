@@ -4,7 +4,9 @@
 //! ```text
 //! loop {
 //!     node_loop.drain(send a datagram, start a resolution).await
-//!     if node_loop.stopping() { node_loop.finish() (blocking); return }
+//!     if node_loop.stopping() {
+//!         let reply = node_loop.finish() (blocking); close the sockets; reply.send(); return
+//!     }
 //!     wait for the first of: a datagram, an mDNS datagram, inputs.next(),
 //!     the deadline node_loop.poll_timeout(); hand it to node_loop
 //! }
@@ -24,7 +26,7 @@ use futures::future::Either;
 use keynode_core::net::{NetCommand, Node, Transmit};
 use keynode_core::{Command, Event, Hostname, OpId, OpValue, Output, ResolveId};
 
-use crate::agent::{AgentError, Call, now};
+use crate::agent::{AgentError, Call, now, write_key};
 use crate::store_thread::StoreThread;
 
 /// What the driver must do for the node.
@@ -102,6 +104,7 @@ pub struct AgentLoop {
     node: Node,
     store: StoreThread,
     lock: Option<std::fs::File>,
+    data_dir: std::path::PathBuf,
     events: mpsc::UnboundedSender<Event>,
     pending: BTreeMap<OpId, Reply>,
     /// Set by a stop: `Some(None)` when every handle is gone.
@@ -113,12 +116,14 @@ impl AgentLoop {
         node: Node,
         store: StoreThread,
         lock: std::fs::File,
+        data_dir: std::path::PathBuf,
         events: mpsc::UnboundedSender<Event>,
     ) -> Self {
         Self {
             node,
             store,
             lock: Some(lock),
+            data_dir,
             events,
             pending: BTreeMap::new(),
             stopping: None,
@@ -180,6 +185,7 @@ impl AgentLoop {
                 }
                 Io::MdnsTransmit(t) => {
                     let to = t.destination;
+                    tracing::debug!("mDNS {} bytes to {to}", t.contents.len());
                     if let Err(e) = send(t, true).await {
                         tracing::trace!("mDNS send to {to} failed: {e}");
                     }
@@ -238,9 +244,19 @@ impl AgentLoop {
             Call::Read(f) => f(self.node.manager_ref()),
             Call::NetRead(f) => f(&self.node),
             Call::Release(lease) => self.node.handle(now(), Event::ConnectionReleased { lease }),
-            Call::Renew(secret, reply) => {
-                let _ = reply.send(self.node.renew_key(now(), &secret).map_err(AgentError::Net));
-            }
+            Call::Renew(secret, reply) => match self.node.renew_key(now(), &secret) {
+                // The new key is kept once the node uses it; writing and
+                // syncing the file blocks, so the store's thread does it.
+                Ok(node_id) => {
+                    let dir = self.data_dir.clone();
+                    self.store.run(move || {
+                        let _ = reply.send(write_key(&dir, &secret).map(|()| node_id));
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(AgentError::Net(e)));
+                }
+            },
             Call::Stop(done) => self.stop(Some(done)),
         }
     }
@@ -256,22 +272,35 @@ impl AgentLoop {
     }
 
     /// True once the agent was stopped (or every handle dropped): after the
-    /// driver has sent what [`AgentLoop::poll_io`] gave, it calls
+    /// driver has sent what [`AgentLoop::drain`] gave, it calls
     /// [`AgentLoop::finish`] and ends its loop.
     pub fn stopping(&self) -> bool {
         self.stopping.is_some()
     }
 
     /// Flushes and closes the store (blocking until its thread has
-    /// written everything), frees the data directory, fails the calls still
-    /// waiting and answers the stop.
-    pub fn finish(mut self) {
+    /// written everything), frees the data directory and fails the calls
+    /// still waiting. The driver then closes its sockets and only then
+    /// sends the returned [`StopReply`], so that whoever awaited the stop
+    /// finds the port free (a restart on a fixed port binds it again).
+    pub fn finish(mut self) -> StopReply {
         self.store.close();
         drop(self.lock.take());
         for (_, reply) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(AgentError::Stopped));
         }
-        if let Some(Some(done)) = self.stopping.take() {
+        StopReply(self.stopping.take().flatten())
+    }
+}
+
+/// The answer to [`crate::Agent::stop`], from [`AgentLoop::finish`].
+#[must_use = "the stop's caller waits for it"]
+pub struct StopReply(Option<oneshot::Sender<()>>);
+
+impl StopReply {
+    /// Tells the caller of `stop` that the agent has stopped.
+    pub fn send(self) {
+        if let Some(done) = self.0 {
             let _ = done.send(());
         }
     }

@@ -11,6 +11,8 @@ use keynode_store::{Store, StoreError, StoreOptions};
 
 enum Job {
     Apply(BatchId, Vec<StoreOp>),
+    /// Other blocking file work of the agent, in order with the batches.
+    Run(Box<dyn FnOnce() + Send>),
     Close(std::sync::mpsc::Sender<()>),
 }
 
@@ -58,6 +60,7 @@ impl StoreThread {
                             };
                             let _ = events.unbounded_send(event);
                         }
+                        Job::Run(work) => work(),
                         Job::Close(done) => {
                             store.close();
                             let _ = done.send(());
@@ -86,6 +89,12 @@ impl StoreThread {
 
     pub(crate) fn apply(&self, batch: BatchId, ops: Vec<StoreOp>) {
         let _ = self.jobs.send(Job::Apply(batch, ops));
+    }
+
+    /// Runs `work` on the store's thread after what is queued. Dropped
+    /// unrun if the thread has ended.
+    pub(crate) fn run(&self, work: impl FnOnce() + Send + 'static) {
+        let _ = self.jobs.send(Job::Run(Box::new(work)));
     }
 
     /// Applies what is queued, closes the environment and waits for the thread.

@@ -31,28 +31,34 @@ pub use keynode_agent::{
 use keynode_agent::{AgentLoop, Input, Inputs, Opened, Transmit, resolved};
 use smol::net::UdpSocket;
 
-/// Starts an agent: opens its data directory, key and store (on a
-/// blocking thread), binds its sockets, runs its loop on smol's global
+/// Starts an agent: opens its data directory, key and store and binds
+/// its sockets (on a blocking thread), runs its loop on smol's global
 /// executor and starts the node manager. Returns once the manager has
 /// started and its start batch is committed. Works from any executor.
 pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
-    let Opened {
-        agent,
-        node_loop,
-        inputs,
-        socket,
-        mdns,
-    } = smol::unblock(move || Agent::open(config)).await?;
-    let local = agent.local_addr();
-    let wrap = |s: std::net::UdpSocket| {
-        let addr = s.local_addr().unwrap_or(local);
-        UdpSocket::try_from(s).map_err(|source| AgentError::Socket { addr, source })
-    };
-    let socket = wrap(socket)?;
-    let mdns = mdns.map(wrap).transpose()?;
+    let (agent, node_loop, inputs, socket, mdns) = smol::unblock(move || {
+        let Opened {
+            agent,
+            node_loop,
+            inputs,
+            socket,
+            mdns,
+        } = Agent::open(config)?;
+        let socket = wrap(socket)?;
+        let mdns = mdns.map(wrap).transpose()?;
+        Ok::<_, AgentError>((agent, node_loop, inputs, socket, mdns))
+    })
+    .await?;
     smol::spawn(run(node_loop, inputs, socket, mdns)).detach();
     agent.start_manager().await?;
     Ok(agent)
+}
+
+fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {
+    let addr = socket
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    UdpSocket::try_from(socket).map_err(|source| AgentError::Socket { addr, source })
 }
 
 /// What woke the loop.
@@ -100,7 +106,9 @@ async fn run(
             .await;
         if node_loop.stopping() {
             // Closing flushes LMDB: off the executor's threads.
-            smol::unblock(move || node_loop.finish()).await;
+            let reply = smol::unblock(move || node_loop.finish()).await;
+            drop((socket, mdns, inputs));
+            reply.send();
             return;
         }
         let deadline = node_loop.poll_timeout();

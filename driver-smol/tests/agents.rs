@@ -118,7 +118,9 @@ fn a_stopped_smol_agent_frees_its_directory_and_restarts_with_its_id_graph_and_c
         let a = start(dir.path(), "a").await;
         let b = start(dir.path(), "b").await;
         match keynode_smol::start(config(dir.path(), "b")).await {
-            Err(AgentError::DataDir { .. }) => {}
+            Err(AgentError::DataDir { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
+            }
             Err(other) => panic!("a second agent on b's directory: {other}"),
             Ok(_) => panic!("a second agent started on b's directory"),
         }
@@ -172,5 +174,59 @@ fn a_seed_named_by_hostname_is_resolved_and_joined() {
         );
         newcomer.stop().await.unwrap();
         seed.stop().await.unwrap();
+    });
+}
+
+/// `stop` returns once the agent's sockets are closed, so an agent on a
+/// fixed port restarts on it at once.
+#[test]
+fn a_stopped_smol_agent_restarts_at_once_on_its_port() {
+    smol::block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let first = start(dir.path(), "a").await;
+        let (at, id) = (first.local_addr(), first.node_id());
+        first.stop().await.unwrap();
+        for round in 0..30 {
+            let again = keynode_smol::start(AgentConfig::new(dir.path().join("a"), at))
+                .await
+                .unwrap_or_else(|e| panic!("restart {round} on {at}: {e}"));
+            assert_eq!((again.local_addr(), again.node_id()), (at, id));
+            again.stop().await.unwrap();
+        }
+    });
+}
+
+/// With every handle gone the agent stops by itself: its store is closed
+/// and its directory freed for the next agent.
+#[test]
+fn dropping_every_handle_stops_the_agent_and_frees_its_directory() {
+    smol::block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let a = start(dir.path(), "a").await;
+        let id = a.node_id();
+        let copy = a.clone();
+        drop(a);
+        assert_eq!(
+            copy.get_all().await.unwrap(),
+            Vec::new(),
+            "a clone keeps it running"
+        );
+        drop(copy);
+        // The loop notices on its own time: retry while the directory is busy.
+        let mut busy = 0;
+        let again = loop {
+            match keynode_smol::start(config(dir.path(), "a")).await {
+                Ok(again) => break again,
+                Err(AgentError::DataDir { source, .. })
+                    if source.kind() == std::io::ErrorKind::WouldBlock && busy < 1000 =>
+                {
+                    busy += 1;
+                    smol::Timer::after(std::time::Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("the directory stays busy ({busy} tries): {e}"),
+            }
+        };
+        assert_eq!(again.node_id(), id);
+        again.stop().await.unwrap();
     });
 }

@@ -5,29 +5,35 @@ use keynode_agent::{
 };
 use tokio::net::UdpSocket;
 
-/// Starts an agent on the current tokio runtime: opens its data directory,
-/// key and store, binds its sockets, runs its loop in a task and starts the
-/// node manager. Returns once the manager has started and its start batch
-/// is committed. Needs the multi-threaded runtime (opening LMDB blocks, in
-/// `block_in_place`).
+/// Starts an agent on the current tokio runtime (either flavour): opens
+/// its data directory, key and store and binds its sockets (on a blocking
+/// thread), runs its loop in a task and starts the node manager. Returns
+/// once the manager has started and its start batch is committed.
 pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
-    let Opened {
-        agent,
-        node_loop,
-        inputs,
-        socket,
-        mdns,
-    } = tokio::task::block_in_place(|| Agent::open(config))?;
-    let local = agent.local_addr();
-    let wrap = |s: std::net::UdpSocket| {
-        let addr = s.local_addr().unwrap_or(local);
-        UdpSocket::from_std(s).map_err(|source| AgentError::Socket { addr, source })
-    };
-    let socket = wrap(socket)?;
-    let mdns = mdns.map(wrap).transpose()?;
+    let (agent, node_loop, inputs, socket, mdns) = tokio::task::spawn_blocking(move || {
+        let Opened {
+            agent,
+            node_loop,
+            inputs,
+            socket,
+            mdns,
+        } = Agent::open(config)?;
+        let socket = wrap(socket)?;
+        let mdns = mdns.map(wrap).transpose()?;
+        Ok::<_, AgentError>((agent, node_loop, inputs, socket, mdns))
+    })
+    .await
+    .map_err(|e| AgentError::Unexpected(format!("opening the agent: {e}")))??;
     tokio::spawn(run(node_loop, inputs, socket, mdns));
     agent.start_manager().await?;
     Ok(agent)
+}
+
+fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {
+    let addr = socket
+        .local_addr()
+        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+    UdpSocket::from_std(socket).map_err(|source| AgentError::Socket { addr, source })
 }
 
 /// One input at a time, then drain the node completely.
@@ -64,7 +70,17 @@ async fn run(
             )
             .await;
         if node_loop.stopping() {
-            tokio::task::block_in_place(|| node_loop.finish());
+            let reply = match tokio::task::spawn_blocking(move || node_loop.finish()).await {
+                Ok(reply) => reply,
+                // The store thread panicked while closing: the stop's caller
+                // learns `Stopped` from its dropped channel.
+                Err(e) => {
+                    tracing::error!("closing the agent failed: {e}");
+                    return;
+                }
+            };
+            drop((socket, mdns, inputs));
+            reply.send();
             return;
         }
         let deadline = node_loop.poll_timeout();

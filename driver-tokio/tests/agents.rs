@@ -242,7 +242,7 @@ async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_without_seeds_find_each_other_by_mdns() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("keynode_tokio=debug")
+        .with_env_filter("keynode_agent=debug,keynode_tokio=debug")
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().unwrap();
@@ -294,8 +294,72 @@ async fn one_data_directory_serves_one_agent_at_a_time() {
         Ok(_) => panic!("two agents opened one data directory"),
     }
     a.stop().await.unwrap();
-    // Free again once the first has stopped.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Free again as soon as the first has stopped.
     let again = start(dir.path(), "same").await;
     again.stop().await.unwrap();
+}
+
+/// `stop` returns once the agent's sockets are closed, so an agent on a
+/// fixed port restarts on it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_restarts_at_once_on_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), "a").await;
+    let (at, id) = (first.local_addr(), first.node_id());
+    first.stop().await.unwrap();
+    for round in 0..30 {
+        let again = keynode_tokio::start(AgentConfig::new(dir.path().join("a"), at))
+            .await
+            .unwrap_or_else(|e| panic!("restart {round} on {at}: {e}"));
+        assert_eq!((again.local_addr(), again.node_id()), (at, id));
+        again.stop().await.unwrap();
+    }
+}
+
+/// Opening and closing LMDB run on tokio's blocking threads, not in
+/// `block_in_place`, which a current-thread runtime does not allow.
+#[tokio::test]
+async fn agents_start_work_and_stop_on_a_current_thread_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a").await;
+    let b = start(dir.path(), "b").await;
+    b.sync_node_graph(seeds(&a), true).await.unwrap();
+    let found = b.find_node(a.node_id()).await.unwrap();
+    assert_eq!(
+        found.map(|(address, _)| address),
+        Some(NodeAddress::from(a.local_addr()))
+    );
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), "a").await;
+    // Nobody listens there: the attempt would wait for its 15 s timeout.
+    let nowhere = NodeAddress::from(SocketAddr::from(([127, 0, 0, 1], 9)));
+    let stranger = KeyPair::from_seed(&[7; 32]).unwrap().node_id();
+    let waiting = tokio::spawn({
+        let (a, nowhere) = (a.clone(), nowhere.clone());
+        async move { a.ping_node_address(stranger, nowhere).await }
+    });
+    // Until the ping is under way.
+    while a.read(|m| m.operations_in_flight()).await.unwrap() == 0 {
+        assert!(!waiting.is_finished(), "the ping ended before the stop");
+        tokio::task::yield_now().await;
+    }
+    a.stop().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting call ends when the agent stops")
+        .unwrap();
+    assert!(
+        !matches!(ended, Ok(true)),
+        "nothing answered at {nowhere:?}, got {ended:?}"
+    );
+    assert!(matches!(
+        a.ping_node_address(stranger, nowhere).await,
+        Err(AgentError::Stopped)
+    ));
 }
