@@ -17,6 +17,12 @@
 //! # }
 //! ```
 //!
+//! Every agent's loop is a task on smol's global executor, which runs on
+//! one thread unless the `SMOL_THREADS` environment variable asks for more
+//! (set it before the first agent starts to spread many agents over
+//! cores). The loops never block it: LMDB is opened, written and closed on
+//! other threads.
+//!
 //! The handle and everything else that does not depend on the runtime live
 //! in `keynode-agent` (re-exported here), shared with `keynode-tokio`: an
 //! agent behaves the same on either, and the two talk to each other.
