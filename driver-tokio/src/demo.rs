@@ -48,16 +48,18 @@ pub struct DemoReport {
     pub pings_ok: usize,
     /// Claims cross-signed.
     pub claims_ok: usize,
-    /// Median lookup time, milliseconds.
-    pub find_p50_ms: f64,
+    /// Median lookup time, milliseconds (`None`: no lookup succeeded).
+    pub find_p50_ms: Option<f64>,
     /// 99th percentile lookup time, milliseconds.
-    pub find_p99_ms: f64,
+    pub find_p99_ms: Option<f64>,
     /// Median time of lookups that had to open a connection (cold), ms.
-    pub find_cold_p50_ms: f64,
+    /// `None` when every lookup found a connection open (in small
+    /// networks the sync connects every agent to every other).
+    pub find_cold_p50_ms: Option<f64>,
     /// Lookups that had to open a connection.
     pub finds_cold: usize,
     /// Median time of the same lookup repeated on the connection it opened (warm), ms.
-    pub find_warm_p50_ms: f64,
+    pub find_warm_p50_ms: Option<f64>,
     /// Operations that failed (errors, not found, unanswered pings, refused claims).
     pub failures: usize,
     /// Wall time of the whole demo, seconds.
@@ -67,12 +69,16 @@ pub struct DemoReport {
     pub errors: Vec<String>,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted.get(rank).copied().unwrap_or(0.0)
+/// The `p`th percentile of `sorted`; `None` for no samples (not 0 ms,
+/// which would read as a measurement).
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let rank = ((p / 100.0) * (sorted.len().max(1) as f64 - 1.0)).round() as usize;
+    sorted.get(rank).copied()
+}
+
+/// Milliseconds for the table; `-` for no samples.
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
 }
 
 /// Starts `nodes` agents on loopback with LMDB in a temporary directory,
@@ -240,11 +246,11 @@ impl DemoReport {
             ("finds_ok", self.finds_ok.to_string()),
             ("pings_ok", self.pings_ok.to_string()),
             ("claims_ok", self.claims_ok.to_string()),
-            ("find_p50_ms", format!("{:.2}", self.find_p50_ms)),
-            ("find_p99_ms", format!("{:.2}", self.find_p99_ms)),
+            ("find_p50_ms", ms(self.find_p50_ms)),
+            ("find_p99_ms", ms(self.find_p99_ms)),
             ("finds_cold", self.finds_cold.to_string()),
-            ("find_cold_p50_ms", format!("{:.2}", self.find_cold_p50_ms)),
-            ("find_warm_p50_ms", format!("{:.2}", self.find_warm_p50_ms)),
+            ("find_cold_p50_ms", ms(self.find_cold_p50_ms)),
+            ("find_warm_p50_ms", ms(self.find_warm_p50_ms)),
             ("failures", self.failures.to_string()),
             ("wall_s", format!("{:.2}", self.wall_s)),
         ];
