@@ -230,3 +230,36 @@ fn dropping_every_handle_stops_the_agent_and_frees_its_directory() {
         again.stop().await.unwrap();
     });
 }
+
+#[test]
+fn two_smol_agents_without_seeds_find_each_other_by_mdns() {
+    smol::block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        // A port of this test's own, apart from the tokio driver's mDNS
+        // test, so that parallel runs do not hear each other.
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let mdns = keynode_core::MdnsConfig {
+            groups: vec![std::net::IpAddr::from([224, 0, 0, 250])],
+            port,
+        };
+        let mut agents = Vec::new();
+        for name in ["m1", "m2"] {
+            let mut config = config(dir.path(), name);
+            config.config.mdns = Some(mdns.clone());
+            config.mdns_interface = std::net::Ipv4Addr::LOCALHOST;
+            agents.push(keynode_smol::start(config).await.unwrap());
+        }
+        let (a, b) = (&agents[0], &agents[1]);
+        let found = a.find_node_by_mdns(b.node_id()).await.unwrap();
+        let (address, data) = found.expect("found on the local network");
+        assert_eq!(address, NodeAddress::from(b.local_addr()));
+        assert!(data.scopes.local, "mDNS addresses are local");
+        assert_eq!(
+            a.query_mdns(b.node_id()).await.unwrap(),
+            vec![b.local_addr()]
+        );
+        for agent in &agents {
+            agent.stop().await.unwrap();
+        }
+    });
+}
