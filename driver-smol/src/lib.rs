@@ -95,7 +95,7 @@ async fn run(
                     };
                     async move {
                         match from {
-                            Some(s) => s.send_to(&t.contents, t.destination).await,
+                            Some(s) => send(s, &t).await,
                             None => Ok(0),
                         }
                     }
@@ -155,4 +155,17 @@ async fn run(
             Wake::Timeout => node_loop.handle_timeout(),
         }
     }
+}
+
+/// Sends `t`, at its TTL if it has one (a hole punch's first packet).
+async fn send(socket: &UdpSocket, t: &Transmit) -> std::io::Result<usize> {
+    let Some(ttl) = t.ttl else {
+        return socket.send_to(&t.contents, t.destination).await;
+    };
+    // Nothing else is sent meanwhile: the loop awaits this send.
+    let before = socket.ttl()?;
+    socket.set_ttl(ttl)?;
+    let sent = socket.send_to(&t.contents, t.destination).await;
+    let _ = socket.set_ttl(before);
+    sent
 }

@@ -5,11 +5,11 @@
 //! relays their signals.
 //!
 //! ```text
-//!                 wan (bridge, 10.0.0.0/24)
-//!        ┌──────────────┼──────────────┐
-//!   seed 10.0.0.1   nat-a 10.0.0.2   nat-b 10.0.0.3
-//!                       │ masquerade     │ masquerade
-//!                  a 192.168.1.2    b 192.168.2.2
+//!                      wan (a router)
+//!          ┌──────────────────┼──────────────────┐
+//!   seed 10.0.1.2     nat-a 10.0.2.2      nat-b 10.0.3.2
+//!                          │ masquerade         │ masquerade
+//!                     a 192.168.1.2        b 192.168.2.2
 //! ```
 //!
 //! Needs root, `ip` (iproute2) and `nft` (nftables). Without them the test
@@ -112,17 +112,25 @@ impl Topology {
             run("ip", &["netns", "add", &topology.ns(ns)]);
             topology.exec(ns, &["ip", "link", "set", "lo", "up"]);
         }
-        topology.exec("wan", &["ip", "link", "add", "br0", "type", "bridge"]);
-        topology.exec("wan", &["ip", "link", "set", "br0", "up"]);
-        for (host, address) in [
-            ("seed", "10.0.0.1/24"),
-            ("nata", "10.0.0.2/24"),
-            ("natb", "10.0.0.3/24"),
-        ] {
+        // The wan is a router (the internet has hops: a punch's first,
+        // low-TTL packet dies there, past its own NAT and short of the
+        // other's), one subnet per side.
+        topology.exec("wan", &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        for (host, net) in [("seed", "10.0.1"), ("nata", "10.0.2"), ("natb", "10.0.3")] {
             let port = format!("p{host}");
             topology.link("wan", &port, host, "wan0");
-            topology.exec("wan", &["ip", "link", "set", &port, "master", "br0"]);
-            topology.exec(host, &["ip", "addr", "add", address, "dev", "wan0"]);
+            topology.exec(
+                "wan",
+                &["ip", "addr", "add", &format!("{net}.1/24"), "dev", &port],
+            );
+            topology.exec(
+                host,
+                &["ip", "addr", "add", &format!("{net}.2/24"), "dev", "wan0"],
+            );
+            topology.exec(
+                host,
+                &["ip", "route", "add", "default", "via", &format!("{net}.1")],
+            );
         }
         for (router, host, net) in [("nata", "a", "192.168.1"), ("natb", "b", "192.168.2")] {
             topology.link(router, "lan0", host, "eth0");
@@ -216,7 +224,7 @@ impl Network {
         let seed = start_agent_in(
             Some(&topology.ns("seed")),
             &tmp.path().join("seed"),
-            "10.0.0.1:0",
+            "10.0.1.2:0",
             None,
         );
         let seeds = format!("{}@{}", seed.node_id, seed.addr);
@@ -266,7 +274,7 @@ fn agents_behind_nat_are_seen_at_their_routers_and_unsolicited_connections_are_d
         return;
     };
     // The seed sees each of them at its router's address: the NATs are real.
-    for (agent, router) in [(&net.a, "10.0.0.2"), (&net.b, "10.0.0.3")] {
+    for (agent, router) in [(&net.a, "10.0.2.2"), (&net.b, "10.0.3.2")] {
         assert_eq!(
             connection_to(&net.seed, agent),
             Some(Network::mapped(agent, router)),
@@ -277,8 +285,8 @@ fn agents_behind_nat_are_seen_at_their_routers_and_unsolicited_connections_are_d
     // Nothing gets in unasked: a public node that knows b's mapped address
     // but has no node in common with b to signal through cannot reach it.
     let dir = net._tmp.path().join("outsider");
-    let outsider = start_agent_in(Some(&net.topology.ns("seed")), &dir, "10.0.0.1:0", None);
-    let b_mapped = Network::mapped(&net.b, "10.0.0.3");
+    let outsider = start_agent_in(Some(&net.topology.ns("seed")), &dir, "10.0.1.2:0", None);
+    let b_mapped = Network::mapped(&net.b, "10.0.3.2");
     json(&[
         "nodes",
         "add",
@@ -309,26 +317,25 @@ fn agents_behind_nat_are_seen_at_their_routers_and_unsolicited_connections_are_d
     assert!(seed_pings_b.status.success(), "{seed_pings_b:?}");
 }
 
-/// Known to fail (session 2026-11-29): Linux's connection tracking keeps
-/// the first datagram that reaches a NAT from outside as a flow of its own
-/// (UNREPLIED, 30 s, renewed by every retransmission), so the inside
-/// host's own datagrams to that peer leave from another port. A lookup
-/// dials the target's mapped address first, directly, which poisons the
-/// target's NAT before the target punches; the signal that follows 15 s
-/// later cannot work. Run with `--ignored` to see it.
+/// Linux's connection tracking keeps the first datagram that reaches a NAT
+/// from outside, before its host has sent anything to that peer, as a flow
+/// of its own (UNREPLIED, 30 s, renewed by every retransmission); the
+/// host's own datagrams to that peer then leave from another port and the
+/// punch fails. So a lookup asks a signaller before it sends anything to
+/// a NAT'd candidate, and each side's punch opens its own NAT with a
+/// low-TTL packet before anything reaches the other's.
 #[test]
-#[ignore = "hole punching through Linux conntrack NAT fails: the direct dial first poisons the target's NAT"]
 fn agents_behind_two_nats_reach_each_other_by_signal_and_hole_punching() {
     let Some(net) = Network::start(2) else {
         return;
     };
     let (a, b) = (&net.a, &net.b);
-    let b_mapped = Network::mapped(b, "10.0.0.3");
+    let b_mapped = Network::mapped(b, "10.0.3.2");
     // a finds b: the seed relays a's signal, both punch, and the
     // connection goes straight between the two NATs.
     let found = json(&["nodes", "find", "--data-dir", a.dir(), &b.node_id]);
     assert_eq!(found["address"]["address"], b_mapped.as_str(), "{found}");
-    assert_eq!(found["address"]["mode"], "signal", "{found}");
+    assert_eq!(found["address"]["mode"], "Signal", "{found}");
     assert_eq!(connection_to(a, b), Some(b_mapped));
-    assert_eq!(connection_to(b, a), Some(Network::mapped(a, "10.0.0.2")));
+    assert_eq!(connection_to(b, a), Some(Network::mapped(a, "10.0.2.2")));
 }

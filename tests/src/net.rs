@@ -63,14 +63,18 @@ impl NatType {
     ];
 
     /// How a finder behind `finder` reaches a target behind `target` that
-    /// it learned of through a public node both joined by: directly,
-    /// through signalling and hole punching, or not at all. The model both
-    /// simulation levels are checked against.
+    /// it learned of through a public node both joined by (and are still
+    /// connected to): through signalling and hole punching, or not at all.
+    /// A lookup asks the node that can signal a candidate before it sends
+    /// the candidate anything (a datagram that reaches a connection-tracking
+    /// NAT first spoils the punch), so even a target anyone may send to is
+    /// reached by signal. The model both simulation levels are checked
+    /// against.
     pub fn reach(finder: NatType, target: NatType) -> Option<keynode_core::ContactMode> {
         use keynode_core::ContactMode;
         match (finder, target) {
             // Anyone may send to these.
-            (_, NatType::None | NatType::FullCone) => Some(ContactMode::Direct),
+            (_, NatType::None | NatType::FullCone) => Some(ContactMode::Signal),
             // The symmetric target punched from a new port.
             (_, NatType::Symmetric) => None,
             // The symmetric finder dials from a port the target never saw.

@@ -180,19 +180,13 @@ fn a_node_behind_a_port_restricted_nat_is_reached_by_signal_and_hole_punch() {
     );
 
     // The finder's join looks up its own NodeId: the seed names the target
-    // (at its NAT's address) and says it is connected to it. The direct
-    // dial is filtered by the target's NAT until it times out; then the
-    // seed signals the target, both sides punch, and the second QUIC
-    // handshake gets through.
-    let before = sim.level.stats;
+    // (at its NAT's address) and says it is connected to it. The finder
+    // asks the seed to signal the target before it sends the target
+    // anything; both sides punch, and the first QUIC handshake gets
+    // through, well before a direct dial would have timed out.
     let start = sim.elapsed();
     join(&mut sim, finder, &[seed]);
-    assert!(
-        sim.level.stats.filtered > before.filtered,
-        "{:?}",
-        sim.level.stats
-    );
-    assert!(sim.elapsed() - start >= quiet().connection_connect_timeout);
+    assert!(sim.elapsed() - start < quiet().connection_connect_timeout);
     assert!(connected(&sim, finder, target));
     assert!(connected(&sim, target, finder));
 

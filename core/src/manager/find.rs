@@ -108,6 +108,10 @@ struct Candidate {
     addresses: Vec<NodeAddress>,
     signallers: Vec<NodeId>,
     state: CandidateState,
+    /// A signal was tried: not again after a direct dial fails.
+    signalled: bool,
+    /// A direct dial was tried: not again after a signalled one fails.
+    dialled: bool,
 }
 
 /// The most nodes remembered as able to signal one candidate.
@@ -545,51 +549,72 @@ impl NodeManager {
         else {
             return;
         };
-        let node_id = candidate.node_id;
-        // Next address; then, if direct failed, a signal; then give up.
-        if !via_signal && let Some(next) = candidate.addresses.get(address + 1).cloned() {
-            let attempt = self.dial(id, node_id, &next, ContactMode::Direct, op.connect_timeout);
-            op.set_state(
-                &distance,
-                CandidateState::Dialing {
-                    attempt,
-                    address: address + 1,
-                    via_signal: false,
-                },
-            );
-            return;
+        // The next address (the first after a signalled dial), then a
+        // signal if none was tried, then give up.
+        let next_address = if via_signal { 0 } else { address + 1 };
+        let next = match self.dial_direct(id, op, distance, next_address) {
+            Some(state) => Some(state),
+            None => self.start_signal(id, op, distance),
+        };
+        match next {
+            Some(state) => op.set_state(&distance, state),
+            None => {
+                op.set_state(&distance, CandidateState::Failed);
+                op.in_flight = op.in_flight.saturating_sub(1);
+            }
         }
-        if !via_signal
-            && op.strategies.signal
-            && let Some(state) = self.start_signal(id, op, distance)
-        {
-            op.set_state(&distance, state);
-            return;
-        }
-        op.set_state(&distance, CandidateState::Failed);
-        op.in_flight = op.in_flight.saturating_sub(1);
     }
 
     /// Asks a connected signaller of the candidate at `distance` to signal it.
     fn start_signal(
         &mut self,
         id: OpId,
-        op: &FindNode,
+        op: &mut FindNode,
         distance: Distance,
     ) -> Option<CandidateState> {
-        let candidate = op.candidates.get(&distance)?;
+        if !op.strategies.signal {
+            return None;
+        }
+        let candidate = op.candidates.get_mut(&distance)?;
+        if candidate.signalled {
+            return None;
+        }
         let (conn, _) = candidate
             .signallers
             .iter()
             .find_map(|s| self.conns.primary(s))?;
-        let request = self.send_request(
-            id,
-            conn,
-            Request::Signal {
-                target: candidate.node_id,
-            },
-        );
+        candidate.signalled = true;
+        let target = candidate.node_id;
+        let request = self.send_request(id, conn, Request::Signal { target });
         Some(CandidateState::Signalling { request })
+    }
+
+    /// Dials the candidate at `distance` at its address number `address`,
+    /// if the direct strategy is on and it has one. The first address is
+    /// dialled once: not again after a signal.
+    fn dial_direct(
+        &mut self,
+        id: OpId,
+        op: &mut FindNode,
+        distance: Distance,
+        address: usize,
+    ) -> Option<CandidateState> {
+        if !op.strategies.direct {
+            return None;
+        }
+        let candidate = op.candidates.get_mut(&distance)?;
+        if address == 0 && candidate.dialled {
+            return None;
+        }
+        let at = candidate.addresses.get(address)?.clone();
+        candidate.dialled = true;
+        let node_id = candidate.node_id;
+        let attempt = self.dial(id, node_id, &at, ContactMode::Direct, op.connect_timeout);
+        Some(CandidateState::Dialing {
+            attempt,
+            address,
+            via_signal: false,
+        })
     }
 
     fn find_response(
@@ -632,6 +657,14 @@ impl NodeManager {
                 op.in_flight = op.in_flight.saturating_sub(1);
                 CandidateState::Answered
             }
+            // The signaller could not signal: dial the address we have.
+            (true, _) => match self.dial_direct(id, op, distance, 0) {
+                Some(state) => state,
+                None => {
+                    op.in_flight = op.in_flight.saturating_sub(1);
+                    CandidateState::Failed
+                }
+            },
             _ => {
                 op.in_flight = op.in_flight.saturating_sub(1);
                 CandidateState::Failed
@@ -690,15 +723,17 @@ impl NodeManager {
                 let request =
                     self.send_request(id, conn, Request::ClosestNodes { target: op.target });
                 Some(CandidateState::Querying { request })
-            } else if op.strategies.direct && !candidate.addresses.is_empty() {
-                let address = candidate.addresses.first().cloned();
-                address.map(|a| CandidateState::Dialing {
-                    attempt: self.dial(id, node_id, &a, ContactMode::Direct, op.connect_timeout),
-                    address: 0,
-                    via_signal: false,
-                })
+            } else if let Some(signalling) = self.start_signal(id, op, distance) {
+                // A node that can signal the candidate is asked first, before
+                // any datagram goes to the candidate's address: behind a NAT
+                // that tracks connections (Linux's does), the first datagram
+                // to arrive from outside, before the candidate has sent
+                // anything our way, is kept as a flow of its own for 30 s,
+                // and the candidate's punch back then leaves from another
+                // port. Signalled, both sides open their NATs at once.
+                Some(signalling)
             } else {
-                self.start_signal(id, op, distance)
+                self.dial_direct(id, op, distance, 0)
             };
             match state {
                 Some(state) => op.set_state(&distance, state),
@@ -860,6 +895,8 @@ fn add_candidate(
         addresses: Vec::new(),
         signallers: Vec::new(),
         state: CandidateState::Waiting,
+        signalled: false,
+        dialled: false,
     });
     if candidate.addresses.is_empty() && all_distinct_and_few(&addresses) {
         // What the merge below would build, without building it again.

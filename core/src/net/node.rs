@@ -43,6 +43,19 @@ pub struct NetConfig {
     pub punch_packet_len: usize,
     /// Hole punches in progress at once; more are dropped. Default 64.
     pub max_punches: usize,
+    /// The IP TTL of a punch's first packet. It is to open our own NAT's
+    /// mapping without reaching the peer's NAT: a NAT that tracks
+    /// connections (Linux's) keeps the first datagram from outside that
+    /// arrives before its host has sent anything to that peer as a flow of
+    /// its own, and the host's datagrams to the peer then leave from another
+    /// port. 2 passes a home router and dies at the next hop. 0: no such
+    /// packet. Default 2.
+    pub punch_ttl: u32,
+    /// How long after that first packet the punch, and any other datagram
+    /// to the punched address (a QUIC handshake), goes out at full TTL:
+    /// time for the peer, signalled at the same moment, to open its NAT
+    /// first. Default 100 ms.
+    pub punch_delay: Duration,
 }
 
 impl Default for NetConfig {
@@ -53,6 +66,8 @@ impl Default for NetConfig {
             max_concurrent_streams: 64,
             punch_packet_len: 32,
             max_punches: 64,
+            punch_ttl: 2,
+            punch_delay: Duration::from_millis(100),
         }
     }
 }
@@ -79,6 +94,8 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// The bytes.
     pub contents: Vec<u8>,
+    /// The IP TTL (hop limit) to send with; `None`: the socket's own.
+    pub ttl: Option<u32>,
 }
 
 /// What a [`Node`] asks its driver to do.
@@ -147,7 +164,18 @@ struct QuicConn {
 struct Punch {
     interval: Duration,
     until: Instant,
+    /// Until then only the low-TTL packet has gone out, and other
+    /// datagrams to the address wait in `held`.
+    full_at: Instant,
+    /// At most [`MAX_HELD_PER_PUNCH`]; more are dropped (QUIC resends).
+    held: Vec<Vec<u8>>,
+    /// The low-TTL packet went out.
+    opened: bool,
 }
+
+/// Datagrams held back per punched address during its first
+/// [`NetConfig::punch_delay`]: a handshake's first flight.
+const MAX_HELD_PER_PUNCH: usize = 8;
 
 /// A node manager driven over QUIC: the manager's connections, requests and
 /// claim streams become QUIC connections and streams, and those become UDP
@@ -452,9 +480,30 @@ impl Node {
     }
 
     fn transmit(&mut self, destination: SocketAddr, bytes: &[u8]) {
+        self.transmit_vec(destination, bytes.to_vec());
+    }
+
+    /// Sends a datagram, unless its address is being punched and the
+    /// punch's low-TTL packet has not had its head start yet: then it
+    /// waits for the punch's first full packet.
+    fn transmit_vec(&mut self, destination: SocketAddr, contents: Vec<u8>) {
+        let now = self.now.mono;
+        if let Some(punch) = self.punches.get_mut(&destination)
+            && now < punch.full_at
+        {
+            if punch.held.len() < MAX_HELD_PER_PUNCH {
+                punch.held.push(contents);
+            }
+            return;
+        }
+        self.send(destination, contents, None);
+    }
+
+    fn send(&mut self, destination: SocketAddr, contents: Vec<u8>, ttl: Option<u32>) {
         self.out.push_back(NetCommand::Transmit(Transmit {
             destination,
-            contents: bytes.to_vec(),
+            contents,
+            ttl,
         }));
     }
 
@@ -493,6 +542,7 @@ impl Node {
             self.out.push_back(NetCommand::MdnsTransmit(Transmit {
                 destination: t.destination,
                 contents: t.bytes,
+                ttl: None,
             }));
         }
         for (query, addresses) in answers {
@@ -569,14 +619,23 @@ impl Node {
                 }
             }
             Command::HolePunch { address, timeout } => {
-                if self.punches.len() < self.net.max_punches || self.punches.contains_key(&address)
-                {
+                if let Some(punch) = self.punches.get_mut(&address) {
                     // Concurrent punches to one address share one schedule.
+                    punch.until = punch.until.max(now.mono + timeout);
+                } else if self.punches.len() < self.net.max_punches {
+                    let delay = if self.net.punch_ttl == 0 {
+                        Duration::ZERO
+                    } else {
+                        self.net.punch_delay
+                    };
                     self.punches.insert(
                         address,
                         Punch {
                             interval: Duration::from_secs(1),
                             until: now.mono + timeout,
+                            full_at: now.mono + delay,
+                            held: Vec::new(),
+                            opened: self.net.punch_ttl == 0,
                         },
                     );
                     self.set_timer(NetTimer::Punch(address), now.mono);
@@ -711,16 +770,29 @@ impl Node {
                 let Some(punch) = self.punches.get_mut(&address) else {
                     return;
                 };
-                if connected || now.mono >= punch.until {
-                    self.punches.remove(&address);
+                let mut packet = vec![0u8; self.net.punch_packet_len];
+                if !punch.opened {
+                    // Our NAT's mapping first, at low TTL; the rest later.
+                    punch.opened = true;
+                    let next = punch.full_at;
+                    self.rng.fill_bytes(&mut packet);
+                    self.send(address, packet, Some(self.net.punch_ttl));
+                    self.set_timer(NetTimer::Punch(address), next);
                     return;
                 }
-                let next = now.mono + punch.interval;
-                punch.interval *= 2;
-                let mut packet = vec![0u8; self.net.punch_packet_len];
-                self.rng.fill_bytes(&mut packet);
-                self.transmit(address, &packet);
-                self.set_timer(NetTimer::Punch(address), next);
+                let held = std::mem::take(&mut punch.held);
+                if connected || now.mono >= punch.until {
+                    self.punches.remove(&address);
+                } else {
+                    let next = now.mono + punch.interval;
+                    punch.interval *= 2;
+                    self.rng.fill_bytes(&mut packet);
+                    self.send(address, packet, None);
+                    self.set_timer(NetTimer::Punch(address), next);
+                }
+                for bytes in held {
+                    self.send(address, bytes, None);
+                }
             }
         }
     }
@@ -790,10 +862,7 @@ impl Node {
         }
         for (destination, contents) in transmits {
             progressed = true;
-            self.out.push_back(NetCommand::Transmit(Transmit {
-                destination,
-                contents,
-            }));
+            self.transmit_vec(destination, contents);
         }
         for event in events {
             progressed = true;
