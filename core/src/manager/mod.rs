@@ -1033,6 +1033,9 @@ impl NodeManager {
             // the primary's longer time to live.
             if let Some((primary, _)) = self.conns.primary(&closed.peer) {
                 self.arm_idle(primary);
+            } else {
+                self.signal_limiter
+                    .forget_if_full(&closed.peer, self.now.mono);
             }
         }
     }

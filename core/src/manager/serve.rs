@@ -29,6 +29,19 @@ impl SignalLimiter {
         }
     }
 
+    /// Forgets `source` if its bucket has refilled: a full bucket is what a
+    /// source never seen gets, so nothing is lost, and a node that relayed
+    /// for many newcomers does not keep a bucket for each (while one that
+    /// reconnects at once keeps its spent one).
+    pub(crate) fn forget_if_full(&mut self, source: &NodeId, now: Instant) {
+        if let Some((tokens, seen)) = self.buckets.get(source) {
+            let elapsed = now.saturating_duration_since(*seen).as_secs_f64();
+            if tokens + elapsed * self.refill_per_sec >= self.capacity {
+                self.buckets.remove(source);
+            }
+        }
+    }
+
     /// Takes a token for `source`; `false` if it has none left.
     pub(crate) fn allow(&mut self, source: NodeId, now: Instant) -> bool {
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
@@ -165,6 +178,24 @@ mod tests {
         assert!(!limiter.allow(source, t0 + Duration::from_millis(100)));
         // Other sources have their own bucket.
         assert!(limiter.allow(NodeId::from_bytes([2; 32]), t0));
+    }
+
+    #[test]
+    fn a_source_is_forgotten_once_its_bucket_has_refilled() {
+        let mut limiter = SignalLimiter::new(&Config::default());
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        let source = NodeId::from_bytes([1; 32]);
+        for _ in 0..20 {
+            assert!(limiter.allow(source, t0));
+        }
+        // Spent: kept, so that reconnecting does not refill it.
+        limiter.forget_if_full(&source, t0 + Duration::from_millis(500));
+        assert!(!limiter.allow(source, t0 + Duration::from_millis(50)));
+        assert_eq!(limiter.buckets.len(), 1);
+        // 20 tokens at 10 a second: full after 2 s, and forgotten.
+        limiter.forget_if_full(&source, t0 + Duration::from_secs(3));
+        assert!(limiter.buckets.is_empty());
     }
 
     #[test]
