@@ -29,6 +29,17 @@ struct DatagramNet {
     seq: u64,
     now: Now,
     latency: Duration,
+    /// Every datagram sent: when, from, to, its length and TTL.
+    sent: Vec<Sent>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    at: std::time::Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    len: usize,
+    ttl: Option<u32>,
 }
 
 fn secret(n: u8) -> [u8; 32] {
@@ -54,6 +65,7 @@ impl DatagramNet {
             seq: 0,
             now: t0(),
             latency: Duration::from_millis(5),
+            sent: Vec::new(),
         }
     }
 
@@ -91,6 +103,13 @@ impl DatagramNet {
             };
             match command {
                 NetCommand::Transmit(t) => {
+                    self.sent.push(Sent {
+                        at: now.mono,
+                        from: at,
+                        to: t.destination,
+                        len: t.contents.len(),
+                        ttl: t.ttl,
+                    });
                     self.seq += 1;
                     self.queue.insert(
                         (now.mono + self.latency, self.seq),
@@ -312,4 +331,62 @@ fn nodes_sync_through_a_seed_and_find_each_other_over_quic() {
             }
         }
     }
+}
+
+/// A lookup signals a candidate it learned from a node connected to it
+/// before sending the candidate anything, and each side's punch opens its
+/// own NAT with a low-TTL packet before anything else goes to the other:
+/// the handshake waits `punch_delay` behind it.
+#[test]
+fn a_signalled_connection_starts_with_low_ttl_punches_and_a_held_handshake() {
+    let mut net = DatagramNet::new();
+    let seed_id = net.add(1);
+    let b = net.add(2);
+    net.add(3);
+    for n in [2u8, 3] {
+        net.know(n, seed_id, 1);
+        let op = net.call(n, move |m, now| {
+            m.ping_node(now, seed_id, FindOptions::default()).unwrap()
+        });
+        assert!(matches!(net.wait(n, op), Ok(OpValue::Found(Some(_)))));
+    }
+    net.sent.clear();
+    let op = net.call(3, move |m, now| {
+        m.find_node(now, b, FindOptions::default()).unwrap()
+    });
+    let Ok(OpValue::Found(Some((at, data)))) = net.wait(3, op) else {
+        panic!("node 3 does not find node 2");
+    };
+    assert_eq!(
+        (at, data.mode),
+        (NodeAddress::from(address(2)), ContactMode::Signal)
+    );
+
+    let net_config = NetConfig::default();
+    let between = |from: u8, to: u8| -> Vec<Sent> {
+        net.sent
+            .iter()
+            .filter(|s| s.from == address(from) && s.to == address(to))
+            .copied()
+            .collect()
+    };
+    let (to_b, to_finder) = (between(3, 2), between(2, 3));
+    for (who, sent) in [("the finder", &to_b), ("the target", &to_finder)] {
+        let first = sent.first().unwrap_or_else(|| panic!("{who} sent nothing"));
+        assert_eq!(
+            (first.ttl, first.len),
+            (Some(net_config.punch_ttl), net_config.punch_packet_len),
+            "{who}'s first datagram is the low-TTL punch: {sent:?}"
+        );
+        assert!(
+            sent.iter()
+                .skip(1)
+                .all(|s| s.ttl.is_none() && s.at >= first.at + net_config.punch_delay),
+            "{who} sends nothing else until the punch delay is over: {sent:?}"
+        );
+    }
+    // The finder's handshake (QUIC Initials are padded to 1200 bytes) went
+    // out when the delay was over, not before.
+    let initial = to_b.iter().find(|s| s.len >= 1200).expect("a QUIC Initial");
+    assert_eq!(initial.at, to_b[0].at + net_config.punch_delay);
 }
