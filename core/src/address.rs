@@ -147,6 +147,12 @@ impl NodeAddress {
         }
     }
 
+    /// Whether the address is on this host (a loopback IP): nothing, no
+    /// NAT, stands between this node and a node there.
+    pub fn is_loopback(&self) -> bool {
+        matches!(self.host, Host::Ip(ip) if ip.is_loopback())
+    }
+
     /// The socket address, when the host is an IP address.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match &self.host {

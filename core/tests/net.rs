@@ -47,7 +47,7 @@ fn secret(n: u8) -> [u8; 32] {
 }
 
 fn address(n: u8) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, n], 4000))
+    SocketAddr::from(([192, 0, 2, n], 4000))
 }
 
 fn config() -> Config {

@@ -723,6 +723,14 @@ impl NodeManager {
                 let request =
                     self.send_request(id, conn, Request::ClosestNodes { target: op.target });
                 Some(CandidateState::Querying { request })
+            } else if candidate
+                .addresses
+                .first()
+                .is_some_and(NodeAddress::is_loopback)
+                && let Some(dialling) = self.dial_direct(id, op, distance, 0)
+            {
+                // On this host: no NAT in between.
+                Some(dialling)
             } else if let Some(signalling) = self.start_signal(id, op, distance) {
                 // A node that can signal the candidate is asked first, before
                 // any datagram goes to the candidate's address: behind a NAT
@@ -730,7 +738,10 @@ impl NodeManager {
                 // to arrive from outside, before the candidate has sent
                 // anything our way, is kept as a flow of its own for 30 s,
                 // and the candidate's punch back then leaves from another
-                // port. Signalled, both sides open their NATs at once.
+                // port. Signalled, both sides open their NATs at once. It
+                // costs a round trip to the signaller and the punch's head
+                // start (`NetConfig::punch_delay`) where no NAT was in the
+                // way; a lookup cannot tell.
                 Some(signalling)
             } else {
                 self.dial_direct(id, op, distance, 0)
