@@ -1033,10 +1033,16 @@ impl NodeManager {
             // the primary's longer time to live.
             if let Some((primary, _)) = self.conns.primary(&closed.peer) {
                 self.arm_idle(primary);
-            } else {
-                self.signal_limiter
-                    .forget_if_full(&closed.peer, self.now.mono);
             }
+            self.forget_signal_source(&closed.peer);
+        }
+    }
+
+    /// A node with no connection left to us sends us no signal requests:
+    /// its bucket goes once it has refilled (see `SignalLimiter`).
+    fn forget_signal_source(&mut self, peer: &NodeId) {
+        if self.conns.primary(peer).is_none() {
+            self.signal_limiter.forget_if_full(peer, self.now.mono);
         }
     }
 
@@ -1069,7 +1075,9 @@ impl NodeManager {
 
     fn on_idle(&mut self, conn: ConnId) {
         if self.conns.get(conn).is_some_and(|c| c.leases == 0) {
-            self.conns.remove(conn);
+            if let Some(closed) = self.conns.remove(conn) {
+                self.forget_signal_source(&closed.peer);
+            }
             self.commands.push_back(Command::CloseConnection {
                 conn,
                 code: ConnectionErrorCode::IdleTimeout,
