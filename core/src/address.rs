@@ -150,7 +150,7 @@ impl NodeAddress {
     /// Whether the address is on this host (a loopback IP): nothing, no
     /// NAT, stands between this node and a node there.
     pub fn is_loopback(&self) -> bool {
-        matches!(self.host, Host::Ip(ip) if ip.is_loopback())
+        matches!(self.host, Host::Ip(ip) if ip.to_canonical().is_loopback())
     }
 
     /// The socket address, when the host is an IP address.

@@ -390,3 +390,66 @@ fn a_signalled_connection_starts_with_low_ttl_punches_and_a_held_handshake() {
     let initial = to_b.iter().find(|s| s.len >= 1200).expect("a QUIC Initial");
     assert_eq!(initial.at, to_b[0].at + net_config.punch_delay);
 }
+
+/// A signal naming an address we are already connected to opens nothing
+/// and holds nothing back: the connection's datagrams keep flowing (a
+/// peer could otherwise stall our traffic to any node by naming it).
+#[test]
+fn a_punch_towards_a_connected_address_sends_and_holds_nothing() {
+    let mut net = DatagramNet::new();
+    let relay = net.add(1);
+    let b = net.add(2);
+    let c = net.add(3);
+    for n in [2u8, 3] {
+        net.know(n, relay, 1);
+        let op = net.call(n, move |m, now| {
+            m.ping_node(now, relay, FindOptions::default()).unwrap()
+        });
+        assert!(matches!(net.wait(n, op), Ok(OpValue::Found(Some(_)))));
+    }
+    // b and c are connected directly.
+    net.know(2, c, 3);
+    let op = net.call(2, move |m, now| {
+        m.ping_node(now, c, FindOptions::default()).unwrap()
+    });
+    assert!(matches!(net.wait(2, op), Ok(OpValue::Found(Some(_)))));
+    net.sent.clear();
+
+    // c asks the relay to signal b: b is told to punch towards c.
+    let op = net.call(3, move |m, now| {
+        let (conn, _, _) = m
+            .connections()
+            .into_iter()
+            .find(|(_, peer, _)| *peer == relay)
+            .expect("c is connected to the relay");
+        m.request(now, conn, keynode_core::wire::Request::Signal { target: b })
+            .unwrap()
+    });
+    assert!(matches!(
+        net.wait(3, op),
+        Ok(OpValue::Response(
+            keynode_core::wire::Response::Signal { .. }
+        ))
+    ));
+    // And b still talks to c at once: a ping over their connection.
+    let op = net.call(2, move |m, now| {
+        m.ping_node(now, c, FindOptions::default()).unwrap()
+    });
+    assert!(matches!(net.wait(2, op), Ok(OpValue::Found(Some(_)))));
+    // Whatever b would have punched is due by now.
+    for _ in 0..2_000 {
+        if !net.step() {
+            break;
+        }
+    }
+    let from_b: Vec<Sent> = net
+        .sent
+        .iter()
+        .filter(|s| s.from == address(2) && s.to == address(3))
+        .copied()
+        .collect();
+    assert!(
+        from_b.iter().all(|s| s.ttl.is_none()),
+        "b punched towards a connected peer: {from_b:?}"
+    );
+}

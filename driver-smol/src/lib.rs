@@ -162,10 +162,15 @@ async fn send(socket: &UdpSocket, t: &Transmit) -> std::io::Result<usize> {
     let Some(ttl) = t.ttl else {
         return socket.send_to(&t.contents, t.destination).await;
     };
-    // Nothing else is sent meanwhile: the loop awaits this send.
-    let before = socket.ttl()?;
-    socket.set_ttl(ttl)?;
+    // Nothing else is sent meanwhile: the loop awaits this send. IP_TTL
+    // is IPv4's; where it cannot be set the packet goes at the default.
+    let Ok(before) = socket.ttl() else {
+        return socket.send_to(&t.contents, t.destination).await;
+    };
+    let set = socket.set_ttl(ttl).is_ok();
     let sent = socket.send_to(&t.contents, t.destination).await;
-    let _ = socket.set_ttl(before);
+    if set {
+        let _ = socket.set_ttl(before);
+    }
     sent
 }

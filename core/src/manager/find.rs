@@ -549,12 +549,24 @@ impl NodeManager {
         else {
             return;
         };
-        // The next address (the first after a signalled dial), then a
-        // signal if none was tried, then give up.
+        // The next address (the first after a signalled dial) and a signal
+        // if none was tried: the signal first unless that address is on
+        // this host (see `find_advance`); then give up.
         let next_address = if via_signal { 0 } else { address + 1 };
-        let next = match self.dial_direct(id, op, distance, next_address) {
-            Some(state) => Some(state),
-            None => self.start_signal(id, op, distance),
+        let on_this_host = candidate
+            .addresses
+            .get(next_address)
+            .is_some_and(NodeAddress::is_loopback);
+        let next = if on_this_host {
+            match self.dial_direct(id, op, distance, next_address) {
+                Some(state) => Some(state),
+                None => self.start_signal(id, op, distance),
+            }
+        } else {
+            match self.start_signal(id, op, distance) {
+                Some(state) => Some(state),
+                None => self.dial_direct(id, op, distance, next_address),
+            }
         };
         match next {
             Some(state) => op.set_state(&distance, state),

@@ -164,9 +164,11 @@ struct QuicConn {
 struct Punch {
     interval: Duration,
     until: Instant,
-    /// Until then only the low-TTL packet has gone out, and other
-    /// datagrams to the address wait in `held`.
+    /// Until then only the low-TTL packet has gone out, and datagrams of
+    /// connections not up yet to the address wait in `held`.
     full_at: Instant,
+    /// The first full packet went out and `held` with it.
+    released: bool,
     /// At most [`MAX_HELD_PER_PUNCH`]; more are dropped (QUIC resends).
     held: Vec<Vec<u8>>,
     /// The low-TTL packet went out.
@@ -483,13 +485,13 @@ impl Node {
         self.transmit_vec(destination, bytes.to_vec());
     }
 
-    /// Sends a datagram, unless its address is being punched and the
-    /// punch's low-TTL packet has not had its head start yet: then it
-    /// waits for the punch's first full packet.
+    /// Sends a datagram (one of a connection not up yet, or the endpoint's
+    /// own), unless its address is being punched and the punch's low-TTL
+    /// packet has not had its head start yet: then it waits for the punch's
+    /// first full packet, and goes out after it.
     fn transmit_vec(&mut self, destination: SocketAddr, contents: Vec<u8>) {
-        let now = self.now.mono;
         if let Some(punch) = self.punches.get_mut(&destination)
-            && now < punch.full_at
+            && !punch.released
         {
             if punch.held.len() < MAX_HELD_PER_PUNCH {
                 punch.held.push(contents);
@@ -619,7 +621,13 @@ impl Node {
                 }
             }
             Command::HolePunch { address, timeout } => {
-                if let Some(punch) = self.punches.get_mut(&address) {
+                let connected = self
+                    .conns
+                    .values()
+                    .any(|c| c.up && c.conn.remote_address() == address);
+                if connected {
+                    // Nothing to open: the peer is reached already.
+                } else if let Some(punch) = self.punches.get_mut(&address) {
                     // Concurrent punches to one address share one schedule.
                     punch.until = punch.until.max(now.mono + timeout);
                 } else if self.punches.len() < self.net.max_punches {
@@ -634,6 +642,7 @@ impl Node {
                             interval: Duration::from_secs(1),
                             until: now.mono + timeout,
                             full_at: now.mono + delay,
+                            released: false,
                             held: Vec::new(),
                             opened: self.net.punch_ttl == 0,
                         },
@@ -771,7 +780,7 @@ impl Node {
                     return;
                 };
                 let mut packet = vec![0u8; self.net.punch_packet_len];
-                if !punch.opened {
+                if !punch.opened && !connected {
                     // Our NAT's mapping first, at low TTL; the rest later.
                     punch.opened = true;
                     let next = punch.full_at;
@@ -780,6 +789,7 @@ impl Node {
                     self.set_timer(NetTimer::Punch(address), next);
                     return;
                 }
+                punch.released = true;
                 let held = std::mem::take(&mut punch.held);
                 if connected || now.mono >= punch.until {
                     self.punches.remove(&address);
@@ -841,7 +851,9 @@ impl Node {
         let mut events = Vec::new();
         let mut transmits = Vec::new();
         let mut drained = false;
+        let mut up = false;
         if let Some(c) = self.conns.get_mut(&id) {
+            up = c.up;
             while let Some(event) = c.conn.poll_endpoint_events() {
                 drained |= event.is_drained();
                 if let Some(reply) = self.endpoint.handle_event(c.handle, event) {
@@ -862,7 +874,11 @@ impl Node {
         }
         for (destination, contents) in transmits {
             progressed = true;
-            self.transmit_vec(destination, contents);
+            if up {
+                self.send(destination, contents, None);
+            } else {
+                self.transmit_vec(destination, contents);
+            }
         }
         for event in events {
             progressed = true;
