@@ -39,9 +39,10 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// Whether namespaces with nftables NAT can be made here.
-fn netns_available() -> Result<(), String> {
-    let probe = format!("knprobe{}", std::process::id());
+/// Whether namespaces with nftables NAT can be made here (`tag`: the
+/// test's, since tests run in parallel).
+fn netns_available(tag: u8) -> Result<(), String> {
+    let probe = format!("knprobe{}-{tag}", std::process::id());
     let made = Command::new("ip")
         .args(["netns", "add", &probe])
         .output()
@@ -213,7 +214,7 @@ impl Network {
     /// `None` (and a line on stderr) where namespaces cannot be made and
     /// the environment does not require them.
     fn start(tag: u8) -> Option<Network> {
-        if let Err(why) = netns_available() {
+        if let Err(why) = netns_available(tag) {
             let required = std::env::var("KEYNODE_NETNS_TESTS").is_ok_and(|v| v == "require");
             assert!(!required, "network namespaces with nftables NAT: {why}");
             eprintln!("skipped: network namespaces with nftables NAT: {why}");
