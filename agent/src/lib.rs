@@ -23,4 +23,4 @@ pub use agent::{
     Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, load_or_create_key, now,
 };
 pub use keynode_core::net::Transmit;
-pub use node_loop::{AgentLoop, Input, Inputs, Io, StopReply, resolved};
+pub use node_loop::{AgentLoop, Input, Inputs, StopReply, resolved};

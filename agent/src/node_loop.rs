@@ -32,7 +32,7 @@ use crate::store_thread::StoreThread;
 /// What the driver must do for the node.
 #[derive(Debug)]
 #[must_use]
-pub enum Io {
+pub(crate) enum Io {
     /// Send this datagram from the QUIC socket.
     Transmit(Transmit),
     /// Send this datagram from the mDNS socket (if there is one).
@@ -47,7 +47,7 @@ pub enum Io {
     },
 }
 
-/// The answer to [`Io::Resolve`] as the node takes it.
+/// The answer to a resolution the node asked for (the `resolve` callback of [`AgentLoop::drain`]) as the node takes it.
 pub fn resolved(
     resolve: ResolveId,
     result: std::io::Result<impl Iterator<Item = SocketAddr>>,
@@ -130,14 +130,14 @@ impl AgentLoop {
         }
     }
 
-    /// Where a driver sends the answers to [`Io::Resolve`].
+    /// Where a driver sends the answers to a resolution the node asked for (the `resolve` callback of [`AgentLoop::drain`]).
     pub fn events(&self) -> mpsc::UnboundedSender<Event> {
         self.events.clone()
     }
 
     /// The next thing the driver must do, after carrying out every store
     /// batch and result before it. `None`: the node is drained.
-    pub fn poll_io(&mut self) -> Option<Io> {
+    fn poll_io(&mut self) -> Option<Io> {
         while let Some(command) = self.node.poll() {
             match command {
                 NetCommand::Transmit(t) => return Some(Io::Transmit(t)),
