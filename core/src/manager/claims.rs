@@ -13,18 +13,49 @@
 //! retry repairs it: each side reuses the link claim it already holds instead
 //! of making a new one, so a retry never duplicates a link.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use super::find::{FindOptions, Strategies};
+use super::running::Job;
+use super::waits::Wait;
 use super::{Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, Step};
 use crate::claims::{
-    ClaimBody, ClaimError, ClaimId, SignedClaim, VerifiedClaim, check_link, verify_chain,
+    ClaimBody, ClaimError, ClaimId, GestaltGraph, KeyPair, Sigchain, SignedClaim, VerifiedClaim,
+    check_link, verify_chain,
 };
 use crate::id::NodeId;
 use crate::manager::api::{ApiError, Command, ConnId, RequestId, StreamId};
 use crate::store::StoreOp;
 use crate::time::Now;
 use crate::wire::{ClaimMessage, Request, Response};
+
+/// What the node knows and holds for claims: its signing key, its sigchain,
+/// the gestalt links, who may claim it, and the exchanges waiting to build
+/// on the chain (the one building on it is [`Job::ChainWriter`]).
+pub(crate) struct ClaimState {
+    /// `None` when the node's key cannot sign for its NodeId.
+    pub(crate) key: Option<KeyPair>,
+    pub(crate) sigchain: Sigchain,
+    pub(crate) gestalt: GestaltGraph,
+    pub(crate) claim_permissions: BTreeSet<NodeId>,
+    /// Ids of claims signed recently, to refuse replays (bounded; oldest out).
+    pub(crate) recent_claims: BTreeSet<ClaimId>,
+    pub(crate) chain_queue: VecDeque<ChainWaiter>,
+}
+
+impl ClaimState {
+    pub(crate) fn new(own: NodeId, key: Option<KeyPair>) -> Self {
+        Self {
+            key,
+            sigchain: Sigchain::new(own),
+            gestalt: GestaltGraph::default(),
+            claim_permissions: BTreeSet::new(),
+            recent_claims: BTreeSet::new(),
+            chain_queue: VecDeque::new(),
+        }
+    }
+}
 
 /// The requester's side of a claim exchange: one state per expected message.
 #[derive(Debug)]
@@ -115,10 +146,10 @@ impl NodeManager {
         self.advance_clock(now);
         self.check_running()?;
         let op = if allowed {
-            self.claim_permissions.insert(node_id);
+            self.claims.claim_permissions.insert(node_id);
             StoreOp::PutClaimPermission(node_id)
         } else {
-            self.claim_permissions.remove(&node_id);
+            self.claims.claim_permissions.remove(&node_id);
             StoreOp::DeleteClaimPermission(node_id)
         };
         let id = self.spawn(OpKind::StoreWait(OpValue::Unit), Parent::Caller, None)?;
@@ -129,13 +160,17 @@ impl NodeManager {
 
     /// The own sigchain, in seq order.
     pub fn sigchain(&self) -> Vec<SignedClaim> {
-        self.sigchain.claims().map(|(_, s)| s.clone()).collect()
+        self.claims
+            .sigchain
+            .claims()
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     /// The nodes in one gestalt with `node_id` (linked by doubly signed
     /// claims, directly or through others).
     pub fn gestalt(&self, node_id: &NodeId) -> Vec<NodeId> {
-        self.gestalt.gestalt(node_id).into_iter().collect()
+        self.claims.gestalt.gestalt(node_id).into_iter().collect()
     }
 
     /// Spec: `NodeManager.requestChainData`.
@@ -218,7 +253,7 @@ impl NodeManager {
     pub(super) fn serve_chain_data(&self, from: Option<ClaimId>, limit: u32) -> Response {
         let limit = (limit as usize).min(self.config.max_chain_page);
         Response::ChainData {
-            claims: self.sigchain.page(from, limit),
+            claims: self.claims.sigchain.page(from, limit),
         }
     }
 
@@ -234,23 +269,24 @@ impl NodeManager {
 
     /// Remembers a claim id; `Err` if it was seen already.
     fn check_replay(&mut self, id: ClaimId) -> Result<(), ClaimError> {
-        if self.recent_claims.contains(&id) {
+        if self.claims.recent_claims.contains(&id) {
             return Err(ClaimError::Replayed(id));
         }
-        if self.recent_claims.len() >= self.config.max_recent_claims {
+        if self.claims.recent_claims.len() >= self.config.max_recent_claims {
             // Oldest first: ids sort by time.
-            self.recent_claims.pop_first();
+            self.claims.recent_claims.pop_first();
         }
-        self.recent_claims.insert(id);
+        self.claims.recent_claims.insert(id);
         Ok(())
     }
 
     /// The link claim to `other` this node holds, or a new one signed by it.
     fn own_link_claim(&mut self, other: NodeId) -> Result<(SignedClaim, bool), ClaimError> {
-        if let Some((_, signed)) = self.sigchain.link_to(&other) {
+        if let Some((_, signed)) = self.claims.sigchain.link_to(&other) {
             return Ok((signed.clone(), true));
         }
         let key = self
+            .claims
             .key
             .clone()
             .ok_or(ClaimError::Aborted(crate::claims::AbortReason::Unavailable))?;
@@ -259,6 +295,7 @@ impl NodeManager {
             sub: other,
         };
         let claim = self
+            .claims
             .sigchain
             .next_claim(body, self.now.unix_ms, &mut self.rng);
         Ok((SignedClaim::sign(&claim, &key)?, false))
@@ -282,10 +319,10 @@ impl NodeManager {
     ) -> Result<Vec<StoreOp>, ClaimError> {
         let mut ops = Vec::new();
         if !reused {
-            ops.push(self.sigchain.append(verified)?);
+            ops.push(self.claims.sigchain.append(verified)?);
         }
         let own = self.graph.own_node_id();
-        ops.extend(self.gestalt.link(own, other));
+        ops.extend(self.claims.gestalt.link(own, other));
         Ok(ops)
     }
 
@@ -297,7 +334,7 @@ impl NodeManager {
                 Step::Done(result.map(|()| OpValue::Unit).map_err(OpError::Store))
             }
             (ClaimNodeOp::Finding { target }, Input::Start) => {
-                if self.key.is_none() {
+                if self.claims.key.is_none() {
                     return Step::Done(Err(OpError::CannotSign));
                 }
                 if let Some((conn, _)) = self.conns.primary(&target) {
@@ -383,7 +420,7 @@ impl NodeManager {
                         return fail(e);
                     }
                 };
-                let Some(key) = self.key.clone() else {
+                let Some(key) = self.claims.key.clone() else {
                     return Step::Done(Err(OpError::CannotSign));
                 };
                 reverse.countersign(&key);
@@ -392,7 +429,7 @@ impl NodeManager {
                     message: ClaimMessage::ReverseCountersigned(reverse),
                     finish: true,
                 });
-                self.streams.retain(|_, op| *op != id);
+                let _ = self.waits.take(Wait::Stream(stream));
                 // Commit point: message 4 is sent.
                 match self.commit_link(target, doubly, reused) {
                     Ok(ops) => {
@@ -428,24 +465,27 @@ impl NodeManager {
     fn claim_open(&mut self, id: OpId, target: NodeId, conn: ConnId) -> Step {
         // One exchange at a time builds on the chain's head: another one's
         // claim appended meanwhile would break this one's link.
-        match self.chain_owner {
+        match self.running.get(Job::ChainWriter) {
             Some(owner) if owner != id => {
-                if self.chain_queue.len() >= MAX_CHAIN_WAITERS {
+                if self.claims.chain_queue.len() >= MAX_CHAIN_WAITERS {
                     return Step::Done(Err(OpError::Claim(ClaimError::ChainAdvanced)));
                 }
-                self.chain_queue.push_back(ChainWaiter::Requester(id));
+                self.claims
+                    .chain_queue
+                    .push_back(ChainWaiter::Requester(id));
                 return Step::Continue(OpKind::ClaimNode(Box::new(ClaimNodeOp::Finding {
                     target,
                 })));
             }
-            _ => self.chain_owner = Some(id),
+            Some(_) => {}
+            None => self.running.start(Job::ChainWriter, id),
         }
         let (mine, reused) = match self.own_link_claim(target) {
             Ok(x) => x,
             Err(e) => return Step::Done(Err(OpError::Claim(e))),
         };
         let stream = StreamId::Local(self.fresh_id());
-        self.streams.insert(stream, id);
+        self.waits.register(Wait::Stream(stream), id);
         self.commands.push_back(Command::OpenStream {
             conn,
             stream,
@@ -478,12 +518,12 @@ impl NodeManager {
             self.abort_stream(stream, &ClaimError::StreamClosed);
             return;
         };
-        if self.chain_owner.is_some() {
+        if self.running.is_running(Job::ChainWriter) {
             // Another exchange builds on the chain: this one waits its turn.
-            if self.chain_queue.len() >= MAX_CHAIN_WAITERS {
+            if self.claims.chain_queue.len() >= MAX_CHAIN_WAITERS {
                 self.abort_stream(stream, &ClaimError::ChainAdvanced);
             } else {
-                self.chain_queue.push_back(ChainWaiter::Handler {
+                self.claims.chain_queue.push_back(ChainWaiter::Handler {
                     conn,
                     stream,
                     message,
@@ -512,8 +552,8 @@ impl NodeManager {
                 let timeout = self.config.claim_timeout;
                 match self.spawn(OpKind::HandleClaim(op), Parent::Internal, Some(timeout)) {
                     Ok(id) => {
-                        self.streams.insert(stream, id);
-                        self.chain_owner = Some(id);
+                        self.waits.register(Wait::Stream(stream), id);
+                        self.running.start(Job::ChainWriter, id);
                     }
                     Err(_) => self.abort_stream(stream, &ClaimError::ChainAdvanced),
                 }
@@ -534,10 +574,10 @@ impl NodeManager {
                 got: message.name(),
             });
         };
-        if !self.claim_permissions.contains(&requester) {
+        if !self.claims.claim_permissions.contains(&requester) {
             return Err(ClaimError::NotPermitted);
         }
-        let Some(key) = self.key.clone() else {
+        let Some(key) = self.claims.key.clone() else {
             return Err(ClaimError::Aborted(crate::claims::AbortReason::Unavailable));
         };
         let verified = claim.verify(&[requester])?;
@@ -580,7 +620,7 @@ impl NodeManager {
                         got: other.name(),
                     }),
                 };
-                self.streams.retain(|_, op| *op != id);
+                let _ = self.waits.take(Wait::Stream(stream));
                 // Commit point: a valid message 4.
                 match verified.and_then(|v| self.commit_link(requester, v, reused)) {
                     Ok(ops) => {
@@ -618,14 +658,14 @@ pub(crate) enum ChainWaiter {
 impl NodeManager {
     /// The chain's exchange `id` ended: the next waiting one goes on.
     pub(super) fn release_chain(&mut self, id: OpId) {
-        if self.chain_owner != Some(id) {
+        if self.running.get(Job::ChainWriter) != Some(id) {
             return;
         }
-        self.chain_owner = None;
-        while let Some(waiter) = self.chain_queue.pop_front() {
+        self.running.release(Job::ChainWriter, id);
+        while let Some(waiter) = self.claims.chain_queue.pop_front() {
             match waiter {
-                ChainWaiter::Requester(op) if self.ops.contains_key(&op) => {
-                    self.chain_owner = Some(op);
+                ChainWaiter::Requester(op) if self.ops.contains(op) => {
+                    self.running.start(Job::ChainWriter, op);
                     self.input(op, Input::ChainFree);
                     return;
                 }
@@ -636,7 +676,7 @@ impl NodeManager {
                     message,
                 } => {
                     self.handle_claim_node(conn, stream, message);
-                    if self.chain_owner.is_some() {
+                    if self.running.is_running(Job::ChainWriter) {
                         return;
                     }
                 }

@@ -343,7 +343,7 @@ impl NodeManager {
                 if self.config.mdns.is_none() {
                     return Step::Done(Ok(OpValue::Addresses(Vec::new())));
                 }
-                self.queries.insert(op.query, id);
+                self.waits.register(super::waits::Wait::Query(op.query), id);
                 self.commands.push_back(Command::MdnsQuery {
                     query: op.query,
                     node_id: op.node_id,

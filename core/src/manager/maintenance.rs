@@ -6,6 +6,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::find::{FindOptions, Strategies};
+use super::running::Job;
 use super::set_node::Wait;
 use super::{Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, Step, Timer};
 use crate::id::{BucketIndex, NodeId};
@@ -176,9 +177,9 @@ impl NodeManager {
             committing: false,
         };
         let op = self.spawn(OpKind::Refresh(refresh), parent, None)?;
-        self.refresh_running.insert(bucket, op);
+        self.running.start(Job::Refresh(bucket), op);
         // Whoever waits for "the next refresh of this bucket" waits for this one.
-        for waiter in self.refresh_waiters.remove(&bucket).unwrap_or_default() {
+        for waiter in self.running.take_refresh_waiters(bucket) {
             self.add_watcher(op, waiter);
         }
         Ok(op)
@@ -208,8 +209,8 @@ impl NodeManager {
             }
             Input::Child { .. } if !op.committing => {
                 // Found or not, the bucket was refreshed; schedule the next.
-                self.refresh_running.retain(|_, r| *r != id);
-                let ops = if self.refresh_waiters.contains_key(&op.bucket) {
+                self.running.release(Job::Refresh(op.bucket), id);
+                let ops = if self.running.awaits_refresh(op.bucket) {
                     // Someone waits for a refresh that this one preempted
                     // (it was due while this ran): run it now.
                     let key = TaskKey::RefreshBucket(op.bucket);
@@ -245,8 +246,7 @@ impl NodeManager {
     /// would keep its waiter forever (the simulator found a join that never
     /// ended).
     pub(super) fn push_refresh_back(&mut self, bucket: BucketIndex) -> Vec<StoreOp> {
-        if self.refresh_running.contains_key(&bucket) || self.refresh_waiters.contains_key(&bucket)
-        {
+        if self.running.is_running(Job::Refresh(bucket)) || self.running.awaits_refresh(bucket) {
             return Vec::new();
         }
         self.reschedule_refresh(bucket)
@@ -317,7 +317,7 @@ impl NodeManager {
         let op = self.spawn(OpKind::Wait(wait), parent, None)?;
         let ops = self.schedule_task(TaskKey::RefreshBucket(bucket), delay, TaskPayload::None);
         if !lazy {
-            self.refresh_waiters.entry(bucket).or_default().push(op);
+            self.running.await_refresh(bucket, op);
         }
         self.store(ops, Some(op));
         Ok(op)
@@ -374,7 +374,7 @@ impl NodeManager {
         match key {
             TaskKey::RefreshBucket(bucket) => {
                 // A refresh already running reschedules itself when it ends.
-                if !self.refresh_running.contains_key(&bucket) {
+                if !self.running.is_running(Job::Refresh(bucket)) {
                     let _op = self.spawn_refresh(bucket, None, Parent::Internal);
                 }
             }
@@ -387,14 +387,14 @@ impl NodeManager {
             TaskKey::CheckConnections => {
                 let ops = self.schedule_check_connections(true);
                 self.store(ops, None);
-                if self.check_running.is_none()
+                if !self.running.is_running(Job::CheckConnections)
                     && let Ok(op) = self.spawn(
                         OpKind::CheckConnections(CheckConnections { remaining: 0 }),
                         Parent::Internal,
                         None,
                     )
                 {
-                    self.check_running = Some(op);
+                    self.running.start(Job::CheckConnections, op);
                 }
             }
             TaskKey::SyncNodeGraph => {

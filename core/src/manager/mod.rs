@@ -27,21 +27,42 @@
 //! The manager reads no clock and draws randomness only from the generator
 //! seeded in [`NodeManager::new`]; all its tables are ordered maps. The same
 //! seed and the same inputs give the same commands.
+//!
+//! # Layout
+//!
+//! - `api`: the I/O surface (events in, commands and outputs out, ids).
+//! - `ops`: the operation table and machinery: spawn, step one input at a
+//!   time, end (children cancelled, waits and jobs dropped, parent told).
+//! - `waits`: what each operation waits for (an attempt, a request, a query,
+//!   a batch, a stream), so an answer finds its operation and an ended
+//!   operation leaves nothing behind; `running`: the jobs of which one runs
+//!   at a time (GC or refresh of a bucket, the connection check, the chain
+//!   writer); `timers`: the deadline table keyed by [`Timer`].
+//! - `conns` (connections up), `dials` (attempts in flight), `lifecycle`
+//!   (dialling, connection up/closed, idle time to live, leases, requests).
+//! - One file per group of spec methods: `set_node` (setNode, GC, pings),
+//!   `find` (findNode, pingNode, mDNS), `maintenance` (refresh, connection
+//!   check, resetBuckets, acquireConnection), `sync`, `claims`, `serve`
+//!   (answering peers, the signal relay), `tasks` (the persisted task table).
 
 mod api;
 mod claims;
 mod conns;
+mod dials;
 mod find;
+mod lifecycle;
 mod maintenance;
+mod ops;
+mod running;
 mod serve;
 mod set_node;
 mod sync;
 mod tasks;
 mod timers;
+mod waits;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -54,19 +75,21 @@ pub use api::{
 pub use find::{FindOptions, Strategies};
 pub use timers::Timer;
 
-use crate::address::{Host, NodeAddress};
-use crate::claims::{ClaimId, GestaltGraph, Identity, KeyPair, Sigchain};
+use crate::claims::{Identity, Sigchain};
 use crate::config::{Config, ConfigError};
 use crate::conn_error::ConnectionErrorCode;
-use crate::contact::{ContactMode, NodeAddressScopes, NodeContactAddressData};
 use crate::graph::{NodeBucket, NodeGraph};
 use crate::id::{BucketIndex, NodeId};
 use crate::store::{StoreOp, TaskKey, TaskRecord};
 use crate::time::Now;
-use crate::wire::{Request, Response};
-use conns::{Conn, ConnTable};
-use serve::SignalLimiter;
+use claims::ClaimState;
+use conns::ConnTable;
+use dials::Dials;
+use ops::{Input, OpKind, OpTable, Parent, Step};
+use running::Running;
+use serve::SignalRelay;
 use timers::Timers;
+use waits::{Wait, Waits};
 
 /// Counters of what the manager dropped or refused, for monitoring.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,98 +119,6 @@ enum RunState {
     Stopped,
 }
 
-/// Who hears about an operation's end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Parent {
-    /// The user: an [`Output::Done`].
-    Caller,
-    /// Another operation: an [`Input::Child`].
-    Op(OpId),
-    /// Nobody (background work).
-    Internal,
-}
-
-/// An input to one operation.
-#[derive(Clone, Debug)]
-enum Input {
-    Start,
-    Connected {
-        attempt: AttemptId,
-        conn: ConnId,
-        remote: SocketAddr,
-    },
-    ConnectFailed {
-        attempt: AttemptId,
-        failure: ConnectFailure,
-    },
-    Response {
-        request: RequestId,
-        result: Result<Response, RpcFailure>,
-    },
-    Mdns {
-        addresses: Vec<SocketAddr>,
-    },
-    Child {
-        child: OpId,
-        result: Result<OpValue, OpError>,
-    },
-    Committed {
-        result: Result<(), String>,
-    },
-    Stream {
-        message: crate::wire::ClaimMessage,
-    },
-    StreamClosed,
-    /// The sigchain is free for this claim exchange.
-    ChainFree,
-    Deadline,
-}
-
-/// What an operation does after an input.
-enum Step {
-    Continue(OpKind),
-    Done(Result<OpValue, OpError>),
-}
-
-/// The state of one operation.
-#[derive(Debug)]
-enum OpKind {
-    Find(Box<find::FindNode>),
-    QueryMdns(find::QueryMdns),
-    PingAddress(set_node::PingAddress),
-    SetNode(set_node::SetNodeOp),
-    Gc(Box<set_node::Gc>),
-    /// Waits for one store batch, then ends with the value.
-    StoreWait(OpValue),
-    Wait(set_node::Wait),
-    Acquire(maintenance::Acquire),
-    Refresh(maintenance::Refresh),
-    CheckConnections(maintenance::CheckConnections),
-    Sync(Box<sync::SyncOp>),
-    ClaimNode(Box<claims::ClaimNodeOp>),
-    HandleClaim(claims::HandleClaimOp),
-    ChainData(claims::ChainDataOp),
-    /// A caller's request on a connection; `None` once sent.
-    UserRequest(Option<(ConnId, Request)>),
-}
-
-struct OpEntry {
-    kind: OpKind,
-    parent: Parent,
-    /// Operations told of this one's end, beside its parent (for example
-    /// blocking `set_node`s waiting on one garbage collection).
-    watchers: Vec<OpId>,
-}
-
-/// A connection attempt in flight.
-#[derive(Clone, Debug)]
-struct Attempt {
-    op: OpId,
-    node_id: NodeId,
-    mode: ContactMode,
-    timeout: Duration,
-}
-
 /// The spec's NodeManager: routing table upkeep, lookups, connections and
 /// background tasks, as a deterministic state machine.
 ///
@@ -198,39 +129,21 @@ pub struct NodeManager {
     rng: ChaCha8Rng,
     state: RunState,
     now: Now,
+    /// One counter for every id the manager makes (operations, attempts,
+    /// requests, batches, ...): ids are never reused.
     next_id: u64,
     commands: VecDeque<Command>,
     inputs: VecDeque<(OpId, Input)>,
     timers: Timers,
-    ops: BTreeMap<OpId, OpEntry>,
-    children: BTreeMap<OpId, BTreeSet<OpId>>,
+    ops: OpTable,
     conns: ConnTable,
-    attempts: BTreeMap<AttemptId, Attempt>,
-    resolves: BTreeMap<ResolveId, (AttemptId, u16)>,
-    requests: BTreeMap<RequestId, OpId>,
-    /// Signals relayed to their targets (fire and forget), whose answers
-    /// are expected and dropped; at most `max_operations`, the oldest
-    /// forgotten first.
-    relayed_signals: BTreeSet<RequestId>,
-    queries: BTreeMap<QueryId, OpId>,
-    batches: BTreeMap<BatchId, OpId>,
+    dials: Dials,
+    waits: Waits,
+    running: Running,
     tasks: tasks::TaskTable,
-    gc_running: BTreeMap<BucketIndex, OpId>,
-    refresh_running: BTreeMap<BucketIndex, OpId>,
-    refresh_waiters: BTreeMap<BucketIndex, Vec<OpId>>,
-    check_running: Option<OpId>,
-    signal_limiter: SignalLimiter,
+    relay: SignalRelay,
     stats: Stats,
-    key: Option<KeyPair>,
-    sigchain: Sigchain,
-    gestalt: GestaltGraph,
-    claim_permissions: BTreeSet<NodeId>,
-    /// Ids of claims signed recently, to refuse replays (bounded; oldest out).
-    recent_claims: BTreeSet<ClaimId>,
-    streams: BTreeMap<StreamId, OpId>,
-    /// The claim exchange building on the chain's head, and those waiting.
-    chain_owner: Option<OpId>,
-    chain_queue: VecDeque<claims::ChainWaiter>,
+    claims: ClaimState,
     /// Whether the store holds this graph's space (owner and active space);
     /// a new store gets them written at start.
     graph_persisted: bool,
@@ -251,7 +164,7 @@ impl NodeManager {
         let identity = identity.into();
         let own = identity.node_id();
         let graph = NodeGraph::new(own, &config)?;
-        let signal_limiter = SignalLimiter::new(&config);
+        let relay = SignalRelay::new(&config);
         Ok(Self {
             config,
             graph,
@@ -262,30 +175,15 @@ impl NodeManager {
             commands: VecDeque::new(),
             inputs: VecDeque::new(),
             timers: Timers::default(),
-            ops: BTreeMap::new(),
-            children: BTreeMap::new(),
+            ops: OpTable::default(),
             conns: ConnTable::default(),
-            attempts: BTreeMap::new(),
-            resolves: BTreeMap::new(),
-            requests: BTreeMap::new(),
-            relayed_signals: BTreeSet::new(),
-            queries: BTreeMap::new(),
-            batches: BTreeMap::new(),
+            dials: Dials::default(),
+            waits: Waits::default(),
+            running: Running::default(),
             tasks: tasks::TaskTable::default(),
-            gc_running: BTreeMap::new(),
-            refresh_running: BTreeMap::new(),
-            refresh_waiters: BTreeMap::new(),
-            check_running: None,
-            signal_limiter,
+            relay,
             stats: Stats::default(),
-            key: identity.key().cloned(),
-            sigchain: Sigchain::new(own),
-            gestalt: GestaltGraph::default(),
-            claim_permissions: BTreeSet::new(),
-            recent_claims: BTreeSet::new(),
-            streams: BTreeMap::new(),
-            chain_owner: None,
-            chain_queue: VecDeque::new(),
+            claims: ClaimState::new(own, identity.key().cloned()),
             graph_persisted: false,
         })
     }
@@ -395,11 +293,13 @@ impl NodeManager {
                 request,
                 body,
             } => self.serve(conn, request, body),
-            Event::ResponseReceived { request, result } => match self.requests.remove(&request) {
-                Some(op) => self.input(op, Input::Response { request, result }),
-                None if self.relayed_signals.remove(&request) => {}
-                None => self.stats.stale_events += 1,
-            },
+            Event::ResponseReceived { request, result } => {
+                match self.waits.take(Wait::Request(request)) {
+                    Some(op) => self.input(op, Input::Response { request, result }),
+                    None if self.relay.take_answer(request) => {}
+                    None => self.stats.stale_events += 1,
+                }
+            }
             Event::StreamOpened {
                 conn,
                 stream,
@@ -409,16 +309,17 @@ impl NodeManager {
                     self.handle_claim_node(conn, stream, message);
                 }
             }
-            Event::StreamReceived { stream, message } => match self.streams.get(&stream) {
-                Some(op) => self.input(*op, Input::Stream { message }),
-                None => self.stats.stale_events += 1,
-            },
-            Event::StreamClosed { stream } => match self.streams.remove(&stream) {
-                Some(op) => self.input(op, Input::StreamClosed),
-                None => self.stats.stale_events += 1,
-            },
-            Event::MdnsAnswer { query, addresses } => match self.queries.get(&query) {
-                Some(op) => self.input(*op, Input::Mdns { addresses }),
+            Event::StreamReceived { stream, message } => {
+                match self.waits.get(Wait::Stream(stream)) {
+                    Some(op) => self.input(op, Input::Stream { message }),
+                    None => self.stats.stale_events += 1,
+                }
+            }
+            Event::StreamClosed { stream } => {
+                self.input_wait(Wait::Stream(stream), Input::StreamClosed);
+            }
+            Event::MdnsAnswer { query, addresses } => match self.waits.get(Wait::Query(query)) {
+                Some(op) => self.input(op, Input::Mdns { addresses }),
                 None => self.stats.stale_events += 1,
             },
             Event::Resolved { resolve, result } => self.on_resolved(resolve, result),
@@ -468,7 +369,7 @@ impl NodeManager {
     pub fn renew_identity(&mut self, now: Now, identity: impl Into<Identity>) {
         self.advance_clock(now);
         let identity = identity.into();
-        self.key = identity.key().cloned();
+        self.claims.key = identity.key().cloned();
         self.on_new_node_id(identity.node_id());
         if self.state == RunState::Running {
             self.announce_new_key();
@@ -480,12 +381,17 @@ impl NodeManager {
         if node_id == self.graph.own_node_id() {
             return;
         }
-        if self.key.as_ref().is_some_and(|k| k.node_id() != node_id) {
+        if self
+            .claims
+            .key
+            .as_ref()
+            .is_some_and(|k| k.node_id() != node_id)
+        {
             // The key no longer matches the NodeId: it cannot sign for it.
-            self.key = None;
+            self.claims.key = None;
         }
         let update = self.graph.reset(node_id);
-        self.sigchain.set_owner(node_id);
+        self.claims.sigchain.set_owner(node_id);
         self.emit_event(NodeEvent::BucketsReset { node_id });
         self.store(update.ops, None);
     }
@@ -514,11 +420,11 @@ impl NodeManager {
         self.tasks = snapshot.tasks.into_iter().collect();
         // Claims that no longer verify are left out of the chain in memory.
         let (chain, _rejected) = Sigchain::restore(self.graph.own_node_id(), snapshot.claims);
-        self.sigchain = chain;
+        self.claims.sigchain = chain;
         for (a, b) in snapshot.gestalt_links {
-            let _new = self.gestalt.link(a, b);
+            let _new = self.claims.gestalt.link(a, b);
         }
-        self.claim_permissions = snapshot.claim_permissions.into_iter().collect();
+        self.claims.claim_permissions = snapshot.claim_permissions.into_iter().collect();
         Ok(())
     }
 
@@ -576,19 +482,7 @@ impl NodeManager {
         if self.state != RunState::Running {
             return Err(ApiError::NotRunning);
         }
-        let ops: Vec<(OpId, Parent)> = self.ops.iter().map(|(id, e)| (*id, e.parent)).collect();
-        for (id, parent) in ops {
-            self.ops.remove(&id);
-            if parent == Parent::Caller {
-                self.push_output(Output::Done {
-                    op: id,
-                    result: Err(OpError::Cancelled),
-                });
-            }
-        }
-        for query in std::mem::take(&mut self.queries).into_keys() {
-            self.commands.push_back(Command::MdnsQueryEnd { query });
-        }
+        self.end_all_ops();
         if self.config.mdns.is_some() {
             self.commands.push_back(Command::MdnsStop);
         }
@@ -600,38 +494,14 @@ impl NodeManager {
             });
         }
         self.conns.clear();
-        self.inputs.clear();
-        self.children.clear();
-        self.attempts.clear();
-        self.resolves.clear();
-        self.requests.clear();
-        self.relayed_signals.clear();
-        self.batches.clear();
-        self.streams.clear();
-        self.chain_owner = None;
-        self.chain_queue.clear();
+        self.dials.clear();
+        self.relay.clear_relayed();
+        self.claims.chain_queue.clear();
         self.timers.clear();
-        self.gc_running.clear();
-        self.refresh_running.clear();
-        self.refresh_waiters.clear();
-        self.check_running = None;
         self.state = RunState::Stopped;
         self.push_output(Output::Event(NodeEvent::Stopped));
         Ok(())
     }
-
-    /// Cancels an operation of the caller's: it ends with `Cancelled`.
-    pub fn cancel(&mut self, now: Now, op: OpId) -> Result<(), ApiError> {
-        self.advance_clock(now);
-        let Some(entry) = self.ops.remove(&op) else {
-            return Err(ApiError::UnknownOperation(op));
-        };
-        self.finish(op, entry.parent, entry.watchers, Err(OpError::Cancelled));
-        self.run();
-        Ok(())
-    }
-
-    // ----- the operation machinery -----
 
     fn fresh_id(&mut self) -> u64 {
         let id = self.next_id;
@@ -644,186 +514,6 @@ impl NodeManager {
             Ok(())
         } else {
             Err(ApiError::NotRunning)
-        }
-    }
-
-    /// Creates an operation; it starts when the input queue reaches it.
-    fn spawn(
-        &mut self,
-        kind: OpKind,
-        parent: Parent,
-        deadline: Option<Duration>,
-    ) -> Result<OpId, ApiError> {
-        if self.ops.len() >= self.config.max_operations {
-            return Err(ApiError::TooManyOperations {
-                limit: self.config.max_operations,
-            });
-        }
-        let id = OpId(self.fresh_id());
-        self.ops.insert(
-            id,
-            OpEntry {
-                kind,
-                parent,
-                watchers: Vec::new(),
-            },
-        );
-        if let Parent::Op(p) = parent {
-            self.children.entry(p).or_default().insert(id);
-        }
-        if let Some(after) = deadline {
-            self.timers.set(
-                Timer::OpDeadline(id),
-                self.now.mono + after.min(Config::MAX_DELAY),
-            );
-        }
-        self.inputs.push_back((id, Input::Start));
-        Ok(id)
-    }
-
-    fn input(&mut self, op: OpId, input: Input) {
-        self.inputs.push_back((op, input));
-    }
-
-    /// Processes queued inputs until none is left.
-    fn run(&mut self) {
-        while let Some((id, input)) = self.inputs.pop_front() {
-            let Some(entry) = self.ops.remove(&id) else {
-                self.stats.stale_events += 1;
-                continue;
-            };
-            let OpEntry {
-                kind,
-                parent,
-                watchers,
-            } = entry;
-            let step = self.step(id, kind, input);
-            match step {
-                Step::Continue(kind) => {
-                    self.ops.insert(
-                        id,
-                        OpEntry {
-                            kind,
-                            parent,
-                            watchers,
-                        },
-                    );
-                }
-                Step::Done(result) => self.finish(id, parent, watchers, result),
-            }
-        }
-    }
-
-    fn step(&mut self, id: OpId, kind: OpKind, input: Input) -> Step {
-        match kind {
-            OpKind::Find(op) => self.step_find(id, op, input),
-            OpKind::QueryMdns(op) => self.step_query_mdns(id, op, input),
-            OpKind::PingAddress(op) => self.step_ping_address(id, op, input),
-            OpKind::SetNode(op) => self.step_set_node(id, op, input),
-            OpKind::Gc(op) => self.step_gc(id, op, input),
-            OpKind::StoreWait(value) => match input {
-                Input::Committed { result } => {
-                    Step::Done(result.map(|()| value).map_err(OpError::Store))
-                }
-                Input::Deadline => Step::Done(Err(OpError::Timeout)),
-                _ => Step::Continue(OpKind::StoreWait(value)),
-            },
-            OpKind::Wait(op) => self.step_wait(op, input),
-            OpKind::Acquire(op) => self.step_acquire(id, op, input),
-            OpKind::Refresh(op) => self.step_refresh(id, op, input),
-            OpKind::CheckConnections(op) => self.step_check_connections(id, op, input),
-            OpKind::Sync(op) => self.step_sync(id, op, input),
-            OpKind::ClaimNode(op) => self.step_claim_node(id, op, input),
-            OpKind::HandleClaim(op) => self.step_handle_claim(id, op, input),
-            OpKind::ChainData(op) => self.step_chain_data(id, op, input),
-            OpKind::UserRequest(op) => self.step_user_request(id, op, input),
-        }
-    }
-
-    /// Ends an operation (already out of the table): cancels its children,
-    /// tells its watchers and its parent or caller.
-    fn finish(
-        &mut self,
-        id: OpId,
-        parent: Parent,
-        watchers: Vec<OpId>,
-        result: Result<OpValue, OpError>,
-    ) {
-        self.timers.cancel(Timer::OpDeadline(id));
-        self.cancel_children(id);
-        self.forget_op(id);
-        for watcher in watchers {
-            self.input(
-                watcher,
-                Input::Child {
-                    child: id,
-                    result: result.clone(),
-                },
-            );
-        }
-        match parent {
-            Parent::Caller => self.push_output(Output::Done { op: id, result }),
-            Parent::Op(parent) => {
-                if let Some(set) = self.children.get_mut(&parent) {
-                    set.remove(&id);
-                }
-                self.input(parent, Input::Child { child: id, result });
-            }
-            Parent::Internal => {}
-        }
-    }
-
-    fn cancel_children(&mut self, id: OpId) {
-        let Some(children) = self.children.remove(&id) else {
-            return;
-        };
-        for child in children {
-            if let Some(entry) = self.ops.remove(&child) {
-                self.timers.cancel(Timer::OpDeadline(child));
-                self.forget_op(child);
-                self.cancel_children(child);
-                for watcher in entry.watchers {
-                    self.input(
-                        watcher,
-                        Input::Child {
-                            child,
-                            result: Err(OpError::Cancelled),
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    /// Releases what an ending operation held outside itself. Looked up by
-    /// id, so it works whatever state the operation ended in.
-    fn forget_op(&mut self, id: OpId) {
-        self.release_chain(id);
-        self.gc_running.retain(|_, op| *op != id);
-        self.streams.retain(|_, op| *op != id);
-        self.refresh_running.retain(|_, op| *op != id);
-        if self.check_running == Some(id) {
-            self.check_running = None;
-        }
-        let ended: Vec<QueryId> = self
-            .queries
-            .iter()
-            .filter(|(_, op)| **op == id)
-            .map(|(q, _)| *q)
-            .collect();
-        for query in ended {
-            self.queries.remove(&query);
-            self.commands.push_back(Command::MdnsQueryEnd { query });
-        }
-    }
-
-    fn add_watcher(&mut self, op: OpId, watcher: OpId) -> bool {
-        match self.ops.get_mut(&op) {
-            Some(entry) => {
-                entry.watchers.push(watcher);
-                true
-            }
-            None => false,
         }
     }
 
@@ -854,7 +544,7 @@ impl NodeManager {
         }
         let id = BatchId(self.fresh_id());
         if let Some(op) = waiter {
-            self.batches.insert(id, op);
+            self.waits.register(Wait::Batch(id), op);
         }
         self.commands
             .push_back(Command::Store(StoreBatch { id, ops }));
@@ -862,258 +552,10 @@ impl NodeManager {
     }
 
     fn on_batch(&mut self, batch: BatchId, result: Result<(), String>) {
-        if let Some(op) = self.batches.remove(&batch) {
+        // A batch nobody waits for (or whose operation ended) is no news.
+        if let Some(op) = self.waits.take(Wait::Batch(batch)) {
             self.input(op, Input::Committed { result });
         }
-    }
-
-    // ----- connections -----
-
-    /// Asks the driver to connect to `address` (resolving a hostname first).
-    fn dial(
-        &mut self,
-        op: OpId,
-        node_id: NodeId,
-        address: &NodeAddress,
-        mode: ContactMode,
-        timeout: Duration,
-    ) -> AttemptId {
-        let attempt = AttemptId(self.fresh_id());
-        self.attempts.insert(
-            attempt,
-            Attempt {
-                op,
-                node_id,
-                mode,
-                timeout,
-            },
-        );
-        match &address.host {
-            Host::Ip(ip) => self.connect(attempt, SocketAddr::new(*ip, address.port)),
-            Host::Name(hostname) => {
-                let resolve = ResolveId(self.fresh_id());
-                self.resolves.insert(resolve, (attempt, address.port));
-                self.commands.push_back(Command::Resolve {
-                    resolve,
-                    hostname: hostname.clone(),
-                });
-            }
-        }
-        attempt
-    }
-
-    fn connect(&mut self, attempt: AttemptId, address: SocketAddr) {
-        let Some(a) = self.attempts.get(&attempt) else {
-            return;
-        };
-        self.stats.connects += 1;
-        self.commands.push_back(Command::Connect {
-            attempt,
-            node_id: a.node_id,
-            address,
-            mode: a.mode,
-            timeout: a.timeout,
-        });
-    }
-
-    fn on_resolved(&mut self, resolve: ResolveId, result: Result<Vec<std::net::IpAddr>, String>) {
-        let Some((attempt, port)) = self.resolves.remove(&resolve) else {
-            self.stats.stale_events += 1;
-            return;
-        };
-        // The first address is tried; the resolver orders them by preference.
-        match result.map(|ips| ips.first().copied()) {
-            Ok(Some(ip)) => self.connect(attempt, SocketAddr::new(ip, port)),
-            Ok(None) => {
-                self.on_connect_failed(attempt, ConnectFailure::Resolve("no addresses".to_owned()))
-            }
-            Err(e) => self.on_connect_failed(attempt, ConnectFailure::Resolve(e)),
-        }
-    }
-
-    fn on_connect_failed(&mut self, attempt: AttemptId, failure: ConnectFailure) {
-        match self.attempts.remove(&attempt) {
-            Some(a) => self.input(a.op, Input::ConnectFailed { attempt, failure }),
-            None => self.stats.stale_events += 1,
-        }
-    }
-
-    fn on_connection_up(
-        &mut self,
-        conn: ConnId,
-        peer: NodeId,
-        remote: SocketAddr,
-        attempt: Option<AttemptId>,
-    ) {
-        if self.state != RunState::Running {
-            return;
-        }
-        let attempt = attempt.and_then(|a| self.attempts.remove(&a).map(|x| (a, x)));
-        if let Some((id, a)) = &attempt {
-            // The driver checks the certificate; this guards against a driver bug.
-            if a.node_id != peer {
-                self.commands.push_back(Command::CloseConnection {
-                    conn,
-                    code: ConnectionErrorCode::PeerIdMismatch,
-                });
-                self.input(
-                    a.op,
-                    Input::ConnectFailed {
-                        attempt: *id,
-                        failure: ConnectFailure::WrongNodeId { found: peer },
-                    },
-                );
-                return;
-            }
-        }
-        if peer == self.graph.own_node_id() || self.conns.len() >= self.config.max_connections {
-            self.stats.connections_refused += 1;
-            let code = if peer == self.graph.own_node_id() {
-                ConnectionErrorCode::PeerIdMismatch
-            } else {
-                ConnectionErrorCode::LimitExceeded
-            };
-            self.commands
-                .push_back(Command::CloseConnection { conn, code });
-            if let Some((id, a)) = attempt {
-                self.input(
-                    a.op,
-                    Input::ConnectFailed {
-                        attempt: id,
-                        failure: ConnectFailure::Transport(code.reason().to_owned()),
-                    },
-                );
-            }
-            return;
-        }
-        let mode = attempt
-            .as_ref()
-            .map_or(ContactMode::Direct, |(_, a)| a.mode);
-        self.conns.insert(
-            conn,
-            Conn {
-                peer,
-                remote,
-                mode,
-                leases: 0,
-            },
-        );
-        self.arm_idle(conn);
-        // Spec: every new connection leads to set_node(.., block = true).
-        let data = NodeContactAddressData {
-            mode,
-            connected_time: self.now.unix_secs(),
-            scopes: NodeAddressScopes::GLOBAL,
-        };
-        let _op = self.set_node_inner(
-            peer,
-            NodeAddress::from(remote),
-            data,
-            true,
-            false,
-            None,
-            Parent::Internal,
-        );
-        if let Some((id, a)) = attempt {
-            self.input(
-                a.op,
-                Input::Connected {
-                    attempt: id,
-                    conn,
-                    remote,
-                },
-            );
-        }
-    }
-
-    fn on_connection_closed(&mut self, conn: ConnId) {
-        if let Some(closed) = self.conns.remove(conn) {
-            self.timers.cancel(Timer::ConnIdle(conn));
-            // Another connection to the node may now be its primary one, with
-            // the primary's longer time to live.
-            if let Some((primary, _)) = self.conns.primary(&closed.peer) {
-                self.arm_idle(primary);
-            }
-            self.forget_signal_source(&closed.peer);
-        }
-    }
-
-    /// A node with no connection left to us sends us no signal requests:
-    /// its bucket goes once it has refilled (see `SignalLimiter`).
-    fn forget_signal_source(&mut self, peer: &NodeId) {
-        if self.conns.primary(peer).is_none() {
-            self.signal_limiter.forget_if_full(peer, self.now.mono);
-        }
-    }
-
-    /// The idle time to live of a connection: longer for a node's primary
-    /// connection, the more so the closer its bucket.
-    fn idle_ttl(&self, conn: ConnId) -> Duration {
-        let base = self.config.connection_idle_ttl;
-        let Some(c) = self.conns.get(conn) else {
-            return base;
-        };
-        if !self.conns.is_primary(conn) {
-            return base;
-        }
-        let bucket = self
-            .graph
-            .bucket_index(&c.peer)
-            .map_or(255.0, |b| f64::from(b.get()));
-        base + self
-            .config
-            .connection_primary_ttl_bonus
-            .mul_f64(1.0 - bucket / 255.0)
-    }
-
-    fn arm_idle(&mut self, conn: ConnId) {
-        if self.conns.get(conn).is_some_and(|c| c.leases == 0) {
-            let at = self.now.mono + self.idle_ttl(conn);
-            self.timers.set(Timer::ConnIdle(conn), at);
-        }
-    }
-
-    fn on_idle(&mut self, conn: ConnId) {
-        if self.conns.get(conn).is_some_and(|c| c.leases == 0) {
-            if let Some(closed) = self.conns.remove(conn) {
-                self.forget_signal_source(&closed.peer);
-            }
-            self.commands.push_back(Command::CloseConnection {
-                conn,
-                code: ConnectionErrorCode::IdleTimeout,
-            });
-        }
-    }
-
-    fn on_released(&mut self, lease: LeaseId) {
-        match self.conns.release(lease) {
-            Some((conn, 0)) => self.arm_idle(conn),
-            Some(_) => {}
-            None => self.stats.stale_events += 1,
-        }
-    }
-
-    /// Hands out a use of `conn`.
-    fn lease(&mut self, conn: ConnId) -> Option<(LeaseId, NodeId)> {
-        let lease = LeaseId(self.fresh_id());
-        self.conns.lease(conn, lease)?;
-        self.timers.cancel(Timer::ConnIdle(conn));
-        self.conns.get(conn).map(|c| (lease, c.peer))
-    }
-
-    fn send_request(&mut self, op: OpId, conn: ConnId, body: Request) -> RequestId {
-        let request = RequestId(self.fresh_id());
-        self.requests.insert(request, op);
-        self.stats.requests_sent += 1;
-        self.commands.push_back(Command::SendRequest {
-            conn,
-            request,
-            body,
-            timeout: self.config.rpc_timeout,
-        });
-        // A use keeps the connection from idling out under the request.
-        self.arm_idle(conn);
-        request
     }
 }
 

@@ -1,6 +1,6 @@
 //! Answering peers' requests: closest nodes, and signalling for hole punching.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::{NodeManager, RunState};
@@ -68,6 +68,44 @@ impl SignalLimiter {
     }
 }
 
+/// The relay side of hole punching: who may ask for signals, and the
+/// signals relayed to their targets (fire and forget), whose answers are
+/// expected and dropped.
+#[derive(Clone, Debug)]
+pub(crate) struct SignalRelay {
+    pub(crate) limiter: SignalLimiter,
+    /// At most `max_operations`, the oldest forgotten first.
+    relayed: BTreeSet<RequestId>,
+    max_relayed: usize,
+}
+
+impl SignalRelay {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            limiter: SignalLimiter::new(config),
+            relayed: BTreeSet::new(),
+            max_relayed: config.max_operations,
+        }
+    }
+
+    /// A signal went to its target as request `id`.
+    fn relayed(&mut self, id: RequestId) {
+        if self.relayed.len() >= self.max_relayed {
+            self.relayed.pop_first();
+        }
+        self.relayed.insert(id);
+    }
+
+    /// Whether `id` is a relayed signal's answer (expected once).
+    pub(crate) fn take_answer(&mut self, id: RequestId) -> bool {
+        self.relayed.remove(&id)
+    }
+
+    pub(crate) fn clear_relayed(&mut self) {
+        self.relayed.clear();
+    }
+}
+
 impl NodeManager {
     /// Answers a peer's request on connection `conn`.
     pub(super) fn serve(&mut self, conn: ConnId, request: PeerRequestId, body: Request) {
@@ -92,7 +130,7 @@ impl NodeManager {
             Request::ClosestNodes { target } => self.closest_nodes(requester, &target),
             Request::ChainData { from, limit } => self.serve_chain_data(from, limit),
             Request::Signal { target } => {
-                if !self.signal_limiter.allow(requester, self.now.mono) {
+                if !self.relay.limiter.allow(requester, self.now.mono) {
                     self.stats.signals_rate_limited += 1;
                     return Response::Refused(RefusalReason::RateLimited);
                 }
@@ -103,10 +141,7 @@ impl NodeManager {
                 };
                 // Fire and forget: the target punches towards the requester.
                 let id = RequestId(self.fresh_id());
-                if self.relayed_signals.len() >= self.config.max_operations {
-                    self.relayed_signals.pop_first();
-                }
-                self.relayed_signals.insert(id);
+                self.relay.relayed(id);
                 self.commands.push_back(Command::SendRequest {
                     conn: target_conn,
                     request: id,
@@ -119,7 +154,7 @@ impl NodeManager {
                 Response::Signal { target_address }
             }
             Request::SignalFinal { source_address, .. } => {
-                if !self.signal_limiter.allow(requester, self.now.mono) {
+                if !self.relay.limiter.allow(requester, self.now.mono) {
                     self.stats.signals_rate_limited += 1;
                     return Response::Refused(RefusalReason::RateLimited);
                 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use super::running::Job;
 use super::{AttemptId, Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, Step, Timer};
 use crate::address::NodeAddress;
 use crate::contact::{ContactMode, NodeContactAddressData};
@@ -265,7 +266,7 @@ impl NodeManager {
     /// scheduled or running: at most one per bucket.
     pub(super) fn setup_gc_task(&mut self, bucket: BucketIndex) -> Vec<StoreOp> {
         let key = TaskKey::GarbageCollect(bucket);
-        if self.gc_running.contains_key(&bucket) || self.timers.get(Timer::Task(key)).is_some() {
+        if self.running.is_running(Job::Gc(bucket)) || self.timers.get(Timer::Task(key)).is_some() {
             return Vec::new();
         }
         self.schedule_task(key, Duration::ZERO, TaskPayload::None)
@@ -287,7 +288,7 @@ impl NodeManager {
         self.advance_clock(now);
         self.check_running()?;
         let timeout = connect_timeout.unwrap_or(self.config.connection_connect_timeout);
-        let op = match self.gc_running.get(&bucket).copied() {
+        let op = match self.running.get(Job::Gc(bucket)) {
             Some(running) => {
                 let wait = Wait {
                     batch: false,
@@ -303,7 +304,7 @@ impl NodeManager {
                     Parent::Caller,
                     None,
                 )?;
-                self.gc_running.insert(bucket, op);
+                self.running.start(Job::Gc(bucket), op);
                 op
             }
         };
@@ -313,8 +314,8 @@ impl NodeManager {
 
     /// The running collection of `bucket`, or a new internal one.
     pub(super) fn gc_for(&mut self, bucket: BucketIndex, timeout: Duration) -> Option<OpId> {
-        if let Some(running) = self.gc_running.get(&bucket) {
-            return Some(*running);
+        if let Some(running) = self.running.get(Job::Gc(bucket)) {
+            return Some(running);
         }
         let op = self
             .spawn(
@@ -323,7 +324,7 @@ impl NodeManager {
                 None,
             )
             .ok()?;
-        self.gc_running.insert(bucket, op);
+        self.running.start(Job::Gc(bucket), op);
         Some(op)
     }
 
@@ -391,7 +392,7 @@ impl NodeManager {
         let ops = self.gc_apply(&gc);
         gc.committing = true;
         // Nodes offered from now on wait for the next collection, not this one.
-        self.gc_running.retain(|_, op| *op != id);
+        self.running.release(Job::Gc(gc.bucket), id);
         self.store(ops, Some(id));
         Step::Continue(OpKind::Gc(gc))
     }

@@ -1,0 +1,276 @@
+//! How the manager's connections are made, used and closed: dials (with
+//! hostname resolution), a connection up or failed, the idle time to live,
+//! leases (the spec's acquireConnection uses), and requests sent on them.
+//! Every new connection, inbound or dialled, becomes a blocking `set_node`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::dials::Attempt;
+use super::waits::Wait;
+use super::{
+    AttemptId, Command, ConnId, ConnectFailure, Input, LeaseId, NodeManager, OpId, Parent,
+    RequestId, ResolveId, RunState, Timer,
+};
+use crate::address::{Host, NodeAddress};
+use crate::conn_error::ConnectionErrorCode;
+use crate::contact::{ContactMode, NodeAddressScopes, NodeContactAddressData};
+use crate::id::NodeId;
+use crate::manager::conns::Conn;
+use crate::wire::Request;
+
+impl NodeManager {
+    /// Asks the driver to connect to `address` (resolving a hostname first).
+    pub(super) fn dial(
+        &mut self,
+        op: OpId,
+        node_id: NodeId,
+        address: &NodeAddress,
+        mode: ContactMode,
+        timeout: Duration,
+    ) -> AttemptId {
+        let attempt = AttemptId(self.fresh_id());
+        self.dials.insert(
+            attempt,
+            Attempt {
+                node_id,
+                mode,
+                timeout,
+            },
+        );
+        self.waits.register(Wait::Attempt(attempt), op);
+        match &address.host {
+            Host::Ip(ip) => self.connect(attempt, SocketAddr::new(*ip, address.port)),
+            Host::Name(hostname) => {
+                let resolve = ResolveId(self.fresh_id());
+                self.dials.resolving(resolve, attempt, address.port);
+                self.commands.push_back(Command::Resolve {
+                    resolve,
+                    hostname: hostname.clone(),
+                });
+            }
+        }
+        attempt
+    }
+
+    pub(super) fn connect(&mut self, attempt: AttemptId, address: SocketAddr) {
+        let Some(a) = self.dials.get(attempt) else {
+            return;
+        };
+        self.stats.connects += 1;
+        self.commands.push_back(Command::Connect {
+            attempt,
+            node_id: a.node_id,
+            address,
+            mode: a.mode,
+            timeout: a.timeout,
+        });
+    }
+
+    pub(super) fn on_resolved(
+        &mut self,
+        resolve: ResolveId,
+        result: Result<Vec<std::net::IpAddr>, String>,
+    ) {
+        let Some((attempt, port)) = self.dials.resolved(resolve) else {
+            self.stats.stale_events += 1;
+            return;
+        };
+        // The first address is tried; the resolver orders them by preference.
+        match result.map(|ips| ips.first().copied()) {
+            Ok(Some(ip)) => self.connect(attempt, SocketAddr::new(ip, port)),
+            Ok(None) => {
+                self.on_connect_failed(attempt, ConnectFailure::Resolve("no addresses".to_owned()))
+            }
+            Err(e) => self.on_connect_failed(attempt, ConnectFailure::Resolve(e)),
+        }
+    }
+
+    pub(super) fn on_connect_failed(&mut self, attempt: AttemptId, failure: ConnectFailure) {
+        match self.dials.remove(attempt) {
+            Some(_) => self.input_wait(
+                Wait::Attempt(attempt),
+                Input::ConnectFailed { attempt, failure },
+            ),
+            None => self.stats.stale_events += 1,
+        }
+    }
+
+    pub(super) fn on_connection_up(
+        &mut self,
+        conn: ConnId,
+        peer: NodeId,
+        remote: SocketAddr,
+        attempt: Option<AttemptId>,
+    ) {
+        if self.state != RunState::Running {
+            return;
+        }
+        let attempt = attempt.and_then(|a| self.dials.remove(a).map(|x| (a, x)));
+        if let Some((id, a)) = &attempt {
+            // The driver checks the certificate; this guards against a driver bug.
+            if a.node_id != peer {
+                self.commands.push_back(Command::CloseConnection {
+                    conn,
+                    code: ConnectionErrorCode::PeerIdMismatch,
+                });
+                self.input_wait(
+                    Wait::Attempt(*id),
+                    Input::ConnectFailed {
+                        attempt: *id,
+                        failure: ConnectFailure::WrongNodeId { found: peer },
+                    },
+                );
+                return;
+            }
+        }
+        if peer == self.graph.own_node_id() || self.conns.len() >= self.config.max_connections {
+            self.stats.connections_refused += 1;
+            let code = if peer == self.graph.own_node_id() {
+                ConnectionErrorCode::PeerIdMismatch
+            } else {
+                ConnectionErrorCode::LimitExceeded
+            };
+            self.commands
+                .push_back(Command::CloseConnection { conn, code });
+            if let Some((id, _)) = attempt {
+                self.input_wait(
+                    Wait::Attempt(id),
+                    Input::ConnectFailed {
+                        attempt: id,
+                        failure: ConnectFailure::Transport(code.reason().to_owned()),
+                    },
+                );
+            }
+            return;
+        }
+        let mode = attempt
+            .as_ref()
+            .map_or(ContactMode::Direct, |(_, a)| a.mode);
+        self.conns.insert(
+            conn,
+            Conn {
+                peer,
+                remote,
+                mode,
+                leases: 0,
+            },
+        );
+        self.arm_idle(conn);
+        // Spec: every new connection leads to set_node(.., block = true).
+        let data = NodeContactAddressData {
+            mode,
+            connected_time: self.now.unix_secs(),
+            scopes: NodeAddressScopes::GLOBAL,
+        };
+        let _op = self.set_node_inner(
+            peer,
+            NodeAddress::from(remote),
+            data,
+            true,
+            false,
+            None,
+            Parent::Internal,
+        );
+        if let Some((id, _)) = attempt {
+            self.input_wait(
+                Wait::Attempt(id),
+                Input::Connected {
+                    attempt: id,
+                    conn,
+                    remote,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_connection_closed(&mut self, conn: ConnId) {
+        if let Some(closed) = self.conns.remove(conn) {
+            self.timers.cancel(Timer::ConnIdle(conn));
+            // Another connection to the node may now be its primary one, with
+            // the primary's longer time to live.
+            if let Some((primary, _)) = self.conns.primary(&closed.peer) {
+                self.arm_idle(primary);
+            }
+            self.forget_signal_source(&closed.peer);
+        }
+    }
+
+    /// A node with no connection left to us sends us no signal requests:
+    /// its bucket goes once it has refilled (see `SignalLimiter`).
+    pub(super) fn forget_signal_source(&mut self, peer: &NodeId) {
+        if self.conns.primary(peer).is_none() {
+            self.relay.limiter.forget_if_full(peer, self.now.mono);
+        }
+    }
+
+    /// The idle time to live of a connection: longer for a node's primary
+    /// connection, the more so the closer its bucket.
+    pub(super) fn idle_ttl(&self, conn: ConnId) -> Duration {
+        let base = self.config.connection_idle_ttl;
+        let Some(c) = self.conns.get(conn) else {
+            return base;
+        };
+        if !self.conns.is_primary(conn) {
+            return base;
+        }
+        let bucket = self
+            .graph
+            .bucket_index(&c.peer)
+            .map_or(255.0, |b| f64::from(b.get()));
+        base + self
+            .config
+            .connection_primary_ttl_bonus
+            .mul_f64(1.0 - bucket / 255.0)
+    }
+
+    pub(super) fn arm_idle(&mut self, conn: ConnId) {
+        if self.conns.get(conn).is_some_and(|c| c.leases == 0) {
+            let at = self.now.mono + self.idle_ttl(conn);
+            self.timers.set(Timer::ConnIdle(conn), at);
+        }
+    }
+
+    pub(super) fn on_idle(&mut self, conn: ConnId) {
+        if self.conns.get(conn).is_some_and(|c| c.leases == 0) {
+            if let Some(closed) = self.conns.remove(conn) {
+                self.forget_signal_source(&closed.peer);
+            }
+            self.commands.push_back(Command::CloseConnection {
+                conn,
+                code: ConnectionErrorCode::IdleTimeout,
+            });
+        }
+    }
+
+    pub(super) fn on_released(&mut self, lease: LeaseId) {
+        match self.conns.release(lease) {
+            Some((conn, 0)) => self.arm_idle(conn),
+            Some(_) => {}
+            None => self.stats.stale_events += 1,
+        }
+    }
+
+    /// Hands out a use of `conn`.
+    pub(super) fn lease(&mut self, conn: ConnId) -> Option<(LeaseId, NodeId)> {
+        let lease = LeaseId(self.fresh_id());
+        self.conns.lease(conn, lease)?;
+        self.timers.cancel(Timer::ConnIdle(conn));
+        self.conns.get(conn).map(|c| (lease, c.peer))
+    }
+
+    pub(super) fn send_request(&mut self, op: OpId, conn: ConnId, body: Request) -> RequestId {
+        let request = RequestId(self.fresh_id());
+        self.waits.register(Wait::Request(request), op);
+        self.stats.requests_sent += 1;
+        self.commands.push_back(Command::SendRequest {
+            conn,
+            request,
+            body,
+            timeout: self.config.rpc_timeout,
+        });
+        // A use keeps the connection from idling out under the request.
+        self.arm_idle(conn);
+        request
+    }
+}
