@@ -50,6 +50,7 @@ mod claims;
 mod conns;
 mod dials;
 mod find;
+mod gc;
 mod lifecycle;
 mod maintenance;
 mod ops;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::waits::Wait;
 use super::{
     ApiError, AttemptId, ConnId, ConnectFailure, NodeManager, OpError, OpId, OpValue, Output,
-    RequestId, RpcFailure, Timer, claims, find, maintenance, set_node, sync,
+    RequestId, RpcFailure, Timer, claims, find, gc, maintenance, set_node, sync,
 };
 use crate::config::Config;
 use crate::manager::Command;
@@ -79,7 +79,7 @@ pub(super) enum OpKind {
     QueryMdns(find::QueryMdns),
     PingAddress(set_node::PingAddress),
     SetNode(set_node::SetNodeOp),
-    Gc(Box<set_node::Gc>),
+    Gc(Box<gc::GcRound>),
     /// Waits for one store batch, then ends with the value.
     StoreWait(OpValue),
     Wait(set_node::Wait),

@@ -1,15 +1,14 @@
 //! `set_node` and the bucket upkeep around it: pending nodes, garbage
 //! collection, and the pings it needs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::running::Job;
 use super::{AttemptId, Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, Step, Timer};
 use crate::address::NodeAddress;
 use crate::contact::{ContactMode, NodeContactAddressData};
 use crate::graph::{Change, SetContactError};
-use crate::id::{BucketIndex, NodeId};
+use crate::id::NodeId;
 use crate::manager::api::{ApiError, NodeEvent};
 use crate::store::{StoreOp, TaskKey, TaskPayload, TaskRecord};
 use crate::time::Now;
@@ -47,17 +46,22 @@ pub(crate) struct PingAddress {
     fresh: bool,
 }
 
-/// Garbage collection of one bucket.
-#[derive(Debug)]
-pub(crate) struct Gc {
-    pub(crate) bucket: BucketIndex,
-    connect_timeout: Duration,
-    /// Contacts still to ping, oldest first, with their update counter when
-    /// the collection started.
-    to_ping: VecDeque<(NodeId, u64)>,
-    in_flight: BTreeMap<OpId, (NodeId, u64)>,
-    dead: Vec<(NodeId, u64)>,
-    committing: bool,
+impl PingAddress {
+    /// A ping of `node_id` at `addresses`, in order, each dial bounded by
+    /// `timeout`; an existing connection counts.
+    pub(super) fn new(
+        node_id: NodeId,
+        addresses: VecDeque<NodeAddress>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            node_id,
+            addresses,
+            attempt: None,
+            timeout,
+            fresh: false,
+        }
+    }
 }
 
 impl NodeManager {
@@ -260,182 +264,6 @@ impl NodeManager {
         Ok(op)
     }
 
-    /// Spec: `NodeManager.setupGCTask`.
-    ///
-    /// Schedules garbage collection of `bucket` now, unless it is already
-    /// scheduled or running: at most one per bucket.
-    pub(super) fn setup_gc_task(&mut self, bucket: BucketIndex) -> Vec<StoreOp> {
-        let key = TaskKey::GarbageCollect(bucket);
-        if self.running.is_running(Job::Gc(bucket)) || self.timers.get(Timer::Task(key)).is_some() {
-            return Vec::new();
-        }
-        self.schedule_task(key, Duration::ZERO, TaskPayload::None)
-    }
-
-    /// Spec: `NodeManager.garbageCollectBucket`.
-    ///
-    /// Pings the contacts of `bucket`, oldest first, `gc_concurrency` at a
-    /// time; removes those that do not answer; fills the room made with
-    /// pending nodes, newest first; drops the other pending nodes. Ends when
-    /// the result is committed. If a collection of the bucket is running, it
-    /// waits for that one instead of starting a second.
-    pub fn garbage_collect_bucket(
-        &mut self,
-        now: Now,
-        bucket: BucketIndex,
-        connect_timeout: Option<Duration>,
-    ) -> Result<OpId, ApiError> {
-        self.advance_clock(now);
-        self.check_running()?;
-        let timeout = connect_timeout.unwrap_or(self.config.connection_connect_timeout);
-        let op = match self.running.get(Job::Gc(bucket)) {
-            Some(running) => {
-                let wait = Wait {
-                    batch: false,
-                    child: true,
-                };
-                let op = self.spawn(OpKind::Wait(wait), Parent::Caller, None)?;
-                self.add_watcher(running, op);
-                op
-            }
-            None => {
-                let op = self.spawn(
-                    OpKind::Gc(Box::new(new_gc(bucket, timeout))),
-                    Parent::Caller,
-                    None,
-                )?;
-                self.running.start(Job::Gc(bucket), op);
-                op
-            }
-        };
-        self.run();
-        Ok(op)
-    }
-
-    /// The running collection of `bucket`, or a new internal one.
-    pub(super) fn gc_for(&mut self, bucket: BucketIndex, timeout: Duration) -> Option<OpId> {
-        if let Some(running) = self.running.get(Job::Gc(bucket)) {
-            return Some(running);
-        }
-        let op = self
-            .spawn(
-                OpKind::Gc(Box::new(new_gc(bucket, timeout))),
-                Parent::Internal,
-                None,
-            )
-            .ok()?;
-        self.running.start(Job::Gc(bucket), op);
-        Some(op)
-    }
-
-    pub(super) fn step_gc(&mut self, id: OpId, mut gc: Box<Gc>, input: Input) -> Step {
-        match input {
-            Input::Start => {
-                // This collection is the one a scheduled task would have run.
-                let ops = self.unschedule_task(TaskKey::GarbageCollect(gc.bucket));
-                self.store(ops, None);
-                // Contacts connected within `gc_contact_fresh` are alive.
-                let fresh = self.config.gc_contact_fresh.as_secs();
-                let stale_before = self.now.unix_secs().saturating_sub(fresh);
-                gc.to_ping = self
-                    .graph
-                    .bucket(gc.bucket)
-                    .iter()
-                    .filter(|e| fresh == 0 || e.contact.last_connected() < stale_before)
-                    .map(|e| (e.node_id, e.updated))
-                    .collect();
-            }
-            Input::Child { child, result } => {
-                if let Some(node) = gc.in_flight.remove(&child)
-                    && !matches!(result, Ok(OpValue::Reachable(true)))
-                {
-                    gc.dead.push(node);
-                }
-            }
-            Input::Committed { result } => {
-                return Step::Done(result.map(|()| OpValue::Unit).map_err(OpError::Store));
-            }
-            _ => {}
-        }
-        if gc.committing {
-            return Step::Continue(OpKind::Gc(gc));
-        }
-        while gc.in_flight.len() < self.config.gc_concurrency {
-            let Some((node_id, updated)) = gc.to_ping.pop_front() else {
-                break;
-            };
-            let addresses = self
-                .graph
-                .get(&node_id)
-                .map(|c| {
-                    let mut list: Vec<_> = c.iter().collect();
-                    list.sort_by_key(|(_, d)| std::cmp::Reverse(d.connected_time));
-                    list.into_iter().map(|(a, _)| a.clone()).collect()
-                })
-                .unwrap_or_default();
-            let ping = PingAddress {
-                node_id,
-                addresses,
-                attempt: None,
-                timeout: gc.connect_timeout,
-                fresh: false,
-            };
-            // A contact that cannot be pinged now (too many operations) is
-            // kept: only a failed ping condemns it.
-            if let Ok(child) = self.spawn(OpKind::PingAddress(ping), Parent::Op(id), None) {
-                gc.in_flight.insert(child, (node_id, updated));
-            }
-        }
-        if !gc.in_flight.is_empty() || !gc.to_ping.is_empty() {
-            return Step::Continue(OpKind::Gc(gc));
-        }
-        let ops = self.gc_apply(&gc);
-        gc.committing = true;
-        // Nodes offered from now on wait for the next collection, not this one.
-        self.running.release(Job::Gc(gc.bucket), id);
-        self.store(ops, Some(id));
-        Step::Continue(OpKind::Gc(gc))
-    }
-
-    /// Removes the dead, admits pending nodes newest first, drops the rest.
-    fn gc_apply(&mut self, gc: &Gc) -> Vec<StoreOp> {
-        let mut ops = Vec::new();
-        for (node_id, updated) in &gc.dead {
-            // A contact updated since the ping (it connected again) stays.
-            let unchanged = self
-                .graph
-                .bucket(gc.bucket)
-                .iter()
-                .any(|e| e.node_id == *node_id && e.updated == *updated);
-            if unchanged {
-                ops.extend(self.graph.unset(node_id).ops);
-                self.emit_event(NodeEvent::ContactRemoved { node_id: *node_id });
-            }
-        }
-        let taken = self.graph.take_pending(gc.bucket);
-        ops.extend(taken.ops);
-        let mut admitted = false;
-        if let Change::PendingTaken(pending) = taken.change {
-            for node in pending.into_iter().rev() {
-                match self.graph.set(node.node_id, node.address, node.data) {
-                    Ok(update) => {
-                        ops.extend(update.ops);
-                        self.emit_event(NodeEvent::ContactSet {
-                            node_id: node.node_id,
-                            bucket: gc.bucket,
-                        });
-                        admitted = true;
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        if admitted {
-            ops.extend(self.push_refresh_back(gc.bucket));
-        }
-        ops
-    }
-
     /// Spec: `NodeManager.pingNodeAddress`.
     ///
     /// Ends `true` if `node_id` answers at `address` (an existing connection
@@ -560,16 +388,5 @@ impl NodeManager {
             Some(_) => vec![StoreOp::DeleteTask(key)],
             None => Vec::new(),
         }
-    }
-}
-
-fn new_gc(bucket: BucketIndex, connect_timeout: Duration) -> Gc {
-    Gc {
-        bucket,
-        connect_timeout,
-        to_ping: VecDeque::new(),
-        in_flight: BTreeMap::new(),
-        dead: Vec::new(),
-        committing: false,
     }
 }
