@@ -1,0 +1,114 @@
+//! The client end: a connection to a running agent's socket, used by the
+//! `keynode nodes ...` and `keynode keys ...` commands. It tells "no agent"
+//! from "an agent that died" from a broken answer.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::line::{Line, read_line};
+use super::protocol::{Request, Response};
+use super::{MAX_RESPONSE_SIZE, socket_path};
+
+/// Why a [`Client`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No socket in the data directory.
+    #[error("no agent running in {} (control.sock not found)", .0.display())]
+    NotRunning(PathBuf),
+    /// A socket nobody listens on: the agent died.
+    #[error(
+        "no agent running in {} (control.sock refuses connections; the agent is gone)",
+        .0.display()
+    )]
+    Stale(PathBuf),
+    /// The socket could not be used.
+    #[error("control socket {}: {source}", .path.display())]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The agent closed the connection before answering.
+    #[error("the agent in {} closed the connection without answering", .0.display())]
+    Closed(PathBuf),
+    /// The answer is not a response.
+    #[error("the agent in {} sent an invalid response: {detail}", .dir.display())]
+    Protocol {
+        /// The data directory.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// A connection to the control socket of an agent.
+pub struct Client {
+    dir: PathBuf,
+    path: PathBuf,
+    stream: BufReader<UnixStream>,
+    line: Vec<u8>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("path", &self.path).finish()
+    }
+}
+
+impl Client {
+    /// Connects to the agent running in `data_dir`.
+    pub async fn connect(data_dir: &Path) -> Result<Self, ClientError> {
+        let dir = data_dir.to_path_buf();
+        let path = socket_path(data_dir);
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => ClientError::NotRunning(dir.clone()),
+                io::ErrorKind::ConnectionRefused => ClientError::Stale(dir.clone()),
+                _ => ClientError::Io {
+                    path: path.clone(),
+                    source: e,
+                },
+            })?;
+        Ok(Self {
+            dir,
+            path,
+            stream: BufReader::new(stream),
+            line: Vec::new(),
+        })
+    }
+
+    /// Sends `request` and waits for its response.
+    pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let io_err = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut bytes = serde_json::to_vec(request).map_err(|e| io_err(io::Error::other(e)))?;
+        bytes.push(b'\n');
+        let stream = self.stream.get_mut();
+        stream.write_all(&bytes).await.map_err(io_err)?;
+        stream.flush().await.map_err(io_err)?;
+        match read_line(&mut self.stream, &mut self.line, MAX_RESPONSE_SIZE)
+            .await
+            .map_err(io_err)?
+        {
+            Line::End => Err(ClientError::Closed(self.dir.clone())),
+            Line::TooLong => Err(ClientError::Protocol {
+                dir: self.dir.clone(),
+                detail: format!("response longer than {MAX_RESPONSE_SIZE} bytes"),
+            }),
+            Line::Complete => {
+                serde_json::from_slice(&self.line).map_err(|e| ClientError::Protocol {
+                    dir: self.dir.clone(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}

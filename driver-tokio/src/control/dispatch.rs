@@ -1,0 +1,120 @@
+//! Dispatch: one [`Request`] carried out on an [`Agent`], its result
+//! turned into a [`Response`]. The server calls it for each line.
+
+use keynode_core::{ContactMode, NodeAddressScopes, NodeContactAddressData};
+
+use super::protocol::{
+    AddressInfo, BucketInfo, ClaimInfo, ConnectionInfo, ContactInfo, ControlError, ErrorKind,
+    Reply, Request, Response,
+};
+use crate::Agent;
+
+/// Carries out one request on `agent`.
+pub async fn handle(agent: &Agent, request: Request) -> Response {
+    match dispatch(agent, request).await {
+        Ok(reply) => Response::Ok(reply),
+        Err(e) => Response::Error(e),
+    }
+}
+
+/// Parses one request line and carries it out.
+pub async fn handle_line(agent: &Agent, line: &[u8]) -> Response {
+    match serde_json::from_slice::<Request>(line) {
+        Ok(request) => handle(agent, request).await,
+        Err(e) => Response::Error(ControlError::new(ErrorKind::BadRequest, e.to_string())),
+    }
+}
+
+async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError> {
+    Ok(match request {
+        Request::Status => Reply::Status {
+            node_id: agent.node_id(),
+            address: agent.local_addr(),
+            data_dir: agent.data_dir().to_path_buf(),
+        },
+        Request::SetNode {
+            node_id,
+            address,
+            force,
+            block,
+        } => {
+            let data = NodeContactAddressData {
+                mode: ContactMode::Direct,
+                connected_time: crate::now().unix_secs(),
+                scopes: NodeAddressScopes::GLOBAL,
+            };
+            agent.set_node(node_id, address, data, block, force).await?;
+            Reply::Done
+        }
+        Request::FindNode { node_id } => Reply::Found {
+            node_id,
+            address: agent
+                .find_node(node_id)
+                .await?
+                .map(|(address, data)| AddressInfo::new(&address, &data)),
+        },
+        Request::PingNode { node_id } => Reply::Found {
+            node_id,
+            address: agent
+                .ping_node(node_id)
+                .await?
+                .map(|(address, data)| AddressInfo::new(&address, &data)),
+        },
+        Request::GetAll => Reply::Contacts {
+            buckets: agent
+                .get_all()
+                .await?
+                .into_iter()
+                .filter(|(_, contacts)| !contacts.is_empty())
+                .map(|(bucket, contacts)| BucketInfo {
+                    bucket: bucket.get(),
+                    contacts: contacts
+                        .iter()
+                        .map(|(id, contact)| ContactInfo::new(*id, contact))
+                        .collect(),
+                })
+                .collect(),
+        },
+        Request::Connections => Reply::Connections {
+            connections: agent
+                .connections()
+                .await?
+                .into_iter()
+                .map(|(conn, node_id, remote)| ConnectionInfo {
+                    id: conn.0,
+                    node_id,
+                    remote,
+                })
+                .collect(),
+        },
+        Request::ClaimNode { node_id } => {
+            agent.claim_node(node_id).await?;
+            Reply::Done
+        }
+        Request::AllowClaims { node_id, allowed } => {
+            agent.allow_claims_from(node_id, allowed).await?;
+            Reply::Done
+        }
+        Request::Chain { node_id } => {
+            let own = agent.node_id();
+            let (node_id, claims) = match node_id {
+                Some(id) if id != own => (id, agent.request_chain_data(id, None).await?),
+                _ => (own, agent.sigchain().await?),
+            };
+            let claims = claims
+                .iter()
+                .map(ClaimInfo::new)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ControlError::new(ErrorKind::Internal, e))?;
+            Reply::Chain { node_id, claims }
+        }
+        Request::RenewKey => {
+            let old_node_id = agent.node_id();
+            let node_id = agent.renew_key().await?;
+            Reply::KeyRenewed {
+                old_node_id,
+                node_id,
+            }
+        }
+    })
+}

@@ -1,0 +1,414 @@
+//! The control protocol's types: a [`Request`] per line, a [`Response`]
+//! per line, and the readable forms of what the agent returns. Only data
+//! and its JSON form live here; nothing here touches a socket or an agent
+//! (but [`ControlError`] converts from [`AgentError`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use keynode_core::claims::{ClaimBody, SignedClaim};
+use keynode_core::{
+    ContactMode, NodeAddress, NodeAddressScopes, NodeContact, NodeContactAddressData, NodeId,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+/// A command for the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The agent's NodeId, address and data directory.
+    Status,
+    /// Spec `setNode`: adds or updates a contact (mode direct, connected now,
+    /// global scope).
+    SetNode {
+        /// The node.
+        node_id: NodeId,
+        /// Where it is: `host:port`.
+        #[serde(with = "as_text")]
+        address: NodeAddress,
+        /// Evict the oldest contact of a full bucket without a ping.
+        #[serde(default = "yes")]
+        force: bool,
+        /// Wait for a full bucket's garbage collection.
+        #[serde(default)]
+        block: bool,
+    },
+    /// Spec `findNode`.
+    FindNode {
+        /// The node to find.
+        node_id: NodeId,
+    },
+    /// Spec `pingNode`.
+    PingNode {
+        /// The node to ping.
+        node_id: NodeId,
+    },
+    /// Every contact of the node graph.
+    GetAll,
+    /// The connections up.
+    Connections,
+    /// Spec `claimNode`: links this node and `node_id` (which must allow it).
+    ClaimNode {
+        /// The node to claim.
+        node_id: NodeId,
+    },
+    /// Allows (or stops allowing) `node_id` to claim this node.
+    AllowClaims {
+        /// The node.
+        node_id: NodeId,
+        /// Allow (default) or revoke.
+        #[serde(default = "yes")]
+        allowed: bool,
+    },
+    /// Spec `requestChainData` from `node_id`, or the own sigchain when
+    /// `node_id` is absent (or is this node).
+    Chain {
+        /// Whose chain.
+        #[serde(default)]
+        node_id: Option<NodeId>,
+    },
+    /// A new key: the agent's NodeId changes.
+    RenewKey,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// The request succeeded.
+    Ok(Reply),
+    /// It did not.
+    Error(ControlError),
+}
+
+/// What a successful request returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// For [`Request::Status`].
+    Status {
+        /// The agent's NodeId.
+        node_id: NodeId,
+        /// Its UDP address.
+        address: SocketAddr,
+        /// Its data directory.
+        data_dir: PathBuf,
+    },
+    /// The request was carried out (set, allow, claim).
+    Done,
+    /// For [`Request::FindNode`] and [`Request::PingNode`]: where the node
+    /// was reached, or `None`.
+    Found {
+        /// The node looked for.
+        node_id: NodeId,
+        /// Where it was reached.
+        address: Option<AddressInfo>,
+    },
+    /// For [`Request::GetAll`]: the non-empty buckets, closest first.
+    Contacts {
+        /// The buckets.
+        buckets: Vec<BucketInfo>,
+    },
+    /// For [`Request::Connections`].
+    Connections {
+        /// The connections.
+        connections: Vec<ConnectionInfo>,
+    },
+    /// For [`Request::Chain`]: the claims (verified, for another node's).
+    Chain {
+        /// Whose chain.
+        node_id: NodeId,
+        /// Its claims, in chain order.
+        claims: Vec<ClaimInfo>,
+    },
+    /// For [`Request::RenewKey`].
+    KeyRenewed {
+        /// The NodeId before.
+        old_node_id: NodeId,
+        /// The NodeId now.
+        node_id: NodeId,
+    },
+}
+
+/// One address of a contact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressInfo {
+    /// `host:port`.
+    #[serde(with = "as_text")]
+    pub address: NodeAddress,
+    /// How the connection was made.
+    pub mode: ContactMode,
+    /// When the node was last connected there, Unix seconds.
+    pub connected_time: u64,
+    /// Where the address is valid.
+    pub scopes: NodeAddressScopes,
+}
+
+impl AddressInfo {
+    pub(super) fn new(address: &NodeAddress, data: &NodeContactAddressData) -> Self {
+        Self {
+            address: address.clone(),
+            mode: data.mode,
+            connected_time: data.connected_time,
+            scopes: data.scopes,
+        }
+    }
+}
+
+/// A contact of the node graph.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactInfo {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its addresses.
+    pub addresses: Vec<AddressInfo>,
+}
+
+impl ContactInfo {
+    pub(super) fn new(node_id: NodeId, contact: &NodeContact) -> Self {
+        Self {
+            node_id,
+            addresses: contact
+                .iter()
+                .map(|(address, data)| AddressInfo::new(address, data))
+                .collect(),
+        }
+    }
+}
+
+/// One bucket of the node graph.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    /// Its index: 0 the closest, 255 the farthest.
+    pub bucket: u8,
+    /// Its contacts, oldest first.
+    pub contacts: Vec<ContactInfo>,
+}
+
+/// A connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// The connection's number.
+    pub id: u64,
+    /// The peer.
+    pub node_id: NodeId,
+    /// Its address.
+    pub remote: SocketAddr,
+}
+
+/// A claim of a sigchain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimInfo {
+    /// Its id, hex.
+    pub id: String,
+    /// Its position in the chain, from 0.
+    pub seq: u64,
+    /// The id of the claim before it, hex.
+    pub prev_claim_id: Option<String>,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// What it asserts.
+    pub body: ClaimBodyInfo,
+    /// The nodes that signed it.
+    pub signed_by: Vec<NodeId>,
+}
+
+/// What a claim asserts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClaimBodyInfo {
+    /// `issuer` and `subject` are one gestalt.
+    LinkNode {
+        /// The node whose chain holds the claim.
+        issuer: NodeId,
+        /// The other node.
+        subject: NodeId,
+    },
+}
+
+impl ClaimInfo {
+    /// The readable form of a signed claim.
+    pub fn new(signed: &SignedClaim) -> Result<Self, String> {
+        let claim = signed.decode().map_err(|e| e.to_string())?;
+        let body = match claim.body {
+            ClaimBody::LinkNode { iss, sub } => ClaimBodyInfo::LinkNode {
+                issuer: iss,
+                subject: sub,
+            },
+        };
+        Ok(Self {
+            id: claim.id.to_string(),
+            seq: claim.seq,
+            prev_claim_id: claim.prev_claim_id.map(|id| id.to_string()),
+            iat: claim.iat,
+            body,
+            signed_by: signed.signatures.iter().map(|(id, _)| *id).collect(),
+        })
+    }
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// For people.
+    pub message: String,
+}
+
+impl ControlError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of [`ControlError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The line is not a valid request.
+    BadRequest,
+    /// The line is longer than [`MAX_REQUEST_SIZE`](super::MAX_REQUEST_SIZE).
+    TooLarge,
+    /// Too many connections at once.
+    Busy,
+    /// The node manager refused the call or the operation failed.
+    Failed,
+    /// The agent is stopping.
+    Stopped,
+    /// Anything else (a bug).
+    Internal,
+}
+
+impl From<AgentError> for ControlError {
+    fn from(e: AgentError) -> Self {
+        let kind = match e {
+            AgentError::Stopped => ErrorKind::Stopped,
+            AgentError::Unexpected(_) => ErrorKind::Internal,
+            _ => ErrorKind::Failed,
+        };
+        Self::new(kind, e.to_string())
+    }
+}
+
+/// Serde through `Display` and `FromStr`.
+mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<T: Display, S: Serializer>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    pub(super) fn deserialize<'de, T, D>(deserializer: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for Request {
+    type Err = serde_json::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "v0000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn requests_round_trip_through_their_json_form() {
+        let id: NodeId = ID.parse().unwrap();
+        let requests = [
+            Request::Status,
+            Request::SetNode {
+                node_id: id,
+                address: "127.0.0.1:1314".parse().unwrap(),
+                force: true,
+                block: false,
+            },
+            Request::FindNode { node_id: id },
+            Request::PingNode { node_id: id },
+            Request::GetAll,
+            Request::Connections,
+            Request::ClaimNode { node_id: id },
+            Request::AllowClaims {
+                node_id: id,
+                allowed: false,
+            },
+            Request::Chain { node_id: None },
+            Request::Chain { node_id: Some(id) },
+            Request::RenewKey,
+        ];
+        for request in requests {
+            let text = serde_json::to_string(&request).unwrap();
+            assert!(!text.contains('\n'));
+            assert_eq!(text.parse::<Request>().unwrap(), request, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_documented_forms_parse() {
+        let set: Request =
+            format!(r#"{{"op":"set_node","node_id":"{ID}","address":"node.example:1314"}}"#)
+                .parse()
+                .unwrap();
+        assert_eq!(
+            set,
+            Request::SetNode {
+                node_id: ID.parse().unwrap(),
+                address: "node.example:1314".parse().unwrap(),
+                force: true,
+                block: false,
+            }
+        );
+        assert_eq!(
+            r#"{"op":"chain"}"#.parse::<Request>().unwrap(),
+            Request::Chain { node_id: None }
+        );
+        let done = serde_json::to_string(&Response::Ok(Reply::Done)).unwrap();
+        assert_eq!(done, r#"{"ok":{"reply":"done"}}"#);
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        for text in [
+            "",
+            "nonsense",
+            "{}",
+            r#"{"op":"launch"}"#,
+            r#"{"op":"find_node"}"#,
+            r#"{"op":"find_node","node_id":"nope"}"#,
+            &format!(r#"{{"op":"allow_claims","node_id":"{ID}","allowd":false}}"#),
+            &format!(r#"{{"op":"set_node","node_id":"{ID}","address":"no port"}}"#),
+        ] {
+            assert!(text.parse::<Request>().is_err(), "{text:?} parsed");
+        }
+    }
+}

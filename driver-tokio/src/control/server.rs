@@ -1,0 +1,202 @@
+//! The server end: binding `control.sock` safely (owner only, never two
+//! agents on one socket), the accept loop with its bound on connections,
+//! and the request/response loop of one connection.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::dispatch::handle_line;
+use super::line::{Line, read_line};
+use super::protocol::{ControlError, ErrorKind, Response};
+use super::{MAX_CLIENTS, MAX_REQUEST_SIZE, SOCKET_NAME, socket_path};
+use crate::Agent;
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another agent answers on the socket.
+    #[error("an agent is already running in {0} (its control.sock answers)")]
+    AlreadyRunning(PathBuf),
+    /// The socket could not be made.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// The control socket of an agent: bound, not yet serving.
+pub struct ControlSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Binds `control.sock` in `data_dir` (created if missing), mode 0600.
+    ///
+    /// Fails if an agent already answers there; a socket left by an agent
+    /// that died is replaced. The socket is bound under a temporary name,
+    /// restricted to the owner, then renamed into place, so `control.sock`
+    /// never exists with wider permissions.
+    pub fn bind(data_dir: &Path) -> Result<Self, BindError> {
+        let path = socket_path(data_dir);
+        let io_err = |source| BindError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(io_err)?;
+        match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(_) => return Err(BindError::AlreadyRunning(data_dir.to_path_buf())),
+            // Nothing there, or a socket nobody listens on: ours to take.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        let tmp = data_dir.join(format!("{SOCKET_NAME}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(io_err)?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| listener.set_nonblocking(true));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(e));
+        }
+        Ok(Self { listener, path })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves requests for `agent` until [`ControlServer::shutdown`].
+    /// Must be called within a tokio runtime.
+    pub fn serve(self, agent: Agent) -> Result<ControlServer, BindError> {
+        let ControlSocket { listener, path } = self;
+        let listener = match UnixListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(source) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(BindError::Io { path, source });
+            }
+        };
+        let task = tokio::spawn(accept_loop(listener, agent));
+        Ok(ControlServer {
+            path,
+            task: Some(task),
+        })
+    }
+
+    /// Removes the socket without serving.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A control socket being served.
+pub struct ControlServer {
+    path: PathBuf,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting connections and removes the socket file. Requests
+    /// already running go on until the agent stops.
+    pub fn shutdown(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn accept_loop(listener: UnixListener, agent: Agent) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then go on.
+                tracing::warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, &agent).await {
+                        tracing::debug!("control connection ended: {e}");
+                    }
+                    drop(slot);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let busy = Response::Error(ControlError::new(
+                        ErrorKind::Busy,
+                        format!("more than {MAX_CLIENTS} control connections at once"),
+                    ));
+                    let _ = write_response(&mut stream, &busy).await;
+                });
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: UnixStream, agent: &Agent) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        let response = match read_line(&mut reader, &mut line, MAX_REQUEST_SIZE).await? {
+            Line::End => return Ok(()),
+            Line::TooLong => Response::Error(ControlError::new(
+                ErrorKind::TooLarge,
+                format!("request longer than {MAX_REQUEST_SIZE} bytes"),
+            )),
+            Line::Complete => handle_line(agent, &line).await,
+        };
+        write_response(&mut write, &response).await?;
+    }
+}
+
+async fn write_response<W: AsyncWriteExt + Unpin>(
+    write: &mut W,
+    response: &Response,
+) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(response).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.flush().await
+}
