@@ -32,6 +32,7 @@ mod api;
 mod claims;
 mod conns;
 mod find;
+mod lookup;
 mod maintenance;
 mod serve;
 mod set_node;
