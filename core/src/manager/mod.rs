@@ -40,8 +40,10 @@
 //!   writer); `timers`: the deadline table keyed by [`Timer`].
 //! - `conns` (connections up), `dials` (attempts in flight), `lifecycle`
 //!   (dialling, connection up/closed, idle time to live, leases, requests).
-//! - One file per group of spec methods: `set_node` (setNode, GC, pings),
-//!   `find` (findNode, pingNode, mDNS), `maintenance` (refresh, connection
+//! - One file per group of spec methods: `set_node` (setNode, pings),
+//!   `find` (findNode, pingNode, mDNS, wiring `lookup`: the lookup as a pure
+//!   machine), `gc` (garbageCollectBucket, its round a pure machine),
+//!   `maintenance` (refresh, connection
 //!   check, resetBuckets, acquireConnection), `sync`, `claims`, `serve`
 //!   (answering peers, the signal relay), `tasks` (the persisted task table).
 
@@ -52,6 +54,7 @@ mod dials;
 mod find;
 mod gc;
 mod lifecycle;
+mod lookup;
 mod maintenance;
 mod ops;
 mod running;
