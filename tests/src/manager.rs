@@ -1,6 +1,8 @@
 //! The manager level: every host runs a real `NodeManager`; the level plays
 //! the driver for all of them (connections, requests, responses, the
-//! store) over the virtual [`Network`](crate::Network).
+//! store) over the virtual [`Network`](crate::Network). The loop that
+//! carries out a node's commands is the core's simulated driver
+//! (`keynode_core::testing::drain`); this level supplies its hooks.
 //!
 //! What a driver would do with QUIC is modelled message by message:
 //! - a dial is a packet to the address the core chose; it must pass the

@@ -263,3 +263,67 @@ fn carry_out<D: Driver + ?Sized>(driver: &mut D, host: D::Host, command: Command
         Command::Resolve { resolve, hostname } => driver.resolve(host, resolve, hostname),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)]
+
+    use std::net::{IpAddr, SocketAddr};
+    use std::time::Instant;
+
+    use crate::testing::{Net, Script};
+    use crate::{Config, NodeAddress, NodeId, Now, OpValue, SeedNodes};
+
+    fn now() -> Now {
+        Now::new(Instant::now(), 1_700_000_000_000)
+    }
+
+    fn id(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 32])
+    }
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::new(IpAddr::from([10, 0, 0, n]), 1314)
+    }
+
+    #[test]
+    fn drain_leaves_nothing_queued() {
+        let mut s = Script::started(now(), Config::default(), id(1));
+        assert_eq!(s.node.poll(), None);
+        assert_eq!(s.store.batches, 1, "the start batch was committed");
+        s.hold_store = true;
+        let seeds = SeedNodes::new([(id(2), NodeAddress::from(addr(2)))]);
+        let op = s.node.sync_node_graph(s.now, &seeds, None, false);
+        let rest = s.drain();
+        assert!(op.is_ok());
+        assert_eq!(s.node.poll(), None);
+        assert!(
+            rest.iter().all(|c| s.log.contains(c)),
+            "what is handed back was logged"
+        );
+    }
+
+    #[test]
+    fn net_carries_a_sync_between_two_managers() {
+        let mut net = Net::new(now());
+        net.add(id(1), addr(1), Config::default());
+        net.add(id(2), addr(2), Config::default());
+        let seeds = SeedNodes::new([(id(2), NodeAddress::from(addr(2)))]);
+        let op = net.call(id(1), |n, now| n.sync_node_graph(now, &seeds, None, true));
+        let op = op.expect("sync starts");
+        assert_eq!(net.run_until_done(id(1), op, 10_000), Ok(OpValue::Unit));
+        assert!(net.peers[&id(1)].node.graph().contains(&id(2)));
+        assert!(net.peers[&id(2)].node.graph().contains(&id(1)));
+    }
+
+    #[test]
+    #[should_panic(expected = "still busy")]
+    fn drive_bounded_turns_a_busy_network_into_a_failure() {
+        let mut net = Net::new(now());
+        net.add(id(1), addr(1), Config::default());
+        net.add(id(2), addr(2), Config::default());
+        let seeds = SeedNodes::new([(id(2), NodeAddress::from(addr(2)))]);
+        let _ = net.call(id(1), |n, now| n.sync_node_graph(now, &seeds, None, true));
+        net.drive_bounded(3);
+    }
+}
