@@ -39,6 +39,8 @@ mod manager;
 pub mod net;
 mod seed;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod time;
 pub mod wire;
 

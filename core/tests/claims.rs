@@ -30,7 +30,7 @@ fn config() -> Config {
 /// Nodes A (key 1, address 1) and B (key 2, address 2); A knows B's address;
 /// B allows claims from A when `allow`.
 fn pair(allow: bool) -> (Net, NodeId, NodeId) {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     let (a, b) = (key(1), key(2));
     let (ida, idb) = (a.node_id(), b.node_id());
     net.add_identity(a.into(), addr(1), config());
@@ -131,7 +131,7 @@ fn an_unsolicited_claim_is_refused() {
 
 #[test]
 fn a_node_without_a_key_cannot_claim() {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     net.add(common::id(1), addr(1), config());
     let op = net.call(common::id(1), |n, now| {
         n.claim_node(now, key(2).node_id(), None).unwrap()
@@ -488,7 +488,7 @@ fn an_out_of_order_first_message_is_aborted() {
 #[test]
 fn chain_data_is_paged() {
     // Nodes 1, 3 and 4 each claim node 2: its chain has three claims.
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     for n in [1u8, 2, 3, 4] {
         net.add_identity(key(n).into(), addr(n.into()), config());
     }
@@ -533,7 +533,7 @@ fn chain_data_is_paged() {
 #[test]
 fn concurrent_exchanges_on_one_chain_take_turns() {
     // A claims B while B claims C: B's chain gets both claims, linked.
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     for n in [1u8, 2, 3] {
         net.add_identity(key(n).into(), addr(n.into()), config());
     }

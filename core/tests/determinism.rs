@@ -22,7 +22,7 @@ fn run(seed_base: u64) -> Run {
     config.connection_connect_timeout = Duration::from_secs(2);
     config.rpc_timeout = Duration::from_secs(2);
 
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     net.seed_base = seed_base;
     net.keep_trace = true;
     for i in 1..=12u8 {

@@ -25,7 +25,7 @@ fn quiet_config() -> Config {
 
 /// A network of nodes 1..=n at addresses 1..=n.
 fn network(n: u8) -> Net {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     for i in 1..=n {
         net.add(id(i), addr(i.into()), quiet_config());
     }
@@ -296,7 +296,7 @@ fn mdns_config() -> Config {
 
 #[test]
 fn query_mdns_collects_answers_until_its_timeout() {
-    let mut s = Script::started(mdns_config(), id(1));
+    let mut s = Script::started(common::t0(), mdns_config(), id(1));
     let op = s.node.query_mdns(s.now, id(2), None).unwrap();
     let cmds = s.drain();
     let query = match cmds.as_slice() {
@@ -320,7 +320,7 @@ fn query_mdns_collects_answers_until_its_timeout() {
     assert!(cmds.contains(&Command::MdnsQueryEnd { query }));
 
     // With mDNS off, nothing is asked and nothing found.
-    let mut s = Script::started(quiet_config(), id(1));
+    let mut s = Script::started(common::t0(), quiet_config(), id(1));
     let op = s.node.query_mdns(s.now, id(2), None).unwrap();
     assert!(s.drain().is_empty());
     assert_eq!(s.done(op), Some(Ok(OpValue::Addresses(Vec::new()))));
@@ -328,7 +328,7 @@ fn query_mdns_collects_answers_until_its_timeout() {
 
 #[test]
 fn mdns_wins_the_race_on_a_lan() {
-    let mut s = Script::started(mdns_config(), id(1));
+    let mut s = Script::started(common::t0(), mdns_config(), id(1));
     let op = s
         .node
         .find_node(s.now, id(2), FindOptions::default())
@@ -422,7 +422,7 @@ fn a_relayed_signal_answer_is_expected_and_a_stray_one_is_stale() {
     use keynode_core::wire::{Request, Response};
     use keynode_core::{ConnId, PeerRequestId, RequestId};
 
-    let mut s = Script::started(quiet_config(), id(1));
+    let mut s = Script::started(common::t0(), quiet_config(), id(1));
     for (conn, peer) in [(1, 2u8), (2, 3)] {
         s.handle(Event::ConnectionUp {
             conn: ConnId(conn),
@@ -480,7 +480,7 @@ fn a_relayed_signal_answer_is_expected_and_a_stray_one_is_stale() {
 fn a_failed_dial_moves_on_to_the_candidates_next_address() {
     use keynode_core::{AttemptId, ConnId, ConnectFailure};
 
-    let mut s = Script::started(quiet_config(), id(1));
+    let mut s = Script::started(common::t0(), quiet_config(), id(1));
     let (older, newer) = (addr(20), addr(21));
     for (address, connected_time) in [(older, 100), (newer, 200)] {
         let data = NodeContactAddressData {

@@ -36,7 +36,7 @@ fn config(k: usize) -> Config {
 }
 
 fn started(config: Config) -> Script {
-    let s = Script::started(config, id(0));
+    let s = Script::started(common::t0(), config, id(0));
     assert_eq!(
         s.node.tasks().count(),
         0,

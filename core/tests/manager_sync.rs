@@ -48,7 +48,7 @@ fn find(net: &mut Net, from: u8, target: NodeId) -> bool {
 
 #[test]
 fn nodes_joining_through_one_seed_find_each_other() {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     for i in 1..=12u8 {
         net.add(id(i), addr(i.into()), config());
     }
@@ -74,7 +74,7 @@ fn nodes_joining_through_one_seed_find_each_other() {
 
 #[test]
 fn sync_refreshes_buckets_farther_than_the_closest_neighbour() {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     for i in 1..=6u8 {
         net.add(id(i), addr(i.into()), config());
     }
@@ -108,7 +108,7 @@ fn sync_refreshes_buckets_farther_than_the_closest_neighbour() {
 
 #[test]
 fn some_seeds_down_is_fine() {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     for i in 1..=3u8 {
         net.add(id(i), addr(i.into()), config());
     }
@@ -123,7 +123,7 @@ fn some_seeds_down_is_fine() {
 
 #[test]
 fn all_seeds_down_lists_each_failure() {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     for i in 1..=3u8 {
         net.add(id(i), addr(i.into()), config());
     }
@@ -144,7 +144,7 @@ fn all_seeds_down_lists_each_failure() {
 
 #[test]
 fn an_empty_seed_list_is_an_error() {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     net.add(id(1), addr(1), config());
     assert_eq!(
         sync(&mut net, 1, &SeedNodes::default(), true),
@@ -158,7 +158,7 @@ fn an_empty_seed_list_is_an_error() {
 
 #[test]
 fn non_blocking_sync_schedules_one_task() {
-    let mut net = Net::new();
+    let mut net = Net::new(common::t0());
     for i in 1..=3u8 {
         net.add(id(i), addr(i.into()), config());
     }

@@ -177,7 +177,7 @@ fn lease_of(result: Option<Result<OpValue, OpError>>) -> (LeaseId, ConnId, NodeI
 
 #[test]
 fn every_bucket_gets_one_jittered_refresh_task_at_start() {
-    let s = Script::started(Config::default(), id(1));
+    let s = Script::started(common::t0(), Config::default(), id(1));
     let start = s.now;
     let tasks = task_map(&s.node);
     let dues = refresh_dues(&tasks);
@@ -223,7 +223,7 @@ fn jitter_factor_sets_the_width_of_the_window() {
     // No jitter: exactly the delay.
     let mut config = Config::default();
     config.refresh_bucket_delay_jitter = 0.0;
-    let s = Script::started(config, id(1));
+    let s = Script::started(common::t0(), config, id(1));
     let dues = refresh_dues(&task_map(&s.node));
     assert_eq!(dues.len(), 256);
     assert!(dues.values().all(|d| *d == s.now.unix_ms + ms(HOUR)));
@@ -231,7 +231,7 @@ fn jitter_factor_sets_the_width_of_the_window() {
     // Full jitter: 30 to 90 minutes.
     let mut config = Config::default();
     config.refresh_bucket_delay_jitter = 1.0;
-    let s = Script::started(config, id(1));
+    let s = Script::started(common::t0(), config, id(1));
     let dues = refresh_dues(&task_map(&s.node));
     assert_eq!(dues.len(), 256);
     for due in dues.values() {
@@ -246,7 +246,7 @@ fn jitter_factor_sets_the_width_of_the_window() {
 
 #[test]
 fn tasks_resume_after_a_restart_without_duplicates_or_rescheduling() {
-    let mut s = Script::started(Config::default(), id(1));
+    let mut s = Script::started(common::t0(), Config::default(), id(1));
     let t0 = s.now;
     s.advance(10 * MINUTE);
     let persisted = s.store.tasks.clone();
@@ -331,7 +331,7 @@ fn tasks_resume_after_a_restart_without_duplicates_or_rescheduling() {
 fn zero_refresh_delay_disables_refresh_tasks_and_deletes_persisted_ones() {
     let mut config = Config::default();
     config.refresh_bucket_delay = Duration::ZERO;
-    let s = Script::started(config.clone(), id(1));
+    let s = Script::started(common::t0(), config.clone(), id(1));
     let tasks = task_map(&s.node);
     assert!(refresh_dues(&tasks).is_empty());
     assert!(tasks.contains_key(&TaskKey::CheckConnections));
@@ -343,7 +343,7 @@ fn zero_refresh_delay_disables_refresh_tasks_and_deletes_persisted_ones() {
     );
 
     // Persisted refresh tasks of an earlier run are deleted on start.
-    let mut old = Script::started(Config::default(), id(1));
+    let mut old = Script::started(common::t0(), Config::default(), id(1));
     old.node.stop(old.now).unwrap();
     old.drain();
     assert_eq!(refresh_dues(&old.store.tasks).len(), 256);
@@ -369,7 +369,7 @@ fn zero_refresh_delay_disables_refresh_tasks_and_deletes_persisted_ones() {
 fn zero_retry_delay_disables_the_connection_check() {
     let mut config = Config::default();
     config.retry_connections_delay = Duration::ZERO;
-    let mut s = Script::started(config.clone(), id(1));
+    let mut s = Script::started(common::t0(), config.clone(), id(1));
     assert!(!task_map(&s.node).contains_key(&TaskKey::CheckConnections));
     assert!(!s.store.tasks.contains_key(&TaskKey::CheckConnections));
     assert_eq!(s.node.timer(Timer::Task(TaskKey::CheckConnections)), None);
@@ -380,7 +380,7 @@ fn zero_retry_delay_disables_the_connection_check() {
     }
 
     // A persisted connection check is deleted on start.
-    let mut old = Script::started(Config::default(), id(1));
+    let mut old = Script::started(common::t0(), Config::default(), id(1));
     old.node.stop(old.now).unwrap();
     old.drain();
     assert!(old.store.tasks.contains_key(&TaskKey::CheckConnections));
@@ -393,7 +393,7 @@ fn zero_retry_delay_disables_the_connection_check() {
 
 #[test]
 fn contacts_of_a_fresh_node_survive_a_restart() {
-    let mut s = Script::started(quiet_config(), id(1));
+    let mut s = Script::started(common::t0(), quiet_config(), id(1));
     set_contact(&mut s, id(2), addr(2), 1);
     set_contact(&mut s, id(0x81), addr(3), 2);
     s.node.stop(s.now).unwrap();
@@ -409,7 +409,7 @@ fn contacts_of_a_fresh_node_survive_a_restart() {
 
 #[test]
 fn lazy_update_moves_the_one_task_and_is_done_after_commit() {
-    let mut s = Script::started(Config::default(), id(1));
+    let mut s = Script::started(common::t0(), Config::default(), id(1));
     let bucket = BucketIndex::new(200);
     let key = TaskKey::RefreshBucket(bucket);
     let before = task_map(&s.node);
@@ -462,7 +462,7 @@ fn lazy_update_moves_the_one_task_and_is_done_after_commit() {
 
 #[test]
 fn eager_update_is_done_only_after_that_refresh_ran() {
-    let mut s = Script::started(Config::default(), id(1));
+    let mut s = Script::started(common::t0(), Config::default(), id(1));
     let bucket = BucketIndex::new(17);
     let key = TaskKey::RefreshBucket(bucket);
     let op = s
@@ -501,7 +501,7 @@ fn eager_update_is_done_only_after_that_refresh_ran() {
 #[test]
 fn touching_a_bucket_with_an_eager_waiter_does_not_refresh_it_at_once() {
     let own = id(1);
-    let mut s = Script::started(Config::default(), own);
+    let mut s = Script::started(common::t0(), Config::default(), own);
     let contact = in_bucket(own, 200, 1);
     let bucket = BucketIndex::new(200);
     let key = TaskKey::RefreshBucket(bucket);
@@ -545,7 +545,7 @@ fn connection_check_looks_up_own_id_and_far_bucket_every_period() {
     config.refresh_bucket_delay = Duration::ZERO;
     let own = id(1);
     let peer = id(2);
-    let mut s = Script::started(config, own);
+    let mut s = Script::started(common::t0(), config, own);
     set_contact(&mut s, peer, addr(2), 1);
     let mut far_targets = BTreeSet::new();
     let mut next_conn = 100;
@@ -612,7 +612,7 @@ fn connection_check_looks_up_own_id_and_far_bucket_every_period() {
 fn connection_check_runs_again_after_failed_dials() {
     let mut config = Config::default();
     config.refresh_bucket_delay = Duration::ZERO;
-    let mut s = Script::started(config, id(1));
+    let mut s = Script::started(common::t0(), config, id(1));
     set_contact(&mut s, id(2), addr(2), 1);
     for period in 1..=3 {
         let cmds = s.advance(45 * SECOND);
@@ -634,7 +634,7 @@ fn connection_check_runs_again_after_failed_dials() {
 fn existing_connection_is_leased_and_idles_out_only_when_released() {
     let own = id(1);
     let peer = in_bucket(own, 255, 1);
-    let mut s = Script::started(quiet_config(), own);
+    let mut s = Script::started(common::t0(), quiet_config(), own);
     let conn = ConnId(7);
     s.handle(Event::ConnectionUp {
         conn,
@@ -704,7 +704,7 @@ fn idle_ttl_is_longer_for_the_primary_connection_of_a_closer_node() {
     let ttl = |bucket: u8| 60 * SECOND + bonus.mul_f64(1.0 - f64::from(bucket) / 255.0);
 
     for bucket in [0u8, 100, 254, 255] {
-        let mut s = Script::started(quiet_config(), own);
+        let mut s = Script::started(common::t0(), quiet_config(), own);
         let peer = in_bucket(own, bucket, 3);
         let t = s.now;
         s.handle(Event::ConnectionUp {
@@ -772,7 +772,7 @@ fn idle_ttl_is_longer_for_the_primary_connection_of_a_closer_node() {
 fn remaining_connection_gets_the_primary_ttl_when_the_primary_closes() {
     let own = id(1);
     let peer = in_bucket(own, 0, 0);
-    let mut s = Script::started(quiet_config(), own);
+    let mut s = Script::started(common::t0(), quiet_config(), own);
     for (conn, at) in [(ConnId(1), addr(1)), (ConnId(2), addr(2))] {
         s.handle(Event::ConnectionUp {
             conn,
@@ -804,7 +804,7 @@ fn remaining_connection_gets_the_primary_ttl_when_the_primary_closes() {
 #[test]
 fn acquire_refuses_own_id_and_fails_for_an_unknown_node() {
     let own = id(1);
-    let mut s = Script::started(quiet_config(), own);
+    let mut s = Script::started(common::t0(), quiet_config(), own);
     assert_eq!(
         s.node.acquire_connection(s.now, own, None),
         Err(ApiError::OwnNodeId(own))
@@ -822,7 +822,7 @@ fn acquire_refuses_own_id_and_fails_for_an_unknown_node() {
 fn acquire_connects_through_a_lookup_and_leases_the_new_connection() {
     let own = id(1);
     let peer = id(2);
-    let mut s = Script::started(quiet_config(), own);
+    let mut s = Script::started(common::t0(), quiet_config(), own);
     set_contact(&mut s, peer, addr(2), 1);
     let op = s.node.acquire_connection(s.now, peer, None).unwrap();
     let cmds = s.drain();
@@ -855,7 +855,7 @@ fn acquire_connects_through_a_lookup_and_leases_the_new_connection() {
 #[test]
 fn calls_before_start_are_refused_and_start_twice_is_refused() {
     let own = id(1);
-    let mut s = Script::new(Config::default(), own);
+    let mut s = Script::new(common::t0(), Config::default(), own);
     let now = s.now;
     let n = &mut s.node;
     let b = BucketIndex::new(3);
@@ -913,7 +913,7 @@ fn stop_cancels_everything_once_closes_connections_and_goes_quiet() {
     let own = id(1);
     let mut config = Config::default();
     config.mdns = Some(MdnsConfig::default());
-    let mut s = Script::new(config, own);
+    let mut s = Script::new(common::t0(), config, own);
     let op = s.node.start(s.now).unwrap();
     let cmds = s.drain();
     assert_eq!(s.done(op), Some(Ok(OpValue::Unit)));
@@ -1036,7 +1036,7 @@ fn stop_cancels_everything_once_closes_connections_and_goes_quiet() {
 
 #[test]
 fn mdns_is_announced_and_stopped_only_when_configured() {
-    let mut s = Script::new(quiet_config(), id(1));
+    let mut s = Script::new(common::t0(), quiet_config(), id(1));
     let cmds = start(&mut s);
     assert!(
         !cmds
@@ -1057,7 +1057,7 @@ fn mdns_is_announced_and_stopped_only_when_configured() {
         port: 5353,
     };
     config.mdns = Some(mdns.clone());
-    let mut s = Script::new(config, id(1));
+    let mut s = Script::new(common::t0(), config, id(1));
     let cmds = start(&mut s);
     assert_eq!(
         cmds,
@@ -1085,7 +1085,7 @@ fn started_with_graph(config: &Config, own: NodeId, contacts: &[(NodeId, SocketA
     }
     let mut store = ModelStore::default();
     store.apply(&graph.persist_all());
-    let mut s = Script::new(config.clone(), own);
+    let mut s = Script::new(common::t0(), config.clone(), own);
     s.store = store;
     let snapshot = s.store.snapshot();
     s.handle(Event::SnapshotLoaded(snapshot));

@@ -23,18 +23,21 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use keynode_core::claims::{ClaimId, KeyPair, Signature, SignedClaim};
+use keynode_core::testing::{self, Connect, Driver, Outgoing};
 use keynode_core::wire::{RefusalReason, Request, Response};
 use keynode_core::{
-    AttemptId, BatchId, BucketIndex, Command, Config, ConnId, ConnectFailure, ContactMode, Event,
-    FindOptions, NodeAddress, NodeAddressScopes, NodeContact, NodeContactAddressData, NodeId,
-    NodeManager, Now, OpId, Output, PeerRequestId, RequestId, ResolveId, RpcFailure, SeedNodes,
+    AttemptId, BatchId, BucketIndex, Config, ConnId, ConnectFailure, ConnectionErrorCode,
+    ContactMode, Event, FindOptions, Hostname, NodeAddress, NodeAddressScopes, NodeContact,
+    NodeContactAddressData, NodeId, NodeManager, Now, OpId, Output, PeerRequestId, RequestId,
+    ResolveId, RpcFailure, SeedNodes, StoreBatch,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_STEPS: usize = 64;
 const UNIX_MS: u64 = 1_700_000_000_000;
-/// More commands than this after one step means `poll` never runs dry.
+/// More commands than this after one step means `poll` never runs dry
+/// (the drain panics: a livelock).
 const MAX_COMMANDS: usize = 100_000;
 
 /// One monotonic instant per process; inputs run on virtual time from it.
@@ -341,50 +344,10 @@ impl Harness {
         self.node.handle(self.now, event);
     }
 
-    /// Takes every command, as a driver would.
+    /// Takes every command, as a driver would (the shared loop; this
+    /// harness's hooks are in its `Driver` impl below).
     fn drain(&mut self) {
-        for _ in 0..MAX_COMMANDS {
-            let Some(command) = self.node.poll() else {
-                return;
-            };
-            match command {
-                Command::Connect {
-                    attempt,
-                    node_id,
-                    address,
-                    ..
-                } => self.attempts.push((attempt, node_id, address)),
-                Command::SendRequest { conn, request, .. } => {
-                    if self.conns.contains(&conn) {
-                        self.requests.push((request, conn));
-                    } else {
-                        self.handle(Event::ResponseReceived {
-                            request,
-                            result: Err(RpcFailure::ConnectionClosed),
-                        });
-                    }
-                }
-                Command::Resolve { resolve, .. } => self.resolves.push(resolve),
-                Command::Store(batch) => {
-                    if self.auto_commit {
-                        self.handle(Event::StoreCommitted(batch.id));
-                    } else {
-                        self.batches.push(batch.id);
-                    }
-                }
-                Command::Output(Output::Done { op, .. }) => match self.handed.get_mut(&op) {
-                    Some(count) => {
-                        *count += 1;
-                        assert!(*count == 1, "{op} ended {count} times");
-                    }
-                    None => panic!("{op} ended but was never handed to the caller"),
-                },
-                // Closing is reported by `ConnectionClosed` when the fuzzer
-                // says so; streams, mDNS and punches are not modelled.
-                _ => {}
-            }
-        }
-        panic!("poll did not run dry after {MAX_COMMANDS} commands");
+        testing::drain(self, ());
     }
 
     /// A connection goes down: its requests fail first, as in the net layer.
@@ -631,6 +594,67 @@ impl Harness {
             .collect();
         assert!(open.is_empty(), "ops never ended after stop: {open:?}");
     }
+}
+
+/// The fuzzer's driver: it records what the manager asked for, so that the
+/// input bytes choose which of those is answered, and how.
+impl Driver for Harness {
+    type Host = ();
+    const MAX_COMMANDS: usize = MAX_COMMANDS;
+
+    fn manager(&mut self, _: ()) -> Option<&mut NodeManager> {
+        Some(&mut self.node)
+    }
+
+    fn now(&self) -> Now {
+        self.now
+    }
+
+    fn output(&mut self, _: (), output: Output) {
+        if let Output::Done { op, .. } = output {
+            match self.handed.get_mut(&op) {
+                Some(count) => {
+                    *count += 1;
+                    assert!(*count == 1, "{op} ended {count} times");
+                }
+                None => panic!("{op} ended but was never handed to the caller"),
+            }
+        }
+    }
+
+    fn store(&mut self, _: (), batch: StoreBatch) {
+        if self.auto_commit {
+            testing::commit(self, (), &batch);
+        } else {
+            self.batches.push(batch.id);
+        }
+    }
+
+    fn connect(&mut self, _: (), c: Connect) {
+        self.attempts.push((c.attempt, c.node_id, c.address));
+    }
+
+    fn send_request(&mut self, _: (), r: Outgoing) {
+        if self.conns.contains(&r.conn) {
+            self.requests.push((r.request, r.conn));
+        } else {
+            self.handle(Event::ResponseReceived {
+                request: r.request,
+                result: Err(RpcFailure::ConnectionClosed),
+            });
+        }
+    }
+
+    fn resolve(&mut self, _: (), resolve: ResolveId, _: Hostname) {
+        self.resolves.push(resolve);
+    }
+
+    // Answers go out unheard; closing is reported by `ConnectionClosed` when
+    // the fuzzer says so; streams, mDNS and punches are not modelled (the
+    // defaults).
+    fn send_response(&mut self, _: (), _: ConnId, _: PeerRequestId, _: Response) {}
+
+    fn close(&mut self, _: (), _: ConnId, _: ConnectionErrorCode) {}
 }
 
 fuzz_target!(|input: Input| {

@@ -1,6 +1,8 @@
 //! The manager level: every host runs a real `NodeManager`; the level plays
 //! the driver for all of them (connections, requests, responses, the
-//! store) over the virtual [`Network`](crate::Network).
+//! store) over the virtual [`Network`](crate::Network). The loop that
+//! carries out a node's commands is the core's simulated driver
+//! (`keynode_core::testing::drain`); this level supplies its hooks.
 //!
 //! What a driver would do with QUIC is modelled message by message:
 //! - a dial is a packet to the address the core chose; it must pass the
@@ -18,11 +20,12 @@ use crate::hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use keynode_core::testing::{self, Connect, Driver, Outgoing};
 use keynode_core::wire::{Request, Response};
 use keynode_core::{
-    AttemptId, Command, Config, ConnId, ConnectFailure, Event, FindOptions, NodeAddress, NodeId,
-    NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, RequestId, RpcFailure, SeedNodes,
-    Snapshot,
+    AttemptId, Config, ConnId, ConnectFailure, ConnectionErrorCode, Event, FindOptions, Hostname,
+    NodeAddress, NodeId, NodeManager, Now, OpError, OpId, OpValue, Output, PeerRequestId,
+    RequestId, ResolveId, RpcFailure, SeedNodes, Snapshot,
 };
 
 use crate::lookup::{LookupOutcome, Lookups};
@@ -242,88 +245,11 @@ impl ManagerLevel {
         }
     }
 
-    /// Carries out everything a host's node asks for.
+    /// Carries out everything a host's node asks for (the core's one
+    /// driver loop, with this level's hooks: [`Pump`]).
     pub(crate) fn pump(&mut self, ctx: &mut Ctx<'_, Msg>, host: HostId) {
         ctx.touch(host);
-        loop {
-            let now = ctx.now;
-            let Some(node) = self.node_mut(host) else {
-                return;
-            };
-            let Some(command) = node.poll() else {
-                return;
-            };
-            match command {
-                Command::Store(batch) => node.handle(now, Event::StoreCommitted(batch.id)),
-                Command::Output(Output::Done { op, result }) => {
-                    ctx.trace
-                        .add(&[3, u64::from(host.0), op.0, done_digest(&result)]);
-                    if let Some(outcome) = self.lookups.finish(host, op, &result) {
-                        ctx.trace
-                            .add(&[4, u64::from(outcome.hops), outcome.requests.into()]);
-                    }
-                    self.outputs.done(host, op, result);
-                }
-                Command::Output(Output::Event(event)) => {
-                    self.outputs.event(host, event);
-                }
-                Command::Connect {
-                    attempt,
-                    node_id,
-                    address,
-                    timeout,
-                    ..
-                } => {
-                    let dial = Dial {
-                        from: host,
-                        attempt,
-                        expected: node_id,
-                        dst: address,
-                        src: address,
-                        sent: ctx.elapsed,
-                        retry: DIAL_RETRY,
-                        deadline: ctx.elapsed + timeout,
-                    };
-                    self.send_dial(ctx, Box::new(dial));
-                }
-                Command::SendRequest {
-                    conn,
-                    request,
-                    body,
-                    timeout,
-                } => self.send_request(ctx, host, conn, request, body, timeout),
-                Command::SendResponse { request, body, .. } => {
-                    self.send_response(ctx, host, request, body);
-                }
-                Command::CloseConnection { conn, .. } => {
-                    if let Some(link) = self.links.remove(&conn) {
-                        let other = link.other(host);
-                        let delay = ctx.net.latency(host, other);
-                        ctx.schedule(delay, other, Msg::Closed { from: host, conn });
-                    }
-                }
-                Command::HolePunch { address, .. } => {
-                    let _source = ctx.net.outbound(host, address);
-                }
-                Command::Resolve { resolve, .. } => ctx.schedule(
-                    Duration::ZERO,
-                    host,
-                    Msg::Local(Event::Resolved {
-                        resolve,
-                        result: Err("the simulation has no DNS".to_owned()),
-                    }),
-                ),
-                // No LAN in the simulation: mDNS finds nothing. Claim
-                // streams are not carried at the manager level (the claim
-                // exchange is tested in core/tests/claims.rs and over QUIC).
-                Command::MdnsAnnounce { .. }
-                | Command::MdnsStop
-                | Command::MdnsQuery { .. }
-                | Command::MdnsQueryEnd { .. }
-                | Command::OpenStream { .. }
-                | Command::StreamSend { .. } => {}
-            }
-        }
+        testing::drain(&mut Pump { level: self, ctx }, host);
     }
 
     fn send_dial(&mut self, ctx: &mut Ctx<'_, Msg>, mut dial: Box<Dial>) {
@@ -537,6 +463,86 @@ impl ManagerLevel {
                 );
             }
         }
+    }
+}
+
+/// The level as the driver of one host's node: the hooks of the core's
+/// drain loop. Store batches commit at once (the default); mDNS finds
+/// nothing and claim streams are not carried at the manager level (the
+/// claim exchange is tested in core/tests/claims.rs and over QUIC).
+struct Pump<'l, 'c, 'n> {
+    level: &'l mut ManagerLevel,
+    ctx: &'c mut Ctx<'n, Msg>,
+}
+
+impl Driver for Pump<'_, '_, '_> {
+    type Host = HostId;
+
+    fn manager(&mut self, host: HostId) -> Option<&mut NodeManager> {
+        self.level.node_mut(host)
+    }
+
+    fn now(&self) -> Now {
+        self.ctx.now
+    }
+
+    fn output(&mut self, host: HostId, output: Output) {
+        match output {
+            Output::Done { op, result } => {
+                self.ctx
+                    .trace
+                    .add(&[3, u64::from(host.0), op.0, done_digest(&result)]);
+                if let Some(outcome) = self.level.lookups.finish(host, op, &result) {
+                    self.ctx
+                        .trace
+                        .add(&[4, u64::from(outcome.hops), outcome.requests.into()]);
+                }
+                self.level.outputs.done(host, op, result);
+            }
+            Output::Event(event) => self.level.outputs.event(host, event),
+        }
+    }
+
+    fn connect(&mut self, host: HostId, c: Connect) {
+        let dial = Dial {
+            from: host,
+            attempt: c.attempt,
+            expected: c.node_id,
+            dst: c.address,
+            src: c.address,
+            sent: self.ctx.elapsed,
+            retry: DIAL_RETRY,
+            deadline: self.ctx.elapsed + c.timeout,
+        };
+        self.level.send_dial(self.ctx, Box::new(dial));
+    }
+
+    fn send_request(&mut self, host: HostId, r: Outgoing) {
+        self.level
+            .send_request(self.ctx, host, r.conn, r.request, r.body, r.timeout);
+    }
+
+    fn send_response(&mut self, host: HostId, _: ConnId, request: PeerRequestId, body: Response) {
+        self.level.send_response(self.ctx, host, request, body);
+    }
+
+    fn close(&mut self, host: HostId, conn: ConnId, _: ConnectionErrorCode) {
+        if let Some(link) = self.level.links.remove(&conn) {
+            let other = link.other(host);
+            let delay = self.ctx.net.latency(host, other);
+            self.ctx
+                .schedule(delay, other, Msg::Closed { from: host, conn });
+        }
+    }
+
+    fn hole_punch(&mut self, host: HostId, address: SocketAddr, _: Duration) {
+        let _source = self.ctx.net.outbound(host, address);
+    }
+
+    fn resolve(&mut self, host: HostId, resolve: ResolveId, _: Hostname) {
+        let result = Err("the simulation has no DNS".to_owned());
+        let resolved = Msg::Local(Event::Resolved { resolve, result });
+        self.ctx.schedule(Duration::ZERO, host, resolved);
     }
 }
 
