@@ -108,6 +108,9 @@ impl MdnsRace {
         connect_timeout: Duration,
         mdns_timeout: Duration,
     ) -> Option<Next> {
+        if !matches!(self, Self::Wanted | Self::ToDial { .. }) {
+            return None;
+        }
         match std::mem::replace(self, Self::Done) {
             Self::Wanted => {
                 *self = Self::Asking;

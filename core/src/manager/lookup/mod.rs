@@ -438,11 +438,11 @@ impl Lookup {
                 Over::Timeout => Outcome::Timeout,
             });
         }
-        let (target, params) = (self.candidates.target(), self.params);
-        if let Some(next) = self
-            .mdns
-            .next(target, params.connect_timeout, params.mdns_timeout)
-        {
+        if let Some(next) = self.mdns.next(
+            self.candidates.target(),
+            self.params.connect_timeout,
+            self.params.mdns_timeout,
+        ) {
             return next;
         }
         if let Some(next) = self.next_follow_up(peers) {
@@ -633,15 +633,17 @@ impl Lookup {
         let k = self.params.k;
         for (node_id, contact) in contacts.into_iter().take(k) {
             let global = addresses_where(&contact, |d| d.scopes.contains(NodeAddressScope::Global));
-            self.offer(own, node_id, global, None);
+            self.candidates.offer(own, node_id, global, None);
         }
         for node_id in active.into_iter().take(k) {
-            self.offer(own, node_id, Vec::new(), Some(responder));
+            self.candidates
+                .offer(own, node_id, Vec::new(), Some(responder));
         }
     }
 
     /// Adds a candidate (never `own`, this node) or merges what is new about
     /// it: addresses to dial, a node that can signal it.
+    #[inline]
     pub(crate) fn offer(
         &mut self,
         own: NodeId,
