@@ -29,6 +29,7 @@
 //! seed and the same inputs give the same commands.
 
 mod api;
+mod call;
 mod claims;
 mod conns;
 mod find;
@@ -51,6 +52,7 @@ pub use api::{
     OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId, ResolveId, RpcFailure,
     SeedFailure, StoreBatch, StreamId,
 };
+pub use call::UserCall;
 pub use find::{FindOptions, Strategies};
 pub use timers::Timer;
 
