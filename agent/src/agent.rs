@@ -8,11 +8,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::channel::{mpsc, oneshot};
 use keynode_core::claims::{ClaimId, SignedClaim};
-use keynode_core::net::{NetConfig, Node};
+use keynode_core::net::{DriverEvent, NetConfig, Node};
 use keynode_core::wire::{Request, Response};
 use keynode_core::{
-    ApiError, BucketIndex, Config, ConnId, Event, FindOptions, LeaseId, NodeAddress, NodeBucket,
-    NodeContactAddressData, NodeId, NodeManager, Now, OpError, OpId, OpValue, SeedNodes,
+    ApiError, BucketIndex, Config, ConnId, FindOptions, LeaseId, NodeAddress, NodeBucket,
+    NodeContactAddressData, NodeId, NodeManager, Now, OpError, OpValue, SeedNodes, UserCall,
 };
 use keynode_store::StoreOptions;
 
@@ -93,13 +93,12 @@ pub enum AgentError {
     Unexpected(String),
 }
 
-type OpCall = Box<dyn FnOnce(&mut NodeManager, Now) -> Result<OpId, ApiError> + Send>;
 type ReadCall = Box<dyn FnOnce(&NodeManager) + Send>;
 type NetReadCall = Box<dyn FnOnce(&Node) + Send>;
 pub(crate) type RenewReply = oneshot::Sender<Result<NodeId, AgentError>>;
 
 pub(crate) enum Call {
-    Op(OpCall, oneshot::Sender<Result<OpValue, AgentError>>),
+    Op(UserCall, oneshot::Sender<Result<OpValue, AgentError>>),
     Read(ReadCall),
     NetRead(NetReadCall),
     Release(LeaseId),
@@ -261,7 +260,7 @@ impl Agent {
             })?,
         )?;
         let node_id = node.node_id();
-        node.handle(start, Event::SnapshotLoaded(snapshot));
+        node.handle(start, DriverEvent::SnapshotLoaded(snapshot));
         let mdns = match &mdns_config {
             Some(m) => {
                 let announced_ip = match local_addr.ip() {
@@ -300,7 +299,7 @@ impl Agent {
     /// Starts the node manager (spec `start`): returns once it has started
     /// and its start batch is committed. Needs [`Opened::node_loop`] running.
     pub async fn start_manager(&self) -> Result<(), AgentError> {
-        self.op(|m, now| m.start(now)).await.map(drop)
+        self.op(UserCall::Start).await.map(drop)
     }
 
     /// The node's NodeId (the current one, after a key renewal).
@@ -342,13 +341,10 @@ impl Agent {
         &self.data_dir
     }
 
-    async fn op(
-        &self,
-        f: impl FnOnce(&mut NodeManager, Now) -> Result<OpId, ApiError> + Send + 'static,
-    ) -> Result<OpValue, AgentError> {
+    async fn op(&self, call: UserCall) -> Result<OpValue, AgentError> {
         let (tx, rx) = oneshot::channel();
         self.calls
-            .unbounded_send(Call::Op(Box::new(f), tx))
+            .unbounded_send(Call::Op(call, tx))
             .map_err(|_| AgentError::Stopped)?;
         rx.await.map_err(|_| AgentError::Stopped)?
     }
@@ -389,8 +385,11 @@ impl Agent {
         node_id: NodeId,
     ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
         found(
-            self.op(move |m, now| m.find_node(now, node_id, FindOptions::default()))
-                .await?,
+            self.op(UserCall::FindNode {
+                node_id,
+                options: FindOptions::default(),
+            })
+            .await?,
         )
     }
 
@@ -400,15 +399,21 @@ impl Agent {
         node_id: NodeId,
     ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
         found(
-            self.op(move |m, now| m.find_node_by_mdns(now, node_id, FindOptions::default()))
-                .await?,
+            self.op(UserCall::FindNodeByMdns {
+                node_id,
+                options: FindOptions::default(),
+            })
+            .await?,
         )
     }
 
     /// Spec `queryMDNS`: the addresses at which `node_id` answered on the local network.
     pub async fn query_mdns(&self, node_id: NodeId) -> Result<Vec<SocketAddr>, AgentError> {
         match self
-            .op(move |m, now| m.query_mdns(now, node_id, None))
+            .op(UserCall::QueryMdns {
+                node_id,
+                timeout: None,
+            })
             .await?
         {
             OpValue::Addresses(a) => Ok(a),
@@ -422,8 +427,11 @@ impl Agent {
         node_id: NodeId,
     ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
         found(
-            self.op(move |m, now| m.ping_node(now, node_id, FindOptions::default()))
-                .await?,
+            self.op(UserCall::PingNode {
+                node_id,
+                options: FindOptions::default(),
+            })
+            .await?,
         )
     }
 
@@ -434,7 +442,11 @@ impl Agent {
         address: NodeAddress,
     ) -> Result<bool, AgentError> {
         match self
-            .op(move |m, now| m.ping_node_address(now, node_id, address, None))
+            .op(UserCall::PingNodeAddress {
+                node_id,
+                address,
+                connect_timeout: None,
+            })
             .await?
         {
             OpValue::Reachable(r) => Ok(r),
@@ -451,16 +463,21 @@ impl Agent {
         block: bool,
         force: bool,
     ) -> Result<(), AgentError> {
-        self.op(move |m, now| m.set_node(now, node_id, address, data, block, force, None))
-            .await
-            .map(drop)
+        self.op(UserCall::SetNode {
+            node_id,
+            address,
+            data,
+            block,
+            force,
+            connect_timeout: None,
+        })
+        .await
+        .map(drop)
     }
 
     /// Spec `unsetNode`.
     pub async fn unset_node(&self, node_id: NodeId) -> Result<(), AgentError> {
-        self.op(move |m, now| m.unset_node(now, node_id))
-            .await
-            .map(drop)
+        self.op(UserCall::UnsetNode { node_id }).await.map(drop)
     }
 
     /// Spec `getBucket`.
@@ -487,9 +504,12 @@ impl Agent {
 
     /// Spec `claimNode`.
     pub async fn claim_node(&self, node_id: NodeId) -> Result<(), AgentError> {
-        self.op(move |m, now| m.claim_node(now, node_id, None))
-            .await
-            .map(drop)
+        self.op(UserCall::ClaimNode {
+            node_id,
+            timeout: None,
+        })
+        .await
+        .map(drop)
     }
 
     /// Allows `node_id` to claim this node.
@@ -498,7 +518,7 @@ impl Agent {
         node_id: NodeId,
         allowed: bool,
     ) -> Result<(), AgentError> {
-        self.op(move |m, now| m.allow_claims_from(now, node_id, allowed))
+        self.op(UserCall::AllowClaimsFrom { node_id, allowed })
             .await
             .map(drop)
     }
@@ -510,7 +530,11 @@ impl Agent {
         from: Option<ClaimId>,
     ) -> Result<Vec<SignedClaim>, AgentError> {
         match self
-            .op(move |m, now| m.request_chain_data(now, node_id, from, None))
+            .op(UserCall::RequestChainData {
+                node_id,
+                from,
+                limit: None,
+            })
             .await?
         {
             OpValue::Chain { claims, .. } => Ok(claims),
@@ -529,16 +553,23 @@ impl Agent {
         seeds: SeedNodes,
         blocking: bool,
     ) -> Result<(), AgentError> {
-        self.op(move |m, now| m.sync_node_graph(now, &seeds, None, blocking))
-            .await
-            .map(drop)
+        self.op(UserCall::SyncNodeGraph {
+            seeds,
+            connect_timeout: None,
+            blocking,
+        })
+        .await
+        .map(drop)
     }
 
     /// Spec `acquireConnection`: a use of a connection to `node_id`,
     /// released when the returned value is dropped.
     pub async fn acquire_connection(&self, node_id: NodeId) -> Result<Connection, AgentError> {
         match self
-            .op(move |m, now| m.acquire_connection(now, node_id, None))
+            .op(UserCall::AcquireConnection {
+                node_id,
+                timeout: None,
+            })
             .await?
         {
             OpValue::Connection { lease, conn, peer } => Ok(Connection {
@@ -609,11 +640,7 @@ impl Connection {
     /// Sends a request on this connection and waits for the response.
     pub async fn request(&self, body: Request) -> Result<Response, AgentError> {
         let conn = self.conn;
-        match self
-            .agent
-            .op(move |m, now| m.request(now, conn, body))
-            .await?
-        {
+        match self.agent.op(UserCall::Request { conn, body }).await? {
             OpValue::Response(r) => Ok(r),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
         }

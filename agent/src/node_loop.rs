@@ -23,8 +23,8 @@ use std::time::Instant;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::Either;
-use keynode_core::net::{NetCommand, Node, Transmit};
-use keynode_core::{Command, Event, Hostname, OpId, OpValue, Output, ResolveId};
+use keynode_core::net::{DriverEvent, NetCommand, Node, Transmit};
+use keynode_core::{Hostname, OpId, OpValue, ResolveId, UserCall};
 
 use crate::agent::{AgentError, Call, now, write_key};
 use crate::store_thread::StoreThread;
@@ -51,8 +51,8 @@ pub(crate) enum Io {
 pub fn resolved(
     resolve: ResolveId,
     result: std::io::Result<impl Iterator<Item = SocketAddr>>,
-) -> Event {
-    Event::Resolved {
+) -> DriverEvent<'static> {
+    DriverEvent::Resolved {
         resolve,
         result: result
             .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<IpAddr>>())
@@ -64,7 +64,7 @@ pub fn resolved(
 pub struct Input(InputKind);
 
 enum InputKind {
-    Event(Event),
+    Event(DriverEvent<'static>),
     /// A call from a handle; `None` once every handle is gone.
     Call(Option<Call>),
 }
@@ -72,13 +72,13 @@ enum InputKind {
 /// Where [`Input`]s come from: the handles' calls and the store thread's
 /// (and resolutions') events.
 pub struct Inputs {
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<DriverEvent<'static>>,
     calls: mpsc::UnboundedReceiver<Call>,
 }
 
 impl Inputs {
     pub(crate) fn new(
-        events: mpsc::UnboundedReceiver<Event>,
+        events: mpsc::UnboundedReceiver<DriverEvent<'static>>,
         calls: mpsc::UnboundedReceiver<Call>,
     ) -> Self {
         Self { events, calls }
@@ -105,7 +105,7 @@ pub struct AgentLoop {
     store: StoreThread,
     lock: Option<std::fs::File>,
     data_dir: std::path::PathBuf,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<DriverEvent<'static>>,
     pending: BTreeMap<OpId, Reply>,
     /// Set by a stop: `Some(None)` when every handle is gone.
     stopping: Option<Option<oneshot::Sender<()>>>,
@@ -117,7 +117,7 @@ impl AgentLoop {
         store: StoreThread,
         lock: std::fs::File,
         data_dir: std::path::PathBuf,
-        events: mpsc::UnboundedSender<Event>,
+        events: mpsc::UnboundedSender<DriverEvent<'static>>,
     ) -> Self {
         Self {
             node,
@@ -131,7 +131,7 @@ impl AgentLoop {
     }
 
     /// Where a driver sends the answers to a resolution the node asked for (the `resolve` callback of [`AgentLoop::drain`]).
-    pub fn events(&self) -> mpsc::UnboundedSender<Event> {
+    pub fn events(&self) -> mpsc::UnboundedSender<DriverEvent<'static>> {
         self.events.clone()
     }
 
@@ -142,23 +142,16 @@ impl AgentLoop {
             match command {
                 NetCommand::Transmit(t) => return Some(Io::Transmit(t)),
                 NetCommand::MdnsTransmit(t) => return Some(Io::MdnsTransmit(t)),
-                NetCommand::Manager(Command::Resolve { resolve, hostname }) => {
+                NetCommand::Resolve { resolve, hostname } => {
                     return Some(Io::Resolve { resolve, hostname });
                 }
-                NetCommand::Manager(Command::Store(batch)) => {
-                    self.store.apply(batch.id, batch.ops);
-                }
-                NetCommand::Manager(Command::Output(Output::Done { op, result })) => {
+                NetCommand::Store(batch) => self.store.apply(batch.id, batch.ops),
+                NetCommand::Done { op, result } => {
                     if let Some(reply) = self.pending.remove(&op) {
                         let _ = reply.send(result.map_err(AgentError::Op));
                     }
                 }
-                NetCommand::Manager(Command::Output(Output::Event(event))) => {
-                    tracing::debug!(?event, "node event");
-                }
-                NetCommand::Manager(other) => {
-                    tracing::trace!(?other, "not handled by this driver");
-                }
+                NetCommand::Event(event) => tracing::debug!(?event, "node event"),
             }
         }
         None
@@ -173,7 +166,7 @@ impl AgentLoop {
     pub async fn drain<Sent: Future<Output = std::io::Result<usize>>>(
         &mut self,
         mut send: impl FnMut(Transmit, bool) -> Sent,
-        mut resolve: impl FnMut(ResolveId, Hostname, mpsc::UnboundedSender<Event>),
+        mut resolve: impl FnMut(ResolveId, Hostname, mpsc::UnboundedSender<DriverEvent<'static>>),
     ) {
         while let Some(io) = self.poll_io() {
             match io {
@@ -200,18 +193,20 @@ impl AgentLoop {
 
     /// When the node next wants [`AgentLoop::handle_timeout`].
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.node.poll_timeout()
+        self.node.poll_timeout().map(|(at, _)| at)
     }
 
     /// A datagram arrived on the QUIC socket.
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        self.node.handle_datagram(now(), from, bytes);
+        self.node
+            .handle(now(), DriverEvent::Datagram { from, bytes });
     }
 
     /// A datagram arrived on the mDNS socket.
     pub fn handle_mdns_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         tracing::debug!("mDNS {} bytes from {from}", bytes.len());
-        self.node.handle_mdns_datagram(now(), from, bytes);
+        self.node
+            .handle(now(), DriverEvent::MdnsDatagram { from, bytes });
     }
 
     /// The deadline from [`AgentLoop::poll_timeout`] passed.
@@ -230,20 +225,23 @@ impl AgentLoop {
 
     fn handle_call(&mut self, call: Call) {
         match call {
-            Call::Op(f, reply) => {
-                let t = now();
-                match f(self.node.manager(t), t) {
-                    Ok(op) => {
-                        self.pending.insert(op, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(AgentError::Api(e)));
-                    }
+            Call::Op(call, reply) => match self.node.call(now(), call) {
+                Ok(Some(op)) => {
+                    self.pending.insert(op, reply);
                 }
-            }
+                // A call that ends at once (a cancel).
+                Ok(None) => {
+                    let _ = reply.send(Ok(OpValue::Unit));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(AgentError::Api(e)));
+                }
+            },
             Call::Read(f) => f(self.node.manager_ref()),
             Call::NetRead(f) => f(&self.node),
-            Call::Release(lease) => self.node.handle(now(), Event::ConnectionReleased { lease }),
+            Call::Release(lease) => self
+                .node
+                .handle(now(), DriverEvent::ConnectionReleased { lease }),
             Call::Renew(secret, reply) => match self.node.renew_key(now(), &secret) {
                 // The new key is kept once the node uses it; writing and
                 // syncing the file blocks, so the store's thread does it.
@@ -265,8 +263,7 @@ impl AgentLoop {
         // The loop ends as soon as the node is drained after the first
         // stop, so a second one (its sender dropped) learns `Stopped`.
         if self.stopping.is_none() {
-            let t = now();
-            let _ = self.node.manager(t).stop(t);
+            let _ = self.node.call(now(), UserCall::Stop);
             self.stopping = Some(done);
         }
     }

@@ -6,7 +6,8 @@ use std::sync::mpsc;
 use std::thread;
 
 use futures::channel::mpsc::UnboundedSender;
-use keynode_core::{BatchId, Event, Snapshot, StoreOp};
+use keynode_core::net::DriverEvent;
+use keynode_core::{BatchId, Snapshot, StoreOp};
 use keynode_store::{Store, StoreError, StoreOptions};
 
 enum Job {
@@ -28,7 +29,7 @@ impl StoreThread {
     pub(crate) fn open(
         path: PathBuf,
         options: StoreOptions,
-        events: UnboundedSender<Event>,
+        events: UnboundedSender<DriverEvent<'static>>,
     ) -> Result<(Self, Snapshot), StoreError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Snapshot, StoreError>>();
@@ -52,8 +53,8 @@ impl StoreThread {
                     match job {
                         Job::Apply(batch, ops) => {
                             let event = match store.apply(&ops) {
-                                Ok(()) => Event::StoreCommitted(batch),
-                                Err(e) => Event::StoreFailed {
+                                Ok(()) => DriverEvent::StoreCommitted(batch),
+                                Err(e) => DriverEvent::StoreFailed {
                                     batch,
                                     error: e.to_string(),
                                 },

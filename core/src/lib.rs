@@ -64,7 +64,7 @@ pub use id::{
 pub use manager::{
     ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, FindOptions, LeaseId,
     NodeEvent, NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId,
-    ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies, StreamId, Timer,
+    ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies, StreamId, Timer, UserCall,
 };
 pub use seed::{SeedNodes, SeedNodesParseError};
 pub use store::{

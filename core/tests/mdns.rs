@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 use keynode_core::net::mdns::{
     MAX_QUERIES, MdnsError, MdnsService, MdnsTransmit, QUERY_LIFETIME, TXT_NODE_ID_KEY,
 };
-use keynode_core::net::{NetCommand, NetConfig, Node};
-use keynode_core::{
-    Command, Config, Event, MdnsConfig, NodeId, Now, OpError, OpId, OpValue, Output, QueryId,
-};
+use keynode_core::net::{DriverEvent, NetCommand, NetConfig, Node};
+use keynode_core::{Config, MdnsConfig, NodeId, Now, OpError, OpId, OpValue, QueryId, UserCall};
 use mdns_proto::Name;
 use mdns_proto::wire::{Flags, Header, MessageBuilder, MessageReader};
 use proptest::prelude::*;
@@ -769,7 +767,7 @@ impl NodeLan {
             let quic = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4000 + u16::from(n));
             node.set_announced_addresses(vec![quic]);
             // Starting announces on mDNS.
-            node.manager(now).start(now).unwrap();
+            node.call(now, UserCall::Start).unwrap();
             lan.hosts.push(NodeHost {
                 node,
                 quic,
@@ -799,14 +797,16 @@ impl NodeLan {
                             host.mdns_sent.push((now.mono, t.contents.clone()));
                             datagrams.push(t.contents);
                         }
-                        NetCommand::Manager(Command::Store(batch)) => {
-                            host.node.handle(now, Event::StoreCommitted(batch.id));
+                        NetCommand::Store(batch) => {
+                            host.node.handle(now, DriverEvent::StoreCommitted(batch.id));
                         }
-                        NetCommand::Manager(Command::Output(Output::Done { op, result })) => {
+                        NetCommand::Done { op, result } => {
                             host.done.push((op, result, now.mono));
                         }
-                        // No QUIC traffic in these tests.
-                        NetCommand::Transmit(_) | NetCommand::Manager(_) => {}
+                        // No QUIC traffic, no hostnames in these tests.
+                        NetCommand::Transmit(_)
+                        | NetCommand::Resolve { .. }
+                        | NetCommand::Event(_) => {}
                     }
                 }
             }
@@ -816,7 +816,13 @@ impl NodeLan {
             let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), NODE_MDNS_PORT);
             for bytes in datagrams {
                 for host in &mut self.hosts {
-                    host.node.handle_mdns_datagram(now, from, &bytes);
+                    host.node.handle(
+                        now,
+                        DriverEvent::MdnsDatagram {
+                            from,
+                            bytes: &bytes,
+                        },
+                    );
                 }
             }
         }
@@ -832,7 +838,7 @@ impl NodeLan {
             let next = self
                 .hosts
                 .iter_mut()
-                .filter_map(|host| host.node.poll_timeout())
+                .filter_map(|host| host.node.poll_timeout().map(|(at, _)| at))
                 .min();
             let Some(next) = next.filter(|next| *next <= until) else {
                 break;
@@ -842,7 +848,11 @@ impl NodeLan {
             }
             let now = self.now;
             for host in &mut self.hosts {
-                if host.node.poll_timeout().is_some_and(|due| due <= now.mono) {
+                if host
+                    .node
+                    .poll_timeout()
+                    .is_some_and(|(due, _)| due <= now.mono)
+                {
                     host.node.handle_timeout(now);
                     self.wakes += 1;
                 }
@@ -861,8 +871,8 @@ impl NodeLan {
         let now = self.now;
         let op = self.hosts[asker]
             .node
-            .manager(now)
-            .query_mdns(now, node_id, timeout)
+            .call(now, UserCall::QueryMdns { node_id, timeout })
+            .unwrap()
             .unwrap();
         self.settle();
         op
@@ -967,8 +977,14 @@ fn a_node_repeats_an_unanswered_question_under_a_real_driver() {
     let now = lan.now;
     let op = lan.hosts[0]
         .node
-        .manager(now)
-        .query_mdns(now, node_id(99), Some(Duration::from_millis(7500)))
+        .call(
+            now,
+            UserCall::QueryMdns {
+                node_id: node_id(99),
+                timeout: Some(Duration::from_millis(7500)),
+            },
+        )
+        .unwrap()
         .unwrap();
     lan.run_until(Duration::from_secs(12));
     let (result, _) = lan.result(0, op).expect("the query ended");

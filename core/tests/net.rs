@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use common::{ModelStore, seed, t0};
 use keynode_core::claims::KeyPair;
-use keynode_core::net::{NetCommand, NetConfig, Node};
+use keynode_core::net::{DriverEvent, NetCommand, NetConfig, Node};
 use keynode_core::{
-    Command, Config, ContactMode, Event, FindOptions, NodeAddress, NodeAddressScopes,
-    NodeContactAddressData, NodeId, Now, OpError, OpId, OpValue, Output,
+    Config, ContactMode, FindOptions, NodeAddress, NodeAddressScopes, NodeContactAddressData,
+    NodeId, Now, OpError, OpId, OpValue, Output, UserCall,
 };
 
 struct Host {
@@ -79,7 +79,7 @@ impl DatagramNet {
         )
         .unwrap();
         let id = node.node_id();
-        node.manager(self.now).start(self.now).unwrap();
+        node.call(self.now, UserCall::Start).unwrap();
         self.hosts.insert(
             address(n),
             Host {
@@ -116,12 +116,14 @@ impl DatagramNet {
                         (at, t.destination, t.contents),
                     );
                 }
-                NetCommand::Manager(Command::Store(batch)) => {
+                NetCommand::Store(batch) => {
                     host.store.apply(&batch.ops);
-                    host.node.handle(now, Event::StoreCommitted(batch.id));
+                    host.node.handle(now, DriverEvent::StoreCommitted(batch.id));
                 }
-                NetCommand::Manager(Command::Output(o)) => host.outputs.push(o),
-                NetCommand::Manager(_) | NetCommand::MdnsTransmit(_) => {}
+                NetCommand::Done { op, result } => host.outputs.push(Output::Done { op, result }),
+                NetCommand::Event(event) => host.outputs.push(Output::Event(event)),
+                // No LAN and no hostnames here.
+                NetCommand::Resolve { .. } | NetCommand::MdnsTransmit(_) => {}
             }
         }
     }
@@ -132,7 +134,7 @@ impl DatagramNet {
         let next_timer = self
             .hosts
             .iter_mut()
-            .filter_map(|(a, h)| h.node.poll_timeout().map(|t| (t, *a)))
+            .filter_map(|(a, h)| h.node.poll_timeout().map(|(t, _)| (t, *a)))
             .min();
         let datagram_first = match (next_datagram, next_timer) {
             (Some(d), Some((t, _))) => d <= t,
@@ -149,7 +151,13 @@ impl DatagramNet {
             }
             let now = self.now;
             if let Some(host) = self.hosts.get_mut(&to) {
-                host.node.handle_datagram(now, from, &bytes);
+                host.node.handle(
+                    now,
+                    DriverEvent::Datagram {
+                        from,
+                        bytes: &bytes,
+                    },
+                );
                 self.pump(to);
             }
         } else if let Some((t, a)) = next_timer {
@@ -165,18 +173,17 @@ impl DatagramNet {
         true
     }
 
-    fn call(
-        &mut self,
-        at: u8,
-        f: impl FnOnce(&mut keynode_core::NodeManager, Now) -> OpId,
-    ) -> OpId {
+    fn call(&mut self, at: u8, call: UserCall) -> OpId {
         let now = self.now;
-        let op = f(
-            self.hosts.get_mut(&address(at)).unwrap().node.manager(now),
-            now,
-        );
+        let host = self.hosts.get_mut(&address(at)).unwrap();
+        let op = host.node.call(now, call).unwrap().unwrap();
         self.pump(address(at));
         op
+    }
+
+    /// The manager of a host, to read.
+    fn manager(&self, at: u8) -> &keynode_core::NodeManager {
+        self.hosts[&address(at)].node.manager_ref()
     }
 
     fn wait(&mut self, at: u8, op: OpId) -> Result<OpValue, OpError> {
@@ -204,18 +211,17 @@ impl DatagramNet {
             connected_time: 1,
             scopes: NodeAddressScopes::GLOBAL,
         };
-        let op = self.call(from, |m, now| {
-            m.set_node(
-                now,
-                to_id,
-                NodeAddress::from(address(to)),
+        let op = self.call(
+            from,
+            UserCall::SetNode {
+                node_id: to_id,
+                address: NodeAddress::from(address(to)),
                 data,
-                false,
-                true,
-                None,
-            )
-            .unwrap()
-        });
+                block: false,
+                force: true,
+                connect_timeout: None,
+            },
+        );
         assert_eq!(self.wait(from, op), Ok(OpValue::Unit));
     }
 }
@@ -228,9 +234,13 @@ fn quic_handshake_proves_the_node_id_and_lookups_work() {
     for n in 1..=3u8 {
         net.know(n, ids[n as usize], n + 1);
     }
-    let op = net.call(1, |m, now| {
-        m.find_node(now, ids[3], FindOptions::default()).unwrap()
-    });
+    let op = net.call(
+        1,
+        UserCall::FindNode {
+            node_id: ids[3],
+            options: FindOptions::default(),
+        },
+    );
     match net.wait(1, op) {
         Ok(OpValue::Found(Some((found_at, data)))) => {
             assert_eq!(found_at, NodeAddress::from(address(4)));
@@ -255,10 +265,14 @@ fn a_wrong_certificate_key_is_refused() {
     let _ = one;
     // Node 1 dials address 2 expecting some other NodeId.
     let impostor = KeyPair::from_seed(&[99; 32]).unwrap().node_id();
-    let op = net.call(1, |m, now| {
-        m.ping_node_address(now, impostor, NodeAddress::from(address(2)), None)
-            .unwrap()
-    });
+    let op = net.call(
+        1,
+        UserCall::PingNodeAddress {
+            node_id: impostor,
+            address: NodeAddress::from(address(2)),
+            connect_timeout: None,
+        },
+    );
     assert_eq!(net.wait(1, op), Ok(OpValue::Reachable(false)));
     assert!(
         !net.hosts[&address(1)]
@@ -276,9 +290,21 @@ fn claims_cross_sign_over_quic() {
     let a = net.add(1);
     let b = net.add(2);
     net.know(1, b, 2);
-    let op = net.call(2, |m, now| m.allow_claims_from(now, a, true).unwrap());
+    let op = net.call(
+        2,
+        UserCall::AllowClaimsFrom {
+            node_id: a,
+            allowed: true,
+        },
+    );
     assert_eq!(net.wait(2, op), Ok(OpValue::Unit));
-    let op = net.call(1, |m, now| m.claim_node(now, b, None).unwrap());
+    let op = net.call(
+        1,
+        UserCall::ClaimNode {
+            node_id: b,
+            timeout: None,
+        },
+    );
     assert_eq!(net.wait(1, op), Ok(OpValue::Unit));
     for _ in 0..500 {
         net.step();
@@ -290,9 +316,14 @@ fn claims_cross_sign_over_quic() {
     assert!(chain_a[0].verify(&[a, b]).is_ok());
     assert!(chain_b[0].verify(&[a, b]).is_ok());
     // And chain data travels as a request over QUIC.
-    let op = net.call(1, |m, now| {
-        m.request_chain_data(now, b, None, None).unwrap()
-    });
+    let op = net.call(
+        1,
+        UserCall::RequestChainData {
+            node_id: b,
+            from: None,
+            limit: None,
+        },
+    );
     match net.wait(1, op) {
         Ok(OpValue::Chain { claims, rejected }) => {
             assert_eq!(claims, chain_b);
@@ -308,10 +339,14 @@ fn nodes_sync_through_a_seed_and_find_each_other_over_quic() {
     let ids: Vec<NodeId> = (1..=5).map(|n| net.add(n)).collect();
     let seeds = keynode_core::SeedNodes::new([(ids[0], NodeAddress::from(address(1)))]);
     for n in 2..=5u8 {
-        let seeds = seeds.clone();
-        let op = net.call(n, move |m, now| {
-            m.sync_node_graph(now, &seeds, None, true).unwrap()
-        });
+        let op = net.call(
+            n,
+            UserCall::SyncNodeGraph {
+                seeds: seeds.clone(),
+                connect_timeout: None,
+                blocking: true,
+            },
+        );
         assert_eq!(net.wait(n, op), Ok(OpValue::Unit), "node {n} joins");
     }
     for from in 1..=5u8 {
@@ -320,9 +355,13 @@ fn nodes_sync_through_a_seed_and_find_each_other_over_quic() {
                 continue;
             }
             let target = *target;
-            let op = net.call(from, move |m, now| {
-                m.find_node(now, target, FindOptions::default()).unwrap()
-            });
+            let op = net.call(
+                from,
+                UserCall::FindNode {
+                    node_id: target,
+                    options: FindOptions::default(),
+                },
+            );
             match net.wait(from, op) {
                 Ok(OpValue::Found(Some((at, _)))) => {
                     assert_eq!(at, NodeAddress::from(address(j as u8 + 1)));
@@ -345,15 +384,23 @@ fn a_signalled_connection_starts_with_low_ttl_punches_and_a_held_handshake() {
     net.add(3);
     for n in [2u8, 3] {
         net.know(n, seed_id, 1);
-        let op = net.call(n, move |m, now| {
-            m.ping_node(now, seed_id, FindOptions::default()).unwrap()
-        });
+        let op = net.call(
+            n,
+            UserCall::PingNode {
+                node_id: seed_id,
+                options: FindOptions::default(),
+            },
+        );
         assert!(matches!(net.wait(n, op), Ok(OpValue::Found(Some(_)))));
     }
     net.sent.clear();
-    let op = net.call(3, move |m, now| {
-        m.find_node(now, b, FindOptions::default()).unwrap()
-    });
+    let op = net.call(
+        3,
+        UserCall::FindNode {
+            node_id: b,
+            options: FindOptions::default(),
+        },
+    );
     let Ok(OpValue::Found(Some((at, data)))) = net.wait(3, op) else {
         panic!("node 3 does not find node 2");
     };
@@ -402,29 +449,41 @@ fn a_punch_towards_a_connected_address_sends_and_holds_nothing() {
     let c = net.add(3);
     for n in [2u8, 3] {
         net.know(n, relay, 1);
-        let op = net.call(n, move |m, now| {
-            m.ping_node(now, relay, FindOptions::default()).unwrap()
-        });
+        let op = net.call(
+            n,
+            UserCall::PingNode {
+                node_id: relay,
+                options: FindOptions::default(),
+            },
+        );
         assert!(matches!(net.wait(n, op), Ok(OpValue::Found(Some(_)))));
     }
     // b and c are connected directly.
     net.know(2, c, 3);
-    let op = net.call(2, move |m, now| {
-        m.ping_node(now, c, FindOptions::default()).unwrap()
-    });
+    let op = net.call(
+        2,
+        UserCall::PingNode {
+            node_id: c,
+            options: FindOptions::default(),
+        },
+    );
     assert!(matches!(net.wait(2, op), Ok(OpValue::Found(Some(_)))));
     net.sent.clear();
 
     // c asks the relay to signal b: b is told to punch towards c.
-    let op = net.call(3, move |m, now| {
-        let (conn, _, _) = m
-            .connections()
-            .into_iter()
-            .find(|(_, peer, _)| *peer == relay)
-            .expect("c is connected to the relay");
-        m.request(now, conn, keynode_core::wire::Request::Signal { target: b })
-            .unwrap()
-    });
+    let (conn, _, _) = net
+        .manager(3)
+        .connections()
+        .into_iter()
+        .find(|(_, peer, _)| *peer == relay)
+        .expect("c is connected to the relay");
+    let op = net.call(
+        3,
+        UserCall::Request {
+            conn,
+            body: keynode_core::wire::Request::Signal { target: b },
+        },
+    );
     assert!(matches!(
         net.wait(3, op),
         Ok(OpValue::Response(
@@ -432,9 +491,13 @@ fn a_punch_towards_a_connected_address_sends_and_holds_nothing() {
         ))
     ));
     // And b still talks to c at once: a ping over their connection.
-    let op = net.call(2, move |m, now| {
-        m.ping_node(now, c, FindOptions::default()).unwrap()
-    });
+    let op = net.call(
+        2,
+        UserCall::PingNode {
+            node_id: c,
+            options: FindOptions::default(),
+        },
+    );
     assert!(matches!(net.wait(2, op), Ok(OpValue::Found(Some(_)))));
     // Whatever b would have punched is due by now.
     for _ in 0..2_000 {

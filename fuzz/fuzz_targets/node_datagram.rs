@@ -28,8 +28,8 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use keynode_core::claims::KeyPair;
-use keynode_core::net::{NetCommand, NetConfig, Node};
-use keynode_core::{Command, Config, Event, FindOptions, MdnsConfig, NodeAddress, NodeId, Now};
+use keynode_core::net::{DriverEvent, NetCommand, NetConfig, Node};
+use keynode_core::{Config, FindOptions, MdnsConfig, NodeAddress, NodeId, Now, UserCall};
 use libfuzzer_sys::fuzz_target;
 
 /// One monotonic instant per process; inputs run on virtual time from it.
@@ -80,25 +80,22 @@ static CLIENT_INITIAL: LazyLock<Vec<u8>> = LazyLock::new(|| {
         PEER_SECRET,
     )
     .expect("a node");
-    let _ = client.manager(now).start(now).expect("start");
+    let _ = client.call(now, UserCall::Start).expect("start");
     drain(&mut client, now);
-    let _ = client
-        .manager(now)
-        .ping_node_address(
-            now,
-            node_id(&OWN_SECRET),
-            NodeAddress::from(OWN_ADDRESS),
-            None,
-        )
-        .expect("ping");
+    let ping = UserCall::PingNodeAddress {
+        node_id: node_id(&OWN_SECRET),
+        address: NodeAddress::from(OWN_ADDRESS),
+        connect_timeout: None,
+    };
+    let _ = client.call(now, ping).expect("ping");
     let mut initial = None;
     while let Some(command) = client.poll() {
         match command {
             NetCommand::Transmit(t) if t.destination == OWN_ADDRESS && initial.is_none() => {
                 initial = Some(t.contents);
             }
-            NetCommand::Manager(Command::Store(batch)) => {
-                client.handle(now, Event::StoreCommitted(batch.id));
+            NetCommand::Store(batch) => {
+                client.handle(now, DriverEvent::StoreCommitted(batch.id));
             }
             _ => {}
         }
@@ -111,8 +108,8 @@ fn drain(node: &mut Node, now: Now) {
     for _ in 0..MAX_COMMANDS {
         match node.poll() {
             None => return,
-            Some(NetCommand::Manager(Command::Store(batch))) => {
-                node.handle(now, Event::StoreCommitted(batch.id));
+            Some(NetCommand::Store(batch)) => {
+                node.handle(now, DriverEvent::StoreCommitted(batch.id));
             }
             Some(_) => {}
         }
@@ -123,7 +120,7 @@ fn drain(node: &mut Node, now: Now) {
 /// Runs every timer due at `now`.
 fn run_timers(node: &mut Node, now: Now) {
     for _ in 0..1000 {
-        if node.poll_timeout().is_none_or(|t| t > now.mono) {
+        if node.poll_timeout().is_none_or(|(t, _)| t > now.mono) {
             return;
         }
         node.handle_timeout(now);
@@ -147,19 +144,24 @@ fn run(input: &[u8]) {
     let mut node =
         Node::new(config, NetConfig::default(), &OWN_SECRET, now, [2; 32]).expect("a node");
     node.set_announced_addresses(vec![OWN_ADDRESS]);
-    let _ = node.manager(now).start(now).expect("start");
+    let _ = node.call(now, UserCall::Start).expect("start");
     drain(&mut node, now);
     let peer = node_id(&PEER_SECRET);
     if setup & 1 != 0 {
-        let _ = node
-            .manager(now)
-            .ping_node_address(now, peer, NodeAddress::from(FROM[0]), None);
+        let ping = UserCall::PingNodeAddress {
+            node_id: peer,
+            address: NodeAddress::from(FROM[0]),
+            connect_timeout: None,
+        };
+        let _ = node.call(now, ping);
         drain(&mut node, now);
     }
     if setup & 2 != 0 {
-        let _ = node
-            .manager(now)
-            .find_node_by_mdns(now, peer, FindOptions::default());
+        let find = UserCall::FindNodeByMdns {
+            node_id: peer,
+            options: FindOptions::default(),
+        };
+        let _ = node.call(now, find);
         drain(&mut node, now);
     }
     for _ in 0..MAX_RECORDS {
@@ -173,8 +175,20 @@ fn run(input: &[u8]) {
         let from = FROM[usize::from(ctl >> 2) % FROM.len()];
         now = now.advanced(Duration::from_millis(step * step));
         match ctl & 3 {
-            0 => node.handle_datagram(now, from, payload),
-            1 => node.handle_mdns_datagram(now, from, payload),
+            0 => node.handle(
+                now,
+                DriverEvent::Datagram {
+                    from,
+                    bytes: payload,
+                },
+            ),
+            1 => node.handle(
+                now,
+                DriverEvent::MdnsDatagram {
+                    from,
+                    bytes: payload,
+                },
+            ),
             2 => {
                 let mut datagram = CLIENT_INITIAL.clone();
                 for edit in payload.chunks_exact(3) {
@@ -183,7 +197,13 @@ fn run(input: &[u8]) {
                         *byte ^= edit[2];
                     }
                 }
-                node.handle_datagram(now, from, &datagram);
+                node.handle(
+                    now,
+                    DriverEvent::Datagram {
+                        from,
+                        bytes: &datagram,
+                    },
+                );
             }
             _ => {}
         }

@@ -34,10 +34,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use keynode_core::net::{NetCommand, NetConfig as QuicConfig, Node, Transmit};
+use keynode_core::net::{DriverEvent, NetCommand, NetConfig as QuicConfig, Node, Transmit};
 use keynode_core::{
-    Command, Config, Event, FindOptions, NodeAddress, NodeId, NodeManager, Now, OpError, OpId,
-    OpValue, Output, SeedNodes,
+    ApiError, Config, FindOptions, NodeAddress, NodeId, NodeManager, OpError, OpId, OpValue,
+    SeedNodes, UserCall,
 };
 
 use crate::net::{HostId, NatType, Network, mix};
@@ -59,7 +59,7 @@ pub enum Packet {
         bytes: Vec<u8>,
     },
     /// An event from the host's own driver (a failed resolution).
-    Local(Event),
+    Local(DriverEvent<'static>),
 }
 
 /// Counters of the datagrams, over all hosts.
@@ -186,34 +186,32 @@ impl DatagramLevel {
                 return;
             };
             let Some(command) = node.poll() else {
-                h.next_wake = node.poll_timeout();
+                h.next_wake = node.poll_timeout().map(|(at, _)| at);
                 return;
             };
             match command {
                 NetCommand::Transmit(t) => self.send(ctx, host, t),
-                NetCommand::Manager(Command::Store(batch)) => {
-                    node.handle(now, Event::StoreCommitted(batch.id));
+                NetCommand::Store(batch) => {
+                    node.handle(now, DriverEvent::StoreCommitted(batch.id));
                 }
-                NetCommand::Manager(Command::Output(Output::Done { op, result })) => {
+                NetCommand::Done { op, result } => {
                     ctx.trace
                         .add(&[3, u64::from(host.0), op.0, done_digest(&result)]);
                     self.outputs.done(host, op, result);
                 }
-                NetCommand::Manager(Command::Output(Output::Event(event))) => {
+                NetCommand::Event(event) => {
                     self.outputs.event(host, event);
                 }
-                NetCommand::Manager(Command::Resolve { resolve, .. }) => ctx.schedule(
+                NetCommand::Resolve { resolve, .. } => ctx.schedule(
                     Duration::ZERO,
                     host,
-                    Packet::Local(Event::Resolved {
+                    Packet::Local(DriverEvent::Resolved {
                         resolve,
                         result: Err("the simulation has no DNS".to_owned()),
                     }),
                 ),
-                // No LAN in the simulation: mDNS finds nothing. The node
-                // carries out connections, requests, streams and punches
-                // itself; nothing else reaches the driver.
-                NetCommand::MdnsTransmit(_) | NetCommand::Manager(_) => {}
+                // No LAN in the simulation: mDNS finds nothing.
+                NetCommand::MdnsTransmit(_) => {}
             }
         }
     }
@@ -270,7 +268,13 @@ impl Level for DatagramLevel {
                     return;
                 };
                 self.stats.delivered += 1;
-                node.handle_datagram(now, source, &bytes);
+                node.handle(
+                    now,
+                    DriverEvent::Datagram {
+                        from: source,
+                        bytes: &bytes,
+                    },
+                );
                 self.pump(ctx, to);
             }
             Packet::Local(event) => {
@@ -351,7 +355,10 @@ impl Sim<DatagramLevel> {
         let quic = self.level.quic.clone();
         let mut node = Node::new(config, quic, &secret, now, bytes).expect("a valid node");
         let id = node.node_id();
-        let start = node.manager(now).start(now).expect("a new node starts");
+        let start = node
+            .call(now, UserCall::Start)
+            .expect("a new node starts")
+            .expect("start is an operation");
         self.level.hosts.push(Host {
             node: Some(Box::new(node)),
             id,
@@ -364,11 +371,11 @@ impl Sim<DatagramLevel> {
     }
 
     /// Calls a method of a host's manager, then carries out its commands.
-    pub fn call<T>(&mut self, host: HostId, f: impl FnOnce(&mut NodeManager, Now) -> T) -> T {
+    pub fn call(&mut self, host: HostId, call: UserCall) -> Result<Option<OpId>, ApiError> {
         self.with(|level, ctx| {
             let now = ctx.now;
             let node = level.node_mut(host).expect("a live host");
-            let out = f(node.manager(now), now);
+            let out = node.call(now, call);
             level.pump(ctx, host);
             out
         })
@@ -377,17 +384,25 @@ impl Sim<DatagramLevel> {
     /// Starts `sync_node_graph` (blocking) from the given seed hosts.
     pub fn join(&mut self, host: HostId, seeds: &[HostId]) -> OpId {
         let seeds = SeedNodes::new(seeds.iter().map(|s| self.level.seed_entry(*s)));
-        self.call(host, |node, now| {
-            node.sync_node_graph(now, &seeds, None, true)
-                .expect("sync starts")
-        })
+        let call = UserCall::SyncNodeGraph {
+            seeds,
+            connect_timeout: None,
+            blocking: true,
+        };
+        self.call(host, call)
+            .expect("sync starts")
+            .expect("sync is an operation")
     }
 
     /// Starts a `find_node`.
     pub fn find(&mut self, host: HostId, target: NodeId, options: FindOptions) -> OpId {
-        self.call(host, |node, now| {
-            node.find_node(now, target, options).expect("find starts")
-        })
+        let call = UserCall::FindNode {
+            node_id: target,
+            options,
+        };
+        self.call(host, call)
+            .expect("find starts")
+            .expect("find is an operation")
     }
 
     /// Runs until `op` of `host` is done (or `limit` of virtual time passes).

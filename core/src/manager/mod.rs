@@ -48,6 +48,7 @@
 //!   (answering peers, the signal relay), `tasks` (the persisted task table).
 
 mod api;
+mod call;
 mod claims;
 mod conns;
 mod dials;
@@ -76,6 +77,7 @@ pub use api::{
     OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId, ResolveId, RpcFailure,
     SeedFailure, StoreBatch, StreamId,
 };
+pub use call::UserCall;
 pub use find::{FindOptions, Strategies};
 pub use timers::Timer;
 

@@ -1,10 +1,51 @@
 //! The net layer: the manager's connections, requests and streams as QUIC
 //! (quinn-proto, TLS 1.3 by rustls with mutual Ed25519 authentication),
 //! hole-punching packets, and mDNS — all sans-IO, as datagrams in and out.
+//!
+//! One file per concept:
+//! - `node.rs`: [`Node`], the composition: the manager, the quinn-proto
+//!   endpoint, the connections, punches and mDNS; it carries out the
+//!   manager's commands (every one, by name) and drives everything until
+//!   nothing moves;
+//! - `driver.rs`: the closed surface a driver sees: [`DriverEvent`] in
+//!   (datagrams on the QUIC and mDNS sockets, store commits and failures,
+//!   the snapshot, resolutions, released leases) and [`NetCommand`] out
+//!   (datagrams to send, store batches, resolutions, results and events for
+//!   the caller). The manager's own events about connections, requests and
+//!   streams, and its commands to use them, stay inside;
+//! - `connection.rs`: one QUIC connection's state (dialing, accepting, up,
+//!   closing, each with its own data) and how it moves along;
+//! - `streams.rs`: length-prefixed framing of [`crate::wire`] messages and
+//!   routing of each stream by its role (our request, a peer's request, a
+//!   claim exchange);
+//! - `punch.rs`: hole punching (opening, holding, punching);
+//! - `timers.rs`: the net layer's deadline table ([`NetTimer`]) and the label
+//!   of the node's next deadline ([`NodeTimer`]);
+//! - `tls.rs`: certificates and verifiers (a NodeId is the certificate's
+//!   Ed25519 key); `mdns`: the mDNS service (RFC 6762 announcements and
+//!   queries for NodeIds).
+//!
+//! # Drain contract
+//!
+//! Every input is one call: [`Node::handle`] (what the driver observed),
+//! [`Node::handle_timeout`] (time passed), [`Node::call`] (the caller's
+//! request, as a [`crate::UserCall`]) or [`Node::renew_key`]. After each,
+//! the driver drains [`Node::poll`] until it returns `None`, carrying out
+//! every [`NetCommand`] (answers such as [`DriverEvent::StoreCommitted`]
+//! come back later as inputs of their own), then asks
+//! [`Node::poll_timeout`] when to call [`Node::handle_timeout`] next.
+//! Time must not go backwards; an early `handle_timeout` does nothing.
 
+mod connection;
+mod driver;
 pub mod mdns;
 mod node;
+mod punch;
+mod streams;
+mod timers;
 mod tls;
 
-pub use node::{NetCommand, NetConfig, NetError, Node, Transmit};
+pub use driver::{DriverEvent, NetCommand, Transmit};
+pub use node::{NetConfig, NetError, Node};
+pub use timers::{NetTimer, NodeTimer};
 pub use tls::{ALPN, NodeCertificate, TlsError, node_id_of};

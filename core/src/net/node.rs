@@ -1,6 +1,10 @@
-//! [`Node`]: a node manager on QUIC. Datagrams in, datagrams out.
+//! [`Node`]: a node manager on QUIC, the composition of the net layer. It
+//! owns the manager, the quinn-proto endpoint and its connections, the hole
+//! punches, the mDNS service and the net layer's timers; it carries out the
+//! manager's commands that need a connection, a stream, a punch or mDNS,
+//! and hands the driver only what needs a socket, the store or a resolver.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,26 +12,27 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{
-    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig,
-    ServerConfig, StreamEvent, TransportConfig, VarInt,
+    ClientConfig, DatagramEvent, EndpointConfig, ServerConfig, TransportConfig, VarInt,
 };
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::connection::{ConnState, QuicConn};
+use super::driver::{DriverEvent, NetCommand, Transmit};
 use super::mdns::MdnsService;
-use super::tls::{
-    EventClock, ExpectNodeId, NodeCertificate, TlsError, client_config, node_id_of, server_config,
-};
+use super::punch::Punch;
+use super::streams::Role;
+use super::timers::{NetTimer, NetTimers, NodeTimer};
+use super::tls::{EventClock, NodeCertificate, TlsError, client_config, server_config};
 use crate::claims::KeyPair;
 use crate::config::{Config, ConfigError};
-use crate::conn_error::ConnectionErrorCode;
 use crate::id::NodeId;
 use crate::manager::{
-    AttemptId, Command, ConnId, ConnectFailure, Event, NodeManager, PeerRequestId, RequestId,
-    RpcFailure, StreamId,
+    ApiError, AttemptId, Command, ConnId, ConnectFailure, Event, NodeManager, OpId, Output,
+    PeerRequestId, RequestId, RpcFailure, StreamId, UserCall,
 };
 use crate::time::Now;
-use crate::wire::{self, DecodeError, Frame};
+use crate::wire::Frame;
 
 /// QUIC settings of a [`Node`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,103 +91,11 @@ pub enum NetError {
     Key,
 }
 
-/// A UDP datagram to send.
-#[derive(Clone, PartialEq, Eq, Debug)]
-#[must_use]
-pub struct Transmit {
-    /// Where.
-    pub destination: SocketAddr,
-    /// The bytes.
-    pub contents: Vec<u8>,
-    /// The IP TTL (hop limit) to send with; `None`: the socket's own.
-    pub ttl: Option<u32>,
-}
-
-/// What a [`Node`] asks its driver to do.
-#[derive(Clone, PartialEq, Debug)]
-#[must_use]
-pub enum NetCommand {
-    /// Send a datagram from the node's socket.
-    Transmit(Transmit),
-    /// Send a datagram from the mDNS socket (to a multicast group or a
-    /// unicast querier).
-    MdnsTransmit(Transmit),
-    /// Everything else the manager asks (store batches, resolutions,
-    /// outputs): the manager's own [`Command`].
-    Manager(Command),
-}
-
-/// Timers of the net layer itself.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum NetTimer {
-    ConnectDeadline(ConnId),
-    Request(RequestId),
-    Punch(SocketAddr),
-}
-
-#[derive(Debug)]
-enum Role {
-    /// Inbound, before its first frame says what it is.
-    Unknown,
-    /// We sent a request; the response comes back on it.
-    Request(RequestId),
-    /// The peer's request; we answer on it.
-    Serve(PeerRequestId),
-    /// A claim exchange.
-    Claim(StreamId),
-}
-
-#[derive(Debug)]
-struct Stream {
-    role: Role,
-    recv: Vec<u8>,
-    send: Vec<u8>,
-    finish: bool,
-}
-
-impl Stream {
-    fn new(role: Role) -> Self {
-        Self {
-            role,
-            recv: Vec::new(),
-            send: Vec::new(),
-            finish: false,
-        }
-    }
-}
-
-struct QuicConn {
-    handle: ConnectionHandle,
-    conn: quinn_proto::Connection,
-    attempt: Option<AttemptId>,
-    verifier: Option<Arc<ExpectNodeId>>,
-    expected: Option<NodeId>,
-    up: bool,
-    streams: BTreeMap<quinn_proto::StreamId, Stream>,
-}
-
-struct Punch {
-    interval: Duration,
-    until: Instant,
-    /// Until then only the low-TTL packet has gone out, and datagrams of
-    /// connections not up yet to the address wait in `held`.
-    full_at: Instant,
-    /// The first full packet went out and `held` with it.
-    released: bool,
-    /// At most [`MAX_HELD_PER_PUNCH`]; more are dropped (QUIC resends).
-    held: Vec<Vec<u8>>,
-    /// The low-TTL packet went out.
-    opened: bool,
-}
-
-/// Datagrams held back per punched address during its first
-/// [`NetConfig::punch_delay`]: a handshake's first flight.
-const MAX_HELD_PER_PUNCH: usize = 8;
-
 /// A node manager driven over QUIC: the manager's connections, requests and
 /// claim streams become QUIC connections and streams, and those become UDP
-/// datagrams. Sans-IO like the manager: the driver feeds datagrams and time,
-/// and sends what [`Node::poll`] returns.
+/// datagrams. Sans-IO like the manager: the driver feeds what it observed
+/// ([`Node::handle`]), time ([`Node::handle_timeout`]) and its caller's
+/// requests ([`Node::call`]), and carries out what [`Node::poll`] returns.
 ///
 /// Determinism: quinn-proto's endpoint RNG, its stateless-reset key and its
 /// connection-id generator are all derived from the node's seed, and rustls
@@ -191,22 +104,23 @@ const MAX_HELD_PER_PUNCH: usize = 8;
 /// (ephemeral X25519 keys and the handshake randoms) and the client's initial
 /// destination connection id, so two runs agree in outcome, not byte for byte.
 pub struct Node {
-    manager: NodeManager,
-    endpoint: quinn_proto::Endpoint,
+    pub(super) manager: NodeManager,
+    pub(super) endpoint: quinn_proto::Endpoint,
     cert: NodeCertificate,
-    net: NetConfig,
-    max_frame: usize,
-    conns: BTreeMap<ConnId, QuicConn>,
-    by_handle: BTreeMap<usize, ConnId>,
-    requests: BTreeMap<RequestId, (ConnId, quinn_proto::StreamId)>,
-    peer_requests: BTreeMap<PeerRequestId, (ConnId, quinn_proto::StreamId)>,
-    claim_streams: BTreeMap<StreamId, (ConnId, quinn_proto::StreamId)>,
-    timers: BTreeSet<(Instant, NetTimer)>,
-    timer_at: BTreeMap<NetTimer, Instant>,
-    punches: BTreeMap<SocketAddr, Punch>,
+    pub(super) net: NetConfig,
+    pub(super) max_frame: usize,
+    pub(super) conns: BTreeMap<ConnId, QuicConn>,
+    pub(super) by_handle: BTreeMap<usize, ConnId>,
+    /// Routes of the manager's requests, the peers' requests and the claim
+    /// exchanges to their QUIC streams.
+    pub(super) requests: BTreeMap<RequestId, (ConnId, quinn_proto::StreamId)>,
+    pub(super) peer_requests: BTreeMap<PeerRequestId, (ConnId, quinn_proto::StreamId)>,
+    pub(super) claim_streams: BTreeMap<StreamId, (ConnId, quinn_proto::StreamId)>,
+    pub(super) timers: NetTimers,
+    pub(super) punches: BTreeMap<SocketAddr, Punch>,
     out: VecDeque<NetCommand>,
-    rng: ChaCha8Rng,
-    now: Now,
+    pub(super) rng: ChaCha8Rng,
+    pub(super) now: Now,
     next_id: u64,
     buf: Vec<u8>,
     mdns: Option<MdnsService>,
@@ -215,9 +129,6 @@ pub struct Node {
     /// rustls's clock: the wall-clock time of the last input.
     clock: EventClock,
 }
-
-/// A length prefix: 4 bytes, big-endian.
-const LEN_PREFIX: usize = 4;
 
 impl Node {
     /// A node with the Ed25519 key of `secret` (32 bytes, kept by the driver)
@@ -269,8 +180,7 @@ impl Node {
             requests: BTreeMap::new(),
             peer_requests: BTreeMap::new(),
             claim_streams: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            timer_at: BTreeMap::new(),
+            timers: NetTimers::default(),
             punches: BTreeMap::new(),
             out: VecDeque::new(),
             rng,
@@ -314,25 +224,9 @@ impl Node {
         self.mdns.as_ref().map(MdnsService::stats)
     }
 
-    /// Feeds a datagram received on the mDNS socket.
-    pub fn handle_mdns_datagram(&mut self, now: Now, from: SocketAddr, bytes: &[u8]) {
-        self.advance(now);
-        if let Some(mdns) = self.mdns.as_mut() {
-            mdns.handle_datagram(now.mono, from, bytes);
-        }
-        self.drive();
-    }
-
     /// The NodeId.
     pub fn node_id(&self) -> NodeId {
         self.manager.node_id()
-    }
-
-    /// The manager, to call its methods (`find_node`, `claim_node`, ...)
-    /// at `now`; drain [`Node::poll`] afterwards.
-    pub fn manager(&mut self, now: Now) -> &mut NodeManager {
-        self.advance(now);
-        &mut self.manager
     }
 
     /// The manager, to read.
@@ -340,76 +234,36 @@ impl Node {
         &self.manager
     }
 
-    fn advance(&mut self, now: Now) {
-        if now.mono >= self.now.mono {
-            self.now = now;
-            self.clock.set(now.unix_ms);
-        }
+    /// The connections up, with their peers.
+    pub fn connection_count(&self) -> usize {
+        self.conns.values().filter(|c| c.is_up()).count()
     }
 
-    fn fresh_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
-    /// Feeds an event for the manager (store commits, resolutions, mDNS
-    /// answers, the snapshot, key renewal).
-    pub fn handle(&mut self, now: Now, event: Event) {
+    /// Calls one of the manager's user-facing methods at `now` (see
+    /// [`NodeManager::call`]); drain [`Node::poll`] afterwards.
+    pub fn call(&mut self, now: Now, call: UserCall) -> Result<Option<OpId>, ApiError> {
         self.advance(now);
+        self.manager.call(now, call)
+    }
+
+    /// Feeds what the driver observed.
+    pub fn handle(&mut self, now: Now, event: DriverEvent<'_>) {
+        self.advance(now);
+        let event = match event {
+            DriverEvent::Datagram { from, bytes } => return self.handle_datagram(from, bytes),
+            DriverEvent::MdnsDatagram { from, bytes } => {
+                if let Some(mdns) = self.mdns.as_mut() {
+                    mdns.handle_datagram(now.mono, from, bytes);
+                }
+                return self.drive();
+            }
+            DriverEvent::SnapshotLoaded(snapshot) => Event::SnapshotLoaded(snapshot),
+            DriverEvent::StoreCommitted(batch) => Event::StoreCommitted(batch),
+            DriverEvent::StoreFailed { batch, error } => Event::StoreFailed { batch, error },
+            DriverEvent::Resolved { resolve, result } => Event::Resolved { resolve, result },
+            DriverEvent::ConnectionReleased { lease } => Event::ConnectionReleased { lease },
+        };
         self.manager.handle(now, event);
-        self.drive();
-    }
-
-    /// Feeds a datagram received on the node's socket.
-    pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, bytes: &[u8]) {
-        self.advance(now);
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        let event =
-            self.endpoint
-                .handle(now.mono, from, None, None, BytesMut::from(bytes), &mut buf);
-        match event {
-            Some(DatagramEvent::NewConnection(incoming)) => {
-                match self.endpoint.accept(incoming, now.mono, &mut buf, None) {
-                    Ok((handle, conn)) => {
-                        let id = ConnId(self.fresh_id());
-                        self.by_handle.insert(handle.0, id);
-                        self.conns.insert(
-                            id,
-                            QuicConn {
-                                handle,
-                                conn,
-                                attempt: None,
-                                verifier: None,
-                                expected: None,
-                                up: false,
-                                streams: BTreeMap::new(),
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        if let Some(t) = e.response {
-                            self.transmit(t.destination, buf.get(..t.size).unwrap_or_default());
-                        }
-                    }
-                }
-            }
-            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
-                if let Some(c) = self
-                    .by_handle
-                    .get(&handle.0)
-                    .and_then(|id| self.conns.get_mut(id))
-                {
-                    c.conn.handle_event(event);
-                }
-            }
-            Some(DatagramEvent::Response(t)) => {
-                self.transmit(t.destination, buf.get(..t.size).unwrap_or_default());
-            }
-            None => {}
-        }
-        self.buf = buf;
         self.drive();
     }
 
@@ -417,14 +271,16 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Now) {
         self.advance(now);
         self.manager.handle_timeout(now);
-        while let Some(&(at, timer)) = self.timers.first() {
-            if at > now.mono {
-                break;
+        while let Some(timer) = self.timers.pop_due(now.mono) {
+            match timer {
+                NetTimer::ConnectDeadline(id) => self.on_connect_deadline(id),
+                NetTimer::Request(request) => self.on_request_timeout(request),
+                NetTimer::Punch(address) => self.on_punch_timer(address),
             }
-            self.timers.remove(&(at, timer));
-            self.timer_at.remove(&timer);
-            self.fire(timer);
         }
+        // quinn's own deadlines (loss detection, idle, keep-alive) stay
+        // with each connection: merging them into the table would change
+        // the order in which due connections and net timers run.
         for c in self.conns.values_mut() {
             if c.conn.poll_timeout().is_some_and(|t| t <= now.mono) {
                 c.conn.handle_timeout(now.mono);
@@ -447,61 +303,99 @@ impl Node {
         self.out.pop_front()
     }
 
-    /// When to call [`Node::handle_timeout`] next.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let manager = self.manager.poll_timeout().map(|(t, _)| t);
-        let own = self.timers.first().map(|(t, _)| *t);
+    /// When to call [`Node::handle_timeout`] next, and what for (the first
+    /// of equal deadlines: the manager's, the net layer's, a connection's,
+    /// mDNS's).
+    pub fn poll_timeout(&mut self) -> Option<(Instant, NodeTimer)> {
+        let manager = self
+            .manager
+            .poll_timeout()
+            .map(|(t, timer)| (t, NodeTimer::Manager(timer)));
+        let own = self
+            .timers
+            .next()
+            .map(|(t, timer)| (t, NodeTimer::Net(timer)));
         let conns = self
             .conns
-            .values_mut()
-            .filter_map(|c| c.conn.poll_timeout())
-            .min();
+            .iter_mut()
+            .filter_map(|(id, c)| {
+                c.conn
+                    .poll_timeout()
+                    .map(|t| (t, NodeTimer::Connection(*id)))
+            })
+            .min_by_key(|(t, _)| *t);
         // mDNS announcements, jittered responses and query retransmissions
         // are timers too: without them a driver that sleeps until this
         // deadline never sends them.
-        let mdns = self.mdns.as_ref().and_then(MdnsService::poll_timeout);
-        [manager, own, conns, mdns].into_iter().flatten().min()
+        let mdns = self
+            .mdns
+            .as_ref()
+            .and_then(MdnsService::poll_timeout)
+            .map(|t| (t, NodeTimer::Mdns));
+        [manager, own, conns, mdns]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
     }
 
-    /// The connections up, with their peers.
-    pub fn connection_count(&self) -> usize {
-        self.conns.values().filter(|c| c.up).count()
-    }
-
-    fn set_timer(&mut self, timer: NetTimer, at: Instant) {
-        if let Some(old) = self.timer_at.insert(timer, at) {
-            self.timers.remove(&(old, timer));
-        }
-        self.timers.insert((at, timer));
-    }
-
-    fn cancel_timer(&mut self, timer: NetTimer) {
-        if let Some(old) = self.timer_at.remove(&timer) {
-            self.timers.remove(&(old, timer));
+    fn advance(&mut self, now: Now) {
+        if now.mono >= self.now.mono {
+            self.now = now;
+            self.clock.set(now.unix_ms);
         }
     }
 
-    fn transmit(&mut self, destination: SocketAddr, bytes: &[u8]) {
-        self.transmit_vec(destination, bytes.to_vec());
+    pub(super) fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
     }
 
-    /// Sends a datagram (one of a connection not up yet, or the endpoint's
-    /// own), unless its address is being punched and the punch's low-TTL
-    /// packet has not had its head start yet: then it waits for the punch's
-    /// first full packet, and goes out after it.
-    fn transmit_vec(&mut self, destination: SocketAddr, contents: Vec<u8>) {
-        if let Some(punch) = self.punches.get_mut(&destination)
-            && !punch.released
-        {
-            if punch.held.len() < MAX_HELD_PER_PUNCH {
-                punch.held.push(contents);
+    /// A datagram arrived on the node's socket.
+    fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let event =
+            self.endpoint
+                .handle(now.mono, from, None, None, BytesMut::from(bytes), &mut buf);
+        match event {
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                match self.endpoint.accept(incoming, now.mono, &mut buf, None) {
+                    Ok((handle, conn)) => {
+                        let id = ConnId(self.fresh_id());
+                        self.by_handle.insert(handle.0, id);
+                        self.conns
+                            .insert(id, QuicConn::new(handle, conn, ConnState::Accepting));
+                    }
+                    Err(e) => {
+                        if let Some(t) = e.response {
+                            let contents = buf.get(..t.size).unwrap_or_default().to_vec();
+                            self.transmit_vec(t.destination, contents);
+                        }
+                    }
+                }
             }
-            return;
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                if let Some(c) = self
+                    .by_handle
+                    .get(&handle.0)
+                    .and_then(|id| self.conns.get_mut(id))
+                {
+                    c.conn.handle_event(event);
+                }
+            }
+            Some(DatagramEvent::Response(t)) => {
+                let contents = buf.get(..t.size).unwrap_or_default().to_vec();
+                self.transmit_vec(t.destination, contents);
+            }
+            None => {}
         }
-        self.send(destination, contents, None);
+        self.buf = buf;
+        self.drive();
     }
 
-    fn send(&mut self, destination: SocketAddr, contents: Vec<u8>, ttl: Option<u32>) {
+    pub(super) fn send(&mut self, destination: SocketAddr, contents: Vec<u8>, ttl: Option<u32>) {
         self.out.push_back(NetCommand::Transmit(Transmit {
             destination,
             contents,
@@ -555,6 +449,9 @@ impl Node {
         progressed
     }
 
+    /// One manager command: carried out here if it is about connections,
+    /// streams, punches or mDNS; handed to the driver if it needs the
+    /// store, a resolver or the caller.
     fn carry_out(&mut self, command: Command) {
         let now = self.now;
         match command {
@@ -563,7 +460,7 @@ impl Node {
                 node_id,
                 address,
                 timeout,
-                ..
+                mode: _,
             } => self.connect(attempt, node_id, address, timeout),
             Command::SendRequest {
                 conn,
@@ -576,7 +473,8 @@ impl Node {
                 match opened {
                     Some(stream) => {
                         self.requests.insert(request, (conn, stream));
-                        self.set_timer(NetTimer::Request(request), now.mono + timeout);
+                        self.timers
+                            .set(NetTimer::Request(request), now.mono + timeout);
                     }
                     None => self.manager.handle(
                         now,
@@ -587,7 +485,11 @@ impl Node {
                     ),
                 }
             }
-            Command::SendResponse { request, body, .. } => {
+            Command::SendResponse {
+                request,
+                body,
+                conn: _,
+            } => {
                 if let Some((conn, stream)) = self.peer_requests.remove(&request) {
                     self.send_frame(conn, stream, &Frame::Response(body), true);
                 }
@@ -620,36 +522,7 @@ impl Node {
                     );
                 }
             }
-            Command::HolePunch { address, timeout } => {
-                let connected = self
-                    .conns
-                    .values()
-                    .any(|c| c.up && c.conn.remote_address() == address);
-                if connected {
-                    // Nothing to open: the peer is reached already.
-                } else if let Some(punch) = self.punches.get_mut(&address) {
-                    // Concurrent punches to one address share one schedule.
-                    punch.until = punch.until.max(now.mono + timeout);
-                } else if self.punches.len() < self.net.max_punches {
-                    let delay = if self.net.punch_ttl == 0 {
-                        Duration::ZERO
-                    } else {
-                        self.net.punch_delay
-                    };
-                    self.punches.insert(
-                        address,
-                        Punch {
-                            interval: Duration::from_secs(1),
-                            until: now.mono + timeout,
-                            full_at: now.mono + delay,
-                            released: false,
-                            held: Vec::new(),
-                            opened: self.net.punch_ttl == 0,
-                        },
-                    );
-                    self.set_timer(NetTimer::Punch(address), now.mono);
-                }
-            }
+            Command::HolePunch { address, timeout } => self.hole_punch(address, timeout),
             Command::MdnsAnnounce {
                 node_id,
                 groups,
@@ -680,7 +553,14 @@ impl Node {
                     mdns.stop(now.mono);
                 }
             }
-            other => self.out.push_back(NetCommand::Manager(other)),
+            Command::Resolve { resolve, hostname } => self
+                .out
+                .push_back(NetCommand::Resolve { resolve, hostname }),
+            Command::Store(batch) => self.out.push_back(NetCommand::Store(batch)),
+            Command::Output(Output::Done { op, result }) => {
+                self.out.push_back(NetCommand::Done { op, result })
+            }
+            Command::Output(Output::Event(event)) => self.out.push_back(NetCommand::Event(event)),
         }
     }
 
@@ -711,19 +591,14 @@ impl Node {
             Ok(((handle, conn), verifier)) => {
                 let id = ConnId(self.fresh_id());
                 self.by_handle.insert(handle.0, id);
-                self.conns.insert(
-                    id,
-                    QuicConn {
-                        handle,
-                        conn,
-                        attempt: Some(attempt),
-                        verifier: Some(verifier),
-                        expected: Some(node_id),
-                        up: false,
-                        streams: BTreeMap::new(),
-                    },
-                );
-                self.set_timer(NetTimer::ConnectDeadline(id), now.mono + timeout);
+                let state = ConnState::Dialing {
+                    attempt,
+                    verifier,
+                    expected: node_id,
+                };
+                self.conns.insert(id, QuicConn::new(handle, conn, state));
+                self.timers
+                    .set(NetTimer::ConnectDeadline(id), now.mono + timeout);
             }
             Err(e) => self.manager.handle(
                 now,
@@ -733,568 +608,6 @@ impl Node {
                 },
             ),
         }
-    }
-
-    fn fire(&mut self, timer: NetTimer) {
-        let now = self.now;
-        match timer {
-            NetTimer::ConnectDeadline(id) => {
-                if let Some(c) = self.conns.get_mut(&id)
-                    && !c.up
-                {
-                    c.conn
-                        .close(now.mono, VarInt::from_u32(0), bytes::Bytes::new());
-                    if let Some(attempt) = c.attempt.take() {
-                        self.manager.handle(
-                            now,
-                            Event::ConnectFailed {
-                                attempt,
-                                failure: ConnectFailure::Timeout,
-                            },
-                        );
-                    }
-                }
-            }
-            NetTimer::Request(request) => {
-                if let Some((conn, stream)) = self.requests.remove(&request) {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        let _ = c.conn.send_stream(stream).reset(VarInt::from_u32(0));
-                        let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
-                        c.streams.remove(&stream);
-                    }
-                    self.manager.handle(
-                        now,
-                        Event::ResponseReceived {
-                            request,
-                            result: Err(RpcFailure::Timeout),
-                        },
-                    );
-                }
-            }
-            NetTimer::Punch(address) => {
-                let connected = self
-                    .conns
-                    .values()
-                    .any(|c| c.up && c.conn.remote_address() == address);
-                let Some(punch) = self.punches.get_mut(&address) else {
-                    return;
-                };
-                let mut packet = vec![0u8; self.net.punch_packet_len];
-                if !punch.opened && !connected {
-                    // Our NAT's mapping first, at low TTL; the rest later.
-                    punch.opened = true;
-                    let next = punch.full_at;
-                    self.rng.fill_bytes(&mut packet);
-                    self.send(address, packet, Some(self.net.punch_ttl));
-                    self.set_timer(NetTimer::Punch(address), next);
-                    return;
-                }
-                punch.released = true;
-                let held = std::mem::take(&mut punch.held);
-                if connected || now.mono >= punch.until {
-                    self.punches.remove(&address);
-                } else {
-                    let next = now.mono + punch.interval;
-                    punch.interval *= 2;
-                    self.rng.fill_bytes(&mut packet);
-                    self.send(address, packet, None);
-                    self.set_timer(NetTimer::Punch(address), next);
-                }
-                for bytes in held {
-                    self.send(address, bytes, None);
-                }
-            }
-        }
-    }
-
-    fn open_stream(
-        &mut self,
-        conn: ConnId,
-        role: Role,
-        frame: Frame,
-        finish: bool,
-    ) -> Option<quinn_proto::StreamId> {
-        let c = self.conns.get_mut(&conn).filter(|c| c.up)?;
-        let stream = c.conn.streams().open(Dir::Bi)?;
-        c.streams.insert(stream, Stream::new(role));
-        self.send_frame(conn, stream, &frame, finish);
-        Some(stream)
-    }
-
-    fn send_frame(
-        &mut self,
-        conn: ConnId,
-        stream: quinn_proto::StreamId,
-        frame: &Frame,
-        finish: bool,
-    ) {
-        let Ok(payload) = wire::encode(frame, self.max_frame) else {
-            return;
-        };
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let Some(s) = c.streams.get_mut(&stream) else {
-            return;
-        };
-        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        s.send.extend_from_slice(&len.to_be_bytes());
-        s.send.extend_from_slice(&payload);
-        s.finish |= finish;
-        flush(c, stream);
-    }
-
-    /// Moves one connection along; true if anything happened.
-    fn drive_conn(&mut self, id: ConnId) -> bool {
-        let now = self.now;
-        let mut progressed = false;
-        let mut events = Vec::new();
-        let mut transmits = Vec::new();
-        let mut drained = false;
-        let mut up = false;
-        if let Some(c) = self.conns.get_mut(&id) {
-            up = c.up;
-            while let Some(event) = c.conn.poll_endpoint_events() {
-                drained |= event.is_drained();
-                if let Some(reply) = self.endpoint.handle_event(c.handle, event) {
-                    c.conn.handle_event(reply);
-                }
-            }
-            while let Some(event) = c.conn.poll() {
-                events.push(event);
-            }
-            let mut buf = Vec::new();
-            while let Some(t) = c.conn.poll_transmit(now.mono, 1, &mut buf) {
-                transmits.push((
-                    t.destination,
-                    buf.get(..t.size).unwrap_or_default().to_vec(),
-                ));
-                buf.clear();
-            }
-        }
-        for (destination, contents) in transmits {
-            progressed = true;
-            if up {
-                self.send(destination, contents, None);
-            } else {
-                self.transmit_vec(destination, contents);
-            }
-        }
-        for event in events {
-            progressed = true;
-            self.on_conn_event(id, event);
-        }
-        if drained {
-            self.forget_conn(id);
-            progressed = true;
-        }
-        progressed
-    }
-
-    fn on_conn_event(&mut self, id: ConnId, event: quinn_proto::Event) {
-        let now = self.now;
-        match event {
-            quinn_proto::Event::Connected => self.on_connected(id),
-            quinn_proto::Event::ConnectionLost { reason } => self.on_lost(id, reason),
-            quinn_proto::Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                let mut accepted = Vec::new();
-                if let Some(c) = self.conns.get_mut(&id) {
-                    while let Some(stream) = c.conn.streams().accept(Dir::Bi) {
-                        c.streams.insert(stream, Stream::new(Role::Unknown));
-                        accepted.push(stream);
-                    }
-                }
-                // Data that came with the opening raises no Readable event of its own.
-                for stream in accepted {
-                    self.on_readable(id, stream);
-                }
-            }
-            quinn_proto::Event::Stream(StreamEvent::Readable { id: stream }) => {
-                self.on_readable(id, stream)
-            }
-            quinn_proto::Event::Stream(StreamEvent::Writable { id: stream }) => {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    flush(c, stream);
-                }
-            }
-            quinn_proto::Event::Stream(StreamEvent::Stopped { id: stream, .. }) => {
-                self.close_stream(id, stream);
-            }
-            _ => {}
-        }
-        let _ = now;
-    }
-
-    fn on_connected(&mut self, id: ConnId) {
-        let now = self.now;
-        self.cancel_timer(NetTimer::ConnectDeadline(id));
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let peer = c
-            .conn
-            .crypto_session()
-            .peer_identity()
-            .and_then(|any| {
-                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .and_then(|certs| certs.first().and_then(|cert| node_id_of(cert)));
-        let remote = c.conn.remote_address();
-        match (peer, c.expected) {
-            (Some(peer), expected) if expected.is_none_or(|e| e == peer) => {
-                c.up = true;
-                let attempt = c.attempt.take();
-                self.manager.handle(
-                    now,
-                    Event::ConnectionUp {
-                        conn: id,
-                        peer,
-                        remote,
-                        attempt,
-                    },
-                );
-            }
-            (found, _) => {
-                let code = ConnectionErrorCode::PeerIdMismatch;
-                c.conn.close(
-                    now.mono,
-                    VarInt::from_u32(code.code()),
-                    bytes::Bytes::from_static(code.reason().as_bytes()),
-                );
-                if let Some(attempt) = c.attempt.take() {
-                    let failure = match found {
-                        Some(found) => ConnectFailure::WrongNodeId { found },
-                        None => ConnectFailure::Transport("no peer certificate".to_owned()),
-                    };
-                    self.manager
-                        .handle(now, Event::ConnectFailed { attempt, failure });
-                }
-            }
-        }
-    }
-
-    fn on_lost(&mut self, id: ConnId, reason: ConnectionError) {
-        let now = self.now;
-        self.cancel_timer(NetTimer::ConnectDeadline(id));
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if let Some(attempt) = c.attempt.take() {
-            let found = c
-                .verifier
-                .as_ref()
-                .and_then(|v| v.found.lock().ok().and_then(|f| *f));
-            let failure = match (found, c.expected) {
-                (Some(found), Some(expected)) if found != expected => {
-                    ConnectFailure::WrongNodeId { found }
-                }
-                _ => match reason {
-                    ConnectionError::TimedOut => ConnectFailure::Timeout,
-                    other => ConnectFailure::Transport(other.to_string()),
-                },
-            };
-            self.manager
-                .handle(now, Event::ConnectFailed { attempt, failure });
-        }
-        if c.up {
-            c.up = false;
-            self.fail_streams(id);
-            self.manager
-                .handle(now, Event::ConnectionClosed { conn: id });
-        }
-    }
-
-    /// Ends the requests and claim streams of a lost connection.
-    fn fail_streams(&mut self, id: ConnId) {
-        let now = self.now;
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let streams: Vec<Stream> = std::mem::take(&mut c.streams).into_values().collect();
-        for s in streams {
-            match s.role {
-                Role::Request(request) => {
-                    self.requests.remove(&request);
-                    self.cancel_timer(NetTimer::Request(request));
-                    self.manager.handle(
-                        now,
-                        Event::ResponseReceived {
-                            request,
-                            result: Err(RpcFailure::ConnectionClosed),
-                        },
-                    );
-                }
-                Role::Claim(stream) => {
-                    self.claim_streams.remove(&stream);
-                    self.manager.handle(now, Event::StreamClosed { stream });
-                }
-                Role::Serve(peer_request) => {
-                    self.peer_requests.remove(&peer_request);
-                }
-                Role::Unknown => {}
-            }
-        }
-    }
-
-    fn forget_conn(&mut self, id: ConnId) {
-        self.fail_streams(id);
-        if let Some(c) = self.conns.remove(&id) {
-            self.by_handle.remove(&c.handle.0);
-            if c.up {
-                self.manager
-                    .handle(self.now, Event::ConnectionClosed { conn: id });
-            }
-        }
-        self.cancel_timer(NetTimer::ConnectDeadline(id));
-    }
-
-    fn close_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
-        let now = self.now;
-        let Some(s) = self
-            .conns
-            .get_mut(&id)
-            .and_then(|c| c.streams.remove(&stream))
-        else {
-            return;
-        };
-        match s.role {
-            Role::Request(request) => {
-                if self.requests.remove(&request).is_some() {
-                    self.cancel_timer(NetTimer::Request(request));
-                    self.manager.handle(
-                        now,
-                        Event::ResponseReceived {
-                            request,
-                            result: Err(RpcFailure::ConnectionClosed),
-                        },
-                    );
-                }
-            }
-            Role::Claim(core_stream) => {
-                if self.claim_streams.remove(&core_stream).is_some() {
-                    self.manager.handle(
-                        now,
-                        Event::StreamClosed {
-                            stream: core_stream,
-                        },
-                    );
-                }
-            }
-            Role::Serve(peer_request) => {
-                self.peer_requests.remove(&peer_request);
-            }
-            Role::Unknown => {}
-        }
-    }
-
-    fn on_readable(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
-        let limit = self.max_frame + LEN_PREFIX;
-        let mut finished = false;
-        let mut too_big = false;
-        {
-            let Some(c) = self.conns.get_mut(&id) else {
-                return;
-            };
-            let Some(s) = c.streams.get_mut(&stream) else {
-                return;
-            };
-            let mut recv = c.conn.recv_stream(stream);
-            if let Ok(mut chunks) = recv.read(true) {
-                loop {
-                    match chunks.next(limit) {
-                        Ok(Some(chunk)) => {
-                            s.recv.extend_from_slice(&chunk.bytes);
-                            if s.recv.len() > 2 * limit {
-                                too_big = true;
-                                break;
-                            }
-                        }
-                        Ok(None) => {
-                            finished = true;
-                            break;
-                        }
-                        // Nothing more for now: wait for the next Readable.
-                        Err(quinn_proto::ReadError::Blocked) => break,
-                        Err(quinn_proto::ReadError::Reset(_)) => {
-                            finished = true;
-                            break;
-                        }
-                    }
-                }
-                let _ = chunks.finalize();
-            }
-        }
-        if too_big {
-            self.reject_stream(id, stream);
-            return;
-        }
-        while let Some(frame) = self.take_frame(id, stream) {
-            match frame {
-                Ok(frame) => self.on_frame(id, stream, frame),
-                Err(_) => {
-                    self.reject_stream(id, stream);
-                    return;
-                }
-            }
-        }
-        if finished
-            && self
-                .conns
-                .get(&id)
-                .and_then(|c| c.streams.get(&stream))
-                .is_some_and(|s| matches!(s.role, Role::Claim(_) | Role::Request(_)))
-        {
-            self.close_stream(id, stream);
-        }
-    }
-
-    /// The next whole frame of a stream's receive buffer.
-    fn take_frame(
-        &mut self,
-        id: ConnId,
-        stream: quinn_proto::StreamId,
-    ) -> Option<Result<Frame, DecodeError>> {
-        let max = self.max_frame;
-        let s = self.conns.get_mut(&id)?.streams.get_mut(&stream)?;
-        let prefix: [u8; LEN_PREFIX] = s.recv.get(..LEN_PREFIX)?.try_into().ok()?;
-        let len = u32::from_be_bytes(prefix) as usize;
-        if len > max {
-            return Some(Err(DecodeError::TooLarge {
-                size: len,
-                limit: max,
-            }));
-        }
-        let frame = s.recv.get(LEN_PREFIX..LEN_PREFIX + len)?.to_vec();
-        s.recv.drain(..LEN_PREFIX + len);
-        Some(wire::decode_frame(&frame, max))
-    }
-
-    /// A peer broke the framing or sent too much: the stream is reset.
-    fn reject_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            let code = VarInt::from_u32(ConnectionErrorCode::ProtocolViolation.code());
-            let _ = c.conn.recv_stream(stream).stop(code);
-            let _ = c.conn.send_stream(stream).reset(code);
-        }
-        self.close_stream(id, stream);
-    }
-
-    fn on_frame(&mut self, id: ConnId, stream: quinn_proto::StreamId, frame: Frame) {
-        let now = self.now;
-        let Some(role) = self
-            .conns
-            .get(&id)
-            .and_then(|c| c.streams.get(&stream))
-            .map(|s| match s.role {
-                Role::Unknown => 0,
-                Role::Request(_) => 1,
-                Role::Serve(_) => 2,
-                Role::Claim(_) => 3,
-            })
-        else {
-            return;
-        };
-        match (role, frame) {
-            (0, Frame::Request(body)) => {
-                let request = PeerRequestId(self.fresh_id());
-                self.set_role(id, stream, Role::Serve(request));
-                self.peer_requests.insert(request, (id, stream));
-                self.manager.handle(
-                    now,
-                    Event::RequestReceived {
-                        conn: id,
-                        request,
-                        body,
-                    },
-                );
-            }
-            (0, Frame::Claim(message)) => {
-                let core_stream = StreamId::Remote(self.fresh_id());
-                self.set_role(id, stream, Role::Claim(core_stream));
-                self.claim_streams.insert(core_stream, (id, stream));
-                self.manager.handle(
-                    now,
-                    Event::StreamOpened {
-                        conn: id,
-                        stream: core_stream,
-                        message,
-                    },
-                );
-            }
-            (1, Frame::Response(body)) => {
-                let request = self
-                    .conns
-                    .get(&id)
-                    .and_then(|c| c.streams.get(&stream))
-                    .and_then(|s| match s.role {
-                        Role::Request(r) => Some(r),
-                        _ => None,
-                    });
-                if let Some(request) = request
-                    && self.requests.remove(&request).is_some()
-                {
-                    self.cancel_timer(NetTimer::Request(request));
-                    self.manager.handle(
-                        now,
-                        Event::ResponseReceived {
-                            request,
-                            result: Ok(body),
-                        },
-                    );
-                }
-            }
-            (3, Frame::Claim(message)) => {
-                let core = self
-                    .conns
-                    .get(&id)
-                    .and_then(|c| c.streams.get(&stream))
-                    .and_then(|s| match s.role {
-                        Role::Claim(c) => Some(c),
-                        _ => None,
-                    });
-                if let Some(core_stream) = core {
-                    self.manager.handle(
-                        now,
-                        Event::StreamReceived {
-                            stream: core_stream,
-                            message,
-                        },
-                    );
-                }
-            }
-            _ => self.reject_stream(id, stream),
-        }
-    }
-
-    fn set_role(&mut self, id: ConnId, stream: quinn_proto::StreamId, role: Role) {
-        if let Some(s) = self
-            .conns
-            .get_mut(&id)
-            .and_then(|c| c.streams.get_mut(&stream))
-        {
-            s.role = role;
-        }
-    }
-}
-
-/// Writes what a stream has pending, and finishes it when asked and done.
-fn flush(c: &mut QuicConn, stream: quinn_proto::StreamId) {
-    let Some(s) = c.streams.get_mut(&stream) else {
-        return;
-    };
-    let mut send = c.conn.send_stream(stream);
-    while !s.send.is_empty() {
-        match send.write(&s.send) {
-            Ok(n) if n > 0 => {
-                s.send.drain(..n);
-            }
-            _ => break,
-        }
-    }
-    if s.send.is_empty() && s.finish {
-        let _ = send.finish();
-        s.finish = false;
     }
 }
 

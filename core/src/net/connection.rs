@@ -1,0 +1,287 @@
+//! One QUIC connection of a [`Node`] and its life: the handshake (with the
+//! manager's attempt waiting on an outbound one), the connection up, and
+//! its end. Each [`ConnState`] holds the data of that state only, so an
+//! attempt cannot be answered twice and a connection that is not up has no
+//! peer to report. Also here: moving a connection along (its transmits,
+//! endpoint events and application events).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamEvent, VarInt};
+
+use super::node::Node;
+use super::streams::{Role, Stream, flush};
+use super::timers::NetTimer;
+use super::tls::{ExpectNodeId, node_id_of};
+use crate::conn_error::ConnectionErrorCode;
+use crate::id::NodeId;
+use crate::manager::{AttemptId, ConnId, ConnectFailure, Event};
+
+/// Where a connection stands.
+pub(super) enum ConnState {
+    /// Outbound, in its handshake: the manager's `attempt` waits for it,
+    /// and the peer must prove `expected`.
+    Dialing {
+        /// The manager's attempt.
+        attempt: AttemptId,
+        /// The TLS verifier, which notes the NodeId the peer presented.
+        verifier: Arc<ExpectNodeId>,
+        /// The NodeId dialled.
+        expected: NodeId,
+    },
+    /// Inbound, in its handshake.
+    Accepting,
+    /// Up: the manager knows it (it got `ConnectionUp`).
+    Established,
+    /// Given up by this node (its deadline passed, the wrong peer) or
+    /// lost, its attempt answered; quinn drains it.
+    Closing,
+}
+
+/// A QUIC connection and its streams.
+pub(super) struct QuicConn {
+    pub(super) handle: ConnectionHandle,
+    pub(super) conn: quinn_proto::Connection,
+    pub(super) state: ConnState,
+    pub(super) streams: BTreeMap<quinn_proto::StreamId, Stream>,
+}
+
+impl QuicConn {
+    pub(super) fn new(
+        handle: ConnectionHandle,
+        conn: quinn_proto::Connection,
+        state: ConnState,
+    ) -> Self {
+        Self {
+            handle,
+            conn,
+            state,
+            streams: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the connection is up (the manager may use it).
+    pub(super) fn is_up(&self) -> bool {
+        matches!(self.state, ConnState::Established)
+    }
+}
+
+impl Node {
+    /// Whether a connection to `address` is up.
+    pub(super) fn connected_to(&self, address: SocketAddr) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.is_up() && c.conn.remote_address() == address)
+    }
+
+    /// An outbound connection's handshake took too long: it is closed and
+    /// its attempt fails.
+    pub(super) fn on_connect_deadline(&mut self, id: ConnId) {
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match c.state {
+            ConnState::Dialing { attempt, .. } => {
+                c.conn
+                    .close(now.mono, VarInt::from_u32(0), bytes::Bytes::new());
+                c.state = ConnState::Closing;
+                self.manager.handle(
+                    now,
+                    Event::ConnectFailed {
+                        attempt,
+                        failure: ConnectFailure::Timeout,
+                    },
+                );
+            }
+            // The deadline is stopped when the handshake ends, and set
+            // for outbound connections only.
+            ConnState::Accepting | ConnState::Established | ConnState::Closing => {}
+        }
+    }
+
+    /// Moves one connection along; true if anything happened.
+    pub(super) fn drive_conn(&mut self, id: ConnId) -> bool {
+        let now = self.now;
+        let mut progressed = false;
+        let mut events = Vec::new();
+        let mut transmits = Vec::new();
+        let mut drained = false;
+        let mut up = false;
+        if let Some(c) = self.conns.get_mut(&id) {
+            up = c.is_up();
+            while let Some(event) = c.conn.poll_endpoint_events() {
+                drained |= event.is_drained();
+                if let Some(reply) = self.endpoint.handle_event(c.handle, event) {
+                    c.conn.handle_event(reply);
+                }
+            }
+            while let Some(event) = c.conn.poll() {
+                events.push(event);
+            }
+            let mut buf = Vec::new();
+            while let Some(t) = c.conn.poll_transmit(now.mono, 1, &mut buf) {
+                transmits.push((
+                    t.destination,
+                    buf.get(..t.size).unwrap_or_default().to_vec(),
+                ));
+                buf.clear();
+            }
+        }
+        for (destination, contents) in transmits {
+            progressed = true;
+            if up {
+                self.send(destination, contents, None);
+            } else {
+                self.transmit_vec(destination, contents);
+            }
+        }
+        for event in events {
+            progressed = true;
+            self.on_conn_event(id, event);
+        }
+        if drained {
+            self.forget_conn(id);
+            progressed = true;
+        }
+        progressed
+    }
+
+    fn on_conn_event(&mut self, id: ConnId, event: quinn_proto::Event) {
+        match event {
+            quinn_proto::Event::Connected => self.on_connected(id),
+            quinn_proto::Event::ConnectionLost { reason } => self.on_lost(id, reason),
+            quinn_proto::Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                let mut accepted = Vec::new();
+                if let Some(c) = self.conns.get_mut(&id) {
+                    while let Some(stream) = c.conn.streams().accept(Dir::Bi) {
+                        c.streams.insert(stream, Stream::new(Role::Unknown));
+                        accepted.push(stream);
+                    }
+                }
+                // Data that came with the opening raises no Readable event of its own.
+                for stream in accepted {
+                    self.on_readable(id, stream);
+                }
+            }
+            quinn_proto::Event::Stream(StreamEvent::Readable { id: stream }) => {
+                self.on_readable(id, stream)
+            }
+            quinn_proto::Event::Stream(StreamEvent::Writable { id: stream }) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    flush(c, stream);
+                }
+            }
+            quinn_proto::Event::Stream(StreamEvent::Stopped { id: stream, .. }) => {
+                self.close_stream(id, stream);
+            }
+            // Unidirectional streams are not allowed (their limit is 0),
+            // datagrams are off, and the rest needs no action.
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self, id: ConnId) {
+        let now = self.now;
+        self.timers.cancel(NetTimer::ConnectDeadline(id));
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let (attempt, expected) = match c.state {
+            ConnState::Dialing {
+                attempt, expected, ..
+            } => (Some(attempt), Some(expected)),
+            ConnState::Accepting => (None, None),
+            // A connection given up on is not taken up again.
+            ConnState::Established | ConnState::Closing => return,
+        };
+        let peer = c
+            .conn
+            .crypto_session()
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|certs| certs.first().and_then(|cert| node_id_of(cert)));
+        let remote = c.conn.remote_address();
+        match peer {
+            Some(peer) if expected.is_none_or(|e| e == peer) => {
+                c.state = ConnState::Established;
+                self.manager.handle(
+                    now,
+                    Event::ConnectionUp {
+                        conn: id,
+                        peer,
+                        remote,
+                        attempt,
+                    },
+                );
+            }
+            found => {
+                let code = ConnectionErrorCode::PeerIdMismatch;
+                c.conn.close(
+                    now.mono,
+                    VarInt::from_u32(code.code()),
+                    bytes::Bytes::from_static(code.reason().as_bytes()),
+                );
+                c.state = ConnState::Closing;
+                if let Some(attempt) = attempt {
+                    let failure = match found {
+                        Some(found) => ConnectFailure::WrongNodeId { found },
+                        None => ConnectFailure::Transport("no peer certificate".to_owned()),
+                    };
+                    self.manager
+                        .handle(now, Event::ConnectFailed { attempt, failure });
+                }
+            }
+        }
+    }
+
+    fn on_lost(&mut self, id: ConnId, reason: ConnectionError) {
+        let now = self.now;
+        self.timers.cancel(NetTimer::ConnectDeadline(id));
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match std::mem::replace(&mut c.state, ConnState::Closing) {
+            ConnState::Dialing {
+                attempt,
+                verifier,
+                expected,
+            } => {
+                let found = verifier.found.lock().ok().and_then(|f| *f);
+                let failure = match found {
+                    Some(found) if found != expected => ConnectFailure::WrongNodeId { found },
+                    _ => match reason {
+                        ConnectionError::TimedOut => ConnectFailure::Timeout,
+                        other => ConnectFailure::Transport(other.to_string()),
+                    },
+                };
+                self.manager
+                    .handle(now, Event::ConnectFailed { attempt, failure });
+            }
+            ConnState::Established => {
+                self.fail_streams(id);
+                self.manager
+                    .handle(now, Event::ConnectionClosed { conn: id });
+            }
+            ConnState::Accepting | ConnState::Closing => {}
+        }
+    }
+
+    /// A drained connection is gone for good.
+    fn forget_conn(&mut self, id: ConnId) {
+        self.fail_streams(id);
+        if let Some(c) = self.conns.remove(&id) {
+            self.by_handle.remove(&c.handle.0);
+            if c.is_up() {
+                self.manager
+                    .handle(self.now, Event::ConnectionClosed { conn: id });
+            }
+        }
+        self.timers.cancel(NetTimer::ConnectDeadline(id));
+    }
+}

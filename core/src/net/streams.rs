@@ -1,0 +1,362 @@
+//! Streams of a [`Node`]'s connections: their framing (each frame a 4-byte
+//! big-endian length and a [`wire`] message) and their routing (which
+//! manager request, peer request or claim exchange a QUIC stream carries:
+//! its [`Role`]). A frame is matched against the role of its stream; a frame
+//! the role does not allow resets the stream.
+
+use quinn_proto::{Dir, VarInt};
+
+use super::connection::QuicConn;
+use super::node::Node;
+use super::timers::NetTimer;
+use crate::conn_error::ConnectionErrorCode;
+use crate::manager::{ConnId, Event, PeerRequestId, RequestId, RpcFailure, StreamId};
+use crate::wire::{self, DecodeError, Frame};
+
+/// A length prefix: 4 bytes, big-endian.
+const LEN_PREFIX: usize = 4;
+
+/// What a QUIC stream carries.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Role {
+    /// Inbound, before its first frame says what it is.
+    Unknown,
+    /// We sent a request; the response comes back on it.
+    Request(RequestId),
+    /// The peer's request; we answer on it.
+    Serve(PeerRequestId),
+    /// A claim exchange.
+    Claim(StreamId),
+}
+
+/// A stream's role and its buffers.
+#[derive(Debug)]
+pub(super) struct Stream {
+    role: Role,
+    /// Received bytes not yet a whole frame.
+    recv: Vec<u8>,
+    /// Bytes the stream could not take yet.
+    send: Vec<u8>,
+    /// Finish the sending side once `send` is written.
+    finish: bool,
+}
+
+impl Stream {
+    pub(super) fn new(role: Role) -> Self {
+        Self {
+            role,
+            recv: Vec::new(),
+            send: Vec::new(),
+            finish: false,
+        }
+    }
+}
+
+/// Writes what a stream has pending, and finishes it when asked and done.
+pub(super) fn flush(c: &mut QuicConn, stream: quinn_proto::StreamId) {
+    let Some(s) = c.streams.get_mut(&stream) else {
+        return;
+    };
+    let mut send = c.conn.send_stream(stream);
+    while !s.send.is_empty() {
+        match send.write(&s.send) {
+            Ok(n) if n > 0 => {
+                s.send.drain(..n);
+            }
+            _ => break,
+        }
+    }
+    if s.send.is_empty() && s.finish {
+        let _ = send.finish();
+        s.finish = false;
+    }
+}
+
+impl Node {
+    /// Opens a stream on an up connection and sends its first frame.
+    pub(super) fn open_stream(
+        &mut self,
+        conn: ConnId,
+        role: Role,
+        frame: Frame,
+        finish: bool,
+    ) -> Option<quinn_proto::StreamId> {
+        let c = self.conns.get_mut(&conn).filter(|c| c.is_up())?;
+        let stream = c.conn.streams().open(Dir::Bi)?;
+        c.streams.insert(stream, Stream::new(role));
+        self.send_frame(conn, stream, &frame, finish);
+        Some(stream)
+    }
+
+    pub(super) fn send_frame(
+        &mut self,
+        conn: ConnId,
+        stream: quinn_proto::StreamId,
+        frame: &Frame,
+        finish: bool,
+    ) {
+        let Ok(payload) = wire::encode(frame, self.max_frame) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(s) = c.streams.get_mut(&stream) else {
+            return;
+        };
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        s.send.extend_from_slice(&len.to_be_bytes());
+        s.send.extend_from_slice(&payload);
+        s.finish |= finish;
+        flush(c, stream);
+    }
+
+    /// A request's deadline passed: its stream is abandoned and it fails.
+    pub(super) fn on_request_timeout(&mut self, request: RequestId) {
+        let now = self.now;
+        if let Some((conn, stream)) = self.requests.remove(&request) {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                let _ = c.conn.send_stream(stream).reset(VarInt::from_u32(0));
+                let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+                c.streams.remove(&stream);
+            }
+            self.manager.handle(
+                now,
+                Event::ResponseReceived {
+                    request,
+                    result: Err(RpcFailure::Timeout),
+                },
+            );
+        }
+    }
+
+    /// Ends the requests and claim streams of a lost connection.
+    pub(super) fn fail_streams(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let streams: Vec<Stream> = std::mem::take(&mut c.streams).into_values().collect();
+        for s in streams {
+            self.end_role(s.role, false);
+        }
+    }
+
+    /// Forgets what a stream carried and tells the manager it ended; with
+    /// `only_if_routed` (a stream closed by either side) only if its route
+    /// was still known. A lost connection tells of every stream it had.
+    fn end_role(&mut self, role: Role, only_if_routed: bool) {
+        let now = self.now;
+        match role {
+            Role::Request(request) => {
+                let known = self.requests.remove(&request).is_some();
+                if known || !only_if_routed {
+                    self.timers.cancel(NetTimer::Request(request));
+                    self.manager.handle(
+                        now,
+                        Event::ResponseReceived {
+                            request,
+                            result: Err(RpcFailure::ConnectionClosed),
+                        },
+                    );
+                }
+            }
+            Role::Claim(stream) => {
+                let known = self.claim_streams.remove(&stream).is_some();
+                if known || !only_if_routed {
+                    self.manager.handle(now, Event::StreamClosed { stream });
+                }
+            }
+            Role::Serve(peer_request) => {
+                self.peer_requests.remove(&peer_request);
+            }
+            Role::Unknown => {}
+        }
+    }
+
+    pub(super) fn close_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
+        let Some(s) = self
+            .conns
+            .get_mut(&id)
+            .and_then(|c| c.streams.remove(&stream))
+        else {
+            return;
+        };
+        self.end_role(s.role, true);
+    }
+
+    pub(super) fn on_readable(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
+        let limit = self.max_frame + LEN_PREFIX;
+        let mut finished = false;
+        let mut too_big = false;
+        {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let Some(s) = c.streams.get_mut(&stream) else {
+                return;
+            };
+            let mut recv = c.conn.recv_stream(stream);
+            if let Ok(mut chunks) = recv.read(true) {
+                loop {
+                    match chunks.next(limit) {
+                        Ok(Some(chunk)) => {
+                            s.recv.extend_from_slice(&chunk.bytes);
+                            if s.recv.len() > 2 * limit {
+                                too_big = true;
+                                break;
+                            }
+                        }
+                        Ok(None) => {
+                            finished = true;
+                            break;
+                        }
+                        // Nothing more for now: wait for the next Readable.
+                        Err(quinn_proto::ReadError::Blocked) => break,
+                        Err(quinn_proto::ReadError::Reset(_)) => {
+                            finished = true;
+                            break;
+                        }
+                    }
+                }
+                let _ = chunks.finalize();
+            }
+        }
+        if too_big {
+            self.reject_stream(id, stream);
+            return;
+        }
+        while let Some(frame) = self.take_frame(id, stream) {
+            match frame {
+                Ok(frame) => self.on_frame(id, stream, frame),
+                Err(_) => {
+                    self.reject_stream(id, stream);
+                    return;
+                }
+            }
+        }
+        let ends = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.streams.get(&stream))
+            .is_some_and(|s| match s.role {
+                // The exchange is over when the peer finishes.
+                Role::Claim(_) | Role::Request(_) => true,
+                // We answer first; an unknown stream waits for its frame.
+                Role::Serve(_) | Role::Unknown => false,
+            });
+        if finished && ends {
+            self.close_stream(id, stream);
+        }
+    }
+
+    /// The next whole frame of a stream's receive buffer.
+    fn take_frame(
+        &mut self,
+        id: ConnId,
+        stream: quinn_proto::StreamId,
+    ) -> Option<Result<Frame, DecodeError>> {
+        let max = self.max_frame;
+        let s = self.conns.get_mut(&id)?.streams.get_mut(&stream)?;
+        let prefix: [u8; LEN_PREFIX] = s.recv.get(..LEN_PREFIX)?.try_into().ok()?;
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > max {
+            return Some(Err(DecodeError::TooLarge {
+                size: len,
+                limit: max,
+            }));
+        }
+        let frame = s.recv.get(LEN_PREFIX..LEN_PREFIX + len)?.to_vec();
+        s.recv.drain(..LEN_PREFIX + len);
+        Some(wire::decode_frame(&frame, max))
+    }
+
+    /// A peer broke the framing or sent too much: the stream is reset.
+    fn reject_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            let code = VarInt::from_u32(ConnectionErrorCode::ProtocolViolation.code());
+            let _ = c.conn.recv_stream(stream).stop(code);
+            let _ = c.conn.send_stream(stream).reset(code);
+        }
+        self.close_stream(id, stream);
+    }
+
+    /// Routes a frame by its stream's role.
+    fn on_frame(&mut self, id: ConnId, stream: quinn_proto::StreamId, frame: Frame) {
+        let now = self.now;
+        let Some(role) = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.streams.get(&stream))
+            .map(|s| s.role)
+        else {
+            return;
+        };
+        match (role, frame) {
+            (Role::Unknown, Frame::Request(body)) => {
+                let request = PeerRequestId(self.fresh_id());
+                self.set_role(id, stream, Role::Serve(request));
+                self.peer_requests.insert(request, (id, stream));
+                self.manager.handle(
+                    now,
+                    Event::RequestReceived {
+                        conn: id,
+                        request,
+                        body,
+                    },
+                );
+            }
+            (Role::Unknown, Frame::Claim(message)) => {
+                let core_stream = StreamId::Remote(self.fresh_id());
+                self.set_role(id, stream, Role::Claim(core_stream));
+                self.claim_streams.insert(core_stream, (id, stream));
+                self.manager.handle(
+                    now,
+                    Event::StreamOpened {
+                        conn: id,
+                        stream: core_stream,
+                        message,
+                    },
+                );
+            }
+            (Role::Request(request), Frame::Response(body)) => {
+                if self.requests.remove(&request).is_some() {
+                    self.timers.cancel(NetTimer::Request(request));
+                    self.manager.handle(
+                        now,
+                        Event::ResponseReceived {
+                            request,
+                            result: Ok(body),
+                        },
+                    );
+                }
+            }
+            (Role::Claim(core_stream), Frame::Claim(message)) => {
+                self.manager.handle(
+                    now,
+                    Event::StreamReceived {
+                        stream: core_stream,
+                        message,
+                    },
+                );
+            }
+            // A response nobody asked for, a second request, a request or
+            // response inside a claim exchange, anything after our answer.
+            (Role::Unknown, Frame::Response(_))
+            | (Role::Request(_), Frame::Request(_) | Frame::Claim(_))
+            | (Role::Serve(_), Frame::Request(_) | Frame::Response(_) | Frame::Claim(_))
+            | (Role::Claim(_), Frame::Request(_) | Frame::Response(_)) => {
+                self.reject_stream(id, stream)
+            }
+        }
+    }
+
+    fn set_role(&mut self, id: ConnId, stream: quinn_proto::StreamId, role: Role) {
+        if let Some(s) = self
+            .conns
+            .get_mut(&id)
+            .and_then(|c| c.streams.get_mut(&stream))
+        {
+            s.role = role;
+        }
+    }
+}
