@@ -6,14 +6,42 @@
 //! [`StoreOp`]s that a driver applies atomically. The same inputs always give
 //! the same outputs, which is what makes simulation and fuzzing possible.
 //!
-//! This crate holds the spec's types and the routing table:
-//! - identity: [`NodeId`] (text form `v` + base32hex), [`Distance`], [`BucketIndex`];
-//! - addresses and contacts: [`NodeAddress`], [`NodeContact`], [`NodeContactAddressData`];
-//! - the routing table: [`NodeGraph`] with its two [`NodeGraphSpace`]s;
-//! - bootstrap: [`SeedNodes`]; close codes: [`ConnectionErrorCode`];
-//! - persistence: [`StoreOp`], [`GraphSnapshot`]; bounds: [`Config`];
-//! - the node manager: [`NodeManager`], the spec's NodeManager as a sans-IO
-//!   state machine ([`Event`] in, [`Command`] out), and its [`wire`] messages.
+//! # Layers
+//!
+//! From the bottom up, each usable alone:
+//! - **Types and the routing table**: identity ([`NodeId`], text form `v` +
+//!   base32hex, [`Distance`], [`BucketIndex`]); addresses and contacts
+//!   ([`NodeAddress`], [`NodeContact`], [`NodeContactAddressData`]); the
+//!   routing table [`NodeGraph`] with its two [`NodeGraphSpace`]s (module
+//!   `graph/`: the table, spaces, persistence, closest, diversity);
+//!   bootstrap ([`SeedNodes`]); close codes ([`ConnectionErrorCode`]);
+//!   persistence records ([`StoreOp`], [`Snapshot`]); bounds ([`Config`]);
+//!   [`wire`] messages; [`claims`] (signed claims, sigchain, gestalt links).
+//! - **The manager** ([`NodeManager`], module `manager/`): the spec's
+//!   NodeManager, speaking in NodeIds and connection events, never in QUIC
+//!   bytes. [`Event`] in, [`Command`] out, user calls as methods or one
+//!   [`UserCall`]; operations are ids ending in one [`Output::Done`]. Inside,
+//!   an operation table, a correlation table of what each operation waits
+//!   for, a set of single-instance jobs, a deadline table keyed by [`Timer`],
+//!   and the long operations whose rules are pure machines of their own (the
+//!   lookup, a GC round) wired to dials and requests.
+//! - **The net layer** ([`net::Node`], module `net/`): the manager over
+//!   QUIC (quinn-proto, rustls), hole punching and mDNS. A driver sees only
+//!   [`net::DriverEvent`] in and [`net::NetCommand`] out, plus
+//!   [`net::Node::call`]; the manager's connection events and commands stay
+//!   inside. One file per concept: the composition, the driver surface,
+//!   connection state, stream framing and routing, punching, timers, TLS,
+//!   mDNS.
+//! - **`testing`** (feature `testing`): the one simulated driver of
+//!   managers (a message network, a scripted single manager, a model store)
+//!   used by the core's tests, the simulator's manager level and the fuzz
+//!   target.
+//!
+//! # Driving
+//!
+//! After every input (an event, a timeout, a call) drain `poll()` until it
+//! returns `None`, then wait for the next input or for `poll_timeout()`.
+//! Time must not go backwards; an early `handle_timeout` does nothing.
 
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]

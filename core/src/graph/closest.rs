@@ -12,7 +12,7 @@ impl NodeGraph {
     ///
     /// Spec: `NodeGraph.getClosestNodes`. Buckets cover disjoint ranges of
     /// distance to `target`, and those ranges are totally ordered (see
-    /// [`bucket_rank`]), so whole buckets are taken in rank order until
+    /// `bucket_rank`), so whole buckets are taken in rank order until
     /// `limit` contacts are in hand, and only those are sorted.
     pub fn closest(&self, target: &NodeId, limit: usize) -> Vec<&BucketEntry> {
         self.closest_where(target, limit, |_| true)
