@@ -558,7 +558,8 @@ impl NodeManager {
     }
 
     fn on_batch(&mut self, batch: BatchId, result: Result<(), String>) {
-        // A batch nobody waits for (or whose operation ended) is no news.
+        // A batch nobody waits for is no news; one whose operation ended
+        // is stale.
         if let Some(op) = self.waits.take(Wait::Batch(batch)) {
             self.input(op, Input::Committed { result });
         }

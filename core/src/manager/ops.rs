@@ -167,7 +167,7 @@ impl NodeManager {
     }
 
     /// Feeds `input` to whoever waits for `wait`; an answer nobody waits
-    /// for is counted stale.
+    /// for, or whose operation ended, is counted stale.
     pub(super) fn input_wait(&mut self, wait: Wait, input: Input) {
         match self.waits.take(wait) {
             Some(op) => self.input(op, input),
@@ -314,7 +314,8 @@ impl NodeManager {
     }
 
     /// Releases what an ending operation held outside itself: the chain,
-    /// its jobs, its waits (an open mDNS query is ended). Looked up by id,
+    /// its jobs, its open-ended waits (an mDNS query is ended, a claim
+    /// stream forgotten; see `waits` for the others). Looked up by id,
     /// so it works whatever state the operation ended in.
     fn forget_op(&mut self, id: OpId) {
         self.release_chain(id);

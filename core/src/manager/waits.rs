@@ -4,10 +4,21 @@
 //! Every command whose answer comes back as an event (a connection attempt,
 //! a request, an mDNS query, a store batch, a claim stream) registers a
 //! [`Wait`] for the operation that sent it. The answer takes the wait and
-//! goes to that operation; an answer nobody waits for is stale. When an
-//! operation ends, all its waits go with it (the reverse index makes that a
-//! lookup, not a scan), so an answer arriving later is stale too, exactly as
-//! one addressed to the ended operation would be.
+//! goes to that operation; an answer nobody waits for is stale.
+//!
+//! Two kinds of wait end differently when their operation ends first:
+//! - an attempt, a request and a batch always get their answer (the driver
+//!   reports every attempt's end, every request times out, every batch
+//!   commits or fails), so such a wait stays until then and its answer,
+//!   addressed to an operation no longer there, is counted stale. That
+//!   costs nothing on the hot path, where the answer arrives while its
+//!   operation waits;
+//! - an mDNS query and a claim stream may never end by themselves, so they
+//!   are indexed by operation too and go when it ends (the query is then
+//!   ended with the driver).
+//!
+//! Either way nothing outlives an operation by more than the answer's own
+//! bound, and [`Waits::clear`] drops everything when the manager stops.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,14 +42,24 @@ pub(crate) enum Wait {
 impl Wait {
     /// The smallest wait, to start a range of an operation's.
     const MIN: Wait = Wait::Attempt(AttemptId(0));
+
+    /// Whether the wait goes when its operation ends (no answer is bound
+    /// to come), rather than at its answer.
+    fn ends_with_op(self) -> bool {
+        match self {
+            Wait::Query(_) | Wait::Stream(_) => true,
+            Wait::Attempt(_) | Wait::Request(_) | Wait::Batch(_) => false,
+        }
+    }
 }
 
-/// The waits in flight, by what is awaited and by the operation waiting.
+/// The waits in flight, by what is awaited and, for those that end with
+/// their operation, by the operation waiting.
 #[derive(Debug, Default)]
 pub(crate) struct Waits {
     waiting: BTreeMap<Wait, OpId>,
-    /// Each operation's waits, ordered by operation then wait: an ending
-    /// operation's are one range.
+    /// The waits that end with their operation ([`Wait::ends_with_op`]),
+    /// ordered by operation then wait: an ending operation's are one range.
     by_op: BTreeSet<(OpId, Wait)>,
 }
 
@@ -50,7 +71,9 @@ impl Waits {
             // index right if it does.
             self.unindex(previous, wait);
         }
-        self.by_op.insert((op, wait));
+        if wait.ends_with_op() {
+            self.by_op.insert((op, wait));
+        }
     }
 
     /// The operation waiting for `wait`, which stays registered (a stream
@@ -66,7 +89,8 @@ impl Waits {
         Some(op)
     }
 
-    /// Drops every wait of `op` (it ended) and returns them in order.
+    /// Drops the waits of `op` that end with it ([`Wait::ends_with_op`])
+    /// and returns them in order.
     pub(crate) fn end_op(&mut self, op: OpId) -> Vec<Wait> {
         let mut waits = Vec::new();
         while let Some(&(o, wait)) = self.by_op.range((op, Wait::MIN)..).next() {
@@ -103,7 +127,9 @@ impl Waits {
     }
 
     fn unindex(&mut self, op: OpId, wait: Wait) {
-        self.by_op.remove(&(op, wait));
+        if wait.ends_with_op() {
+            self.by_op.remove(&(op, wait));
+        }
     }
 }
 
@@ -122,18 +148,26 @@ mod tests {
     }
 
     #[test]
-    fn an_ended_op_leaves_nothing_behind() {
+    fn an_ended_op_leaves_no_open_ended_wait_behind() {
         let mut waits = Waits::default();
         waits.register(Wait::Query(QueryId(3)), OpId(1));
         waits.register(Wait::Stream(StreamId::Local(4)), OpId(1));
+        waits.register(Wait::Stream(StreamId::Local(5)), OpId(1));
+        waits.register(Wait::Request(RequestId(8)), OpId(1));
         waits.register(Wait::Batch(BatchId(7)), OpId(2));
+        waits.register(Wait::Query(QueryId(9)), OpId(2));
         let _ = waits.take(Wait::Stream(StreamId::Local(4)));
-        assert_eq!(waits.end_op(OpId(1)), vec![Wait::Query(QueryId(3))]);
+        assert_eq!(
+            waits.end_op(OpId(1)),
+            vec![Wait::Query(QueryId(3)), Wait::Stream(StreamId::Local(5))]
+        );
         assert_eq!(waits.get(Wait::Query(QueryId(3))), None);
         assert_eq!(waits.end_op(OpId(1)), vec![]);
+        // The request's answer is bound to come; it finds the ended op.
+        assert_eq!(waits.take(Wait::Request(RequestId(8))), Some(OpId(1)));
         assert_eq!(waits.get(Wait::Batch(BatchId(7))), Some(OpId(2)));
-        assert_eq!(waits.by_op.len(), 1);
-        assert_eq!(waits.end_op(OpId(2)), vec![Wait::Batch(BatchId(7))]);
+        assert_eq!(waits.end_op(OpId(2)), vec![Wait::Query(QueryId(9))]);
+        assert!(waits.by_op.is_empty());
     }
 
     #[test]
