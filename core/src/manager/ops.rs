@@ -95,7 +95,9 @@ pub(super) enum OpKind {
 }
 
 pub(super) struct OpEntry {
-    kind: OpKind,
+    /// `None` while the operation is being stepped: it is then out of the
+    /// table for every purpose (see [`OpTable`]).
+    kind: Option<OpKind>,
     parent: Parent,
     /// Operations told of this one's end, beside its parent (for example
     /// blocking `set_node`s waiting on one garbage collection).
@@ -103,26 +105,71 @@ pub(super) struct OpEntry {
 }
 
 /// The operations in flight and their children. An operation being
-/// stepped is out of the table until its step returns.
+/// stepped is out of the table until its step returns: its entry stays
+/// where it is (no remove and insert per input, which moved whole entries
+/// about a B-tree node), but with its state taken, and every query here
+/// treats it as absent, as a removed entry would be.
 #[derive(Default)]
 pub(super) struct OpTable {
     entries: BTreeMap<OpId, OpEntry>,
     children: BTreeMap<OpId, BTreeSet<OpId>>,
+    /// Entries whose state is taken (being stepped).
+    stepping: usize,
 }
 
 impl OpTable {
     pub(super) fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() - self.stepping
     }
 
     pub(super) fn contains(&self, op: OpId) -> bool {
-        self.entries.contains_key(&op)
+        self.entries.get(&op).is_some_and(|e| e.kind.is_some())
+    }
+
+    /// Takes the state of `op` out to step it.
+    fn take_kind(&mut self, op: OpId) -> Option<OpKind> {
+        let kind = self.entries.get_mut(&op)?.kind.take()?;
+        self.stepping += 1;
+        Some(kind)
+    }
+
+    /// Puts the state of a stepped `op` back.
+    fn put_kind(&mut self, op: OpId, kind: OpKind) {
+        if let Some(entry) = self.entries.get_mut(&op)
+            && entry.kind.is_none()
+        {
+            entry.kind = Some(kind);
+            self.stepping -= 1;
+        }
+    }
+
+    /// Removes a stepped `op` (its step ended it).
+    fn remove_stepped(&mut self, op: OpId) -> Option<OpEntry> {
+        let entry = self.entries.remove(&op)?;
+        if entry.kind.is_none() {
+            self.stepping -= 1;
+        }
+        Some(entry)
+    }
+
+    /// Removes `op` unless it is being stepped.
+    fn remove(&mut self, op: OpId) -> Option<OpEntry> {
+        if !self.contains(op) {
+            return None;
+        }
+        self.entries.remove(&op)
     }
 
     fn clear(&mut self) -> Vec<(OpId, Parent)> {
-        let ended = self.entries.iter().map(|(id, e)| (*id, e.parent)).collect();
+        let ended = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kind.is_some())
+            .map(|(id, e)| (*id, e.parent))
+            .collect();
         self.entries.clear();
         self.children.clear();
+        self.stepping = 0;
         ended
     }
 }
@@ -144,7 +191,7 @@ impl NodeManager {
         self.ops.entries.insert(
             id,
             OpEntry {
-                kind,
+                kind: Some(kind),
                 parent,
                 watchers: Vec::new(),
             },
@@ -178,27 +225,17 @@ impl NodeManager {
     /// Processes queued inputs until none is left.
     pub(super) fn run(&mut self) {
         while let Some((id, input)) = self.inputs.pop_front() {
-            let Some(entry) = self.ops.entries.remove(&id) else {
+            let Some(kind) = self.ops.take_kind(id) else {
                 self.stats.stale_events += 1;
                 continue;
             };
-            let OpEntry {
-                kind,
-                parent,
-                watchers,
-            } = entry;
             match self.step(id, kind, input) {
-                Step::Continue(kind) => {
-                    self.ops.entries.insert(
-                        id,
-                        OpEntry {
-                            kind,
-                            parent,
-                            watchers,
-                        },
-                    );
+                Step::Continue(kind) => self.ops.put_kind(id, kind),
+                Step::Done(result) => {
+                    if let Some(entry) = self.ops.remove_stepped(id) {
+                        self.finish(id, entry.parent, entry.watchers, result);
+                    }
                 }
-                Step::Done(result) => self.finish(id, parent, watchers, result),
             }
         }
     }
@@ -232,7 +269,7 @@ impl NodeManager {
     /// Cancels an operation of the caller's: it ends with `Cancelled`.
     pub fn cancel(&mut self, now: crate::time::Now, op: OpId) -> Result<(), ApiError> {
         self.advance_clock(now);
-        let Some(entry) = self.ops.entries.remove(&op) else {
+        let Some(entry) = self.ops.remove(op) else {
             return Err(ApiError::UnknownOperation(op));
         };
         self.finish(op, entry.parent, entry.watchers, Err(OpError::Cancelled));
@@ -296,7 +333,7 @@ impl NodeManager {
             return;
         };
         for child in children {
-            if let Some(entry) = self.ops.entries.remove(&child) {
+            if let Some(entry) = self.ops.remove(child) {
                 self.timers.cancel(Timer::OpDeadline(child));
                 self.forget_op(child);
                 self.cancel_children(child);
@@ -338,11 +375,11 @@ impl NodeManager {
     /// `watcher` hears of `op`'s end; false if `op` is not in flight.
     pub(super) fn add_watcher(&mut self, op: OpId, watcher: OpId) -> bool {
         match self.ops.entries.get_mut(&op) {
-            Some(entry) => {
+            Some(entry) if entry.kind.is_some() => {
                 entry.watchers.push(watcher);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 }
