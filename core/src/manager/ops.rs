@@ -383,3 +383,53 @@ impl NodeManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_with(ops: &[u64]) -> OpTable {
+        let mut table = OpTable::default();
+        for op in ops {
+            table.entries.insert(
+                OpId(*op),
+                OpEntry {
+                    kind: Some(OpKind::StoreWait(OpValue::Unit)),
+                    parent: Parent::Internal,
+                    watchers: Vec::new(),
+                },
+            );
+        }
+        table
+    }
+
+    #[test]
+    fn an_op_being_stepped_is_absent_until_put_back() {
+        let mut table = table_with(&[1, 2]);
+        let kind = table.take_kind(OpId(1)).expect("in the table");
+        assert_eq!(table.len(), 1, "max_operations sees it gone");
+        assert!(!table.contains(OpId(1)));
+        assert!(table.take_kind(OpId(1)).is_none(), "not stepped twice");
+        assert!(table.remove(OpId(1)).is_none(), "not cancelled mid-step");
+        table.put_kind(OpId(1), kind);
+        assert_eq!(table.len(), 2);
+        assert!(table.contains(OpId(1)));
+    }
+
+    #[test]
+    fn an_op_ended_by_its_step_leaves_the_count_right() {
+        let mut table = table_with(&[1]);
+        let _kind = table.take_kind(OpId(1)).expect("in the table");
+        assert!(table.remove_stepped(OpId(1)).is_some());
+        assert_eq!(table.len(), 0);
+        assert_eq!(table.stepping, 0);
+    }
+
+    #[test]
+    fn stop_lists_only_the_ops_in_the_table() {
+        let mut table = table_with(&[1, 2]);
+        let _kind = table.take_kind(OpId(1)).expect("in the table");
+        assert_eq!(table.clear(), vec![(OpId(2), Parent::Internal)]);
+        assert_eq!(table.len(), 0);
+    }
+}
