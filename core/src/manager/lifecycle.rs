@@ -53,7 +53,7 @@ impl NodeManager {
         attempt
     }
 
-    pub(super) fn connect(&mut self, attempt: AttemptId, address: SocketAddr) {
+    fn connect(&mut self, attempt: AttemptId, address: SocketAddr) {
         let Some(a) = self.dials.get(attempt) else {
             return;
         };
@@ -198,7 +198,7 @@ impl NodeManager {
 
     /// A node with no connection left to us sends us no signal requests:
     /// its bucket goes once it has refilled (see `SignalLimiter`).
-    pub(super) fn forget_signal_source(&mut self, peer: &NodeId) {
+    fn forget_signal_source(&mut self, peer: &NodeId) {
         if self.conns.primary(peer).is_none() {
             self.relay.limiter.forget_if_full(peer, self.now.mono);
         }
@@ -206,7 +206,7 @@ impl NodeManager {
 
     /// The idle time to live of a connection: longer for a node's primary
     /// connection, the more so the closer its bucket.
-    pub(super) fn idle_ttl(&self, conn: ConnId) -> Duration {
+    fn idle_ttl(&self, conn: ConnId) -> Duration {
         let base = self.config.connection_idle_ttl;
         let Some(c) = self.conns.get(conn) else {
             return base;

@@ -357,18 +357,11 @@ impl NodeManager {
     fn forget_op(&mut self, id: OpId) {
         self.release_chain(id);
         self.running.end_op(id);
-        let mut queries: Vec<_> = self
-            .waits
-            .end_op(id)
-            .into_iter()
-            .filter_map(|w| match w {
-                Wait::Query(q) => Some(q),
-                _ => None,
-            })
-            .collect();
-        queries.sort_unstable();
-        for query in queries {
-            self.commands.push_back(Command::MdnsQueryEnd { query });
+        // In wait order: the queries come out by id.
+        for wait in self.waits.end_op(id) {
+            if let Wait::Query(query) = wait {
+                self.commands.push_back(Command::MdnsQueryEnd { query });
+            }
         }
     }
 
