@@ -152,6 +152,7 @@ impl AgentLoop {
                     }
                 }
                 NetCommand::Event(event) => tracing::debug!(?event, "node event"),
+                NetCommand::App(_) => {}
             }
         }
         None

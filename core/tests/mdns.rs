@@ -806,7 +806,8 @@ impl NodeLan {
                         // No QUIC traffic, no hostnames in these tests.
                         NetCommand::Transmit(_)
                         | NetCommand::Resolve { .. }
-                        | NetCommand::Event(_) => {}
+                        | NetCommand::Event(_)
+                        | NetCommand::App(_) => {}
                     }
                 }
             }

@@ -202,6 +202,8 @@ impl DatagramLevel {
                 NetCommand::Event(event) => {
                     self.outputs.event(host, event);
                 }
+                // No application protocols in these scenarios.
+                NetCommand::App(_) => {}
                 NetCommand::Resolve { resolve, .. } => ctx.schedule(
                     Duration::ZERO,
                     host,

@@ -259,6 +259,12 @@ impl NodeManager {
         self.conns.get(conn).map(|c| (lease, c.peer))
     }
 
+    /// A use of `conn` for the net layer's application streams, held while
+    /// any is open (released with `Event::ConnectionReleased`).
+    pub(crate) fn lease_for_streams(&mut self, conn: ConnId) -> Option<LeaseId> {
+        self.lease(conn).map(|(lease, _)| lease)
+    }
+
     pub(super) fn send_request(&mut self, op: OpId, conn: ConnId, body: Request) -> RequestId {
         let request = RequestId(self.fresh_id());
         self.waits.register(Wait::Request(request), op);

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamEvent, VarInt};
 
+use super::app::{AppEvent, StreamDir, StreamHandle};
 use super::node::Node;
 use super::streams::{Role, Stream, flush};
 use super::timers::NetTimer;
 use super::tls::{ExpectNodeId, node_id_of};
 use crate::conn_error::ConnectionErrorCode;
 use crate::id::NodeId;
-use crate::manager::{AttemptId, ConnId, ConnectFailure, Event};
+use crate::manager::{AttemptId, ConnId, ConnectFailure, Event, LeaseId};
 
 /// Where a connection stands.
 pub(super) enum ConnState {
@@ -34,7 +35,10 @@ pub(super) enum ConnState {
     /// Inbound, in its handshake.
     Accepting,
     /// Up: the manager knows it (it got `ConnectionUp`).
-    Established,
+    Established {
+        /// The peer's NodeId, proven in the handshake.
+        peer: NodeId,
+    },
     /// Given up by this node (its deadline passed, the wrong peer) or
     /// lost, its attempt answered; quinn drains it.
     Closing,
@@ -46,6 +50,11 @@ pub(super) struct QuicConn {
     pub(super) conn: quinn_proto::Connection,
     pub(super) state: ConnState,
     pub(super) streams: BTreeMap<quinn_proto::StreamId, Stream>,
+    /// Application streams open on it, in either direction.
+    pub(super) app_streams: usize,
+    /// The use of the connection its application streams hold while any
+    /// is open.
+    pub(super) lease: Option<LeaseId>,
 }
 
 impl QuicConn {
@@ -59,12 +68,22 @@ impl QuicConn {
             conn,
             state,
             streams: BTreeMap::new(),
+            app_streams: 0,
+            lease: None,
         }
     }
 
     /// Whether the connection is up (the manager may use it).
     pub(super) fn is_up(&self) -> bool {
-        matches!(self.state, ConnState::Established)
+        matches!(self.state, ConnState::Established { .. })
+    }
+
+    /// The peer of an up connection.
+    pub(super) fn peer(&self) -> Option<NodeId> {
+        match self.state {
+            ConnState::Established { peer } => Some(peer),
+            _ => None,
+        }
     }
 }
 
@@ -98,7 +117,7 @@ impl Node {
             }
             // The deadline is stopped when the handshake ends, and set
             // for outbound connections only.
-            ConnState::Accepting | ConnState::Established | ConnState::Closing => {}
+            ConnState::Accepting | ConnState::Established { .. } | ConnState::Closing => {}
         }
     }
 
@@ -153,11 +172,11 @@ impl Node {
         match event {
             quinn_proto::Event::Connected => self.on_connected(id),
             quinn_proto::Event::ConnectionLost { reason } => self.on_lost(id, reason),
-            quinn_proto::Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+            quinn_proto::Event::Stream(StreamEvent::Opened { dir }) => {
                 let mut accepted = Vec::new();
                 if let Some(c) = self.conns.get_mut(&id) {
-                    while let Some(stream) = c.conn.streams().accept(Dir::Bi) {
-                        c.streams.insert(stream, Stream::new(Role::Unknown));
+                    while let Some(stream) = c.conn.streams().accept(dir) {
+                        c.streams.insert(stream, Stream::new(Role::Header));
                         accepted.push(stream);
                     }
                 }
@@ -170,15 +189,41 @@ impl Node {
                 self.on_readable(id, stream)
             }
             quinn_proto::Event::Stream(StreamEvent::Writable { id: stream }) => {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    flush(c, stream);
+                let app = match self.conns.get_mut(&id) {
+                    Some(c) => {
+                        flush(c, stream);
+                        c.streams.get(&stream).is_some_and(|s| s.role == Role::App)
+                    }
+                    None => false,
+                };
+                if app {
+                    self.app_ready(AppEvent::Writable(StreamHandle::new(id, stream)));
                 }
+                self.after_flush(id, stream);
             }
             quinn_proto::Event::Stream(StreamEvent::Stopped { id: stream, .. }) => {
-                self.close_stream(id, stream);
+                let app = self
+                    .conns
+                    .get(&id)
+                    .and_then(|c| c.streams.get(&stream))
+                    .is_some_and(|s| s.role == Role::App);
+                if app {
+                    // The writer learns the code from its next write.
+                    self.app_ready(AppEvent::Writable(StreamHandle::new(id, stream)));
+                } else {
+                    self.close_stream(id, stream);
+                }
             }
-            // Unidirectional streams are not allowed (their limit is 0),
-            // datagrams are off, and the rest needs no action.
+            quinn_proto::Event::Stream(StreamEvent::Available { dir }) => {
+                let dir = match dir {
+                    Dir::Bi => StreamDir::Bi,
+                    Dir::Uni => StreamDir::Uni,
+                };
+                self.app_ready(AppEvent::StreamsAvailable { conn: id, dir });
+            }
+            quinn_proto::Event::DatagramReceived => self.on_datagrams(id),
+            // A finished stream acknowledged, datagrams unblocked, a
+            // handshake's data: nothing to do.
             _ => {}
         }
     }
@@ -195,7 +240,7 @@ impl Node {
             } => (Some(attempt), Some(expected)),
             ConnState::Accepting => (None, None),
             // A connection given up on is not taken up again.
-            ConnState::Established | ConnState::Closing => return,
+            ConnState::Established { .. } | ConnState::Closing => return,
         };
         let peer = c
             .conn
@@ -209,7 +254,7 @@ impl Node {
         let remote = c.conn.remote_address();
         match peer {
             Some(peer) if expected.is_none_or(|e| e == peer) => {
-                c.state = ConnState::Established;
+                c.state = ConnState::Established { peer };
                 self.manager.handle(
                     now,
                     Event::ConnectionUp {
@@ -263,8 +308,9 @@ impl Node {
                 self.manager
                     .handle(now, Event::ConnectFailed { attempt, failure });
             }
-            ConnState::Established => {
+            ConnState::Established { .. } => {
                 self.fail_streams(id);
+                self.app_ready(AppEvent::ConnectionLost { conn: id });
                 self.manager
                     .handle(now, Event::ConnectionClosed { conn: id });
             }
@@ -278,6 +324,7 @@ impl Node {
         if let Some(c) = self.conns.remove(&id) {
             self.by_handle.remove(&c.handle.0);
             if c.is_up() {
+                self.app_ready(AppEvent::ConnectionLost { conn: id });
                 self.manager
                     .handle(self.now, Event::ConnectionClosed { conn: id });
             }

@@ -97,4 +97,6 @@ pub enum NetCommand {
     },
     /// Something the caller may want to know.
     Event(NodeEvent),
+    /// Readiness of an application stream or datagram.
+    App(super::app::AppEvent),
 }

@@ -16,8 +16,14 @@
 //! - `connection.rs`: one QUIC connection's state (dialing, accepting, up,
 //!   closing, each with its own data) and how it moves along;
 //! - `streams.rs`: length-prefixed framing of [`crate::wire`] messages and
-//!   routing of each stream by its role (our request, a peer's request, a
-//!   claim exchange);
+//!   routing of each stream by its role (its header not yet read, our
+//!   request, a peer's request, a claim exchange, an application's stream);
+//! - `protocol.rs`: [`Protocol`] names and the header that opens every
+//!   stream and datagram with one; `registry.rs`: the protocols a node
+//!   serves and their caps on inbound streams;
+//! - `app.rs`: application streams and datagrams (quinn-proto's stream API
+//!   without I/O, readiness as [`AppEvent`]s, each stream a use of its
+//!   connection);
 //! - `punch.rs`: hole punching (opening, holding, punching);
 //! - `timers.rs`: the net layer's deadline table ([`NetTimer`]) and the label
 //!   of the node's next deadline ([`NodeTimer`]);
@@ -36,16 +42,25 @@
 //! [`Node::poll_timeout`] when to call [`Node::handle_timeout`] next.
 //! Time must not go backwards; an early `handle_timeout` does nothing.
 
+mod app;
 mod connection;
 mod driver;
 pub mod mdns;
 mod node;
+mod protocol;
 mod punch;
+mod registry;
 mod streams;
 mod timers;
 mod tls;
 
+pub use app::{
+    AppEvent, AppStats, DatagramError, OpenError, Refusal, StreamDir, StreamError, StreamHandle,
+    StreamTables,
+};
 pub use driver::{DriverEvent, NetCommand, Transmit};
 pub use node::{NetConfig, NetError, Node};
+pub use protocol::{MAX_PROTOCOL_LEN, Protocol, ProtocolError, RESERVED_PREFIX};
+pub use registry::{ProtocolOptions, RegisterError};
 pub use timers::{NetTimer, NodeTimer};
 pub use tls::{ALPN, NodeCertificate, TlsError, node_id_of};

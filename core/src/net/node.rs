@@ -17,10 +17,12 @@ use quinn_proto::{
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::app::AppStats;
 use super::connection::{ConnState, QuicConn};
 use super::driver::{DriverEvent, NetCommand, Transmit};
 use super::mdns::MdnsService;
 use super::punch::Punch;
+use super::registry::Registry;
 use super::streams::Role;
 use super::timers::{NetTimer, NetTimers, NodeTimer};
 use super::tls::{EventClock, NodeCertificate, TlsError, client_config, server_config};
@@ -42,8 +44,31 @@ pub struct NetConfig {
     pub max_idle_timeout: Duration,
     /// Keep-alive interval. Default 10 s.
     pub keep_alive: Duration,
-    /// Bidirectional streams a peer may open at once per connection. Default 64.
+    /// Bidirectional streams a peer may open at once per connection
+    /// (keynode's requests and the applications' together). Default 100,
+    /// quinn's.
     pub max_concurrent_streams: u32,
+    /// Unidirectional streams a peer may open at once per connection.
+    /// Default 100, quinn's.
+    pub max_concurrent_uni_streams: u32,
+    /// Bytes a peer may send on one stream ahead of what is read (the
+    /// stream's flow-control window). Default 1,250,000, quinn's.
+    pub stream_receive_window: u32,
+    /// Bytes a peer may send on a connection ahead of what is read, over
+    /// every stream. Default 10,000,000 (quinn has no limit: here the
+    /// memory a peer can make a connection hold is bounded).
+    pub receive_window: u32,
+    /// Bytes written but not yet acknowledged, over every stream of a
+    /// connection: a writer is blocked beyond it. Default 10,000,000, quinn's.
+    pub send_window: u64,
+    /// Bytes of received datagrams held until read; the oldest are dropped
+    /// beyond it. 0: datagrams are refused. Default 1,250,000, quinn's.
+    pub datagram_receive_buffer: usize,
+    /// Bytes of datagrams waiting to be sent; the oldest are dropped beyond
+    /// it. Default 1 MiB, quinn's.
+    pub datagram_send_buffer: usize,
+    /// Application protocols registered at once. Default 64.
+    pub max_protocols: usize,
     /// Bytes of one hole-punching packet. Default 32.
     pub punch_packet_len: usize,
     /// Hole punches in progress at once; more are dropped. Default 64.
@@ -68,7 +93,14 @@ impl Default for NetConfig {
         Self {
             max_idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
-            max_concurrent_streams: 64,
+            max_concurrent_streams: 100,
+            max_concurrent_uni_streams: 100,
+            stream_receive_window: 1_250_000,
+            receive_window: 10_000_000,
+            send_window: 10_000_000,
+            datagram_receive_buffer: 1_250_000,
+            datagram_send_buffer: 1 << 20,
+            max_protocols: 64,
             punch_packet_len: 32,
             max_punches: 64,
             punch_ttl: 2,
@@ -118,7 +150,10 @@ pub struct Node {
     pub(super) claim_streams: BTreeMap<StreamId, (ConnId, quinn_proto::StreamId)>,
     pub(super) timers: NetTimers,
     pub(super) punches: BTreeMap<SocketAddr, Punch>,
-    out: VecDeque<NetCommand>,
+    /// The application protocols this node serves.
+    pub(super) registry: Registry,
+    pub(super) app_stats: AppStats,
+    pub(super) out: VecDeque<NetCommand>,
     pub(super) rng: ChaCha8Rng,
     pub(super) now: Now,
     next_id: u64,
@@ -182,6 +217,8 @@ impl Node {
             claim_streams: BTreeMap::new(),
             timers: NetTimers::default(),
             punches: BTreeMap::new(),
+            registry: Registry::default(),
+            app_stats: AppStats::default(),
             out: VecDeque::new(),
             rng,
             now,
@@ -338,7 +375,7 @@ impl Node {
             .min_by_key(|(t, _)| *t)
     }
 
-    fn advance(&mut self, now: Now) {
+    pub(super) fn advance(&mut self, now: Now) {
         if now.mono >= self.now.mono {
             self.now = now;
             self.clock.set(now.unix_ms);
@@ -469,7 +506,7 @@ impl Node {
                 timeout,
             } => {
                 let opened =
-                    self.open_stream(conn, Role::Request(request), Frame::Request(body), true);
+                    self.open_rpc_stream(conn, Role::Request(request), Frame::Request(body), true);
                 match opened {
                     Some(stream) => {
                         self.requests.insert(request, (conn, stream));
@@ -489,21 +526,20 @@ impl Node {
                 request,
                 body,
                 conn: _,
-            } => {
-                if let Some((conn, stream)) = self.peer_requests.remove(&request) {
-                    self.send_frame(conn, stream, &Frame::Response(body), true);
-                }
-            }
+            } => self.answer(request, &Frame::Response(body)),
             Command::OpenStream {
                 conn,
                 stream,
                 message,
-            } => match self.open_stream(conn, Role::Claim(stream), Frame::Claim(message), false) {
-                Some(s) => {
-                    self.claim_streams.insert(stream, (conn, s));
+            } => {
+                match self.open_rpc_stream(conn, Role::Claim(stream), Frame::Claim(message), false)
+                {
+                    Some(s) => {
+                        self.claim_streams.insert(stream, (conn, s));
+                    }
+                    None => self.manager.handle(now, Event::StreamClosed { stream }),
                 }
-                None => self.manager.handle(now, Event::StreamClosed { stream }),
-            },
+            }
             Command::StreamSend {
                 stream,
                 message,
@@ -639,6 +675,11 @@ fn transport(net: &NetConfig) -> TransportConfig {
     transport.max_idle_timeout(quinn_proto::IdleTimeout::try_from(net.max_idle_timeout).ok());
     transport.keep_alive_interval(Some(net.keep_alive));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(net.max_concurrent_streams));
-    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(net.max_concurrent_uni_streams));
+    transport.stream_receive_window(VarInt::from_u32(net.stream_receive_window));
+    transport.receive_window(VarInt::from_u32(net.receive_window));
+    transport.send_window(net.send_window);
+    transport.datagram_receive_buffer_size(Some(net.datagram_receive_buffer).filter(|&n| n > 0));
+    transport.datagram_send_buffer_size(net.datagram_send_buffer);
     transport
 }

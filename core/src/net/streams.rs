@@ -1,13 +1,16 @@
-//! Streams of a [`Node`]'s connections: their framing (each frame a 4-byte
+//! Streams of a [`Node`]'s connections: their protocol header (see
+//! [`super::protocol`]), keynode's RPC framing (each frame a 4-byte
 //! big-endian length and a [`wire`] message) and their routing (which
-//! manager request, peer request or claim exchange a QUIC stream carries:
-//! its [`Role`]). A frame is matched against the role of its stream; a frame
-//! the role does not allow resets the stream.
+//! manager request, peer request, claim exchange or application stream a
+//! QUIC stream carries: its [`Role`]). A frame is matched against the role of
+//! its stream; a frame the role does not allow resets the stream.
 
 use quinn_proto::{Dir, VarInt};
 
+use super::app::{AppEvent, AppSides, Refusal, StreamHandle};
 use super::connection::QuicConn;
 use super::node::Node;
+use super::protocol::{Header, Protocol, parse_header};
 use super::timers::NetTimer;
 use crate::conn_error::ConnectionErrorCode;
 use crate::manager::{ConnId, Event, PeerRequestId, RequestId, RpcFailure, StreamId};
@@ -17,14 +20,20 @@ use crate::wire::{self, DecodeError, Frame};
 const LEN_PREFIX: usize = 4;
 
 /// What a QUIC stream carries.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Role {
-    /// Inbound, before its first frame says what it is.
-    Unknown,
+    /// Inbound, before its protocol header is complete.
+    Header,
+    /// Inbound keynode RPC, before its first frame says what it is.
+    Rpc,
+    /// An application's stream: the caller reads and writes it.
+    App,
     /// We sent a request; the response comes back on it.
     Request(RequestId),
     /// The peer's request; we answer on it.
     Serve(PeerRequestId),
+    /// A peer's request we answered: it goes once the answer is written.
+    Answered,
     /// A claim exchange.
     Claim(StreamId),
 }
@@ -32,13 +41,15 @@ pub(super) enum Role {
 /// A stream's role and its buffers.
 #[derive(Debug)]
 pub(super) struct Stream {
-    role: Role,
-    /// Received bytes not yet a whole frame.
-    recv: Vec<u8>,
+    pub(super) role: Role,
+    /// Received bytes not yet a whole frame (or header).
+    pub(super) recv: Vec<u8>,
     /// Bytes the stream could not take yet.
-    send: Vec<u8>,
+    pub(super) send: Vec<u8>,
     /// Finish the sending side once `send` is written.
-    finish: bool,
+    pub(super) finish: bool,
+    /// An application stream's protocol and open sides.
+    pub(super) app: Option<AppSides>,
 }
 
 impl Stream {
@@ -48,6 +59,7 @@ impl Stream {
             recv: Vec::new(),
             send: Vec::new(),
             finish: false,
+            app: None,
         }
     }
 }
@@ -73,8 +85,8 @@ pub(super) fn flush(c: &mut QuicConn, stream: quinn_proto::StreamId) {
 }
 
 impl Node {
-    /// Opens a stream on an up connection and sends its first frame.
-    pub(super) fn open_stream(
+    /// Opens an RPC stream on an up connection and sends its first frame.
+    pub(super) fn open_rpc_stream(
         &mut self,
         conn: ConnId,
         role: Role,
@@ -83,7 +95,9 @@ impl Node {
     ) -> Option<quinn_proto::StreamId> {
         let c = self.conns.get_mut(&conn).filter(|c| c.is_up())?;
         let stream = c.conn.streams().open(Dir::Bi)?;
-        c.streams.insert(stream, Stream::new(role));
+        let mut s = Stream::new(role);
+        s.send = Protocol::rpc().header();
+        c.streams.insert(stream, s);
         self.send_frame(conn, stream, &frame, finish);
         Some(stream)
     }
@@ -136,7 +150,15 @@ impl Node {
             return;
         };
         let streams: Vec<Stream> = std::mem::take(&mut c.streams).into_values().collect();
+        // The connection's use by its application streams ends with it.
+        c.app_streams = 0;
+        c.lease = None;
         for s in streams {
+            if let Some(sides) = &s.app
+                && sides.inbound
+            {
+                self.registry.inbound_ended(&sides.protocol);
+            }
             self.end_role(s.role, false);
         }
     }
@@ -169,7 +191,40 @@ impl Node {
             Role::Serve(peer_request) => {
                 self.peer_requests.remove(&peer_request);
             }
-            Role::Unknown => {}
+            Role::Header | Role::Rpc | Role::App | Role::Answered => {}
+        }
+    }
+
+    /// Queues the answer to a peer's request; the stream goes once the
+    /// answer is written (at once, unless flow control holds it).
+    pub(super) fn answer(&mut self, request: PeerRequestId, frame: &Frame) {
+        let Some((conn, stream)) = self.peer_requests.remove(&request) else {
+            return;
+        };
+        self.set_role(conn, stream, Role::Answered);
+        self.send_frame(conn, stream, frame, true);
+        self.after_flush(conn, stream);
+    }
+
+    /// A stream's pending bytes may have been written: an answered request
+    /// whose answer is out, or an application stream done on both sides,
+    /// leaves the table.
+    pub(super) fn after_flush(&mut self, conn: ConnId, stream: quinn_proto::StreamId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(s) = c.streams.get(&stream) else {
+            return;
+        };
+        match s.role {
+            Role::Answered if s.send.is_empty() => {
+                // The request's end may not have been read yet: stopping
+                // frees quinn's side of it too.
+                let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+                c.streams.remove(&stream);
+            }
+            Role::App => self.app_flushed(conn, stream),
+            _ => {}
         }
     }
 
@@ -185,6 +240,82 @@ impl Node {
     }
 
     pub(super) fn on_readable(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
+        let role = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.streams.get(&stream))
+            .map(|s| s.role);
+        match role {
+            None => {}
+            Some(Role::App) => self.app_ready(AppEvent::Readable(StreamHandle::new(id, stream))),
+            Some(Role::Header) if self.read_header(id, stream) => self.read_frames(id, stream),
+            Some(Role::Header) => {}
+            Some(Role::Rpc | Role::Request(_) | Role::Serve(_) | Role::Claim(_)) => {
+                self.read_frames(id, stream)
+            }
+            // Whatever follows the request is not read.
+            Some(Role::Answered) => {}
+        }
+    }
+
+    /// Reads an inbound stream's header, exactly (the data after it is the
+    /// protocol's). True if the stream is now keynode's RPC, with frames to
+    /// read; an application stream is handed to the caller, a stream of an
+    /// unknown protocol is refused.
+    fn read_header(&mut self, id: ConnId, stream: quinn_proto::StreamId) -> bool {
+        let mut header = None;
+        let mut malformed = false;
+        {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return false;
+            };
+            let Some(s) = c.streams.get_mut(&stream) else {
+                return false;
+            };
+            let mut recv = c.conn.recv_stream(stream);
+            if let Ok(mut chunks) = recv.read(true) {
+                loop {
+                    match parse_header(&s.recv) {
+                        Ok(Header::Partial { need }) => match chunks.next(need) {
+                            Ok(Some(chunk)) => s.recv.extend_from_slice(&chunk.bytes),
+                            // Ended or reset before its header, or nothing more now.
+                            Ok(None) | Err(_) => break,
+                        },
+                        Ok(Header::Complete { protocol, .. }) => {
+                            header = Some(protocol);
+                            break;
+                        }
+                        Err(_) => {
+                            malformed = true;
+                            break;
+                        }
+                    }
+                }
+                let _ = chunks.finalize();
+            }
+        }
+        if malformed {
+            self.app_stats.malformed_headers += 1;
+            self.refuse_stream(id, stream, Refusal::MalformedHeader);
+            return false;
+        }
+        match header {
+            Some(protocol) => {
+                if let Some(s) = self
+                    .conns
+                    .get_mut(&id)
+                    .and_then(|c| c.streams.get_mut(&stream))
+                {
+                    s.recv.clear();
+                }
+                self.on_header(id, stream, protocol)
+            }
+            None => false,
+        }
+    }
+
+    /// Reads keynode RPC frames.
+    fn read_frames(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
         let limit = self.max_frame + LEN_PREFIX;
         let mut finished = false;
         let mut too_big = false;
@@ -242,7 +373,7 @@ impl Node {
                 // The exchange is over when the peer finishes.
                 Role::Claim(_) | Role::Request(_) => true,
                 // We answer first; an unknown stream waits for its frame.
-                Role::Serve(_) | Role::Unknown => false,
+                Role::Serve(_) | Role::Header | Role::Rpc | Role::App | Role::Answered => false,
             });
         if finished && ends {
             self.close_stream(id, stream);
@@ -271,7 +402,7 @@ impl Node {
     }
 
     /// A peer broke the framing or sent too much: the stream is reset.
-    fn reject_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
+    pub(super) fn reject_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
         if let Some(c) = self.conns.get_mut(&id) {
             let code = VarInt::from_u32(ConnectionErrorCode::ProtocolViolation.code());
             let _ = c.conn.recv_stream(stream).stop(code);
@@ -292,7 +423,7 @@ impl Node {
             return;
         };
         match (role, frame) {
-            (Role::Unknown, Frame::Request(body)) => {
+            (Role::Rpc, Frame::Request(body)) => {
                 let request = PeerRequestId(self.fresh_id());
                 self.set_role(id, stream, Role::Serve(request));
                 self.peer_requests.insert(request, (id, stream));
@@ -305,7 +436,7 @@ impl Node {
                     },
                 );
             }
-            (Role::Unknown, Frame::Claim(message)) => {
+            (Role::Rpc, Frame::Claim(message)) => {
                 let core_stream = StreamId::Remote(self.fresh_id());
                 self.set_role(id, stream, Role::Claim(core_stream));
                 self.claim_streams.insert(core_stream, (id, stream));
@@ -341,12 +472,14 @@ impl Node {
             }
             // A response nobody asked for, a second request, a request or
             // response inside a claim exchange, anything after our answer.
-            (Role::Unknown, Frame::Response(_))
+            (Role::Rpc, Frame::Response(_))
             | (Role::Request(_), Frame::Request(_) | Frame::Claim(_))
             | (Role::Serve(_), Frame::Request(_) | Frame::Response(_) | Frame::Claim(_))
             | (Role::Claim(_), Frame::Request(_) | Frame::Response(_)) => {
                 self.reject_stream(id, stream)
             }
+            // Frames are read from RPC streams only.
+            (Role::Header | Role::App | Role::Answered, _) => {}
         }
     }
 
