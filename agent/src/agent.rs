@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use keynode_core::claims::{ClaimId, SignedClaim};
-use keynode_core::net::{DriverEvent, NetConfig, Node};
+use keynode_core::net::{
+    DatagramError, DriverEvent, NetConfig, Node, OpenError, Protocol, ProtocolOptions,
+    RegisterError, StreamDir, StreamError, StreamTables,
+};
 use keynode_core::wire::{Request, Response};
 use keynode_core::{
     ApiError, BucketIndex, Config, ConnId, FindOptions, LeaseId, NodeAddress, NodeBucket,
@@ -16,9 +20,13 @@ use keynode_core::{
 };
 use keynode_store::StoreOptions;
 
+use crate::listener::Listener;
 use crate::node_loop::{AgentLoop, Inputs};
+use crate::readiness::{ListenerQueue, Readiness, ReadinessTables};
+use crate::shared::Shared;
 use crate::sockets::{mdns_socket, quic_socket};
 use crate::store_thread::StoreThread;
+use crate::stream::{RecvStream, SendStream};
 
 /// How to run an agent.
 #[derive(Clone, Debug)]
@@ -38,6 +46,9 @@ pub struct AgentConfig {
     /// On Linux, `lo` carries multicast only with an explicit interface
     /// (127.0.0.1). Default 127.0.0.1.
     pub mdns_interface: std::net::Ipv4Addr,
+    /// Datagrams held per connection and protocol until read; the oldest
+    /// are dropped beyond it. Default 256.
+    pub max_queued_datagrams: usize,
 }
 
 impl AgentConfig {
@@ -50,6 +61,7 @@ impl AgentConfig {
             net: NetConfig::default(),
             map_size: StoreOptions::default().map_size,
             mdns_interface: std::net::Ipv4Addr::LOCALHOST,
+            max_queued_datagrams: 256,
         }
     }
 }
@@ -88,6 +100,24 @@ pub enum AgentError {
     /// The agent stopped.
     #[error("the agent has stopped")]
     Stopped,
+    /// A stream failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// A stream could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A datagram could not be sent.
+    #[error(transparent)]
+    Datagram(#[from] DatagramError),
+    /// A protocol could not be listened on.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// Datagrams of a protocol nobody listens on are not kept.
+    #[error("no listener for protocol {0}: its datagrams are dropped")]
+    NotListening(Protocol),
+    /// The operation's time ran out.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
     /// An answer of an unexpected kind (a bug).
     #[error("unexpected result: {0}")]
     Unexpected(String),
@@ -95,6 +125,28 @@ pub enum AgentError {
 
 type ReadCall = Box<dyn FnOnce(&NodeManager) + Send>;
 type NetReadCall = Box<dyn FnOnce(&Node) + Send>;
+
+/// The runtime's sleep, given by the driver: `sleep(d)` is a future that
+/// completes after `d` (the agent itself owns no timer).
+pub type Sleep = Arc<dyn Fn(Duration) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// How [`Agent::with_conn_f`] and [`Agent::with_conn_g`] run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WithConnOptions {
+    /// The time for finding and connecting to the node and running the
+    /// function (the spec's `ctx` timeout); `None`: no limit.
+    pub timeout: Option<Duration>,
+}
+
+impl WithConnOptions {
+    /// With a time limit.
+    pub fn timeout(timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+        }
+    }
+}
 pub(crate) type RenewReply = oneshot::Sender<Result<NodeId, AgentError>>;
 
 pub(crate) enum Call {
@@ -111,6 +163,8 @@ pub(crate) enum Call {
 #[derive(Clone)]
 pub struct Agent {
     calls: mpsc::UnboundedSender<Call>,
+    shared: Shared,
+    sleep: Sleep,
     node_id: Arc<std::sync::Mutex<NodeId>>,
     local_addr: SocketAddr,
     data_dir: Arc<PathBuf>,
@@ -228,7 +282,7 @@ impl Agent {
     /// opens. A driver then runs [`Opened::node_loop`] on its runtime and
     /// awaits [`Agent::start_manager`]; `keynode_tokio::start` and
     /// `keynode_smol::start` do both.
-    pub fn open(config: AgentConfig) -> Result<Opened, AgentError> {
+    pub fn open(config: AgentConfig, sleep: Sleep) -> Result<Opened, AgentError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -281,16 +335,25 @@ impl Agent {
             None => None,
         };
         let (calls_tx, calls_rx) = mpsc::unbounded();
+        let shared = Shared::new(node, Readiness::new(config.max_queued_datagrams));
         let agent = Agent {
             calls: calls_tx,
+            shared: shared.clone(),
+            sleep,
             node_id: Arc::new(std::sync::Mutex::new(node_id)),
             local_addr,
             data_dir: Arc::new(config.data_dir.clone()),
         };
         Ok(Opened {
             agent,
-            node_loop: AgentLoop::new(node, store, lock, config.data_dir.clone(), events_tx),
-            inputs: Inputs::new(events_rx, calls_rx),
+            node_loop: AgentLoop::new(
+                shared.clone(),
+                store,
+                lock,
+                config.data_dir.clone(),
+                events_tx,
+            ),
+            inputs: Inputs::new(events_rx, calls_rx, shared),
             socket,
             mdns,
         })
@@ -563,7 +626,7 @@ impl Agent {
     }
 
     /// Spec `acquireConnection`: a use of a connection to `node_id`,
-    /// released when the returned value is dropped.
+    /// released when the returned value (and every clone) is dropped.
     pub async fn acquire_connection(&self, node_id: NodeId) -> Result<Connection, AgentError> {
         match self
             .op(UserCall::AcquireConnection {
@@ -572,40 +635,96 @@ impl Agent {
             })
             .await?
         {
-            OpValue::Connection { lease, conn, peer } => Ok(Connection {
+            OpValue::Connection { lease, conn, peer } => Ok(Connection(Arc::new(Lease {
                 agent: self.clone(),
                 lease,
                 conn,
                 peer,
-            }),
+            }))),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
         }
     }
 
-    /// Spec `withConnF`: runs `f` on a pooled connection to `node_id`; the
-    /// connection is released when `f` ends, fails, or is dropped.
-    pub async fn with_conn_f<T, F, Fut>(&self, node_id: NodeId, f: F) -> Result<T, AgentError>
+    /// Spec `withConnF`: runs `f` on a pooled connection to `node_id`, on
+    /// which it opens streams of its protocols; the connection is released
+    /// when `f` ends, fails, is dropped, or its time runs out.
+    pub async fn with_conn_f<T, F, Fut>(
+        &self,
+        node_id: NodeId,
+        options: WithConnOptions,
+        f: F,
+    ) -> Result<T, AgentError>
     where
-        F: FnOnce(Arc<Connection>) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = Result<T, AgentError>>,
     {
-        let conn = Arc::new(self.acquire_connection(node_id).await?);
-        f(conn).await
+        let run = async {
+            let conn = self.acquire_connection(node_id).await?;
+            f(conn).await
+        };
+        match options.timeout {
+            None => run.await,
+            Some(limit) => {
+                let run = std::pin::pin!(run);
+                match futures::future::select(run, (self.sleep)(limit)).await {
+                    futures::future::Either::Left((result, _)) => result,
+                    futures::future::Either::Right(((), _)) => Err(AgentError::Timeout(limit)),
+                }
+            }
+        }
     }
 
-    /// Spec `withConnG`: a stream produced by `g` on a pooled connection to
-    /// `node_id`; the connection is released when the stream ends or is dropped.
+    /// Spec `withConnG`: the items `g` produces from streams on a pooled
+    /// connection to `node_id`. The connection is released when the stream
+    /// ends or is dropped; when its time runs out the stream yields
+    /// `Err(Timeout)` and ends.
     pub async fn with_conn_g<T, G, S>(
         &self,
         node_id: NodeId,
+        options: WithConnOptions,
         g: G,
-    ) -> Result<impl futures::Stream<Item = T>, AgentError>
+    ) -> Result<impl futures::Stream<Item = Result<T, AgentError>> + use<T, G, S>, AgentError>
     where
-        G: FnOnce(Arc<Connection>) -> S,
+        G: FnOnce(Connection) -> S,
         S: futures::Stream<Item = T>,
     {
-        let conn = Arc::new(self.acquire_connection(node_id).await?);
-        Ok(g(conn))
+        let deadline = options.timeout.map(|limit| (limit, (self.sleep)(limit)));
+        let conn = match &deadline {
+            None => self.acquire_connection(node_id).await?,
+            Some((limit, _)) => {
+                let acquire = std::pin::pin!(self.acquire_connection(node_id));
+                match futures::future::select(acquire, (self.sleep)(*limit)).await {
+                    futures::future::Either::Left((conn, _)) => conn?,
+                    futures::future::Either::Right(((), _)) => {
+                        return Err(AgentError::Timeout(*limit));
+                    }
+                }
+            }
+        };
+        Ok(crate::deadline::Deadline::new(Box::pin(g(conn)), deadline))
+    }
+
+    /// Listens on `protocol`: its inbound streams (and datagrams) are
+    /// accepted while the returned [`Listener`] lives; dropping it stops.
+    pub fn accept(
+        &self,
+        protocol: Protocol,
+        options: ProtocolOptions,
+    ) -> Result<Listener, AgentError> {
+        let mut state = self.shared.lock();
+        state.node.register_protocol(protocol.clone(), options)?;
+        state
+            .ready
+            .listeners
+            .insert(protocol.clone(), ListenerQueue::default());
+        Ok(Listener::new(self.shared.clone(), protocol))
+    }
+
+    /// The sizes of the stream tables (the node's and the agent's), to
+    /// check that streams leave them when they end.
+    pub fn stream_tables(&self) -> (StreamTables, ReadinessTables) {
+        let state = self.shared.lock();
+        (state.node.stream_tables(), state.ready.tables())
     }
 
     /// Stops the node: operations end, the store is flushed and closed.
@@ -618,38 +737,128 @@ impl Agent {
     }
 }
 
-/// A use of a connection (from `acquire_connection`); released on drop.
-pub struct Connection {
+/// A use of a connection (from `acquire_connection`), on which streams and
+/// datagrams of any protocol are opened. Cheap to clone; the use is
+/// released when the last clone is dropped. Its streams hold uses of their
+/// own: the connection stays up while any is open.
+#[derive(Clone)]
+pub struct Connection(Arc<Lease>);
+
+struct Lease {
     agent: Agent,
     lease: LeaseId,
     conn: ConnId,
     peer: NodeId,
 }
 
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.agent.calls.unbounded_send(Call::Release(self.lease));
+    }
+}
+
 impl Connection {
     /// The peer.
     pub fn peer(&self) -> NodeId {
-        self.peer
+        self.0.peer
     }
 
     /// The connection's id.
     pub fn id(&self) -> ConnId {
-        self.conn
+        self.0.conn
     }
 
-    /// Sends a request on this connection and waits for the response.
+    /// Sends a keynode request on this connection and waits for the response.
     pub async fn request(&self, body: Request) -> Result<Response, AgentError> {
-        let conn = self.conn;
-        match self.agent.op(UserCall::Request { conn, body }).await? {
+        let conn = self.0.conn;
+        match self.0.agent.op(UserCall::Request { conn, body }).await? {
             OpValue::Response(r) => Ok(r),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
         }
     }
-}
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        let _ = self.agent.calls.unbounded_send(Call::Release(self.lease));
+    /// Opens a bidirectional stream of `protocol`, waiting while the peer's
+    /// limit of open streams is reached. Cancel-safe.
+    pub async fn open_bi(
+        &self,
+        protocol: &Protocol,
+    ) -> Result<(SendStream, RecvStream), AgentError> {
+        let stream = self.open(protocol, StreamDir::Bi).await?;
+        let shared = &self.0.agent.shared;
+        Ok((
+            SendStream::new(shared.clone(), stream, self.0.peer),
+            RecvStream::new(shared.clone(), stream, self.0.peer),
+        ))
+    }
+
+    /// Opens a unidirectional stream of `protocol`, waiting while the
+    /// peer's limit of open streams is reached. Cancel-safe.
+    pub async fn open_uni(&self, protocol: &Protocol) -> Result<SendStream, AgentError> {
+        let stream = self.open(protocol, StreamDir::Uni).await?;
+        Ok(SendStream::new(
+            self.0.agent.shared.clone(),
+            stream,
+            self.0.peer,
+        ))
+    }
+
+    async fn open(
+        &self,
+        protocol: &Protocol,
+        dir: StreamDir,
+    ) -> Result<keynode_core::net::StreamHandle, AgentError> {
+        let open = crate::open::Open::new(&self.0.agent.shared, self.0.conn, protocol, dir);
+        Ok(open.await?)
+    }
+
+    /// Sends an unreliable datagram of `protocol`.
+    pub fn send_datagram(&self, protocol: &Protocol, payload: &[u8]) -> Result<(), AgentError> {
+        let mut state = self.0.agent.shared.lock();
+        state
+            .node
+            .send_datagram(crate::now(), self.0.conn, protocol, payload)?;
+        state.wake_loop();
+        Ok(())
+    }
+
+    /// The largest datagram payload of `protocol` the connection takes now
+    /// (`None`: the peer takes no datagrams).
+    pub fn max_datagram_size(&self, protocol: &Protocol) -> Option<usize> {
+        self.0
+            .agent
+            .shared
+            .lock()
+            .node
+            .max_datagram_size(self.0.conn, protocol)
+    }
+
+    /// The next datagram of `protocol` from this connection's peer. Only
+    /// datagrams of a protocol this agent listens on ([`Agent::accept`])
+    /// are kept. Cancel-safe.
+    pub async fn read_datagram(&self, protocol: &Protocol) -> Result<Bytes, AgentError> {
+        let shared = &self.0.agent.shared;
+        let conn = self.0.conn;
+        let guard = crate::open::ForgetDatagramReader {
+            shared,
+            conn,
+            protocol,
+        };
+        let result = std::future::poll_fn(|cx| {
+            let mut state = shared.lock();
+            if !state.node.is_registered(protocol) {
+                return std::task::Poll::Ready(Err(AgentError::NotListening(protocol.clone())));
+            }
+            if state.node.connection_peer(conn).is_none() {
+                return std::task::Poll::Ready(Err(StreamError::ConnectionLost(conn).into()));
+            }
+            match state.ready.take_datagram(conn, protocol, cx.waker()) {
+                Some(bytes) => std::task::Poll::Ready(Ok(bytes)),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await;
+        drop(guard);
+        result
     }
 }
 

@@ -15,12 +15,26 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod deadline;
+mod listener;
 mod node_loop;
+mod open;
+mod readiness;
+mod shared;
 mod sockets;
 mod store_thread;
+mod stream;
 
 pub use agent::{
-    Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, load_or_create_key, now,
+    Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, Sleep, WithConnOptions,
+    load_or_create_key, now,
 };
 pub use keynode_core::net::Transmit;
+pub use keynode_core::net::{
+    DatagramError, OpenError, Protocol, ProtocolError, ProtocolOptions, Refusal, RegisterError,
+    StreamError, StreamHandle, StreamTables,
+};
+pub use listener::{IncomingStream, Listener};
 pub use node_loop::{AgentLoop, Input, Inputs, StopReply, resolved};
+pub use readiness::ReadinessTables;
+pub use stream::{ReadToEndError, RecvStream, SendStream, io_error};

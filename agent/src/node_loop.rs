@@ -23,10 +23,11 @@ use std::time::Instant;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::Either;
-use keynode_core::net::{DriverEvent, NetCommand, Node, Transmit};
+use keynode_core::net::{DriverEvent, NetCommand, Transmit};
 use keynode_core::{Hostname, OpId, OpValue, ResolveId, UserCall};
 
 use crate::agent::{AgentError, Call, now, write_key};
+use crate::shared::Shared;
 use crate::store_thread::StoreThread;
 
 /// What the driver must do for the node.
@@ -67,31 +68,51 @@ enum InputKind {
     Event(DriverEvent<'static>),
     /// A call from a handle; `None` once every handle is gone.
     Call(Option<Call>),
+    /// A stream handle changed the node: it needs draining.
+    Streams,
 }
 
-/// Where [`Input`]s come from: the handles' calls and the store thread's
-/// (and resolutions') events.
+/// Where [`Input`]s come from: the handles' calls, the store thread's
+/// (and resolutions') events, and the stream handles' changes.
 pub struct Inputs {
     events: mpsc::UnboundedReceiver<DriverEvent<'static>>,
     calls: mpsc::UnboundedReceiver<Call>,
+    shared: Shared,
 }
 
 impl Inputs {
     pub(crate) fn new(
         events: mpsc::UnboundedReceiver<DriverEvent<'static>>,
         calls: mpsc::UnboundedReceiver<Call>,
+        shared: Shared,
     ) -> Self {
-        Self { events, calls }
+        Self {
+            events,
+            calls,
+            shared,
+        }
     }
 
     /// The next input. Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Input {
-        match futures::future::select(self.events.next(), self.calls.next()).await {
-            Either::Left((Some(event), _)) => Input(InputKind::Event(event)),
+        let shared = &self.shared;
+        let streams = std::future::poll_fn(|cx| {
+            if shared.lock().take_dirty(cx.waker()) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        let channels = futures::future::select(self.events.next(), self.calls.next());
+        match futures::future::select(std::pin::pin!(streams), channels).await {
+            Either::Left(((), _)) => Input(InputKind::Streams),
+            Either::Right((Either::Left((Some(event), _)), _)) => Input(InputKind::Event(event)),
             // The loop holds an events sender, so this does not happen;
             // if it did, calls still come.
-            Either::Left((None, _)) => Input(InputKind::Call(self.calls.next().await)),
-            Either::Right((call, _)) => Input(InputKind::Call(call)),
+            Either::Right((Either::Left((None, _)), _)) => {
+                Input(InputKind::Call(self.calls.next().await))
+            }
+            Either::Right((Either::Right((call, _)), _)) => Input(InputKind::Call(call)),
         }
     }
 }
@@ -101,7 +122,7 @@ type Reply = oneshot::Sender<Result<OpValue, AgentError>>;
 /// The node, its store and the callers waiting on it: the runtime-free
 /// part of an agent's loop. Built by [`crate::Agent::open`].
 pub struct AgentLoop {
-    node: Node,
+    shared: Shared,
     store: StoreThread,
     lock: Option<std::fs::File>,
     data_dir: std::path::PathBuf,
@@ -113,14 +134,14 @@ pub struct AgentLoop {
 
 impl AgentLoop {
     pub(crate) fn new(
-        node: Node,
+        shared: Shared,
         store: StoreThread,
         lock: std::fs::File,
         data_dir: std::path::PathBuf,
         events: mpsc::UnboundedSender<DriverEvent<'static>>,
     ) -> Self {
         Self {
-            node,
+            shared,
             store,
             lock: Some(lock),
             data_dir,
@@ -138,7 +159,20 @@ impl AgentLoop {
     /// The next thing the driver must do, after carrying out every store
     /// batch and result before it. `None`: the node is drained.
     fn poll_io(&mut self) -> Option<Io> {
-        while let Some(command) = self.node.poll() {
+        loop {
+            let command = {
+                let mut state = self.shared.lock();
+                let command = state.node.poll()?;
+                match command {
+                    NetCommand::App(event) => {
+                        state.on_app_event(event);
+                        continue;
+                    }
+                    other => other,
+                }
+            };
+            // Results go to their callers outside the lock: a caller's
+            // channel may drop handles.
             match command {
                 NetCommand::Transmit(t) => return Some(Io::Transmit(t)),
                 NetCommand::MdnsTransmit(t) => return Some(Io::MdnsTransmit(t)),
@@ -155,7 +189,6 @@ impl AgentLoop {
                 NetCommand::App(_) => {}
             }
         }
-        None
     }
 
     /// Carries out everything the node asks until it is drained:
@@ -194,39 +227,45 @@ impl AgentLoop {
 
     /// When the node next wants [`AgentLoop::handle_timeout`].
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.node.poll_timeout().map(|(at, _)| at)
+        self.shared.lock().node.poll_timeout().map(|(at, _)| at)
     }
 
     /// A datagram arrived on the QUIC socket.
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        self.node
+        self.shared
+            .lock()
+            .node
             .handle(now(), DriverEvent::Datagram { from, bytes });
     }
 
     /// A datagram arrived on the mDNS socket.
     pub fn handle_mdns_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         tracing::debug!("mDNS {} bytes from {from}", bytes.len());
-        self.node
+        self.shared
+            .lock()
+            .node
             .handle(now(), DriverEvent::MdnsDatagram { from, bytes });
     }
 
     /// The deadline from [`AgentLoop::poll_timeout`] passed.
     pub fn handle_timeout(&mut self) {
-        self.node.handle_timeout(now());
+        self.shared.lock().node.handle_timeout(now());
     }
 
     /// An input from [`Inputs::next`].
     pub fn handle_input(&mut self, input: Input) {
         match input.0 {
-            InputKind::Event(event) => self.node.handle(now(), event),
+            InputKind::Event(event) => self.shared.lock().node.handle(now(), event),
             InputKind::Call(Some(call)) => self.handle_call(call),
             InputKind::Call(None) => self.stop(None),
+            // The drain that follows every input sends what changed.
+            InputKind::Streams => {}
         }
     }
 
     fn handle_call(&mut self, call: Call) {
         match call {
-            Call::Op(call, reply) => match self.node.call(now(), call) {
+            Call::Op(call, reply) => match self.shared.lock().node.call(now(), call) {
                 Ok(Some(op)) => {
                     self.pending.insert(op, reply);
                 }
@@ -238,12 +277,14 @@ impl AgentLoop {
                     let _ = reply.send(Err(AgentError::Api(e)));
                 }
             },
-            Call::Read(f) => f(self.node.manager_ref()),
-            Call::NetRead(f) => f(&self.node),
+            Call::Read(f) => f(self.shared.lock().node.manager_ref()),
+            Call::NetRead(f) => f(&self.shared.lock().node),
             Call::Release(lease) => self
+                .shared
+                .lock()
                 .node
                 .handle(now(), DriverEvent::ConnectionReleased { lease }),
-            Call::Renew(secret, reply) => match self.node.renew_key(now(), &secret) {
+            Call::Renew(secret, reply) => match self.shared.lock().node.renew_key(now(), &secret) {
                 // The new key is kept once the node uses it; writing and
                 // syncing the file blocks, so the store's thread does it.
                 Ok(node_id) => {
@@ -264,7 +305,7 @@ impl AgentLoop {
         // The loop ends as soon as the node is drained after the first
         // stop, so a second one (its sender dropped) learns `Stopped`.
         if self.stopping.is_none() {
-            let _ = self.node.call(now(), UserCall::Stop);
+            let _ = self.shared.lock().node.call(now(), UserCall::Stop);
             self.stopping = Some(done);
         }
     }

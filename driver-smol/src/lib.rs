@@ -32,7 +32,8 @@
 use std::net::SocketAddr;
 
 pub use keynode_agent::{
-    Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, load_or_create_key, now,
+    Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,
+    ProtocolOptions, RecvStream, SendStream, StreamError, WithConnOptions, load_or_create_key, now,
 };
 use keynode_agent::{AgentLoop, Input, Inputs, Opened, Transmit, resolved};
 use smol::net::UdpSocket;
@@ -49,7 +50,7 @@ pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
             inputs,
             socket,
             mdns,
-        } = Agent::open(config)?;
+        } = Agent::open(config, sleep())?;
         let socket = wrap(socket)?;
         let mdns = mdns.map(wrap).transpose()?;
         Ok::<_, AgentError>((agent, node_loop, inputs, socket, mdns))
@@ -58,6 +59,15 @@ pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
     smol::spawn(run(node_loop, inputs, socket, mdns)).detach();
     agent.start_manager().await?;
     Ok(agent)
+}
+
+/// smol's sleep, for the agent's timeouts.
+fn sleep() -> keynode_agent::Sleep {
+    std::sync::Arc::new(|d| {
+        Box::pin(async move {
+            smol::Timer::after(d).await;
+        })
+    })
 }
 
 fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {

@@ -13,6 +13,7 @@ pub mod demo;
 mod run;
 
 pub use keynode_agent::{
-    Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, load_or_create_key, now,
+    Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,
+    ProtocolOptions, RecvStream, SendStream, StreamError, WithConnOptions, load_or_create_key, now,
 };
 pub use run::start;

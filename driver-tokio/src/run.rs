@@ -17,7 +17,7 @@ pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
             inputs,
             socket,
             mdns,
-        } = Agent::open(config)?;
+        } = Agent::open(config, sleep())?;
         let socket = wrap(socket)?;
         let mdns = mdns.map(wrap).transpose()?;
         Ok::<_, AgentError>((agent, node_loop, inputs, socket, mdns))
@@ -27,6 +27,11 @@ pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
     tokio::spawn(run(node_loop, inputs, socket, mdns));
     agent.start_manager().await?;
     Ok(agent)
+}
+
+/// tokio's sleep, for the agent's timeouts.
+fn sleep() -> keynode_agent::Sleep {
+    std::sync::Arc::new(|d| Box::pin(tokio::time::sleep(d)))
 }
 
 fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {

@@ -8,7 +8,7 @@ use keynode_core::claims::KeyPair;
 use keynode_core::wire::{Request, Response};
 use keynode_core::{NodeAddress, SeedNodes};
 use keynode_tokio::demo::{self, DemoOptions};
-use keynode_tokio::{Agent, AgentConfig, AgentError};
+use keynode_tokio::{Agent, AgentConfig, AgentError, WithConnOptions};
 
 fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
@@ -128,7 +128,7 @@ async fn with_conn_releases_its_use_on_error_and_on_drop() {
 
     // A closure that talks to the peer and succeeds.
     let answer = b
-        .with_conn_f(target, |conn| async move {
+        .with_conn_f(target, WithConnOptions::default(), |conn| async move {
             conn.request(Request::ClosestNodes { target }).await
         })
         .await
@@ -139,7 +139,9 @@ async fn with_conn_releases_its_use_on_error_and_on_drop() {
 
     // A closure that fails.
     let failed: Result<(), AgentError> = b
-        .with_conn_f(target, |_conn| async move { Err(AgentError::Stopped) })
+        .with_conn_f(target, WithConnOptions::default(), |_conn| async move {
+            Err::<(), _>(AgentError::Stopped)
+        })
         .await;
     assert!(failed.is_err());
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -147,7 +149,7 @@ async fn with_conn_releases_its_use_on_error_and_on_drop() {
 
     // A stream held, then dropped half-way.
     let stream = b
-        .with_conn_g(target, |conn| {
+        .with_conn_g(target, WithConnOptions::default(), |conn| {
             futures::stream::iter(0..3).then(move |i| {
                 let conn = conn.clone();
                 async move { (i, conn.peer()) }
@@ -156,7 +158,7 @@ async fn with_conn_releases_its_use_on_error_and_on_drop() {
         .await
         .unwrap();
     let mut stream = Box::pin(stream);
-    let first = stream.next().await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first, (0, target));
     assert_eq!(leases(b.clone()).await, 1, "held while the stream lives");
     drop(stream);

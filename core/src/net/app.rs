@@ -457,6 +457,26 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses an inbound stream the caller will not take (its listener
+    /// went after it came in): the opener reads
+    /// [`Refusal::UnknownProtocol`], and the stream leaves the tables.
+    pub fn refuse(&mut self, now: Now, stream: StreamHandle) {
+        self.advance(now);
+        let id = stream.quic();
+        let Some(c) = self.conns.get_mut(&stream.conn) else {
+            return;
+        };
+        let Some(s) = c.streams.remove(&id) else {
+            return;
+        };
+        let code = Refusal::UnknownProtocol.code();
+        let _ = c.conn.recv_stream(id).stop(code);
+        if id.dir() == Dir::Bi {
+            let _ = c.conn.send_stream(id).reset(code);
+        }
+        self.app_stream_ended(stream.conn, s);
+    }
+
     /// The largest datagram payload of `protocol` the connection takes now.
     pub fn max_datagram_size(&mut self, conn: ConnId, protocol: &Protocol) -> Option<usize> {
         let c = self.conns.get_mut(&conn).filter(|c| c.is_up())?;

@@ -1,0 +1,361 @@
+//! [`SendStream`] and [`RecvStream`]: the two sides of an application
+//! stream, as `futures::io::AsyncWrite` / `AsyncRead` (and tokio's, with
+//! the `tokio` feature). Each call goes straight to the node under the
+//! shared lock; a call that cannot proceed leaves its waker and returns
+//! `Pending`, and the node's readiness event wakes it (quinn's model, see
+//! `quinn/src/send_stream.rs` and `recv_stream.rs`).
+//!
+//! Backpressure: a write takes only what the stream's and connection's
+//! flow-control windows allow, so a slow reader makes the writer pending;
+//! neither side buffers more than the QUIC windows.
+//!
+//! Dropping a `SendStream` finishes it (what was written is delivered);
+//! dropping a `RecvStream` before its end stops it with code 0. Either way
+//! the stream leaves every table once both sides are done.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use keynode_core::NodeId;
+use keynode_core::net::{StreamError, StreamHandle};
+
+use crate::now;
+use crate::shared::Shared;
+
+/// The sending side of a stream.
+pub struct SendStream {
+    shared: Shared,
+    stream: StreamHandle,
+    peer: NodeId,
+    /// Finished or reset by us, or stopped by the peer: nothing more to do.
+    done: bool,
+}
+
+/// The receiving side of a stream.
+pub struct RecvStream {
+    shared: Shared,
+    stream: StreamHandle,
+    peer: NodeId,
+    /// Read to its end, reset by the peer, or stopped by us.
+    done: bool,
+}
+
+impl SendStream {
+    pub(crate) fn new(shared: Shared, stream: StreamHandle, peer: NodeId) -> Self {
+        Self {
+            shared,
+            stream,
+            peer,
+            done: false,
+        }
+    }
+
+    /// The stream.
+    pub fn handle(&self) -> StreamHandle {
+        self.stream
+    }
+
+    /// The peer at the other end.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// Writes what flow control allows of `buf` (at least one byte), or
+    /// waits until something fits.
+    pub fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize, StreamError>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut state = self.shared.lock();
+        match state.node.write(now(), self.stream, buf) {
+            Ok(n) => {
+                state.wake_loop();
+                Poll::Ready(Ok(n))
+            }
+            Err(StreamError::Blocked) => {
+                state.ready.wait_write(self.stream, cx.waker());
+                Poll::Pending
+            }
+            Err(e) => {
+                self.done = true;
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+
+    /// Writes what flow control allows of `buf`, waiting until something fits.
+    pub async fn write(&mut self, buf: &[u8]) -> Result<usize, StreamError> {
+        std::future::poll_fn(|cx| self.poll_write(cx, buf)).await
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), StreamError> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            buf = buf.get(n..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// Finishes the stream: the peer reads what was written, then its end.
+    pub fn finish(&mut self) -> Result<(), StreamError> {
+        if self.done {
+            return Err(StreamError::Closed(self.stream));
+        }
+        self.done = true;
+        let mut state = self.shared.lock();
+        let result = state.node.finish(now(), self.stream);
+        state.ready.forget_stream_writer(self.stream);
+        state.wake_loop();
+        result
+    }
+
+    /// Abandons the stream with an application error `code`: the peer's
+    /// reads fail with [`StreamError::Reset`].
+    pub fn reset(&mut self, code: u32) -> Result<(), StreamError> {
+        if self.done {
+            return Err(StreamError::Closed(self.stream));
+        }
+        self.done = true;
+        let mut state = self.shared.lock();
+        let result = state.node.reset(now(), self.stream, code);
+        state.ready.forget_stream_writer(self.stream);
+        state.wake_loop();
+        result
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.finish();
+        }
+        self.shared.lock().ready.forget_stream_writer(self.stream);
+    }
+}
+
+impl RecvStream {
+    pub(crate) fn new(shared: Shared, stream: StreamHandle, peer: NodeId) -> Self {
+        Self {
+            shared,
+            stream,
+            peer,
+            done: false,
+        }
+    }
+
+    /// The stream.
+    pub fn handle(&self) -> StreamHandle {
+        self.stream
+    }
+
+    /// The peer at the other end.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// The next chunk of up to `max` bytes in order, `None` at the end, or
+    /// waits for data.
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
+        if self.done {
+            return Poll::Ready(Ok(None));
+        }
+        let mut state = self.shared.lock();
+        match state.node.read(now(), self.stream, max) {
+            Ok(Some(bytes)) => {
+                // Reading gives the peer credit: the loop sends it.
+                state.wake_loop();
+                Poll::Ready(Ok(Some(bytes)))
+            }
+            Ok(None) => {
+                self.done = true;
+                state.ready.forget_stream_reader(self.stream);
+                Poll::Ready(Ok(None))
+            }
+            Err(StreamError::Blocked) => {
+                state.ready.wait_read(self.stream, cx.waker());
+                Poll::Pending
+            }
+            Err(e) => {
+                self.done = true;
+                state.ready.forget_stream_reader(self.stream);
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+
+    /// The next chunk of up to `max` bytes, `None` at the end.
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
+        std::future::poll_fn(|cx| self.poll_read_chunk(cx, max)).await
+    }
+
+    /// Reads into `buf`: the bytes read, 0 at the end.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, StreamError> {
+        std::future::poll_fn(|cx| poll_read_into(self, cx, buf)).await
+    }
+
+    /// Reads to the end, at most `limit` bytes (more is an error).
+    pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, ReadToEndError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.read_chunk(64 * 1024).await? {
+            if out.len() + chunk.len() > limit {
+                let _ = self.stop(0);
+                return Err(ReadToEndError::TooLong { limit });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Stops reading: the peer's writes fail with [`StreamError::Stopped`].
+    pub fn stop(&mut self, code: u32) -> Result<(), StreamError> {
+        if self.done {
+            return Err(StreamError::Closed(self.stream));
+        }
+        self.done = true;
+        let mut state = self.shared.lock();
+        let result = state.node.stop(now(), self.stream, code);
+        state.ready.forget_stream_reader(self.stream);
+        state.wake_loop();
+        result
+    }
+}
+
+/// Why [`RecvStream::read_to_end`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadToEndError {
+    /// The stream failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The stream is longer than allowed (it was stopped).
+    #[error("the stream is longer than {limit} bytes")]
+    TooLong {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+fn poll_read_into(
+    recv: &mut RecvStream,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<Result<usize, StreamError>> {
+    if buf.is_empty() {
+        return Poll::Ready(Ok(0));
+    }
+    match recv.poll_read_chunk(cx, buf.len()) {
+        Poll::Ready(Ok(Some(chunk))) => {
+            let n = chunk.len().min(buf.len());
+            if let (Some(dst), Some(src)) = (buf.get_mut(..n), chunk.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Ok(None)) => Poll::Ready(Ok(0)),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.stop(0);
+        }
+        self.shared.lock().ready.forget_stream_reader(self.stream);
+    }
+}
+
+/// A stream failure as an I/O error of a fitting kind, the
+/// [`StreamError`] as its source.
+pub fn io_error(e: StreamError) -> io::Error {
+    let kind = match e {
+        StreamError::Blocked => io::ErrorKind::WouldBlock,
+        StreamError::Reset(_) | StreamError::Refused(_) => io::ErrorKind::ConnectionReset,
+        StreamError::Stopped(_) => io::ErrorKind::BrokenPipe,
+        StreamError::Closed(_) => io::ErrorKind::NotConnected,
+        StreamError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+    };
+    io::Error::new(kind, e)
+}
+
+impl futures::io::AsyncWrite for SendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        SendStream::poll_write(self.get_mut(), cx, buf).map_err(io_error)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Written bytes are in the stream already; the loop sends them.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Ready(this.finish().map_err(io_error))
+    }
+}
+
+impl futures::io::AsyncRead for RecvStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_read_into(self.get_mut(), cx, buf).map_err(io_error)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncWrite for SendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        SendStream::poll_write(self.get_mut(), cx, buf).map_err(io_error)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::io::AsyncWrite::poll_close(self, cx)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncRead for RecvStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match poll_read_into(this, cx, buf.initialize_unfilled()) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(io_error(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
