@@ -543,6 +543,50 @@ fn write_until_error(net: &mut DatagramNet, n: u8, h: StreamHandle) -> StreamErr
     panic!("node {n}: writes to {h:?} never failed");
 }
 
+/// A refused stream is done once its opener reads the refusal: the peer
+/// stopped and reset it, so nothing more can go either way. Refused streams
+/// the opener never finished must not use up the connection's stream
+/// limit either: node 2 takes 4 streams at once, and 12 are refused in turn.
+#[test]
+fn refused_streams_leave_the_tables_and_free_their_stream_credit() {
+    let mut b_net = NetConfig::default();
+    b_net.max_concurrent_streams = 4;
+    let Pair { mut net, conn, .. } = pair_with(config(), b_net);
+    let unknown = protocol("test/unknown/1");
+    for round in 0..12 {
+        let mut seen = net.hosts[&address(1)].app.len();
+        let now = net.now;
+        let h = match net.node(1).open_stream(now, conn, &unknown, StreamDir::Bi) {
+            Ok(h) => h,
+            Err(e) => {
+                // Wait for the peer to grant more streams, then retry once.
+                next_event(&mut net, 1, &mut seen, |e| {
+                    matches!(e, AppEvent::StreamsAvailable { .. }).then_some(())
+                });
+                let now = net.now;
+                net.node(1)
+                    .open_stream(now, conn, &unknown, StreamDir::Bi)
+                    .unwrap_or_else(|_| panic!("round {round}: {e}"))
+            }
+        };
+        net.pump(address(1));
+        write_all(&mut net, 1, h, b"anyone?");
+        assert_eq!(
+            read_to_end(&mut net, 1, h),
+            Err(StreamError::Refused(Refusal::UnknownProtocol)),
+            "round {round}"
+        );
+        assert_tables_empty(&mut net);
+    }
+    assert_eq!(
+        net.hosts[&address(2)]
+            .node
+            .app_stats()
+            .refused_unknown_protocol,
+        12
+    );
+}
+
 /// Each request a node answers leaves its stream table: 2,000 requests
 /// one after another on one connection leave none behind.
 #[test]
