@@ -587,6 +587,70 @@ fn refused_streams_leave_the_tables_and_free_their_stream_credit() {
     );
 }
 
+/// A stream its opener resets before its header went out reaches the
+/// peer as a reset and nothing else: the peer forgets it.
+#[test]
+fn streams_reset_before_their_header_leave_the_peers_table() {
+    let Pair { mut net, conn, .. } = pair();
+    let p = protocol("test/p/1");
+    net.node(2)
+        .register_protocol(p.clone(), ProtocolOptions::default())
+        .expect("registered");
+    for _ in 0..20 {
+        let now = net.now;
+        let h = net
+            .node(1)
+            .open_stream(now, conn, &p, StreamDir::Uni)
+            .expect("a stream");
+        net.node(1).reset(now, h, 1).expect("reset");
+        net.pump(address(1));
+    }
+    net.run_for(Duration::from_millis(100));
+    assert_tables_empty(&mut net);
+    assert_eq!(net.hosts[&address(2)].node.inbound_streams(&p), 0);
+}
+
+/// Streams a (misbehaving) peer ends before their header is complete, or
+/// before the first frame of keynode's RPC, are forgotten too: each one
+/// left would cost memory until the connection closes, while quinn gives
+/// the peer the stream back to open another.
+#[test]
+fn streams_ended_before_their_header_or_first_frame_leave_the_peers_table() {
+    let Pair { mut net, conn, .. } = pair();
+    let mut rpc_header = vec![13];
+    rpc_header.extend_from_slice(b"keynode/rpc/1");
+    let cut_short: &[u8] = b"\x10test/";
+    for (prefix, dir) in [
+        (cut_short, StreamDir::Uni),
+        (cut_short, StreamDir::Bi),
+        (&[][..], StreamDir::Bi),
+        (&rpc_header[..], StreamDir::Bi),
+        (&rpc_header[..3], StreamDir::Bi),
+    ] {
+        let now = net.now;
+        let h = net
+            .node(1)
+            .open_raw_stream(now, conn, dir, prefix)
+            .expect("a stream");
+        net.node(1).finish(now, h).expect("finished");
+        net.pump(address(1));
+        net.run_for(Duration::from_millis(50));
+        assert_eq!(
+            tables(&net, 2).streams,
+            0,
+            "{dir:?} stream of {prefix:?} left behind"
+        );
+        // The opener of a bi stream waits for an answer that never comes:
+        // it gives up its side.
+        if dir == StreamDir::Bi {
+            let now = net.now;
+            net.node(1).stop(now, h, 0).expect("stopped");
+            net.pump(address(1));
+        }
+    }
+    assert_tables_empty(&mut net);
+}
+
 /// Each request a node answers leaves its stream table: 2,000 requests
 /// one after another on one connection leave none behind.
 #[test]

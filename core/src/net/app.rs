@@ -151,7 +151,7 @@ impl Refusal {
         Self::MalformedHeader,
     ];
 
-    fn code(self) -> VarInt {
+    pub(super) fn code(self) -> VarInt {
         let n = match self {
             Self::UnknownProtocol => 1,
             Self::InboundLimit => 2,
@@ -326,6 +326,35 @@ impl Node {
         protocol: &Protocol,
         dir: StreamDir,
     ) -> Result<StreamHandle, OpenError> {
+        self.open_with(now, conn, protocol, dir, protocol.header())
+    }
+
+    /// Testing only (tests and fuzzing): opens a stream that starts with
+    /// `prefix` where its protocol header belongs, so that a peer's header
+    /// parsing and routing can be fed any bytes (a malformed header, one
+    /// cut short, keynode's own RPC). Otherwise an ordinary application
+    /// stream of this side.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn open_raw_stream(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        dir: StreamDir,
+        prefix: &[u8],
+    ) -> Result<StreamHandle, OpenError> {
+        self.open_with(now, conn, &Protocol::rpc(), dir, prefix.to_vec())
+    }
+
+    /// Opens a stream whose first bytes are `first` (its header).
+    fn open_with(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        protocol: &Protocol,
+        dir: StreamDir,
+        first: Vec<u8>,
+    ) -> Result<StreamHandle, OpenError> {
         self.advance(now);
         let c = self
             .conns
@@ -338,7 +367,7 @@ impl Node {
             .open(dir.quic())
             .ok_or(OpenError::StreamsExhausted { conn, dir })?;
         let mut s = Stream::new(Role::App);
-        s.send = protocol.header();
+        s.send = first;
         s.app = Some(AppSides {
             protocol: protocol.clone(),
             inbound: false,
