@@ -15,7 +15,10 @@
 //! - partitions and hosts offline drop datagrams at delivery time; a host
 //!   that left drops everything; its peers notice by QUIC's idle timeout;
 //! - store batches commit at once; mDNS finds nothing (no LAN); hostnames
-//!   do not resolve.
+//!   do not resolve;
+//! - application events ([`AppEvent`]) are kept per host, in order, for
+//!   the scenario to act on ([`DatagramLevel::app_events`]); it drives
+//!   streams through [`Sim::with_node`].
 //!
 //! The [`crate::NetConfig`]'s `retransmit` and `idle_timeout` model QUIC at
 //! the manager level and are unused here: the [`QuicConfig`] of each node
@@ -34,9 +37,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use keynode_core::net::{DriverEvent, NetCommand, NetConfig as QuicConfig, Node, Transmit};
+use keynode_core::net::{
+    AppEvent, DriverEvent, NetCommand, NetConfig as QuicConfig, Node, Transmit,
+};
 use keynode_core::{
-    ApiError, Config, FindOptions, NodeAddress, NodeId, NodeManager, OpError, OpId, OpValue,
+    ApiError, Config, FindOptions, NodeAddress, NodeId, NodeManager, Now, OpError, OpId, OpValue,
     SeedNodes, UserCall,
 };
 
@@ -84,6 +89,8 @@ struct Host {
     id: NodeId,
     /// The node's `poll_timeout` after its last drain (it needs `&mut`).
     next_wake: Option<Instant>,
+    /// Its application events, in order.
+    app: Vec<AppEvent>,
 }
 
 /// The datagram level: full nodes and the sockets between them.
@@ -141,6 +148,12 @@ impl DatagramLevel {
             self.node_id(host),
             NodeAddress::from(Network::listen_address(host)),
         )
+    }
+
+    /// The application events of a host's node so far, in order (streams
+    /// incoming, readable, writable; datagrams; connections lost).
+    pub fn app_events(&self, host: HostId) -> &[AppEvent] {
+        self.hosts.get(host.index()).map_or(&[], |h| &h.app)
     }
 
     /// The number of hosts ever added.
@@ -202,8 +215,7 @@ impl DatagramLevel {
                 NetCommand::Event(event) => {
                     self.outputs.event(host, event);
                 }
-                // No application protocols in these scenarios.
-                NetCommand::App(_) => {}
+                NetCommand::App(event) => h.app.push(event),
                 NetCommand::Resolve { resolve, .. } => ctx.schedule(
                     Duration::ZERO,
                     host,
@@ -365,6 +377,7 @@ impl Sim<DatagramLevel> {
             node: Some(Box::new(node)),
             id,
             next_wake: None,
+            app: Vec::new(),
         });
         self.level.by_id.insert(id, host);
         self.with(|level, ctx| level.pump(ctx, host));
@@ -378,6 +391,18 @@ impl Sim<DatagramLevel> {
             let now = ctx.now;
             let node = level.node_mut(host).expect("a live host");
             let out = node.call(now, call);
+            level.pump(ctx, host);
+            out
+        })
+    }
+
+    /// Runs `f` on a live host's node at the current time (an application
+    /// stream's open, write, read...), then carries out its commands.
+    pub fn with_node<T>(&mut self, host: HostId, f: impl FnOnce(&mut Node, Now) -> T) -> T {
+        self.with(|level, ctx| {
+            let now = ctx.now;
+            let node = level.node_mut(host).expect("a live host");
+            let out = f(node, now);
             level.pump(ctx, host);
             out
         })

@@ -200,6 +200,13 @@ impl Network {
         &self.config
     }
 
+    /// Changes the share of packets lost from now on (a scenario that
+    /// sets a connection up first, then makes the link lossy). The draws
+    /// stay the simulation's seeded ones.
+    pub fn set_loss(&mut self, loss: f64) {
+        self.config.loss = loss;
+    }
+
     /// Adds a host behind `nat`; it is online.
     pub fn add_host(&mut self, nat: NatType) -> HostId {
         let id = HostId(u32::try_from(self.online.len()).expect("fewer than 2^32 hosts"));

@@ -3,11 +3,18 @@
 //! exchanging datagrams. Nodes join through one seed and find each other;
 //! the same seed gives the same run; QUIC recovers lost packets; NATs
 //! filter, and signalling plus hole punching gets through the ones the
-//! core can traverse; a node offline or gone is noticed by QUIC itself.
+//! core can traverse; a node offline or gone is noticed by QUIC itself;
+//! nodes punched through their NATs run application streams both ways,
+//! over a lossy link too.
 
 use std::time::Duration;
 
-use keynode_core::{Config, ContactMode, FindOptions, NodeAddress, NodeId, OpError, OpValue};
+use keynode_core::net::{
+    AppEvent, Protocol, ProtocolOptions, StreamDir, StreamError, StreamHandle, StreamTables,
+};
+use keynode_core::{
+    Config, ConnId, ContactMode, FindOptions, NodeAddress, NodeId, OpError, OpValue,
+};
 use keynode_tests::{
     DatagramLevel, DatagramSim, DatagramStats, HostId, Latency, NatType, NetConfig, Network, Sim,
 };
@@ -287,4 +294,316 @@ fn a_node_behind_a_nat_stays_reachable_while_its_connection_check_runs() {
     let default_check = Config::default().retry_connections_delay;
     assert_eq!(reached_after_idle(default_check, idle), (true, true));
     assert_eq!(reached_after_idle(Duration::ZERO, idle), (false, false));
+}
+
+/// Two nodes, each behind a port-restricted NAT, joined through a public
+/// seed: the finder's join looks the target up, the seed signals it, both
+/// punch, and their QUIC connection is up. Returns the finder and target.
+fn punched_pair(sim: &mut DatagramSim, seed: u64) -> (HostId, HostId) {
+    let nats = [
+        NatType::None,
+        NatType::PortRestricted,
+        NatType::PortRestricted,
+    ];
+    let hosts = add_nodes(sim, seed, &nats);
+    let (public, target, finder) = (hosts[0], hosts[1], hosts[2]);
+    join(sim, target, &[public]);
+    join(sim, finder, &[public]);
+    assert!(connected(sim, finder, target), "the punch got through");
+    assert!(connected(sim, target, finder));
+    (finder, target)
+}
+
+/// The connection of `host` to `peer`.
+fn conn_to(sim: &DatagramSim, host: HostId, peer: HostId) -> ConnId {
+    let peer = sim.level.node_id(peer);
+    sim.level
+        .manager(host)
+        .and_then(|m| m.connections().into_iter().find(|(_, p, _)| *p == peer))
+        .map(|(conn, _, _)| conn)
+        .expect("connected")
+}
+
+/// FNV-1a of what went through a stream.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The protocol of [`exchange_streams`]: the opener sends its bytes and
+/// finishes; the receiver answers with the checksum of what it read.
+fn sum_protocol() -> Protocol {
+    Protocol::try_from("sim/sum/1").expect("a protocol name")
+}
+
+/// The opener's side of one stream of [`exchange_streams`].
+struct Sender {
+    host: HostId,
+    stream: StreamHandle,
+    data: Vec<u8>,
+    sent: usize,
+    finished: bool,
+    /// Writes refused by flow control.
+    blocked: u32,
+    reply: Vec<u8>,
+    reply_ended: bool,
+    writable: bool,
+    readable: bool,
+}
+
+/// The receiver's side.
+struct Receiver {
+    host: HostId,
+    stream: StreamHandle,
+    received: Vec<u8>,
+    ended: bool,
+    answered: bool,
+    readable: bool,
+}
+
+/// Reads what `stream` has into `into` until it blocks; true at its end.
+fn read_some(
+    sim: &mut DatagramSim,
+    host: HostId,
+    stream: StreamHandle,
+    into: &mut Vec<u8>,
+) -> bool {
+    sim.with_node(host, |node, now| {
+        loop {
+            match node.read(now, stream, 1 << 16) {
+                Ok(Some(bytes)) => into.extend_from_slice(&bytes),
+                Ok(None) => return true,
+                Err(StreamError::Blocked) => return false,
+                Err(e) => panic!("{host:?} reading {stream:?}: {e}"),
+            }
+        }
+    })
+}
+
+/// `a` and `b` each open a stream to the other at once and send `len`
+/// seeded bytes through it, acting on their application events only
+/// (`Writable` to write on, `Readable` to read on); each receiver answers
+/// with the checksum of what it read. Returns the pairs of (checksum sent,
+/// checksum the receiver read, checksum the receiver answered).
+fn exchange_streams(
+    sim: &mut DatagramSim,
+    a: HostId,
+    b: HostId,
+    len: usize,
+) -> Vec<(u64, u64, u64)> {
+    let protocol = sum_protocol();
+    for host in [a, b] {
+        sim.with_node(host, |node, _| {
+            node.register_protocol(protocol.clone(), ProtocolOptions::default())
+        })
+        .expect("registered");
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(len as u64);
+    let mut seen = [0usize; 2];
+    let mut senders: Vec<Sender> = [(a, b), (b, a)]
+        .into_iter()
+        .map(|(from, to)| {
+            let conn = conn_to(sim, from, to);
+            let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let stream = sim
+                .with_node(from, |node, now| {
+                    node.open_stream(now, conn, &protocol, StreamDir::Bi)
+                })
+                .expect("a stream");
+            Sender {
+                host: from,
+                stream,
+                data,
+                sent: 0,
+                finished: false,
+                blocked: 0,
+                reply: Vec::new(),
+                reply_ended: false,
+                writable: true,
+                readable: false,
+            }
+        })
+        .collect();
+    let mut receivers: Vec<Receiver> = Vec::new();
+    let end = sim.elapsed() + LIMIT;
+    loop {
+        for s in &mut senders {
+            if s.writable && !s.finished {
+                s.writable = false;
+                let (host, stream) = (s.host, s.stream);
+                let (sent, finished) = sim.with_node(host, |node, now| {
+                    let mut sent = s.sent;
+                    while sent < s.data.len() {
+                        match node.write(now, stream, &s.data[sent..]) {
+                            Ok(k) => sent += k,
+                            Err(StreamError::Blocked) => return (sent, false),
+                            Err(e) => panic!("{host:?} writing: {e}"),
+                        }
+                    }
+                    node.finish(now, stream).expect("finished");
+                    (sent, true)
+                });
+                s.sent = sent;
+                s.finished = finished;
+                s.blocked += u32::from(!finished);
+            }
+            if s.readable && !s.reply_ended {
+                s.readable = false;
+                let mut reply = std::mem::take(&mut s.reply);
+                s.reply_ended = read_some(sim, s.host, s.stream, &mut reply);
+                s.reply = reply;
+            }
+        }
+        for r in &mut receivers {
+            if r.readable && !r.ended {
+                r.readable = false;
+                let mut received = std::mem::take(&mut r.received);
+                r.ended = read_some(sim, r.host, r.stream, &mut received);
+                r.received = received;
+            }
+            if r.ended && !r.answered {
+                let answer = checksum(&r.received).to_be_bytes();
+                let stream = r.stream;
+                // Eight bytes on a stream that carried nothing our way fit
+                // its window at once.
+                sim.with_node(r.host, |node, now| {
+                    assert_eq!(node.write(now, stream, &answer), Ok(answer.len()));
+                    node.finish(now, stream).expect("finished");
+                });
+                r.answered = true;
+            }
+        }
+        let done = senders.iter().all(|s| s.reply_ended)
+            && receivers.len() == 2
+            && receivers.iter().all(|r| r.answered);
+        if done {
+            break;
+        }
+        assert!(
+            sim.next_event().is_some_and(|at| at <= end) && sim.step(),
+            "the exchange did not end: {:?}",
+            senders
+                .iter()
+                .map(|s| (s.sent, s.finished, s.reply.len()))
+                .collect::<Vec<_>>()
+        );
+        for (i, host) in [a, b].into_iter().enumerate() {
+            let events = sim.level.app_events(host)[seen[i]..].to_vec();
+            seen[i] += events.len();
+            for event in events {
+                match event {
+                    AppEvent::Incoming {
+                        stream,
+                        protocol: p,
+                        ..
+                    } => {
+                        assert_eq!(p, protocol);
+                        receivers.push(Receiver {
+                            host,
+                            stream,
+                            received: Vec::new(),
+                            ended: false,
+                            answered: false,
+                            readable: true,
+                        });
+                    }
+                    AppEvent::Writable(h) => {
+                        for s in senders
+                            .iter_mut()
+                            .filter(|s| s.host == host && s.stream == h)
+                        {
+                            s.writable = true;
+                        }
+                    }
+                    AppEvent::Readable(h) => {
+                        for s in senders
+                            .iter_mut()
+                            .filter(|s| s.host == host && s.stream == h)
+                        {
+                            s.readable = true;
+                        }
+                        for r in receivers
+                            .iter_mut()
+                            .filter(|r| r.host == host && r.stream == h)
+                        {
+                            r.readable = true;
+                        }
+                    }
+                    // Connections to the seed idle out meanwhile.
+                    AppEvent::ConnectionLost { conn } => assert!(
+                        senders
+                            .iter()
+                            .all(|s| s.host != host || s.stream.conn() != conn),
+                        "{host:?} lost the streams' connection {conn:?}"
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+    senders
+        .iter()
+        .map(|s| {
+            let r = receivers
+                .iter()
+                .find(|r| r.host != s.host)
+                .expect("a receiver");
+            let answered = u64::from_be_bytes(s.reply.as_slice().try_into().expect("8 bytes"));
+            assert_eq!(r.received.len(), s.data.len());
+            // More than a stream's window: the writer waited for Writable.
+            assert!(s.blocked > 0, "{:?} never blocked", s.host);
+            (checksum(&s.data), checksum(&r.received), answered)
+        })
+        .collect()
+}
+
+/// Each node's stream tables, once the last frames have landed.
+fn tables_after(sim: &mut DatagramSim, hosts: [HostId; 2]) -> Vec<StreamTables> {
+    sim.advance(Duration::from_secs(2));
+    hosts
+        .iter()
+        .map(|h| sim.level.node(*h).expect("alive").stream_tables())
+        .collect()
+}
+
+/// Two nodes behind NATs, once punched through, run application streams
+/// both ways over their connection: what each read is what the other sent.
+#[test]
+fn punched_nodes_exchange_application_streams_both_ways() {
+    let mut sim = network(10, 0.0);
+    let (finder, target) = punched_pair(&mut sim, 10);
+    for (sent, read, answered) in exchange_streams(&mut sim, finder, target, 4 << 20) {
+        assert_eq!((read, answered), (sent, sent));
+    }
+    assert_eq!(
+        tables_after(&mut sim, [finder, target]),
+        vec![StreamTables::default(); 2]
+    );
+    assert!(connected(&sim, finder, target));
+}
+
+/// The same over a link that loses 5% of the datagrams once the punch is
+/// through: QUIC resends, and every stream completes intact.
+#[test]
+fn punched_nodes_exchange_application_streams_over_a_lossy_link() {
+    let mut sim = network(11, 0.0);
+    let (finder, target) = punched_pair(&mut sim, 11);
+    sim.net.set_loss(0.05);
+    let lost = sim.level.stats.lost;
+    for (sent, read, answered) in exchange_streams(&mut sim, finder, target, 4 << 20) {
+        assert_eq!((read, answered), (sent, sent));
+    }
+    let stats = sim.level.stats;
+    eprintln!(
+        "DEBUG {stats:?} lost {} at {:?}",
+        stats.lost - lost,
+        sim.elapsed()
+    );
+    assert!(stats.lost - lost > 50, "datagrams were lost: {stats:?}");
+    assert_eq!(
+        tables_after(&mut sim, [finder, target]),
+        vec![StreamTables::default(); 2]
+    );
+    assert!(connected(&sim, finder, target));
 }

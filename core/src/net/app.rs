@@ -12,7 +12,9 @@
 //! a use of its connection (the spec's acquireConnection): a connection
 //! with an open stream, in either direction, does not idle out. A stream
 //! leaves every table once both of its sides are done (read to its end,
-//! reset or stopped; finished, reset or stopped by the peer).
+//! reset or stopped; finished, reset or stopped by the peer). A refusal
+//! read ends both sides; a side the peer stopped is reset with the peer's
+//! code, so that quinn frees the stream on both ends.
 
 use bytes::Bytes;
 use quinn_proto::{Dir, VarInt};
@@ -149,7 +151,7 @@ impl Refusal {
         Self::MalformedHeader,
     ];
 
-    fn code(self) -> VarInt {
+    pub(super) fn code(self) -> VarInt {
         let n = match self {
             Self::UnknownProtocol => 1,
             Self::InboundLimit => 2,
@@ -324,6 +326,35 @@ impl Node {
         protocol: &Protocol,
         dir: StreamDir,
     ) -> Result<StreamHandle, OpenError> {
+        self.open_with(now, conn, protocol, dir, protocol.header())
+    }
+
+    /// Testing only (tests and fuzzing): opens a stream that starts with
+    /// `prefix` where its protocol header belongs, so that a peer's header
+    /// parsing and routing can be fed any bytes (a malformed header, one
+    /// cut short, keynode's own RPC). Otherwise an ordinary application
+    /// stream of this side.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn open_raw_stream(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        dir: StreamDir,
+        prefix: &[u8],
+    ) -> Result<StreamHandle, OpenError> {
+        self.open_with(now, conn, &Protocol::rpc(), dir, prefix.to_vec())
+    }
+
+    /// Opens a stream whose first bytes are `first` (its header).
+    fn open_with(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        protocol: &Protocol,
+        dir: StreamDir,
+        first: Vec<u8>,
+    ) -> Result<StreamHandle, OpenError> {
         self.advance(now);
         let c = self
             .conns
@@ -336,7 +367,7 @@ impl Node {
             .open(dir.quic())
             .ok_or(OpenError::StreamsExhausted { conn, dir })?;
         let mut s = Stream::new(Role::App);
-        s.send = protocol.header();
+        s.send = first;
         s.app = Some(AppSides {
             protocol: protocol.clone(),
             inbound: false,
@@ -371,7 +402,7 @@ impl Node {
             Ok(n) => Ok(n),
             Err(quinn_proto::WriteError::Blocked) => Err(StreamError::Blocked),
             Err(quinn_proto::WriteError::Stopped(code)) => {
-                self.side_done(stream, Side::Send);
+                self.abandon_send(stream, code);
                 Err(StreamError::stopped(code))
             }
             Err(quinn_proto::WriteError::ClosedStream) => {
@@ -410,6 +441,10 @@ impl Node {
             Ok(Some(_)) | Err(StreamError::Blocked) => {}
             Ok(None) | Err(_) => self.side_done(stream, Side::Recv),
         }
+        if let Err(StreamError::Refused(why)) = result {
+            // The peer stopped our side as well: nothing more can go out.
+            self.abandon_send(stream, why.code());
+        }
         result
     }
 
@@ -419,15 +454,17 @@ impl Node {
         self.advance(now);
         let c = self.app_conn(stream)?;
         let id = stream.quic();
-        let s = open_side(c, stream, Side::Send)?;
-        s.finish = true;
-        let stopped = c.conn.send_stream(id).stopped();
+        open_side(c, stream, Side::Send)?;
+        if let Ok(Some(code)) = c.conn.send_stream(id).stopped() {
+            self.abandon_send(stream, code);
+            return Err(StreamError::stopped(code));
+        }
+        if let Some(s) = c.streams.get_mut(&id) {
+            s.finish = true;
+        }
         flush(c, id);
         self.side_done(stream, Side::Send);
-        match stopped {
-            Ok(Some(code)) => Err(StreamError::stopped(code)),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// Abandons the sending side with an application error `code`.
@@ -552,6 +589,28 @@ impl Node {
             .get_mut(&stream.conn)
             .filter(|c| c.is_up())
             .ok_or(StreamError::ConnectionLost(stream.conn))
+    }
+
+    /// Gives up the sending side after the peer stopped (or refused) it:
+    /// what is still held back is dropped and the stream is reset with the
+    /// peer's code. quinn frees a stopped stream's state, on both sides,
+    /// only once it is reset (quinn's own `SendStream` does so when
+    /// dropped); until then it counts against the peer's stream limit.
+    pub(super) fn abandon_send(&mut self, stream: StreamHandle, code: VarInt) {
+        let id = stream.quic();
+        let Some(c) = self.conns.get_mut(&stream.conn) else {
+            return;
+        };
+        let Some(s) = c.streams.get_mut(&id) else {
+            return;
+        };
+        s.send.clear();
+        s.finish = false;
+        let _ = c.conn.send_stream(id).reset(code);
+        self.side_done(stream, Side::Send);
+        // Its send side may have been done already (finished, with bytes
+        // held back by flow control): the stream may go now.
+        self.app_flushed(stream.conn, id);
     }
 
     /// One side of an application stream is done; once both are, the

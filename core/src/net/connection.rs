@@ -201,17 +201,24 @@ impl Node {
                 }
                 self.after_flush(id, stream);
             }
-            quinn_proto::Event::Stream(StreamEvent::Stopped { id: stream, .. }) => {
+            quinn_proto::Event::Stream(StreamEvent::Stopped {
+                id: stream,
+                error_code,
+            }) => {
                 let app = self
                     .conns
                     .get(&id)
                     .and_then(|c| c.streams.get(&stream))
-                    .is_some_and(|s| s.role == Role::App);
-                if app {
+                    .and_then(|s| s.app.as_ref())
+                    .map(|a| a.send_open);
+                let handle = StreamHandle::new(id, stream);
+                match app {
                     // The writer learns the code from its next write.
-                    self.app_ready(AppEvent::Writable(StreamHandle::new(id, stream)));
-                } else {
-                    self.close_stream(id, stream);
+                    Some(true) => self.app_ready(AppEvent::Writable(handle)),
+                    // Finished, with bytes still held back: they will
+                    // never be taken.
+                    Some(false) => self.abandon_send(handle, error_code),
+                    None => self.close_stream(id, stream),
                 }
             }
             quinn_proto::Event::Stream(StreamEvent::Available { dir }) => {

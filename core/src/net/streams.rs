@@ -265,6 +265,7 @@ impl Node {
     fn read_header(&mut self, id: ConnId, stream: quinn_proto::StreamId) -> bool {
         let mut header = None;
         let mut malformed = false;
+        let mut ended = false;
         {
             let Some(c) = self.conns.get_mut(&id) else {
                 return false;
@@ -278,8 +279,14 @@ impl Node {
                     match parse_header(&s.recv) {
                         Ok(Header::Partial { need }) => match chunks.next(need) {
                             Ok(Some(chunk)) => s.recv.extend_from_slice(&chunk.bytes),
-                            // Ended or reset before its header, or nothing more now.
-                            Ok(None) | Err(_) => break,
+                            // Nothing more now.
+                            Err(quinn_proto::ReadError::Blocked) => break,
+                            // Ended or reset before its header: quinn has
+                            // freed it (the peer may open another).
+                            Ok(None) | Err(quinn_proto::ReadError::Reset(_)) => {
+                                ended = true;
+                                break;
+                            }
                         },
                         Ok(Header::Complete { protocol, .. }) => {
                             header = Some(protocol);
@@ -297,6 +304,20 @@ impl Node {
         if malformed {
             self.app_stats.malformed_headers += 1;
             self.refuse_stream(id, stream, Refusal::MalformedHeader);
+            return false;
+        }
+        if ended {
+            // Nothing to answer on a bi stream without a protocol: its
+            // sending side is reset, so that quinn frees that half too.
+            if let Some(c) = self.conns.get_mut(&id) {
+                if stream.dir() == Dir::Bi {
+                    let _ = c
+                        .conn
+                        .send_stream(stream)
+                        .reset(Refusal::MalformedHeader.code());
+                }
+                c.streams.remove(&stream);
+            }
             return false;
         }
         match header {
@@ -372,10 +393,23 @@ impl Node {
             .is_some_and(|s| match s.role {
                 // The exchange is over when the peer finishes.
                 Role::Claim(_) | Role::Request(_) => true,
-                // We answer first; an unknown stream waits for its frame.
-                Role::Serve(_) | Role::Header | Role::Rpc | Role::App | Role::Answered => false,
+                // Ended before its first frame: nothing will come.
+                Role::Rpc => true,
+                // We answer first.
+                Role::Serve(_) | Role::Header | Role::App | Role::Answered => false,
             });
         if finished && ends {
+            if self
+                .conns
+                .get(&id)
+                .and_then(|c| c.streams.get(&stream))
+                .is_some_and(|s| s.role == Role::Rpc)
+            {
+                // Nothing will be answered on it: reset, so that quinn
+                // frees our half as well.
+                self.reject_stream(id, stream);
+                return;
+            }
             self.close_stream(id, stream);
         }
     }

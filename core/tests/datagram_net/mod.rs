@@ -70,14 +70,12 @@ impl DatagramNet {
     }
 
     pub fn add(&mut self, n: u8) -> NodeId {
-        let mut node = Node::new(
-            config(),
-            NetConfig::default(),
-            &secret(n),
-            self.now,
-            seed(n.into()),
-        )
-        .unwrap();
+        self.add_with(n, config(), NetConfig::default())
+    }
+
+    /// A node with its own manager and QUIC settings.
+    pub fn add_with(&mut self, n: u8, config: Config, net: NetConfig) -> NodeId {
+        let mut node = Node::new(config, net, &secret(n), self.now, seed(n.into())).unwrap();
         let id = node.node_id();
         node.call(self.now, UserCall::Start).unwrap();
         self.hosts.insert(
@@ -181,6 +179,34 @@ impl DatagramNet {
         let op = host.node.call(now, call).unwrap().unwrap();
         self.pump(address(at));
         op
+    }
+
+    /// The node of a host, to call; pump it afterwards.
+    pub fn node(&mut self, at: u8) -> &mut Node {
+        &mut self.hosts.get_mut(&address(at)).unwrap().node
+    }
+
+    /// Steps until `done` holds, at most `limit` steps; false if it never did.
+    pub fn run_until(&mut self, limit: usize, mut done: impl FnMut(&Self) -> bool) -> bool {
+        for _ in 0..limit {
+            if done(self) {
+                return true;
+            }
+            if !self.step() {
+                break;
+            }
+        }
+        done(self)
+    }
+
+    /// Steps until `elapsed` of virtual time has passed.
+    pub fn run_for(&mut self, elapsed: Duration) {
+        let until = self.now.mono + elapsed;
+        while self.now.mono < until {
+            if !self.step() {
+                break;
+            }
+        }
     }
 
     /// The manager of a host, to read.
