@@ -1,26 +1,16 @@
-//! Benchmarks of real agents on loopback: QUIC handshakes per second, an
-//! agent's start-to-ready time and resident memory. Prints one JSON object.
-//!
-//! `cargo run --release -p keynode-tokio --bin keynode-bench -- --clients 100`
+//! QUIC handshakes per second between agents, an agent's start-to-ready
+//! time and its resident memory.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use clap::Parser;
 use keynode_core::NodeAddress;
 use keynode_tokio::AgentConfig;
 use serde::Serialize;
 
-#[derive(Parser)]
-#[command(about = "keynode agent benchmarks on loopback")]
-struct Args {
-    /// Client agents, each making one QUIC handshake with a server agent.
-    #[arg(long, default_value_t = 100)]
-    clients: usize,
-}
-
+/// What the handshake run measured.
 #[derive(Serialize)]
-struct Report {
+pub(crate) struct Report {
     /// Handshakes timed (all clients connecting at once).
     handshakes: usize,
     /// Handshakes that proved the server's NodeId.
@@ -46,18 +36,18 @@ fn rss_kib() -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+/// Starts a server agent and `clients` client agents, then times every
+/// client's handshake with the server, all at once.
+pub(crate) async fn run(count: usize) -> crate::BenchResult<Report> {
     let root = tempfile::tempdir()?;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let base = rss_kib();
     let server =
         keynode_tokio::start(AgentConfig::new(root.path().join("server"), loopback)).await?;
     let rss_one = rss_kib() - base;
-    let mut clients = Vec::with_capacity(args.clients);
-    let mut starts = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
+    let mut clients = Vec::with_capacity(count);
+    let mut starts = Vec::with_capacity(count);
+    for i in 0..count {
         let t = Instant::now();
         clients.push(
             keynode_tokio::start(AgentConfig::new(
@@ -97,6 +87,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         c.stop().await?;
     }
     server.stop().await?;
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    Ok(report)
 }

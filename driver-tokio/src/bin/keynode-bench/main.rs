@@ -1,0 +1,69 @@
+//! Benchmarks of real agents on loopback. Prints one JSON object.
+//!
+//! Handshakes (the default): QUIC handshakes per second, an agent's
+//! start-to-ready time and resident memory.
+//! `cargo run --release -p keynode-tokio --bin keynode-bench -- --clients 100`
+//!
+//! Application streams (`--throughput`): one stream's throughput, many
+//! streams' aggregate throughput and a small request's round trip, each
+//! between two keynode agents and between two plain quinn endpoints (the
+//! baseline: the same quinn-proto, TLS provider and transport limits).
+//! `cargo run --release -p keynode-tokio --bin keynode-bench -- --throughput`
+
+mod handshakes;
+mod keynode_pair;
+mod pair;
+mod quinn_pair;
+mod stats;
+mod streams;
+
+use clap::Parser;
+
+/// A benchmark's failure: anything that stops a run is reported as it is.
+pub(crate) type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Parser)]
+#[command(about = "keynode agent benchmarks on loopback")]
+struct Args {
+    /// Client agents, each making one QUIC handshake with a server agent.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Measure application streams (keynode against plain quinn) instead
+    /// of handshakes.
+    #[arg(long)]
+    throughput: bool,
+    /// Throughput: MiB sent over the one stream.
+    #[arg(long, default_value_t = 1024)]
+    one_stream_mib: u64,
+    /// Throughput: streams open at once.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// Throughput: MiB sent over each of the concurrent streams.
+    #[arg(long, default_value_t = 10)]
+    stream_mib: u64,
+    /// Throughput: small requests timed one after another.
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Throughput: bytes of each request (and of its echo).
+    #[arg(long, default_value_t = 32)]
+    request_bytes: usize,
+}
+
+#[tokio::main]
+async fn main() -> BenchResult<()> {
+    let args = Args::parse();
+    let json = if args.throughput {
+        let plan = streams::Plan {
+            one_stream_bytes: args.one_stream_mib << 20,
+            streams: args.streams,
+            stream_bytes: args.stream_mib << 20,
+            requests: args.requests,
+            request_bytes: args.request_bytes,
+        };
+        serde_json::to_string(&streams::run(&plan).await?)?
+    } else {
+        serde_json::to_string(&handshakes::run(args.clients).await?)?
+    };
+    println!("{json}");
+    Ok(())
+}
