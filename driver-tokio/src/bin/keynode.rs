@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Start a local network of agents that find, ping and claim each other.
+    /// Start a local network of agents that find, ping and claim each
+    /// other, and send each other a payload on an application protocol.
     Demo {
         /// How many agents.
         #[arg(long, default_value_t = 10)]
@@ -41,6 +42,9 @@ enum Top {
         /// Seed of the random pairs.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// KiB each agent sends to another's echo and gets back (0: none).
+        #[arg(long, default_value_t = 1024)]
+        transfer_kib: usize,
     },
     /// Run an agent, or ask a running one for its status.
     Agent {
@@ -265,11 +269,13 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             finds,
             json,
             seed,
+            transfer_kib,
         } => {
             let report = demo::run(DemoOptions {
                 nodes,
                 finds_per_node: finds,
                 seed,
+                transfer_bytes: transfer_kib.saturating_mul(1024),
                 progress: !json,
             })
             .await?;
