@@ -1,15 +1,19 @@
-//! `keynode demo`: a local network of agents that find, ping and claim each other.
+//! `keynode demo`: a local network of agents that find, ping and claim
+//! each other, then send each other a payload on an application protocol
+//! (the [`echo`]) and check it came back whole.
+
+pub mod echo;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use keynode_core::{NodeAddress, SeedNodes};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::{Agent, AgentConfig, AgentError};
+use crate::{Agent, AgentConfig, AgentError, ProtocolOptions};
 
 /// What the demo does.
 #[derive(Clone, Debug)]
@@ -18,8 +22,11 @@ pub struct DemoOptions {
     pub nodes: usize,
     /// Lookups of a random other agent per agent.
     pub finds_per_node: usize,
-    /// Seed of the random choice of pairs.
+    /// Seed of the random choice of pairs (and of the payload).
     pub seed: u64,
+    /// Bytes each agent sends to another's echo and gets back (0: no
+    /// transfers).
+    pub transfer_bytes: usize,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -30,6 +37,7 @@ impl Default for DemoOptions {
             nodes: 10,
             finds_per_node: 2,
             seed: 1,
+            transfer_bytes: 1 << 20,
             progress: true,
         }
     }
@@ -60,7 +68,16 @@ pub struct DemoReport {
     pub finds_cold: usize,
     /// Median time of the same lookup repeated on the connection it opened (warm), ms.
     pub find_warm_p50_ms: Option<f64>,
-    /// Operations that failed (errors, not found, unanswered pings, refused claims).
+    /// Transfers tried: one an agent, of `transfer_bytes` each way on one
+    /// stream of the echo protocol.
+    pub transfers: usize,
+    /// Transfers whose echo came back whole (same length, same SHA-256).
+    pub transfer_ok: usize,
+    /// MiB per second each way over the transfers that came back whole
+    /// (their payloads over their total time; they run one after another).
+    pub transfer_mib_s: Option<f64>,
+    /// Operations that failed (errors, not found, unanswered pings, refused
+    /// claims, transfers that failed or came back different).
     pub failures: usize,
     /// Wall time of the whole demo, seconds.
     pub wall_s: f64,
@@ -82,8 +99,8 @@ fn ms(value: Option<f64>) -> String {
 }
 
 /// Starts `nodes` agents on loopback with LMDB in a temporary directory,
-/// syncs them through the first as seed node, then runs lookups, pings and
-/// claims between random pairs.
+/// syncs them through the first as seed node, then runs lookups, pings,
+/// claims and echo transfers between random pairs.
 pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     let started = Instant::now();
     let root = tempfile::tempdir().map_err(|source| AgentError::DataDir {
@@ -91,7 +108,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
         source,
     })?;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let steps = (options.nodes * (2 + options.finds_per_node + 2)) as u64;
+    let transfers_per_node = usize::from(options.transfer_bytes > 0);
+    let steps = (options.nodes * (2 + options.finds_per_node + 2 + transfers_per_node)) as u64;
     let bar = if options.progress {
         let bar = ProgressBar::new(steps);
         bar.set_style(
@@ -105,10 +123,15 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     };
 
     bar.set_message("starting");
+    let echo_protocol = echo::protocol().map_err(|e| AgentError::Unexpected(e.to_string()))?;
     let mut agents: Vec<Agent> = Vec::with_capacity(options.nodes);
+    let mut echoes = Vec::with_capacity(options.nodes);
     for i in 0..options.nodes {
         let config = AgentConfig::new(root.path().join(format!("agent-{i}")), loopback);
-        agents.push(crate::start(config).await?);
+        let agent = crate::start(config).await?;
+        let listener = agent.accept(echo_protocol.clone(), ProtocolOptions::default())?;
+        echoes.push(tokio::spawn(echo::serve(listener)));
+        agents.push(agent);
         bar.inc(1);
     }
     let mut report = DemoReport {
@@ -209,8 +232,33 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
         }
         bar.inc(1);
     }
+
+    bar.set_message("sending");
+    let mut payload = vec![0; options.transfer_bytes];
+    rng.fill_bytes(&mut payload);
+    let mut transfer_time = Duration::ZERO;
+    let senders = if options.transfer_bytes > 0 { n } else { 0 };
+    for (i, agent) in agents.iter().enumerate().take(senders) {
+        let j = other(i, &mut rng);
+        let Some(target) = agents.get(j).map(Agent::node_id).filter(|_| j != i) else {
+            continue;
+        };
+        report.transfers += 1;
+        match echo::transfer(agent, target, &echo_protocol, &payload).await {
+            Ok(elapsed) => {
+                report.transfer_ok += 1;
+                transfer_time += elapsed;
+            }
+            Err(e) => report.fail(format!("agent {i} sending to agent {j}'s echo: {e}")),
+        }
+        bar.inc(1);
+    }
     bar.finish_and_clear();
 
+    // Their tasks hold the listeners: aborted, they deregister the echo.
+    for task in echoes {
+        task.abort();
+    }
     for agent in &agents {
         let _ = agent.stop().await;
     }
@@ -222,6 +270,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     report.finds_cold = cold_latencies.len();
     report.find_cold_p50_ms = percentile(&cold_latencies, 50.0);
     report.find_warm_p50_ms = percentile(&warm_latencies, 50.0);
+    report.transfer_mib_s = (report.transfer_ok > 0).then(|| {
+        let mib = (report.transfer_ok * options.transfer_bytes) as f64 / f64::from(1 << 20);
+        mib / transfer_time.as_secs_f64().max(f64::MIN_POSITIVE)
+    });
     report.wall_s = started.elapsed().as_secs_f64();
     // Give sockets a moment to close before the directory goes.
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -251,6 +303,13 @@ impl DemoReport {
             ("finds_cold", self.finds_cold.to_string()),
             ("find_cold_p50_ms", ms(self.find_cold_p50_ms)),
             ("find_warm_p50_ms", ms(self.find_warm_p50_ms)),
+            ("transfers", self.transfers.to_string()),
+            ("transfer_ok", self.transfer_ok.to_string()),
+            (
+                "transfer_mib_s",
+                self.transfer_mib_s
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
+            ),
             ("failures", self.failures.to_string()),
             ("wall_s", format!("{:.2}", self.wall_s)),
         ];

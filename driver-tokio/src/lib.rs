@@ -14,6 +14,7 @@ mod run;
 
 pub use keynode_agent::{
     Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,
-    ProtocolOptions, RecvStream, SendStream, StreamError, WithConnOptions, load_or_create_key, now,
+    ProtocolError, ProtocolOptions, RecvStream, SendStream, StreamError, WithConnOptions,
+    load_or_create_key, now,
 };
 pub use run::start;

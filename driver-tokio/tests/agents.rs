@@ -183,6 +183,9 @@ async fn the_demo_with_defaults_succeeds() {
     assert!(report.finds > 0);
     assert_eq!(report.finds_ok, report.finds);
     assert!(report.claims_ok > 0);
+    assert_eq!(report.transfers, report.nodes, "one transfer an agent");
+    assert_eq!(report.transfer_ok, report.transfers, "{report:?}");
+    assert!(report.transfer_mib_s.is_some(), "{report:?}");
     assert_eq!(report.failures, 0, "{report:?}");
 }
 

@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Start a local network of agents that find, ping and claim each other.
+    /// Start a local network of agents that find, ping and claim each
+    /// other, and send each other a payload on an application protocol.
     Demo {
         /// How many agents.
         #[arg(long, default_value_t = 10)]
@@ -41,6 +42,9 @@ enum Top {
         /// Seed of the random pairs.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// KiB each agent sends to another's echo and gets back (0: none).
+        #[arg(long, default_value_t = 1024)]
+        transfer_kib: usize,
     },
     /// Run an agent, or ask a running one for its status.
     Agent {
@@ -56,6 +60,16 @@ enum Top {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Join stdin and stdout to a stream of another node, found by its
+    /// NodeId (like netcat), through a running agent.
+    ///
+    /// One side runs `pipe listen`, the other `pipe connect <nodeid>`, on
+    /// the same --protocol; what goes into one's stdin comes out of the
+    /// other's stdout, both ways at once.
+    Pipe {
+        #[command(subcommand)]
+        command: PipeCommand,
     },
 }
 
@@ -168,6 +182,56 @@ enum KeysCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum PipeCommand {
+    /// Serve the first stream of --protocol a peer opens to this agent:
+    /// stdin to the peer, the peer's bytes to stdout.
+    ///
+    /// Only the first stream is served (later ones are refused), and the
+    /// command exits when it ends: stdin at its end and the peer done
+    /// sending. Once a peer may connect it prints "listening for
+    /// <protocol> on <nodeid>" on stderr; stdout carries only the peer's
+    /// bytes. Exits non-zero if the stream breaks (reset, connection lost).
+    Listen {
+        #[command(flatten)]
+        pipe: PipeArgs,
+    },
+    /// Open a stream of --protocol to a node: stdin to it, its bytes to
+    /// stdout.
+    ///
+    /// The node is found through the network (connecting directly, or by
+    /// signalling and hole punching). The command exits when both
+    /// directions end: stdin at its end and the node done sending. Exits
+    /// non-zero if the node does not serve the protocol or the stream
+    /// breaks (reset, connection lost).
+    Connect {
+        #[command(flatten)]
+        pipe: PipeArgs,
+        /// The node.
+        node_id: NodeId,
+        /// Seconds to wait for the stream to open (finding and connecting
+        /// to the node); the transfer itself has no limit.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+/// Where a pipe goes.
+#[derive(Args)]
+struct PipeArgs {
+    /// The agent's data directory (where its control.sock is).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The application protocol's name, e.g. myapp/pipe/1 (names starting
+    /// with keynode/ are keynode's own).
+    #[arg(long, value_parser = protocol_name)]
+    protocol: String,
+}
+
+fn protocol_name(name: &str) -> Result<String, keynode_tokio::ProtocolError> {
+    keynode_tokio::Protocol::new(name.as_bytes().to_vec()).map(|_| name.to_owned())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -178,13 +242,22 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match run(cli).await {
+    let pipe = matches!(cli.command, Top::Pipe { .. });
+    let code = match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    };
+    if pipe {
+        // tokio reads stdin on a blocking thread that cannot be cancelled:
+        // after a pipe that ended before its input did, the runtime's
+        // shutdown would wait for that read (from a terminal, until the
+        // user presses enter). Everything is written and flushed by now.
+        std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
     }
+    code
 }
 
 type BoxError = Box<dyn std::error::Error>;
@@ -196,11 +269,13 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             finds,
             json,
             seed,
+            transfer_kib,
         } => {
             let report = demo::run(DemoOptions {
                 nodes,
                 finds_per_node: finds,
                 seed,
+                transfer_bytes: transfer_kib.saturating_mul(1024),
                 progress: !json,
             })
             .await?;
@@ -240,6 +315,7 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             .await
         }
         Top::Nodes { command: nodes } => run_nodes(nodes).await,
+        Top::Pipe { command: pipe } => run_pipe(pipe).await,
         Top::Keys {
             command: KeysCommand::Renew { client },
         } => {
@@ -370,6 +446,61 @@ async fn run_nodes(nodes: NodesCommand) -> Result<ExitCode, BoxError> {
             .await
         }
     }
+}
+
+/// `keynode pipe listen` and `keynode pipe connect`: the request, its
+/// answers (diagnostics on stderr), then stdin and stdout through the pipe.
+async fn run_pipe(pipe: PipeCommand) -> Result<ExitCode, BoxError> {
+    let (args, request, timeout) = match pipe {
+        PipeCommand::Listen { pipe } => {
+            let request = Request::PipeListen {
+                protocol: pipe.protocol.clone(),
+            };
+            (pipe, request, None)
+        }
+        PipeCommand::Connect {
+            pipe,
+            node_id,
+            timeout,
+        } => {
+            let request = Request::PipeConnect {
+                node_id,
+                protocol: pipe.protocol.clone(),
+            };
+            (pipe, request, Some(Duration::from_secs(timeout)))
+        }
+    };
+    let dir = &args.data_dir;
+    let opening = async {
+        let mut control = Client::connect(dir).await?;
+        let mut response = control.call(&request).await?;
+        if let Response::Ok(Reply::PipeListening { node_id, protocol }) = &response {
+            eprintln!("listening for {protocol} on {node_id}");
+            response = control.read_response().await?;
+        }
+        match response {
+            Response::Ok(Reply::PipeOpen { peer }) => Ok((control, peer)),
+            Response::Ok(reply) => Err(unexpected(&reply).into()),
+            Response::Error(e) => Err(Box::new(RequestFailed(e)) as BoxError),
+        }
+    };
+    let (control, peer) = match timeout {
+        None => opening.await?,
+        Some(wait) => tokio::time::timeout(wait, opening).await.map_err(|_| {
+            format!(
+                "no stream of {} to the node within {} s",
+                args.protocol,
+                wait.as_secs()
+            )
+        })??,
+    };
+    eprintln!("stream of {} open with {peer}", args.protocol);
+    control
+        .into_pipe()
+        .run(tokio::io::stdin(), tokio::io::stdout())
+        .await
+        .map_err(|e| format!("pipe with {peer}: {e}"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Sends one request to the agent of `client.data_dir` and prints the

@@ -1,6 +1,6 @@
 //! The client end: a connection to a running agent's socket, used by the
-//! `keynode nodes ...` and `keynode keys ...` commands. It tells "no agent"
-//! from "an agent that died" from a broken answer.
+//! `keynode nodes ...`, `keynode keys ...` and `keynode pipe ...` commands.
+//! It tells "no agent" from "an agent that died" from a broken answer.
 
 use std::fmt;
 use std::io;
@@ -10,6 +10,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use super::line::{Line, read_line};
+use super::pipe_end::PipeEnd;
 use super::protocol::{Request, Response};
 use super::{MAX_RESPONSE_SIZE, socket_path};
 
@@ -94,6 +95,16 @@ impl Client {
         let stream = self.stream.get_mut();
         stream.write_all(&bytes).await.map_err(io_err)?;
         stream.flush().await.map_err(io_err)?;
+        self.read_response().await
+    }
+
+    /// Waits for one more response: [`Request::PipeListen`] is answered
+    /// twice (listening, then open).
+    pub async fn read_response(&mut self) -> Result<Response, ClientError> {
+        let io_err = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
         match read_line(&mut self.stream, &mut self.line, MAX_RESPONSE_SIZE)
             .await
             .map_err(io_err)?
@@ -110,5 +121,15 @@ impl Client {
                 })
             }
         }
+    }
+}
+
+impl Client {
+    /// The connection as the client's end of a pipe, after the agent
+    /// answered [`Reply::PipeOpen`](super::Reply::PipeOpen). Bytes the
+    /// agent sent after that answer are kept.
+    pub fn into_pipe(self) -> PipeEnd {
+        let buffered = self.stream.buffer().to_vec();
+        PipeEnd::new(self.dir, buffered, self.stream.into_inner())
     }
 }

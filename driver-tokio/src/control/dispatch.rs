@@ -19,10 +19,16 @@ pub async fn handle(agent: &Agent, request: Request) -> Response {
 
 /// Parses one request line and carries it out.
 pub async fn handle_line(agent: &Agent, line: &[u8]) -> Response {
-    match serde_json::from_slice::<Request>(line) {
+    match parse_line(line) {
         Ok(request) => handle(agent, request).await,
-        Err(e) => Response::Error(ControlError::new(ErrorKind::BadRequest, e.to_string())),
+        Err(e) => Response::Error(e),
     }
+}
+
+/// Parses one request line.
+pub(super) fn parse_line(line: &[u8]) -> Result<Request, ControlError> {
+    serde_json::from_slice(line)
+        .map_err(|e| ControlError::new(ErrorKind::BadRequest, e.to_string()))
 }
 
 async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError> {
@@ -107,6 +113,12 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ControlError::new(ErrorKind::Internal, e))?;
             Reply::Chain { node_id, claims }
+        }
+        Request::PipeListen { .. } | Request::PipeConnect { .. } => {
+            return Err(ControlError::new(
+                ErrorKind::BadRequest,
+                "a pipe needs a control socket connection, which it takes over",
+            ));
         }
         Request::RenewKey => {
             let old_node_id = agent.node_id();

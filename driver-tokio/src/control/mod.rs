@@ -16,24 +16,37 @@
 //! < {"error":{"kind":"bad_request","message":"expected value at line 1 column 1"}}
 //! ```
 //!
+//! A pipe request ([`Request::PipeListen`], [`Request::PipeConnect`]) is
+//! the last on its connection: once the agent answers that the stream is
+//! open, the connection carries the stream's bytes (`pipe` says how) and
+//! [`Client::into_pipe`] gives the client's [`PipeEnd`].
+//!
 //! The server side is [`ControlServer`]; [`Client`] is the other end, used
-//! by the `keynode nodes ...` and `keynode keys ...` commands.
+//! by the `keynode nodes ...`, `keynode keys ...` and `keynode pipe ...`
+//! commands.
 //!
 //! The module holds one concept a file: `protocol` (the request and
 //! response types, their JSON form), `dispatch` (a request carried out on
 //! an [`Agent`](crate::Agent)), `server` (the socket and its accept loop),
-//! `line` (the bounded line reader both ends use) and `client`.
+//! `line` (the bounded line reader both ends use), `client`, `pipe` (the
+//! agent's side of a pipe), `chunks` (how the agent frames the peer's
+//! bytes) and `pipe_end` (the client's side).
 
 use std::path::{Path, PathBuf};
 
+mod chunks;
 mod client;
 mod dispatch;
 mod line;
+mod pipe;
+mod pipe_end;
 mod protocol;
 mod server;
 
 pub use client::{Client, ClientError};
 pub use dispatch::{handle, handle_line};
+pub use pipe::PIPE_ABORTED;
+pub use pipe_end::{Carried, PipeEnd, PipeError};
 pub use protocol::{
     AddressInfo, BucketInfo, ClaimBodyInfo, ClaimInfo, ConnectionInfo, ContactInfo, ControlError,
     ErrorKind, Reply, Request, Response,

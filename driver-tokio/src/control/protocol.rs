@@ -13,7 +13,9 @@ use keynode_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::AgentError;
+use keynode_agent::RegisterError;
+
+use crate::{AgentError, StreamError};
 
 /// A command for the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +74,31 @@ pub enum Request {
     },
     /// A new key: the agent's NodeId changes.
     RenewKey,
+    /// Listens on `protocol` and serves its first inbound stream as a pipe:
+    /// answered by [`Reply::PipeListening`] at once, by [`Reply::PipeOpen`]
+    /// when a peer opens the stream, then the connection is the pipe (the
+    /// module docs say how). Only on the socket: [`handle`](super::handle)
+    /// refuses it.
+    PipeListen {
+        /// The protocol's name.
+        protocol: String,
+    },
+    /// Opens a bidirectional stream of `protocol` to `node_id` (found
+    /// through the network) as a pipe: answered by [`Reply::PipeOpen`],
+    /// then the connection is the pipe.
+    PipeConnect {
+        /// The node.
+        node_id: NodeId,
+        /// The protocol's name.
+        protocol: String,
+    },
+}
+
+impl Request {
+    /// Whether the request turns its connection into a pipe.
+    pub fn is_pipe(&self) -> bool {
+        matches!(self, Self::PipeListen { .. } | Self::PipeConnect { .. })
+    }
 }
 
 fn yes() -> bool {
@@ -134,6 +161,27 @@ pub enum Reply {
         old_node_id: NodeId,
         /// The NodeId now.
         node_id: NodeId,
+    },
+    /// For [`Request::PipeListen`]: the protocol is registered, a peer may
+    /// open the stream now.
+    PipeListening {
+        /// The agent's NodeId, which the peer connects to.
+        node_id: NodeId,
+        /// The protocol.
+        protocol: String,
+    },
+    /// For [`Request::PipeListen`] and [`Request::PipeConnect`]: the
+    /// stream is open, the pipe's bytes follow.
+    PipeOpen {
+        /// The node at the other end.
+        peer: NodeId,
+    },
+    /// The pipe's last line: both directions ended cleanly.
+    PipeClosed {
+        /// Bytes from this client to the peer.
+        sent: u64,
+        /// Bytes from the peer to this client.
+        received: u64,
     },
 }
 
@@ -288,6 +336,13 @@ pub enum ErrorKind {
     Failed,
     /// The agent is stopping.
     Stopped,
+    /// Something else uses the resource (a protocol listened on already).
+    InUse,
+    /// The peer refused the stream (it does not serve the protocol, or
+    /// serves as many streams of it as it takes).
+    Refused,
+    /// A stream broke: reset or stopped by the peer, or its connection lost.
+    StreamFailed,
     /// Anything else (a bug).
     Internal,
 }
@@ -297,7 +352,19 @@ impl From<AgentError> for ControlError {
         let kind = match e {
             AgentError::Stopped => ErrorKind::Stopped,
             AgentError::Unexpected(_) => ErrorKind::Internal,
+            AgentError::Register(RegisterError::AlreadyRegistered(_)) => ErrorKind::InUse,
+            AgentError::Stream(e) => return e.into(),
             _ => ErrorKind::Failed,
+        };
+        Self::new(kind, e.to_string())
+    }
+}
+
+impl From<StreamError> for ControlError {
+    fn from(e: StreamError) -> Self {
+        let kind = match e {
+            StreamError::Refused(_) => ErrorKind::Refused,
+            _ => ErrorKind::StreamFailed,
         };
         Self::new(kind, e.to_string())
     }
@@ -365,6 +432,13 @@ mod tests {
             Request::Chain { node_id: None },
             Request::Chain { node_id: Some(id) },
             Request::RenewKey,
+            Request::PipeListen {
+                protocol: "demo/pipe/1".to_owned(),
+            },
+            Request::PipeConnect {
+                node_id: id,
+                protocol: "demo/pipe/1".to_owned(),
+            },
         ];
         for request in requests {
             let text = serde_json::to_string(&request).unwrap();

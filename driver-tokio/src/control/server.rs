@@ -1,6 +1,7 @@
 //! The server end: binding `control.sock` safely (owner only, never two
 //! agents on one socket), the accept loop with its bound on connections,
-//! and the request/response loop of one connection.
+//! and the request/response loop of one connection, which a pipe request
+//! hands over to the pipe.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -12,10 +13,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::dispatch::handle_line;
+use super::dispatch::{handle, parse_line};
 use super::line::{Line, read_line};
 use super::protocol::{ControlError, ErrorKind, Response};
-use super::{MAX_CLIENTS, MAX_REQUEST_SIZE, SOCKET_NAME, socket_path};
+use super::{MAX_CLIENTS, MAX_REQUEST_SIZE, SOCKET_NAME, pipe, socket_path};
 use crate::Agent;
 
 /// Why the control socket could not be set up.
@@ -174,9 +175,13 @@ async fn accept_loop(listener: UnixListener, agent: Agent) {
     }
 }
 
+/// The read buffer of a connection: as large as a pipe's chunks, so that
+/// a pipe sends the client's bytes to the stream in pieces that size.
+const READ_BUFFER: usize = super::chunks::MAX_CHUNK;
+
 async fn serve_connection(stream: UnixStream, agent: &Agent) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     let mut line = Vec::new();
     loop {
         let response = match read_line(&mut reader, &mut line, MAX_REQUEST_SIZE).await? {
@@ -185,13 +190,20 @@ async fn serve_connection(stream: UnixStream, agent: &Agent) -> io::Result<()> {
                 ErrorKind::TooLarge,
                 format!("request longer than {MAX_REQUEST_SIZE} bytes"),
             )),
-            Line::Complete => handle_line(agent, &line).await,
+            Line::Complete => match parse_line(&line) {
+                // Bytes after the request line stay in `reader`: the pipe's.
+                Ok(request) if request.is_pipe() => {
+                    return pipe::serve(agent, request, reader, write).await;
+                }
+                Ok(request) => handle(agent, request).await,
+                Err(e) => Response::Error(e),
+            },
         };
         write_response(&mut write, &response).await?;
     }
 }
 
-async fn write_response<W: AsyncWriteExt + Unpin>(
+pub(super) async fn write_response<W: AsyncWriteExt + Unpin>(
     write: &mut W,
     response: &Response,
 ) -> io::Result<()> {
