@@ -506,11 +506,7 @@ impl Node {
         let Some(s) = c.streams.remove(&id) else {
             return;
         };
-        let code = Refusal::UnknownProtocol.code();
-        let _ = c.conn.recv_stream(id).stop(code);
-        if id.dir() == Dir::Bi {
-            let _ = c.conn.send_stream(id).reset(code);
-        }
+        send_refusal(&mut c.conn, id, Refusal::UnknownProtocol);
         self.app_stream_ended(stream.conn, s);
     }
 
@@ -762,10 +758,7 @@ impl Node {
     /// refusal's code, and the stream leaves the table.
     pub(super) fn refuse_stream(&mut self, conn: ConnId, id: quinn_proto::StreamId, why: Refusal) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            let _ = c.conn.recv_stream(id).stop(why.code());
-            if id.dir() == Dir::Bi {
-                let _ = c.conn.send_stream(id).reset(why.code());
-            }
+            send_refusal(&mut c.conn, id, why);
             c.streams.remove(&id);
         }
     }
@@ -801,6 +794,15 @@ impl Node {
     /// A readiness event of an application stream for the caller.
     pub(super) fn app_ready(&mut self, event: AppEvent) {
         self.out.push_back(NetCommand::App(event));
+    }
+}
+
+/// Tells the opener of an inbound stream that it is refused: its reads
+/// (on a bidirectional stream) and its writes fail with `why`'s code.
+fn send_refusal(conn: &mut quinn_proto::Connection, id: quinn_proto::StreamId, why: Refusal) {
+    let _ = conn.recv_stream(id).stop(why.code());
+    if id.dir() == Dir::Bi {
+        let _ = conn.send_stream(id).reset(why.code());
     }
 }
 
