@@ -27,6 +27,7 @@ use crate::shared::Shared;
 use crate::sockets::{mdns_socket, quic_socket};
 use crate::store_thread::StoreThread;
 use crate::stream::{RecvStream, SendStream};
+use crate::udp::UdpIo;
 
 /// How to run an agent.
 #[derive(Clone, Debug)]
@@ -180,6 +181,9 @@ pub struct Opened {
     pub inputs: Inputs,
     /// The QUIC socket, bound and non-blocking, for the driver to wrap.
     pub socket: std::net::UdpSocket,
+    /// How to send and receive on it (batched, with offload where the
+    /// kernel has it): the driver's only way to use the socket.
+    pub udp: Arc<UdpIo>,
     /// The mDNS socket when mDNS is on, bound, joined and non-blocking.
     pub mdns: Option<std::net::UdpSocket>,
 }
@@ -314,6 +318,11 @@ impl Agent {
             })?,
         )?;
         let node_id = node.node_id();
+        let udp = Arc::new(UdpIo::new(&socket).map_err(|source| AgentError::Socket {
+            addr: local_addr,
+            source,
+        })?);
+        node.set_max_segments(udp.max_segments());
         node.handle(start, DriverEvent::SnapshotLoaded(snapshot));
         let mdns = match &mdns_config {
             Some(m) => {
@@ -352,9 +361,11 @@ impl Agent {
                 lock,
                 config.data_dir.clone(),
                 events_tx,
+                udp.clone(),
             ),
             inputs: Inputs::new(events_rx, calls_rx, shared),
             socket,
+            udp,
             mdns,
         })
     }

@@ -24,6 +24,7 @@ mod shared;
 mod sockets;
 mod store_thread;
 mod stream;
+mod udp;
 
 pub use agent::{
     Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, Sleep, WithConnOptions,
@@ -35,6 +36,7 @@ pub use keynode_core::net::{
     StreamError, StreamHandle, StreamTables,
 };
 pub use listener::{IncomingStream, Listener};
-pub use node_loop::{AgentLoop, Input, Inputs, StopReply, resolved};
+pub use node_loop::{AgentLoop, Input, Inputs, RECEIVE_BATCH, StopReply, resolved};
 pub use readiness::ReadinessTables;
 pub use stream::{ReadToEndError, RecvStream, SendStream, io_error};
+pub use udp::{RecvBuffers, UdpIo};

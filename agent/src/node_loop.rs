@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -29,6 +30,13 @@ use keynode_core::{Hostname, OpId, OpValue, ResolveId, UserCall};
 use crate::agent::{AgentError, Call, now, write_key};
 use crate::shared::Shared;
 use crate::store_thread::StoreThread;
+use crate::udp::UdpIo;
+
+/// Datagrams a driver reads from its socket, when they are waiting, before
+/// it drains the node: enough that quinn-proto answers a burst with one
+/// ACK (quinn reads up to 32 per system call, several calls per wake), few
+/// enough that calls and timers still get their turn under a flood.
+pub const RECEIVE_BATCH: usize = 64;
 
 /// What the driver must do for the node.
 #[derive(Debug)]
@@ -130,6 +138,9 @@ pub struct AgentLoop {
     pending: BTreeMap<OpId, Reply>,
     /// Set by a stop: `Some(None)` when every handle is gone.
     stopping: Option<Option<oneshot::Sender<()>>>,
+    /// The socket's offload, which can be lost at run time: each drain
+    /// gives the node the segments a transmit may have now.
+    udp: Arc<UdpIo>,
 }
 
 impl AgentLoop {
@@ -139,6 +150,7 @@ impl AgentLoop {
         lock: std::fs::File,
         data_dir: std::path::PathBuf,
         events: mpsc::UnboundedSender<DriverEvent<'static>>,
+        udp: Arc<UdpIo>,
     ) -> Self {
         Self {
             shared,
@@ -148,6 +160,7 @@ impl AgentLoop {
             events,
             pending: BTreeMap::new(),
             stopping: None,
+            udp,
         }
     }
 
@@ -202,6 +215,8 @@ impl AgentLoop {
         mut send: impl FnMut(Transmit, bool) -> Sent,
         mut resolve: impl FnMut(ResolveId, Hostname, mpsc::UnboundedSender<DriverEvent<'static>>),
     ) {
+        let max_segments = self.udp.max_segments();
+        self.shared.lock().node.set_max_segments(max_segments);
         while let Some(io) = self.poll_io() {
             match io {
                 Io::Transmit(t) => {
@@ -230,12 +245,17 @@ impl AgentLoop {
         self.shared.lock().node.poll_timeout().map(|(at, _)| at)
     }
 
-    /// A datagram arrived on the QUIC socket.
-    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        self.shared
-            .lock()
-            .node
-            .handle(now(), DriverEvent::Datagram { from, bytes });
+    /// Datagrams that arrived on the QUIC socket together (one receive):
+    /// one lock and one clock read for all of them.
+    pub fn handle_datagrams<'a>(
+        &mut self,
+        datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
+    ) {
+        let at = now();
+        let mut state = self.shared.lock();
+        for (from, bytes) in datagrams {
+            state.node.handle(at, DriverEvent::Datagram { from, bytes });
+        }
     }
 
     /// A datagram arrived on the mDNS socket.

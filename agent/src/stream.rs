@@ -173,13 +173,19 @@ impl RecvStream {
         let mut state = self.shared.lock();
         match state.node.read(now(), self.stream, max) {
             Ok(Some(bytes)) => {
-                // Reading gives the peer credit: the loop sends it.
-                state.wake_loop();
+                // Reading gives the peer credit: the loop sends it when
+                // enough has been read to be worth a packet.
+                if state.node.take_credit_due() {
+                    state.wake_loop();
+                }
                 Poll::Ready(Ok(Some(bytes)))
             }
+            // The stream's end frees it: the peer may open another, and
+            // the connection's lease may go. Once per stream.
             Ok(None) => {
                 self.done = true;
                 state.ready.forget_stream_reader(self.stream);
+                state.wake_loop();
                 Poll::Ready(Ok(None))
             }
             Err(StreamError::Blocked) => {
@@ -189,6 +195,7 @@ impl RecvStream {
             Err(e) => {
                 self.done = true;
                 state.ready.forget_stream_reader(self.stream);
+                state.wake_loop();
                 Poll::Ready(Err(e))
             }
         }

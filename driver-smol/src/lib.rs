@@ -30,33 +30,42 @@
 #![warn(missing_docs)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub use keynode_agent::{
     Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,
     ProtocolOptions, RecvStream, SendStream, StreamError, WithConnOptions, load_or_create_key, now,
 };
-use keynode_agent::{AgentLoop, Input, Inputs, Opened, Transmit, resolved};
-use smol::net::UdpSocket;
+use keynode_agent::{AgentLoop, Input, Inputs, Opened, Transmit, UdpIo, resolved};
+use smol::Async;
+
+/// The agent's sockets: smol's readiness over the std socket, so that the
+/// loop can also read it directly (non-blocking) when a datagram is in.
+type UdpSocket = Async<std::net::UdpSocket>;
 
 /// Starts an agent: opens its data directory, key and store and binds
 /// its sockets (on a blocking thread), runs its loop on smol's global
 /// executor and starts the node manager. Returns once the manager has
 /// started and its start batch is committed. Works from any executor.
 pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
-    let (agent, node_loop, inputs, socket, mdns) = smol::unblock(move || {
+    let (agent, node_loop, inputs, quic, mdns) = smol::unblock(move || {
         let Opened {
             agent,
             node_loop,
             inputs,
             socket,
+            udp,
             mdns,
         } = Agent::open(config, sleep())?;
-        let socket = wrap(socket)?;
+        let quic = Quic {
+            socket: wrap(socket)?,
+            udp,
+        };
         let mdns = mdns.map(wrap).transpose()?;
-        Ok::<_, AgentError>((agent, node_loop, inputs, socket, mdns))
+        Ok::<_, AgentError>((agent, node_loop, inputs, quic, mdns))
     })
     .await?;
-    smol::spawn(run(node_loop, inputs, socket, mdns)).detach();
+    smol::spawn(run(node_loop, inputs, quic, mdns)).detach();
     agent.start_manager().await?;
     Ok(agent)
 }
@@ -74,39 +83,39 @@ fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {
     let addr = socket
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-    UdpSocket::try_from(socket).map_err(|source| AgentError::Socket { addr, source })
+    Async::new(socket).map_err(|source| AgentError::Socket { addr, source })
+}
+
+/// The QUIC socket and its batched I/O.
+struct Quic {
+    socket: UdpSocket,
+    udp: Arc<UdpIo>,
 }
 
 /// What woke the loop.
 enum Wake {
-    Datagram(std::io::Result<(usize, SocketAddr)>),
+    /// The QUIC socket has datagrams waiting (or failed to wait).
+    Datagrams(std::io::Result<usize>),
     Mdns(std::io::Result<(usize, SocketAddr)>),
     Input(Input),
     Timeout,
 }
 
-/// One input at a time, then drain the node completely.
-async fn run(
-    mut node_loop: AgentLoop,
-    mut inputs: Inputs,
-    socket: UdpSocket,
-    mdns: Option<UdpSocket>,
-) {
-    let mut buf = vec![0u8; 65536];
+/// One input at a time (a socket's input: every datagram waiting, up to
+/// [`keynode_agent::RECEIVE_BATCH`]), then drain the node completely.
+async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Option<UdpSocket>) {
+    let mut buffers = quic.udp.recv_buffers();
     let mut mdns_buf = vec![0u8; 9000];
     loop {
         node_loop
             .drain(
                 |t: Transmit, on_mdns: bool| {
-                    let from = if on_mdns {
-                        mdns.as_ref()
-                    } else {
-                        Some(&socket)
-                    };
+                    let (quic, mdns) = (&quic, mdns.as_ref());
                     async move {
-                        match from {
-                            Some(s) => send(s, &t).await,
-                            None => Ok(0),
+                        match (on_mdns, mdns) {
+                            (false, _) => send(quic, &t).await,
+                            (true, Some(m)) => m.send_to(&t.contents, t.destination).await,
+                            (true, None) => Ok(0),
                         }
                     }
                 },
@@ -123,7 +132,7 @@ async fn run(
         if node_loop.stopping() {
             // Closing flushes LMDB: off the executor's threads.
             let reply = smol::unblock(move || node_loop.finish()).await;
-            drop((socket, mdns, inputs));
+            drop((quic, mdns, inputs));
             reply.send();
             return;
         }
@@ -132,7 +141,11 @@ async fn run(
         // datagrams cannot starve the handles' calls or the timers.
         let wake = smol::future::race(
             smol::future::race(
-                async { Wake::Datagram(socket.recv_from(&mut buf).await) },
+                async {
+                    let udp = &quic.udp;
+                    let buffers = &mut buffers;
+                    Wake::Datagrams(quic.socket.read_with(|s| udp.recv(s, buffers)).await)
+                },
                 async {
                     match &mdns {
                         Some(m) => Wake::Mdns(m.recv_from(&mut mdns_buf).await),
@@ -152,13 +165,23 @@ async fn run(
         )
         .await;
         match wake {
-            Wake::Datagram(Ok((n, from))) => {
-                node_loop.handle_datagram(from, buf.get(..n).unwrap_or_default());
+            Wake::Datagrams(Ok(mut received)) => {
+                node_loop.handle_datagrams(buffers.datagrams());
+                // Everything else already waiting goes in before the
+                // drain, so the node answers a burst at once. The socket
+                // is non-blocking: a receive with nothing there fails at once.
+                while received < keynode_agent::RECEIVE_BATCH {
+                    let Ok(n) = quic.udp.recv(quic.socket.get_ref(), &mut buffers) else {
+                        break;
+                    };
+                    received += n;
+                    node_loop.handle_datagrams(buffers.datagrams());
+                }
             }
             Wake::Mdns(Ok((n, from))) => {
                 node_loop.handle_mdns_datagram(from, mdns_buf.get(..n).unwrap_or_default());
             }
-            Wake::Datagram(Err(e)) | Wake::Mdns(Err(e)) => {
+            Wake::Datagrams(Err(e)) | Wake::Mdns(Err(e)) => {
                 tracing::trace!("receive failed: {e}");
             }
             Wake::Input(input) => node_loop.handle_input(input),
@@ -167,18 +190,26 @@ async fn run(
     }
 }
 
-/// Sends `t`, at its TTL if it has one (a hole punch's first packet).
-async fn send(socket: &UdpSocket, t: &Transmit) -> std::io::Result<usize> {
+/// Sends `t` on the QUIC socket, at its TTL if it has one (a hole punch's
+/// first packet).
+async fn send(quic: &Quic, t: &Transmit) -> std::io::Result<usize> {
+    let send = || async {
+        quic.socket
+            .write_with(|s| quic.udp.send(s, t))
+            .await
+            .map(|()| t.contents.len())
+    };
     let Some(ttl) = t.ttl else {
-        return socket.send_to(&t.contents, t.destination).await;
+        return send().await;
     };
     // Nothing else is sent meanwhile: the loop awaits this send. IP_TTL
     // is IPv4's; where it cannot be set the packet goes at the default.
+    let socket = quic.socket.get_ref();
     let Ok(before) = socket.ttl() else {
-        return socket.send_to(&t.contents, t.destination).await;
+        return send().await;
     };
     let set = socket.set_ttl(ttl).is_ok();
-    let sent = socket.send_to(&t.contents, t.destination).await;
+    let sent = send().await;
     if set {
         let _ = socket.set_ttl(before);
     }

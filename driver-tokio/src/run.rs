@@ -1,8 +1,11 @@
 //! The agent's loop on tokio.
 
+use std::sync::Arc;
+
 use keynode_agent::{
-    Agent, AgentConfig, AgentError, AgentLoop, Inputs, Opened, Transmit, resolved,
+    Agent, AgentConfig, AgentError, AgentLoop, Inputs, Opened, Transmit, UdpIo, resolved,
 };
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Starts an agent on the current tokio runtime (either flavour): opens
@@ -16,9 +19,13 @@ pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
             node_loop,
             inputs,
             socket,
+            udp,
             mdns,
         } = Agent::open(config, sleep())?;
-        let socket = wrap(socket)?;
+        let socket = Quic {
+            socket: wrap(socket)?,
+            udp,
+        };
         let mdns = mdns.map(wrap).transpose()?;
         Ok::<_, AgentError>((agent, node_loop, inputs, socket, mdns))
     })
@@ -41,28 +48,27 @@ fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {
     UdpSocket::from_std(socket).map_err(|source| AgentError::Socket { addr, source })
 }
 
-/// One input at a time, then drain the node completely.
-async fn run(
-    mut node_loop: AgentLoop,
-    mut inputs: Inputs,
+/// The QUIC socket and its batched I/O.
+struct Quic {
     socket: UdpSocket,
-    mdns: Option<UdpSocket>,
-) {
-    let mut buf = vec![0u8; 65536];
+    udp: Arc<UdpIo>,
+}
+
+/// One input at a time (a socket's input: every datagram waiting, up to
+/// [`keynode_agent::RECEIVE_BATCH`]), then drain the node completely.
+async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Option<UdpSocket>) {
+    let mut buffers = quic.udp.recv_buffers();
     let mut mdns_buf = vec![0u8; 9000];
     loop {
         node_loop
             .drain(
                 |t: Transmit, on_mdns: bool| {
-                    let from = if on_mdns {
-                        mdns.as_ref()
-                    } else {
-                        Some(&socket)
-                    };
+                    let (quic, mdns) = (&quic, mdns.as_ref());
                     async move {
-                        match from {
-                            Some(s) => send(s, &t).await,
-                            None => Ok(0),
+                        match (on_mdns, mdns) {
+                            (false, _) => send(quic, &t).await,
+                            (true, Some(m)) => m.send_to(&t.contents, t.destination).await,
+                            (true, None) => Ok(0),
                         }
                     }
                 },
@@ -84,7 +90,7 @@ async fn run(
                     return;
                 }
             };
-            drop((socket, mdns, inputs));
+            drop((quic, mdns, inputs));
             reply.send();
             return;
         }
@@ -96,9 +102,9 @@ async fn run(
             }
         };
         tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = received {
-                    node_loop.handle_datagram(from, buf.get(..n).unwrap_or_default());
+            readable = quic.socket.readable() => {
+                if readable.is_ok() {
+                    receive(&quic, &mut buffers, &mut node_loop);
                 }
             }
             Some((n, from)) = recv_mdns(&mdns, &mut mdns_buf) => {
@@ -106,6 +112,31 @@ async fn run(
             }
             input = inputs.next() => node_loop.handle_input(input),
             () = sleep => node_loop.handle_timeout(),
+        }
+    }
+}
+
+/// Hands the node every datagram waiting on the QUIC socket, up to
+/// [`keynode_agent::RECEIVE_BATCH`], so that it answers a burst at once.
+fn receive(quic: &Quic, buffers: &mut keynode_agent::RecvBuffers, node_loop: &mut AgentLoop) {
+    let mut received = 0;
+    while received < keynode_agent::RECEIVE_BATCH {
+        let filled = quic
+            .socket
+            .try_io(Interest::READABLE, || quic.udp.recv(&quic.socket, buffers));
+        match filled {
+            Ok(n) => {
+                received += n;
+                node_loop.handle_datagrams(buffers.datagrams());
+            }
+            // WouldBlock (readiness cleared) or a failed receive (an ICMP
+            // error reported on the socket): the next wake tries again.
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::trace!("receive failed: {e}");
+                }
+                break;
+            }
         }
     }
 }
@@ -121,20 +152,27 @@ async fn recv_mdns(
     }
 }
 
-/// Sends `t`, at its TTL if it has one (a hole punch's first packet).
-async fn send(socket: &UdpSocket, t: &Transmit) -> std::io::Result<usize> {
+/// Sends `t` on the QUIC socket, at its TTL if it has one (a hole punch's
+/// first packet).
+async fn send(quic: &Quic, t: &Transmit) -> std::io::Result<usize> {
+    let send = || async {
+        quic.socket
+            .async_io(Interest::WRITABLE, || quic.udp.send(&quic.socket, t))
+            .await
+            .map(|()| t.contents.len())
+    };
     let Some(ttl) = t.ttl else {
-        return socket.send_to(&t.contents, t.destination).await;
+        return send().await;
     };
     // Nothing else is sent meanwhile: the loop awaits this send. IP_TTL
     // is IPv4's; where it cannot be set the packet goes at the default.
-    let Ok(before) = socket.ttl() else {
-        return socket.send_to(&t.contents, t.destination).await;
+    let Ok(before) = quic.socket.ttl() else {
+        return send().await;
     };
-    let set = socket.set_ttl(ttl).is_ok();
-    let sent = socket.send_to(&t.contents, t.destination).await;
+    let set = quic.socket.set_ttl(ttl).is_ok();
+    let sent = send().await;
     if set {
-        let _ = socket.set_ttl(before);
+        let _ = quic.socket.set_ttl(before);
     }
     sent
 }

@@ -412,7 +412,16 @@ impl Node {
         }
     }
 
+    /// True once after a [`Node::read`] freed enough of a flow-control
+    /// window that the peer must be told (quinn-proto's `ShouldTransmit`):
+    /// the driver must poll to send the credit. Most reads do not, and a
+    /// driver that polls only then is not woken for every chunk read.
+    pub fn take_credit_due(&mut self) -> bool {
+        std::mem::take(&mut self.credit_due)
+    }
+
     /// Reads up to `max` bytes in order: `Ok(None)` at the stream's end.
+    /// See [`Node::take_credit_due`].
     pub fn read(
         &mut self,
         now: Now,
@@ -424,10 +433,11 @@ impl Node {
         let id = stream.quic();
         open_side(c, stream, Side::Recv)?;
         let mut recv = c.conn.recv_stream(id);
+        let mut credit_due = false;
         let result = match recv.read(true) {
             Ok(mut chunks) => {
                 let next = chunks.next(max.max(1));
-                let _ = chunks.finalize();
+                credit_due = chunks.finalize().should_transmit();
                 match next {
                     Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
                     Ok(None) => Ok(None),
@@ -437,6 +447,7 @@ impl Node {
             }
             Err(_) => Err(StreamError::Closed(stream)),
         };
+        self.credit_due |= credit_due;
         match result {
             Ok(Some(_)) | Err(StreamError::Blocked) => {}
             Ok(None) | Err(_) => self.side_done(stream, Side::Recv),

@@ -140,19 +140,23 @@ impl Node {
             while let Some(event) = c.conn.poll() {
                 events.push(event);
             }
-            let mut buf = Vec::new();
-            while let Some(t) = c.conn.poll_transmit(now.mono, 1, &mut buf) {
-                transmits.push((
-                    t.destination,
-                    buf.get(..t.size).unwrap_or_default().to_vec(),
-                ));
-                buf.clear();
+            // A handshake's datagrams go one per transmit: a hole punch
+            // may hold them back one by one.
+            let max = if up { self.max_segments } else { 1 };
+            loop {
+                // Each transmit's own buffer becomes its contents: no copy.
+                let mut buf = Vec::new();
+                let Some(t) = c.conn.poll_transmit(now.mono, max, &mut buf) else {
+                    break;
+                };
+                buf.truncate(t.size);
+                transmits.push((t.destination, buf, t.segment_size));
             }
         }
-        for (destination, contents) in transmits {
+        for (destination, contents, segment_size) in transmits {
             progressed = true;
             if up {
-                self.send(destination, contents, None);
+                self.send_segments(destination, contents, segment_size);
             } else {
                 self.transmit_vec(destination, contents);
             }

@@ -10,7 +10,7 @@ use crate::address::Hostname;
 use crate::manager::{BatchId, LeaseId, NodeEvent, OpError, OpId, OpValue, ResolveId, StoreBatch};
 use crate::store::Snapshot;
 
-/// A UDP datagram to send.
+/// A UDP datagram to send, or several of one size to one destination.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[must_use]
 pub struct Transmit {
@@ -20,6 +20,18 @@ pub struct Transmit {
     pub contents: Vec<u8>,
     /// The IP TTL (hop limit) to send with; `None`: the socket's own.
     pub ttl: Option<u32>,
+    /// `Some(n)`: `contents` is several datagrams, each `n` bytes but the
+    /// last, which may be shorter (for segmentation offload, GSO). Only
+    /// after [`super::Node::set_max_segments`] asked for more than one.
+    pub segment_size: Option<usize>,
+}
+
+impl Transmit {
+    /// The datagrams of this transmit, one by one.
+    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+        let size = self.segment_size.unwrap_or(self.contents.len()).max(1);
+        self.contents.chunks(size)
+    }
 }
 
 /// Something the driver of a [`super::Node`] observed, fed with

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,6 +159,10 @@ pub struct Node {
     pub(super) now: Now,
     next_id: u64,
     buf: Vec<u8>,
+    /// Datagrams per transmit (GSO); see [`Node::set_max_segments`].
+    pub(super) max_segments: usize,
+    /// A read freed window the peer must hear of; see [`Node::take_credit_due`].
+    pub(super) credit_due: bool,
     mdns: Option<MdnsService>,
     /// The addresses mDNS announces: the node's QUIC socket addresses.
     announced: Vec<SocketAddr>,
@@ -224,6 +229,8 @@ impl Node {
             now,
             next_id: 1,
             buf: Vec::new(),
+            max_segments: 1,
+            credit_due: false,
             mdns: None,
             announced: Vec::new(),
             clock,
@@ -283,7 +290,9 @@ impl Node {
         self.manager.call(now, call)
     }
 
-    /// Feeds what the driver observed.
+    /// Feeds what the driver observed. A datagram is only taken in: what
+    /// it causes is worked out at the next [`Node::poll`], so hand over
+    /// every datagram that is ready, then poll.
     pub fn handle(&mut self, now: Now, event: DriverEvent<'_>) {
         self.advance(now);
         let event = match event {
@@ -429,7 +438,10 @@ impl Node {
             None => {}
         }
         self.buf = buf;
-        self.drive();
+        // No drive here: the next `poll` drives. A driver that hands over
+        // every datagram it has ready before it polls lets quinn-proto see
+        // them all before it decides what to send, so one ACK answers a
+        // burst instead of one ACK every other packet.
     }
 
     pub(super) fn send(&mut self, destination: SocketAddr, contents: Vec<u8>, ttl: Option<u32>) {
@@ -437,7 +449,33 @@ impl Node {
             destination,
             contents,
             ttl,
+            segment_size: None,
         }));
+    }
+
+    /// Sends datagrams of one size, the last possibly shorter, as one
+    /// transmit (see [`Node::set_max_segments`]).
+    pub(super) fn send_segments(
+        &mut self,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+        segment_size: Option<usize>,
+    ) {
+        self.out.push_back(NetCommand::Transmit(Transmit {
+            destination,
+            contents,
+            ttl: None,
+            segment_size,
+        }));
+    }
+
+    /// How many datagrams one [`Transmit`] may carry (its `segment_size`):
+    /// the driver's socket's segmentation offload (GSO) limit. Default 1,
+    /// every transmit one datagram. Only established connections use
+    /// more: a handshake's datagrams may be held for a hole punch one by
+    /// one.
+    pub fn set_max_segments(&mut self, max: usize) {
+        self.max_segments = max.max(1);
     }
 
     /// Carries out the manager's commands and moves every connection along,
@@ -449,9 +487,15 @@ impl Node {
                 progressed = true;
                 self.carry_out(command);
             }
-            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-            for id in ids {
+            // By key range, not a copy of the keys: a pass allocates nothing.
+            let mut next = self.conns.keys().next().copied();
+            while let Some(id) = next {
                 progressed |= self.drive_conn(id);
+                next = self
+                    .conns
+                    .range((Bound::Excluded(id), Bound::Unbounded))
+                    .next()
+                    .map(|(id, _)| *id);
             }
             progressed |= self.drive_mdns();
             if !progressed {
@@ -476,6 +520,7 @@ impl Node {
                 destination: t.destination,
                 contents: t.bytes,
                 ttl: None,
+                segment_size: None,
             }));
         }
         for (query, addresses) in answers {

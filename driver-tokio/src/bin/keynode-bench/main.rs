@@ -47,6 +47,9 @@ struct Args {
     /// Throughput: bytes of each request (and of its echo).
     #[arg(long, default_value_t = 32)]
     request_bytes: usize,
+    /// Throughput, for profiling: one transport's one stream alone.
+    #[arg(long, requires = "throughput", value_enum)]
+    only: Option<streams::Transport>,
 }
 
 #[tokio::main]
@@ -60,7 +63,11 @@ async fn main() -> BenchResult<()> {
             requests: args.requests,
             request_bytes: args.request_bytes,
         };
-        serde_json::to_string(&streams::run(&plan).await?)?
+        if let Some(transport) = args.only {
+            serde_json::to_string(&streams::one_transport(transport, &plan).await?)?
+        } else {
+            serde_json::to_string(&streams::run(&plan).await?)?
+        }
     } else {
         serde_json::to_string(&handshakes::run(args.clients).await?)?
     };

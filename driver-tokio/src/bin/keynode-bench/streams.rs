@@ -123,6 +123,37 @@ pub(crate) async fn run(plan: &Plan) -> BenchResult<Report> {
     })
 }
 
+/// One of the transports compared.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum Transport {
+    Keynode,
+    Quinn,
+    QuinnNoGso,
+}
+
+/// One transport's one-stream MiB/s alone: a run to profile.
+pub(crate) async fn one_transport(transport: Transport, plan: &Plan) -> BenchResult<f64> {
+    let bytes = plan.one_stream_bytes;
+    match transport {
+        Transport::Keynode => {
+            let pair = KeynodePair::start().await?;
+            let mib_per_s = throughput(&pair, 1, bytes).await?;
+            pair.close().await?;
+            Ok(mib_per_s)
+        }
+        Transport::Quinn | Transport::QuinnNoGso => {
+            let offload = match transport {
+                Transport::Quinn => Offload::On,
+                _ => Offload::Off,
+            };
+            let pair = QuinnPair::start(offload).await?;
+            let mib_per_s = throughput(&pair, 1, bytes).await?;
+            pair.close().await?;
+            Ok(mib_per_s)
+        }
+    }
+}
+
 /// MiB/s of `streams` streams to the sink at once, `bytes` each, timed
 /// from the first write until every sink has counted all its bytes.
 async fn throughput<P: Pair>(pair: &P, streams: usize, bytes: u64) -> BenchResult<f64> {
