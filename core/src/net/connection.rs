@@ -87,6 +87,11 @@ impl QuicConn {
     }
 }
 
+/// Datagrams one connection hands the driver per drive, at most (quinn's
+/// connection driver stops at 20 too, `MAX_TRANSMIT_DATAGRAMS`); the next
+/// poll after they are sent drives again.
+const MAX_DATAGRAMS_PER_DRIVE: usize = 20;
+
 impl Node {
     /// Whether a connection to `address` is up.
     pub(super) fn connected_to(&self, address: SocketAddr) -> bool {
@@ -143,13 +148,22 @@ impl Node {
             // A handshake's datagrams go one per transmit: a hole punch
             // may hold them back one by one.
             let max = if up { self.max_segments } else { 1 };
+            let mut datagrams = 0;
             loop {
+                if datagrams >= MAX_DATAGRAMS_PER_DRIVE {
+                    // The rest after these are sent: packets go out while
+                    // they are still in the cache they were sealed in, and
+                    // the node's queue holds a few, not a congestion window.
+                    self.send_budget_spent = true;
+                    break;
+                }
                 // Each transmit's own buffer becomes its contents: no copy.
                 let mut buf = Vec::new();
                 let Some(t) = c.conn.poll_transmit(now.mono, max, &mut buf) else {
                     break;
                 };
                 buf.truncate(t.size);
+                datagrams += t.segment_size.map_or(1, |s| t.size.div_ceil(s.max(1)));
                 transmits.push((t.destination, buf, t.segment_size));
             }
         }

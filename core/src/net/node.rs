@@ -163,6 +163,11 @@ pub struct Node {
     pub(super) max_segments: usize,
     /// A read freed window the peer must hear of; see [`Node::take_credit_due`].
     pub(super) credit_due: bool,
+    /// An input came since the last drive that ended with nothing left to
+    /// do: `poll` must drive before it can say the node is drained.
+    stale: bool,
+    /// A connection stopped at its share of datagrams in this drive.
+    pub(super) send_budget_spent: bool,
     mdns: Option<MdnsService>,
     /// The addresses mDNS announces: the node's QUIC socket addresses.
     announced: Vec<SocketAddr>,
@@ -231,6 +236,8 @@ impl Node {
             buf: Vec::new(),
             max_segments: 1,
             credit_due: false,
+            stale: true,
+            send_budget_spent: false,
             mdns: None,
             announced: Vec::new(),
             clock,
@@ -343,7 +350,7 @@ impl Node {
     /// The next command for the driver.
     #[must_use]
     pub fn poll(&mut self) -> Option<NetCommand> {
-        if self.out.is_empty() {
+        if self.out.is_empty() && self.stale {
             self.drive();
         }
         self.out.pop_front()
@@ -385,6 +392,9 @@ impl Node {
     }
 
     pub(super) fn advance(&mut self, now: Now) {
+        // Every input comes through here: whatever it changed, the next
+        // poll drives.
+        self.stale = true;
         if now.mono >= self.now.mono {
             self.now = now;
             self.clock.set(now.unix_ms);
@@ -499,6 +509,14 @@ impl Node {
             }
             progressed |= self.drive_mdns();
             if !progressed {
+                // Nothing changes until the next input: a poll before it
+                // need not pass over every connection again.
+                self.stale = false;
+                return;
+            }
+            if std::mem::take(&mut self.send_budget_spent) {
+                // A connection has more to send: the next poll, once the
+                // driver has sent these, drives again (still stale).
                 return;
             }
         }
