@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use futures::future::{BoxFuture, join_all};
 use futures::{FutureExt, StreamExt};
 use keynode_agent::{
-    Agent, AgentConfig, AgentError, DatagramError, IncomingStream, ProtocolOptions, Refusal,
-    StreamError, WithConnOptions,
+    Agent, AgentConfig, AgentError, Connection, DatagramError, IncomingStream, Protocol,
+    ProtocolOptions, RecvStream, Refusal, SendStream, StreamError, WithConnOptions,
 };
 use keynode_core::NodeAddress;
 use keynode_core::net::NetConfig;
@@ -363,10 +363,11 @@ pub fn an_unregistered_protocol_gives_the_opener_a_typed_refusal<R: Runtime>() {
     });
 }
 
-/// The inbound cap of a protocol: past it, streams are refused with
-/// `Refused(InboundLimit)`; meanwhile another protocol on the same
-/// connection, and another peer, are served; once a stream ends the cap
-/// has room again, for any peer.
+/// The inbound caps of a protocol: one peer past its share is refused
+/// with `Refused(InboundLimit)` while another peer is still served on that
+/// protocol, and another protocol on the same connection too; past the
+/// protocol's cap over all peers everyone is refused; once a stream ends
+/// there is room again.
 pub fn the_inbound_cap_refuses_with_a_type_while_other_protocols_and_peers_go_on<R: Runtime>() {
     run::<R>(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -376,7 +377,10 @@ pub fn the_inbound_cap_refuses_with_a_type_while_other_protocols_and_peers_go_on
         let capped = protocol("suite/capped/1");
         let other = protocol("suite/other/1");
         let capped_l = b
-            .accept(capped.clone(), ProtocolOptions::with_max_inbound_streams(2))
+            .accept(
+                capped.clone(),
+                ProtocolOptions::with_max_inbound_streams(3).per_peer(2),
+            )
             .expect("b listens");
         let other_l = b
             .accept(other.clone(), ProtocolOptions::default())
@@ -386,18 +390,26 @@ pub fn the_inbound_cap_refuses_with_a_type_while_other_protocols_and_peers_go_on
         let server = futures::future::join(serve(capped_l, echo), serve(other_l, echo)).map(drop);
 
         while_serving(server, async {
-            // Two streams held open (not finished), each echoing a byte:
-            // the server has taken both.
-            let mut held = Vec::new();
-            for i in 0..2u8 {
-                let (mut send, mut recv) = from_a.open_bi(&capped).await.expect("opens");
+            // A stream held open (not finished) that echoed a byte: the
+            // server has taken it.
+            async fn hold(
+                conn: &Connection,
+                protocol: &Protocol,
+                i: u8,
+            ) -> (SendStream, RecvStream) {
+                let (mut send, mut recv) = conn.open_bi(protocol).await.expect("opens");
                 send.write_all(&[i]).await.expect("written");
                 let mut byte = [0u8; 1];
                 assert_eq!(recv.read(&mut byte).await.expect("echoed"), 1);
                 assert_eq!(byte, [i]);
-                held.push((send, recv));
+                (send, recv)
             }
+            let mut held = vec![
+                hold(&from_a, &capped, 0).await,
+                hold(&from_a, &capped, 1).await,
+            ];
 
+            // a is at its share: refused, with the reason.
             let (mut send, mut recv) = from_a.open_bi(&capped).await.expect("opens");
             assert_eq!(
                 first_error(&mut send, &mut recv, b"third").await,
@@ -409,15 +421,20 @@ pub fn the_inbound_cap_refuses_with_a_type_while_other_protocols_and_peers_go_on
             assert_eq!(
                 echo_of(&from_a, &other, &message).await,
                 message,
-                "same connection"
+                "same connection, another protocol"
             );
-            assert_eq!(
-                echo_of(&from_c, &other, &message).await,
-                message,
-                "another peer"
-            );
+            // Another peer is served on the protocol a has filled its share of.
+            let from_c_held = hold(&from_c, &capped, 2).await;
 
-            // One held stream ends: the cap has room again, for anyone.
+            // Three open: the protocol's cap over all peers refuses c too.
+            let (mut send, mut recv) = from_c.open_bi(&capped).await.expect("opens");
+            assert_eq!(
+                first_error(&mut send, &mut recv, b"fourth").await,
+                StreamError::Refused(Refusal::InboundLimit)
+            );
+            drop((send, recv));
+
+            // One held stream ends: the cap has room again.
             let (mut send, mut recv) = held.pop().expect("a held stream");
             send.finish().expect("finished");
             assert_eq!(
@@ -431,11 +448,11 @@ pub fn the_inbound_cap_refuses_with_a_type_while_other_protocols_and_peers_go_on
                 message,
                 "another peer, the capped protocol"
             );
-            drop(held);
+            drop((held, from_c_held));
         })
         .await;
         let stats = b.net_read(|n| n.app_stats()).await.expect("b runs");
-        assert_eq!(stats.refused_inbound_limit, 1, "one refusal, counted");
+        assert_eq!(stats.refused_inbound_limit, 2, "two refusals, counted");
         drop((from_a, from_c));
         stop_all(&[&a, &b, &c]).await;
     });

@@ -275,8 +275,9 @@ pub struct AppStats {
 #[derive(Debug)]
 pub(super) struct AppSides {
     pub(super) protocol: Protocol,
-    /// Opened by the peer (counted against its protocol's cap).
-    pub(super) inbound: bool,
+    /// Opened by this peer, and counted against its protocol's caps;
+    /// `None`: opened by this node.
+    pub(super) inbound_from: Option<NodeId>,
     pub(super) send_open: bool,
     pub(super) recv_open: bool,
 }
@@ -370,7 +371,7 @@ impl Node {
         s.send = first;
         s.app = Some(AppSides {
             protocol: protocol.clone(),
-            inbound: false,
+            inbound_from: None,
             send_open: true,
             recv_open: dir == StreamDir::Bi,
         });
@@ -682,9 +683,9 @@ impl Node {
     /// gives its use back.
     pub(super) fn app_stream_ended(&mut self, conn: ConnId, stream: Stream) {
         if let Some(sides) = &stream.app
-            && sides.inbound
+            && let Some(peer) = sides.inbound_from
         {
-            self.registry.inbound_ended(&sides.protocol);
+            self.registry.inbound_ended(&sides.protocol, peer);
         }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -726,7 +727,7 @@ impl Node {
         let Some(peer) = self.connection_peer(conn) else {
             return false;
         };
-        let refusal = match self.registry.admit(&protocol) {
+        let refusal = match self.registry.admit(&protocol, peer) {
             Admission::Accepted => None,
             Admission::NotRegistered => {
                 self.app_stats.refused_unknown_protocol += 1;
@@ -750,7 +751,7 @@ impl Node {
             s.recv.clear();
             s.app = Some(AppSides {
                 protocol: protocol.clone(),
-                inbound: true,
+                inbound_from: Some(peer),
                 send_open: id.dir() == Dir::Bi,
                 recv_open: true,
             });

@@ -1,32 +1,56 @@
 //! The protocols registered on a node: only their streams and datagrams are
-//! accepted, each with a cap on its inbound streams open at once.
+//! accepted, each with caps on its inbound streams open at once: over
+//! every peer, and per peer, so that one peer holding its share cannot
+//! keep the others out.
 
 use std::collections::BTreeMap;
 
 use super::protocol::Protocol;
+use crate::id::NodeId;
 
 /// How a registered protocol is served.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[non_exhaustive]
 pub struct ProtocolOptions {
     /// Inbound streams of this protocol open at once, over every peer;
-    /// more are refused ([`super::Refusal::InboundLimit`]). Default 256.
+    /// more are refused ([`super::Refusal::InboundLimit`]). Default 1,024.
+    /// (The memory they hold is bounded by each connection's receive
+    /// window, `NetConfig::receive_window`; this bounds the streams.)
     pub max_inbound_streams: usize,
+    /// Inbound streams of this protocol one peer (one NodeId, over all its
+    /// connections) may have open at once; more of its streams are refused
+    /// ([`super::Refusal::InboundLimit`]) while other peers are still
+    /// served. Default 128: a connection's whole stream limit
+    /// (`NetConfig::max_concurrent_streams`, 100), with room for a second
+    /// connection of the same peer.
+    pub max_inbound_streams_per_peer: usize,
 }
 
 impl Default for ProtocolOptions {
     fn default() -> Self {
         Self {
-            max_inbound_streams: 256,
+            max_inbound_streams: 1024,
+            max_inbound_streams_per_peer: 128,
         }
     }
 }
 
 impl ProtocolOptions {
-    /// Options with a cap on inbound streams open at once.
+    /// Options with a cap on inbound streams open at once over every peer
+    /// (and the default cap per peer, or this one if it is lower).
     pub fn with_max_inbound_streams(max_inbound_streams: usize) -> Self {
         Self {
             max_inbound_streams,
+            ..Self::default()
+        }
+    }
+
+    /// These options with a cap on one peer's inbound streams open at once.
+    #[must_use]
+    pub fn per_peer(self, max_inbound_streams_per_peer: usize) -> Self {
+        Self {
+            max_inbound_streams_per_peer,
+            ..self
         }
     }
 }
@@ -53,6 +77,8 @@ struct Registered {
     options: ProtocolOptions,
     /// Its inbound streams open now.
     inbound: usize,
+    /// Per peer with any open: at most `inbound` entries.
+    by_peer: BTreeMap<NodeId, usize>,
 }
 
 /// The registered protocols.
@@ -90,6 +116,7 @@ impl Registry {
             Registered {
                 options,
                 inbound: 0,
+                by_peer: BTreeMap::new(),
             },
         );
         Ok(())
@@ -105,27 +132,36 @@ impl Registry {
         self.protocols.contains_key(protocol)
     }
 
-    /// Takes an inbound stream of `protocol` if it is registered and below
-    /// its cap.
-    pub(super) fn admit(&mut self, protocol: &Protocol) -> Admission {
-        match self.protocols.get_mut(protocol) {
-            None => Admission::NotRegistered,
-            Some(r) if r.inbound >= r.options.max_inbound_streams => Admission::AtLimit,
-            Some(r) => {
-                r.inbound += 1;
-                Admission::Accepted
+    /// Takes an inbound stream of `protocol` from `peer` if the protocol is
+    /// registered and below both its caps.
+    pub(super) fn admit(&mut self, protocol: &Protocol, peer: NodeId) -> Admission {
+        let Some(r) = self.protocols.get_mut(protocol) else {
+            return Admission::NotRegistered;
+        };
+        let of_peer = r.by_peer.get(&peer).copied().unwrap_or(0);
+        if r.inbound >= r.options.max_inbound_streams
+            || of_peer >= r.options.max_inbound_streams_per_peer
+        {
+            return Admission::AtLimit;
+        }
+        r.inbound += 1;
+        r.by_peer.insert(peer, of_peer + 1);
+        Admission::Accepted
+    }
+
+    /// An inbound stream of `protocol` from `peer` ended.
+    pub(super) fn inbound_ended(&mut self, protocol: &Protocol, peer: NodeId) {
+        if let Some(r) = self.protocols.get_mut(protocol) {
+            r.inbound = r.inbound.saturating_sub(1);
+            if let Some(n) = r.by_peer.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    r.by_peer.remove(&peer);
+                }
             }
         }
     }
 
-    /// An inbound stream of `protocol` ended.
-    pub(super) fn inbound_ended(&mut self, protocol: &Protocol) {
-        if let Some(r) = self.protocols.get_mut(protocol) {
-            r.inbound = r.inbound.saturating_sub(1);
-        }
-    }
-
-    /// Inbound streams of `protocol` open now.
     pub(super) fn inbound(&self, protocol: &Protocol) -> usize {
         self.protocols.get(protocol).map_or(0, |r| r.inbound)
     }
@@ -139,20 +175,40 @@ mod tests {
     fn admits_up_to_the_cap_and_frees_on_end() {
         let mut r = Registry::default();
         let p = Protocol::try_from("a/1").expect("name");
-        assert_eq!(r.admit(&p), Admission::NotRegistered);
+        let peer = NodeId::from_bytes([1; 32]);
+        assert_eq!(r.admit(&p, peer), Admission::NotRegistered);
         r.register(p.clone(), ProtocolOptions::with_max_inbound_streams(2), 8)
             .expect("registered");
         assert_eq!(
             r.register(p.clone(), ProtocolOptions::default(), 8),
             Err(RegisterError::AlreadyRegistered(p.clone()))
         );
-        assert_eq!(r.admit(&p), Admission::Accepted);
-        assert_eq!(r.admit(&p), Admission::Accepted);
-        assert_eq!(r.admit(&p), Admission::AtLimit);
-        r.inbound_ended(&p);
-        assert_eq!(r.admit(&p), Admission::Accepted);
+        let other = NodeId::from_bytes([2; 32]);
+        assert_eq!(r.admit(&p, peer), Admission::Accepted);
+        assert_eq!(r.admit(&p, other), Admission::Accepted);
+        assert_eq!(r.admit(&p, peer), Admission::AtLimit);
+        r.inbound_ended(&p, other);
+        assert_eq!(r.admit(&p, peer), Admission::Accepted);
         assert!(r.deregister(&p));
-        assert_eq!(r.admit(&p), Admission::NotRegistered);
+        assert_eq!(r.admit(&p, peer), Admission::NotRegistered);
+    }
+
+    #[test]
+    fn one_peer_at_its_cap_leaves_room_for_the_others() {
+        let mut r = Registry::default();
+        let p = Protocol::try_from("a/1").expect("name");
+        r.register(p.clone(), ProtocolOptions::default().per_peer(2), 8)
+            .expect("registered");
+        let (greedy, other) = (NodeId::from_bytes([1; 32]), NodeId::from_bytes([2; 32]));
+        assert_eq!(r.admit(&p, greedy), Admission::Accepted);
+        assert_eq!(r.admit(&p, greedy), Admission::Accepted);
+        assert_eq!(r.admit(&p, greedy), Admission::AtLimit);
+        assert_eq!(r.admit(&p, other), Admission::Accepted);
+        r.inbound_ended(&p, greedy);
+        assert_eq!(r.admit(&p, greedy), Admission::Accepted);
+        // Peers with nothing open are forgotten: the table stays bounded.
+        r.inbound_ended(&p, other);
+        assert_eq!(r.protocols.get(&p).map(|r| r.by_peer.len()), Some(1));
     }
 
     #[test]

@@ -155,9 +155,9 @@ impl Node {
         c.lease = None;
         for s in streams {
             if let Some(sides) = &s.app
-                && sides.inbound
+                && let Some(peer) = sides.inbound_from
             {
-                self.registry.inbound_ended(&sides.protocol);
+                self.registry.inbound_ended(&sides.protocol, peer);
             }
             self.end_role(s.role, false);
         }
