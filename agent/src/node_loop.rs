@@ -21,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::Either;
@@ -30,7 +31,7 @@ use keynode_core::{Hostname, OpId, OpValue, ResolveId, UserCall};
 use crate::agent::{AgentError, Call, now, write_key};
 use crate::shared::Shared;
 use crate::store_thread::StoreThread;
-use crate::udp::UdpIo;
+use crate::udp::{RecvBuffers, UdpIo};
 
 /// Datagrams a driver reads from its socket, when they are waiting, before
 /// it drains the node: enough that quinn-proto answers a burst with one
@@ -216,7 +217,15 @@ impl AgentLoop {
         mut resolve: impl FnMut(ResolveId, Hostname, mpsc::UnboundedSender<DriverEvent<'static>>),
     ) {
         let max_segments = self.udp.max_segments();
-        self.shared.lock().node.set_max_segments(max_segments);
+        {
+            // One clock read per drain: the node's time for what it sends
+            // now, and the stream handles' until the next drain.
+            let at = now();
+            let mut state = self.shared.lock();
+            state.now = at;
+            state.node.advance_clock(at);
+            state.node.set_max_segments(max_segments);
+        }
         while let Some(io) = self.poll_io() {
             match io {
                 Io::Transmit(t) => {
@@ -245,16 +254,16 @@ impl AgentLoop {
         self.shared.lock().node.poll_timeout().map(|(at, _)| at)
     }
 
-    /// Datagrams that arrived on the QUIC socket together (one receive):
-    /// one lock and one clock read for all of them.
-    pub fn handle_datagrams<'a>(
-        &mut self,
-        datagrams: impl Iterator<Item = (SocketAddr, &'a [u8])>,
-    ) {
+    /// What one [`UdpIo::recv`] into `buffers` received: one lock and one
+    /// clock read for all of it, and one copy per buffer (not per
+    /// datagram: GRO's datagrams share it).
+    pub fn handle_received(&mut self, buffers: &RecvBuffers) {
         let at = now();
         let mut state = self.shared.lock();
-        for (from, bytes) in datagrams {
-            state.node.handle(at, DriverEvent::Datagram { from, bytes });
+        for (from, bytes, stride) in buffers.segments() {
+            state
+                .node
+                .handle_segments(at, from, BytesMut::from(bytes), stride);
         }
     }
 

@@ -73,7 +73,8 @@ impl SendStream {
             return Poll::Ready(Ok(0));
         }
         let mut state = self.shared.lock();
-        match state.node.write(now(), self.stream, buf) {
+        let at = state.now;
+        match state.node.write(at, self.stream, buf) {
             Ok(n) => {
                 state.wake_loop();
                 Poll::Ready(Ok(n))
@@ -171,7 +172,8 @@ impl RecvStream {
             return Poll::Ready(Ok(None));
         }
         let mut state = self.shared.lock();
-        match state.node.read(now(), self.stream, max) {
+        let at = state.now;
+        match state.node.read(at, self.stream, max) {
             Ok(Some(bytes)) => {
                 // Reading gives the peer credit: the loop sends it when
                 // enough has been read to be worth a packet.

@@ -109,20 +109,13 @@ pub struct RecvBuffers {
 }
 
 impl RecvBuffers {
-    /// The datagrams of the last receive, split where GRO joined them.
-    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+    /// The buffers of the last receive: each one datagram, or several of
+    /// `stride` bytes (the last maybe shorter) from one source.
+    pub(crate) fn segments(&self) -> impl Iterator<Item = (SocketAddr, &[u8], usize)> {
         self.meta
             .iter()
             .zip(self.storage.chunks(self.slot))
             .take(self.filled)
-            .flat_map(|(meta, slot)| {
-                let bytes = slot.get(..meta.len).unwrap_or(slot);
-                let stride = if meta.stride == 0 {
-                    bytes.len().max(1)
-                } else {
-                    meta.stride
-                };
-                bytes.chunks(stride).map(move |d| (meta.addr, d))
-            })
+            .map(|(meta, slot)| (meta.addr, slot.get(..meta.len).unwrap_or(slot), meta.stride))
     }
 }

@@ -166,7 +166,7 @@ async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Opt
         .await;
         match wake {
             Wake::Datagrams(Ok(mut received)) => {
-                node_loop.handle_datagrams(buffers.datagrams());
+                node_loop.handle_received(&buffers);
                 // Everything else already waiting goes in before the
                 // drain, so the node answers a burst at once. The socket
                 // is non-blocking: a receive with nothing there fails at once.
@@ -175,7 +175,7 @@ async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Opt
                         break;
                     };
                     received += n;
-                    node_loop.handle_datagrams(buffers.datagrams());
+                    node_loop.handle_received(&buffers);
                 }
             }
             Wake::Mdns(Ok((n, from))) => {

@@ -102,17 +102,17 @@ async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Opt
             }
         };
         tokio::select! {
-            readable = quic.socket.readable() => {
-                if readable.is_ok() {
-                    receive(&quic, &mut buffers, &mut node_loop);
-                }
-            }
+            _ = quic.socket.readable() => {}
             Some((n, from)) = recv_mdns(&mdns, &mut mdns_buf) => {
                 node_loop.handle_mdns_datagram(from, mdns_buf.get(..n).unwrap_or_default());
             }
             input = inputs.next() => node_loop.handle_input(input),
             () = sleep => node_loop.handle_timeout(),
         }
+        // Whatever woke the loop, datagrams that are already in go in
+        // with it, so that one drain answers both (free when the socket
+        // is not known to be readable: no system call).
+        receive(&quic, &mut buffers, &mut node_loop);
     }
 }
 
@@ -127,7 +127,7 @@ fn receive(quic: &Quic, buffers: &mut keynode_agent::RecvBuffers, node_loop: &mu
         match filled {
             Ok(n) => {
                 received += n;
-                node_loop.handle_datagrams(buffers.datagrams());
+                node_loop.handle_received(buffers);
             }
             // WouldBlock (readiness cleared) or a failed receive (an ICMP
             // error reported on the socket): the next wake tries again.

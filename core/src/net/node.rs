@@ -303,7 +303,9 @@ impl Node {
     pub fn handle(&mut self, now: Now, event: DriverEvent<'_>) {
         self.advance(now);
         let event = match event {
-            DriverEvent::Datagram { from, bytes } => return self.handle_datagram(from, bytes),
+            DriverEvent::Datagram { from, bytes } => {
+                return self.handle_datagram(from, BytesMut::from(bytes));
+            }
             DriverEvent::MdnsDatagram { from, bytes } => {
                 if let Some(mdns) = self.mdns.as_mut() {
                     mdns.handle_datagram(now.mono, from, bytes);
@@ -318,6 +320,33 @@ impl Node {
         };
         self.manager.handle(now, event);
         self.drive();
+    }
+
+    /// Datagrams that arrived together from one source, each `stride`
+    /// bytes but the last, which may be shorter (what a receive with GRO
+    /// returns): the same as handing each to [`Node::handle`] as a
+    /// `Datagram`, with one buffer shared by all of them instead of a copy
+    /// of each.
+    pub fn handle_segments(
+        &mut self,
+        now: Now,
+        from: SocketAddr,
+        mut data: BytesMut,
+        stride: usize,
+    ) {
+        self.advance(now);
+        let stride = if stride == 0 { data.len() } else { stride };
+        while !data.is_empty() {
+            let datagram = data.split_to(stride.min(data.len()));
+            self.handle_datagram(from, datagram);
+        }
+    }
+
+    /// The time, without an event: for a driver whose stream calls pass a
+    /// time it read once per loop (a clock read per call costs more than
+    /// the call), so that what the next poll sends is timed from now.
+    pub fn advance_clock(&mut self, now: Now) {
+        self.advance(now);
     }
 
     /// Runs what is due at `now`.
@@ -408,13 +437,13 @@ impl Node {
     }
 
     /// A datagram arrived on the node's socket.
-    fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+    fn handle_datagram(&mut self, from: SocketAddr, bytes: BytesMut) {
         let now = self.now;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let event =
-            self.endpoint
-                .handle(now.mono, from, None, None, BytesMut::from(bytes), &mut buf);
+        let event = self
+            .endpoint
+            .handle(now.mono, from, None, None, bytes, &mut buf);
         match event {
             Some(DatagramEvent::NewConnection(incoming)) => {
                 match self.endpoint.accept(incoming, now.mono, &mut buf, None) {
