@@ -15,7 +15,7 @@ use keynode_core::net::{
     AppEvent, NetConfig, Protocol, ProtocolOptions, Refusal, StreamDir, StreamError, StreamHandle,
     StreamTables,
 };
-use keynode_core::{ConnId, NodeId, OpValue, UserCall};
+use keynode_core::{ConnId, ConnectionErrorCode, NodeId, OpValue, UserCall};
 
 /// Steps any one wait may take before the test fails.
 const STEPS: usize = 200_000;
@@ -649,6 +649,72 @@ fn streams_ended_before_their_header_or_first_frame_leave_the_peers_table() {
         }
     }
     assert_tables_empty(&mut net);
+}
+
+/// A unidirectional stream of keynode's RPC could never carry an answer
+/// back: the peer stops it (the opener's writes fail with a protocol
+/// violation), forgets it, and goes on serving. Found by the `app_streams`
+/// fuzz target: resetting the sending side the peer does not have panicked.
+#[test]
+fn a_unidirectional_rpc_stream_is_stopped_and_the_node_goes_on() {
+    let Pair {
+        mut net, b, conn, ..
+    } = pair();
+    let mut rpc_header = vec![13];
+    rpc_header.extend_from_slice(b"keynode/rpc/1");
+    let now = net.now;
+    let h = net
+        .node(1)
+        .open_raw_stream(now, conn, StreamDir::Uni, &rpc_header)
+        .expect("a stream");
+    net.pump(address(1));
+    let violation = u64::from(ConnectionErrorCode::ProtocolViolation.code());
+    assert_eq!(
+        write_until_error(&mut net, 1, h),
+        StreamError::Stopped(violation)
+    );
+    assert_tables_empty(&mut net);
+    let op = net.call(
+        1,
+        UserCall::Request {
+            conn,
+            body: keynode_core::wire::Request::ClosestNodes { target: b },
+        },
+    );
+    assert!(
+        matches!(net.wait(1, op), Ok(OpValue::Response(_))),
+        "node 2 still answers requests"
+    );
+}
+
+/// `refuse` on a stream of the node's own (not an inbound one) ends it
+/// with the refusal all the same: the peer reads the refusal, and both
+/// tables empty. Found by the `app_streams` fuzz target: on a
+/// unidirectional stream, stopping the receiving side it does not have
+/// panicked.
+#[test]
+fn a_stream_refused_by_its_opener_reaches_the_peer_as_a_refusal() {
+    let Pair { mut net, conn, .. } = pair();
+    let p = protocol("test/p/1");
+    net.node(2)
+        .register_protocol(p.clone(), ProtocolOptions::default())
+        .expect("registered");
+    let mut seen = 0;
+    for dir in [StreamDir::Uni, StreamDir::Bi] {
+        let h = open(&mut net, 1, conn, &p, dir);
+        write_all(&mut net, 1, h, b"x");
+        let (hb, _, _) = incoming(&mut net, 2, &mut seen);
+        let now = net.now;
+        net.node(1).refuse(now, h);
+        net.pump(address(1));
+        assert_eq!(
+            read_to_end(&mut net, 2, hb),
+            Err(StreamError::Refused(Refusal::UnknownProtocol)),
+            "{dir:?}"
+        );
+        assert_tables_empty(&mut net);
+        assert_eq!(net.hosts[&address(2)].node.inbound_streams(&p), 0);
+    }
 }
 
 /// Each request a node answers leaves its stream table: 2,000 requests

@@ -24,7 +24,7 @@ use super::driver::NetCommand;
 use super::node::Node;
 use super::protocol::{Header, Protocol, parse_header};
 use super::registry::{Admission, ProtocolOptions, RegisterError};
-use super::streams::{Role, Stream, flush};
+use super::streams::{Role, Stream, flush, receives, sends};
 use crate::id::NodeId;
 use crate::manager::{ConnId, Event};
 use crate::time::Now;
@@ -798,10 +798,14 @@ impl Node {
 }
 
 /// Tells the opener of an inbound stream that it is refused: its reads
-/// (on a bidirectional stream) and its writes fail with `why`'s code.
+/// (on a bidirectional stream) and its writes fail with `why`'s code. On a
+/// stream of this node's own (`refuse` called on one), the peer's reads
+/// fail so.
 fn send_refusal(conn: &mut quinn_proto::Connection, id: quinn_proto::StreamId, why: Refusal) {
-    let _ = conn.recv_stream(id).stop(why.code());
-    if id.dir() == Dir::Bi {
+    if receives(conn, id) {
+        let _ = conn.recv_stream(id).stop(why.code());
+    }
+    if sends(conn, id) {
         let _ = conn.send_stream(id).reset(why.code());
     }
 }
