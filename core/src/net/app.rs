@@ -545,14 +545,40 @@ impl Node {
         let mut bytes = Vec::with_capacity(protocol.header_len() + payload.len());
         protocol.write_header(&mut bytes);
         bytes.extend_from_slice(payload);
-        match c.conn.datagrams().send(Bytes::from(bytes), true) {
-            Ok(()) => Ok(()),
-            Err(quinn_proto::SendDatagramError::TooLarge) => Err(DatagramError::TooLarge {
-                len: payload.len(),
+        send_datagram_bytes(&mut c.conn, bytes, payload.len(), max)
+    }
+
+    /// Testing only (tests and fuzzing): sends `bytes` as a datagram as
+    /// they are, with no protocol header in front, so that a peer's parsing
+    /// of datagram headers can be fed any bytes (an empty or overlong name,
+    /// a header cut short, keynode's own prefix). Errors as
+    /// [`Node::send_datagram`]'s, `len` and `max` counting whole datagrams.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn send_raw_datagram(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        bytes: &[u8],
+    ) -> Result<(), DatagramError> {
+        self.advance(now);
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .filter(|c| c.is_up())
+            .ok_or(DatagramError::NotConnected(conn))?;
+        let max = c
+            .conn
+            .datagrams()
+            .max_size()
+            .ok_or(DatagramError::Unsupported)?;
+        if bytes.len() > max {
+            return Err(DatagramError::TooLarge {
+                len: bytes.len(),
                 max,
-            }),
-            Err(_) => Err(DatagramError::Unsupported),
+            });
         }
+        send_datagram_bytes(&mut c.conn, bytes.to_vec(), bytes.len(), max)
     }
 
     /// The sizes of the stream tables.
@@ -794,6 +820,21 @@ impl Node {
     /// A readiness event of an application stream for the caller.
     pub(super) fn app_ready(&mut self, event: AppEvent) {
         self.out.push_back(NetCommand::App(event));
+    }
+}
+
+/// Queues a datagram (header included) on a connection; `len` and `max`
+/// are what a `TooLarge` error reports.
+fn send_datagram_bytes(
+    conn: &mut quinn_proto::Connection,
+    bytes: Vec<u8>,
+    len: usize,
+    max: usize,
+) -> Result<(), DatagramError> {
+    match conn.datagrams().send(Bytes::from(bytes), true) {
+        Ok(()) => Ok(()),
+        Err(quinn_proto::SendDatagramError::TooLarge) => Err(DatagramError::TooLarge { len, max }),
+        Err(_) => Err(DatagramError::Unsupported),
     }
 }
 
