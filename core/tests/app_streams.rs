@@ -392,6 +392,41 @@ fn datagrams_arrive_without_their_header_and_unregistered_ones_are_dropped() {
     );
 }
 
+/// A datagram whose header is not one (an empty or overlong name, cut
+/// short) is counted as malformed and dropped; one of a reserved or
+/// unregistered name is dropped; the node still takes the next good one.
+#[test]
+fn datagrams_with_malformed_headers_are_counted_and_dropped() {
+    let Pair { mut net, conn, .. } = pair();
+    let game = protocol("test/game/1");
+    net.node(2)
+        .register_protocol(game.clone(), ProtocolOptions::default())
+        .expect("registered");
+    let mut reserved = vec![9];
+    reserved.extend_from_slice(b"keynode/x");
+    let mut good = vec![11];
+    good.extend_from_slice(b"test/game/1");
+    good.extend_from_slice(b"move");
+    let now = net.now;
+    for bytes in [&[0, b'a'][..], &[65; 70], b"\x0btest/ga", &reserved, &good] {
+        net.node(1)
+            .send_raw_datagram(now, conn, bytes)
+            .expect("sent");
+    }
+    net.pump(address(1));
+    let mut seen = 0;
+    let payload = next_event(&mut net, 2, &mut seen, |e| match e {
+        AppEvent::Datagram {
+            protocol, payload, ..
+        } => Some((protocol.clone(), payload.clone())),
+        _ => None,
+    });
+    assert_eq!(payload, (game, bytes::Bytes::from_static(b"move")));
+    net.run_for(Duration::from_millis(100));
+    let stats = net.hosts[&address(2)].node.app_stats();
+    assert_eq!((stats.malformed_headers, stats.datagrams_dropped), (3, 1));
+}
+
 #[test]
 fn a_stream_of_an_unregistered_protocol_is_refused() {
     let Pair { mut net, conn, .. } = pair();
