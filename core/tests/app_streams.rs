@@ -843,3 +843,44 @@ fn an_open_stream_keeps_its_connection_past_the_idle_ttl() {
         assert!(net.manager(n).connections().is_empty());
     }
 }
+
+/// A stream reset while flow control still holds back its header leaves
+/// its opener's table too (and gives back its use of the connection): the
+/// header goes with the reset. Node 2 takes 2,000 bytes per connection
+/// until it reads, so the first stream's writes use the credit up and the
+/// second stream's header cannot go out.
+#[test]
+fn a_stream_reset_before_its_header_went_out_leaves_the_openers_table() {
+    let mut b_net = NetConfig::default();
+    b_net.receive_window = 2_000;
+    let Pair { mut net, conn, .. } = pair_with(config(), b_net);
+    let p = protocol("test/p/1");
+    net.node(2)
+        .register_protocol(p.clone(), ProtocolOptions::default())
+        .expect("registered");
+    let first = open(&mut net, 1, conn, &p, StreamDir::Uni);
+    let now = net.now;
+    while net.node(1).write(now, first, &[7; 1000]).is_ok() {}
+    net.pump(address(1));
+    net.run_for(Duration::from_millis(50));
+    let now = net.now;
+    let second = net
+        .node(1)
+        .open_stream(now, conn, &p, StreamDir::Uni)
+        .expect("a stream");
+    net.node(1).reset(now, second, 1).expect("reset");
+    net.node(1).reset(now, first, 1).expect("reset");
+    net.pump(address(1));
+    let mut seen = 0;
+    let (first_b, _, _) = incoming(&mut net, 2, &mut seen);
+    assert_eq!(
+        read_to_end(&mut net, 2, first_b),
+        Err(StreamError::Reset(1))
+    );
+    assert_tables_empty(&mut net);
+    assert_eq!(
+        net.manager(1).connection_leases(conn),
+        Some(1),
+        "only node 1's own use of the connection is left"
+    );
+}

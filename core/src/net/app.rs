@@ -471,7 +471,12 @@ impl Node {
     pub fn reset(&mut self, now: Now, stream: StreamHandle, code: u32) -> Result<(), StreamError> {
         self.advance(now);
         let c = self.app_conn(stream)?;
-        open_side(c, stream, Side::Send)?;
+        let s = open_side(c, stream, Side::Send)?;
+        // What flow control still holds back (the header, perhaps) goes
+        // with the reset: a reset stream is never writable again, so it
+        // would keep the stream in the table for good.
+        s.send.clear();
+        s.finish = false;
         let _ = c
             .conn
             .send_stream(stream.quic())
