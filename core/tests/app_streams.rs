@@ -15,7 +15,7 @@ use keynode_core::net::{
     AppEvent, NetConfig, Protocol, ProtocolOptions, Refusal, StreamDir, StreamError, StreamHandle,
     StreamTables,
 };
-use keynode_core::{ConnId, NodeId, OpValue, UserCall};
+use keynode_core::{ConnId, ConnectionErrorCode, NodeId, OpValue, UserCall};
 
 /// Steps any one wait may take before the test fails.
 const STEPS: usize = 200_000;
@@ -392,6 +392,41 @@ fn datagrams_arrive_without_their_header_and_unregistered_ones_are_dropped() {
     );
 }
 
+/// A datagram whose header is not one (an empty or overlong name, cut
+/// short) is counted as malformed and dropped; one of a reserved or
+/// unregistered name is dropped; the node still takes the next good one.
+#[test]
+fn datagrams_with_malformed_headers_are_counted_and_dropped() {
+    let Pair { mut net, conn, .. } = pair();
+    let game = protocol("test/game/1");
+    net.node(2)
+        .register_protocol(game.clone(), ProtocolOptions::default())
+        .expect("registered");
+    let mut reserved = vec![9];
+    reserved.extend_from_slice(b"keynode/x");
+    let mut good = vec![11];
+    good.extend_from_slice(b"test/game/1");
+    good.extend_from_slice(b"move");
+    let now = net.now;
+    for bytes in [&[0, b'a'][..], &[65; 70], b"\x0btest/ga", &reserved, &good] {
+        net.node(1)
+            .send_raw_datagram(now, conn, bytes)
+            .expect("sent");
+    }
+    net.pump(address(1));
+    let mut seen = 0;
+    let payload = next_event(&mut net, 2, &mut seen, |e| match e {
+        AppEvent::Datagram {
+            protocol, payload, ..
+        } => Some((protocol.clone(), payload.clone())),
+        _ => None,
+    });
+    assert_eq!(payload, (game, bytes::Bytes::from_static(b"move")));
+    net.run_for(Duration::from_millis(100));
+    let stats = net.hosts[&address(2)].node.app_stats();
+    assert_eq!((stats.malformed_headers, stats.datagrams_dropped), (3, 1));
+}
+
 #[test]
 fn a_stream_of_an_unregistered_protocol_is_refused() {
     let Pair { mut net, conn, .. } = pair();
@@ -651,6 +686,72 @@ fn streams_ended_before_their_header_or_first_frame_leave_the_peers_table() {
     assert_tables_empty(&mut net);
 }
 
+/// A unidirectional stream of keynode's RPC could never carry an answer
+/// back: the peer stops it (the opener's writes fail with a protocol
+/// violation), forgets it, and goes on serving. Found by the `app_streams`
+/// fuzz target: resetting the sending side the peer does not have panicked.
+#[test]
+fn a_unidirectional_rpc_stream_is_stopped_and_the_node_goes_on() {
+    let Pair {
+        mut net, b, conn, ..
+    } = pair();
+    let mut rpc_header = vec![13];
+    rpc_header.extend_from_slice(b"keynode/rpc/1");
+    let now = net.now;
+    let h = net
+        .node(1)
+        .open_raw_stream(now, conn, StreamDir::Uni, &rpc_header)
+        .expect("a stream");
+    net.pump(address(1));
+    let violation = u64::from(ConnectionErrorCode::ProtocolViolation.code());
+    assert_eq!(
+        write_until_error(&mut net, 1, h),
+        StreamError::Stopped(violation)
+    );
+    assert_tables_empty(&mut net);
+    let op = net.call(
+        1,
+        UserCall::Request {
+            conn,
+            body: keynode_core::wire::Request::ClosestNodes { target: b },
+        },
+    );
+    assert!(
+        matches!(net.wait(1, op), Ok(OpValue::Response(_))),
+        "node 2 still answers requests"
+    );
+}
+
+/// `refuse` on a stream of the node's own (not an inbound one) ends it
+/// with the refusal all the same: the peer reads the refusal, and both
+/// tables empty. Found by the `app_streams` fuzz target: on a
+/// unidirectional stream, stopping the receiving side it does not have
+/// panicked.
+#[test]
+fn a_stream_refused_by_its_opener_reaches_the_peer_as_a_refusal() {
+    let Pair { mut net, conn, .. } = pair();
+    let p = protocol("test/p/1");
+    net.node(2)
+        .register_protocol(p.clone(), ProtocolOptions::default())
+        .expect("registered");
+    let mut seen = 0;
+    for dir in [StreamDir::Uni, StreamDir::Bi] {
+        let h = open(&mut net, 1, conn, &p, dir);
+        write_all(&mut net, 1, h, b"x");
+        let (hb, _, _) = incoming(&mut net, 2, &mut seen);
+        let now = net.now;
+        net.node(1).refuse(now, h);
+        net.pump(address(1));
+        assert_eq!(
+            read_to_end(&mut net, 2, hb),
+            Err(StreamError::Refused(Refusal::UnknownProtocol)),
+            "{dir:?}"
+        );
+        assert_tables_empty(&mut net);
+        assert_eq!(net.hosts[&address(2)].node.inbound_streams(&p), 0);
+    }
+}
+
 /// Each request a node answers leaves its stream table: 2,000 requests
 /// one after another on one connection leave none behind.
 #[test]
@@ -741,4 +842,45 @@ fn an_open_stream_keeps_its_connection_past_the_idle_ttl() {
         );
         assert!(net.manager(n).connections().is_empty());
     }
+}
+
+/// A stream reset while flow control still holds back its header leaves
+/// its opener's table too (and gives back its use of the connection): the
+/// header goes with the reset. Node 2 takes 2,000 bytes per connection
+/// until it reads, so the first stream's writes use the credit up and the
+/// second stream's header cannot go out.
+#[test]
+fn a_stream_reset_before_its_header_went_out_leaves_the_openers_table() {
+    let mut b_net = NetConfig::default();
+    b_net.receive_window = 2_000;
+    let Pair { mut net, conn, .. } = pair_with(config(), b_net);
+    let p = protocol("test/p/1");
+    net.node(2)
+        .register_protocol(p.clone(), ProtocolOptions::default())
+        .expect("registered");
+    let first = open(&mut net, 1, conn, &p, StreamDir::Uni);
+    let now = net.now;
+    while net.node(1).write(now, first, &[7; 1000]).is_ok() {}
+    net.pump(address(1));
+    net.run_for(Duration::from_millis(50));
+    let now = net.now;
+    let second = net
+        .node(1)
+        .open_stream(now, conn, &p, StreamDir::Uni)
+        .expect("a stream");
+    net.node(1).reset(now, second, 1).expect("reset");
+    net.node(1).reset(now, first, 1).expect("reset");
+    net.pump(address(1));
+    let mut seen = 0;
+    let (first_b, _, _) = incoming(&mut net, 2, &mut seen);
+    assert_eq!(
+        read_to_end(&mut net, 2, first_b),
+        Err(StreamError::Reset(1))
+    );
+    assert_tables_empty(&mut net);
+    assert_eq!(
+        net.manager(1).connection_leases(conn),
+        Some(1),
+        "only node 1's own use of the connection is left"
+    );
 }

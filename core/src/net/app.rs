@@ -24,7 +24,7 @@ use super::driver::NetCommand;
 use super::node::Node;
 use super::protocol::{Header, Protocol, parse_header};
 use super::registry::{Admission, ProtocolOptions, RegisterError};
-use super::streams::{Role, Stream, flush};
+use super::streams::{Role, Stream, flush, receives, sends};
 use crate::id::NodeId;
 use crate::manager::{ConnId, Event};
 use crate::time::Now;
@@ -483,7 +483,12 @@ impl Node {
     pub fn reset(&mut self, now: Now, stream: StreamHandle, code: u32) -> Result<(), StreamError> {
         self.advance(now);
         let c = self.app_conn(stream)?;
-        open_side(c, stream, Side::Send)?;
+        let s = open_side(c, stream, Side::Send)?;
+        // What flow control still holds back (the header, perhaps) goes
+        // with the reset: a reset stream is never writable again, so it
+        // would keep the stream in the table for good.
+        s.send.clear();
+        s.finish = false;
         let _ = c
             .conn
             .send_stream(stream.quic())
@@ -557,14 +562,40 @@ impl Node {
         let mut bytes = Vec::with_capacity(protocol.header_len() + payload.len());
         protocol.write_header(&mut bytes);
         bytes.extend_from_slice(payload);
-        match c.conn.datagrams().send(Bytes::from(bytes), true) {
-            Ok(()) => Ok(()),
-            Err(quinn_proto::SendDatagramError::TooLarge) => Err(DatagramError::TooLarge {
-                len: payload.len(),
+        send_datagram_bytes(&mut c.conn, bytes, payload.len(), max)
+    }
+
+    /// Testing only (tests and fuzzing): sends `bytes` as a datagram as
+    /// they are, with no protocol header in front, so that a peer's parsing
+    /// of datagram headers can be fed any bytes (an empty or overlong name,
+    /// a header cut short, keynode's own prefix). Errors as
+    /// [`Node::send_datagram`]'s, `len` and `max` counting whole datagrams.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn send_raw_datagram(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        bytes: &[u8],
+    ) -> Result<(), DatagramError> {
+        self.advance(now);
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .filter(|c| c.is_up())
+            .ok_or(DatagramError::NotConnected(conn))?;
+        let max = c
+            .conn
+            .datagrams()
+            .max_size()
+            .ok_or(DatagramError::Unsupported)?;
+        if bytes.len() > max {
+            return Err(DatagramError::TooLarge {
+                len: bytes.len(),
                 max,
-            }),
-            Err(_) => Err(DatagramError::Unsupported),
+            });
         }
+        send_datagram_bytes(&mut c.conn, bytes.to_vec(), bytes.len(), max)
     }
 
     /// The sizes of the stream tables.
@@ -809,11 +840,30 @@ impl Node {
     }
 }
 
+/// Queues a datagram (header included) on a connection; `len` and `max`
+/// are what a `TooLarge` error reports.
+fn send_datagram_bytes(
+    conn: &mut quinn_proto::Connection,
+    bytes: Vec<u8>,
+    len: usize,
+    max: usize,
+) -> Result<(), DatagramError> {
+    match conn.datagrams().send(Bytes::from(bytes), true) {
+        Ok(()) => Ok(()),
+        Err(quinn_proto::SendDatagramError::TooLarge) => Err(DatagramError::TooLarge { len, max }),
+        Err(_) => Err(DatagramError::Unsupported),
+    }
+}
+
 /// Tells the opener of an inbound stream that it is refused: its reads
-/// (on a bidirectional stream) and its writes fail with `why`'s code.
+/// (on a bidirectional stream) and its writes fail with `why`'s code. On a
+/// stream of this node's own (`refuse` called on one), the peer's reads
+/// fail so.
 fn send_refusal(conn: &mut quinn_proto::Connection, id: quinn_proto::StreamId, why: Refusal) {
-    let _ = conn.recv_stream(id).stop(why.code());
-    if id.dir() == Dir::Bi {
+    if receives(conn, id) {
+        let _ = conn.recv_stream(id).stop(why.code());
+    }
+    if sends(conn, id) {
         let _ = conn.send_stream(id).reset(why.code());
     }
 }

@@ -164,6 +164,8 @@ pub(super) fn parse_header(bytes: &[u8]) -> Result<Header, HeaderError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -205,5 +207,69 @@ mod tests {
             Err(HeaderError(ProtocolError::TooLong { len: 65 }))
         );
         assert!(Protocol::rpc().is_reserved());
+    }
+
+    /// The start of a stream as a peer may send it: a length byte, often a
+    /// valid one, then bytes (often keynode's prefix first), cut anywhere.
+    fn stream_start() -> impl Strategy<Value = Vec<u8>> {
+        let len = prop_oneof![1u8..=64, any::<u8>()];
+        let name = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..80),
+            proptest::collection::vec(any::<u8>(), 0..72).prop_map(|rest| {
+                let mut name = RESERVED_PREFIX.to_vec();
+                name.extend(rest);
+                name
+            }),
+        ];
+        (len, name, 0usize..=90).prop_map(|(len, name, cut)| {
+            let mut bytes = vec![len];
+            bytes.extend(name);
+            bytes.truncate(cut);
+            bytes
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever a peer sends, the parse is what the length byte says:
+        /// refused if it is 0 or over 64; else complete once that many name
+        /// bytes are there (the name is exactly them, reserved or not, and
+        /// its header is the bytes read), and otherwise it asks for exactly
+        /// the missing bytes.
+        #[test]
+        fn any_stream_start_parses_as_its_length_byte_says(bytes in stream_start()) {
+            let parsed = parse_header(&bytes);
+            match bytes.first().map(|&b| usize::from(b)) {
+                None => prop_assert_eq!(parsed, Ok(Header::Partial { need: 1 })),
+                Some(0) => prop_assert_eq!(parsed, Err(HeaderError(ProtocolError::Empty))),
+                Some(len) if len > MAX_PROTOCOL_LEN => {
+                    prop_assert_eq!(parsed, Err(HeaderError(ProtocolError::TooLong { len })))
+                }
+                Some(len) if bytes.len() > len => {
+                    let Ok(Header::Complete { protocol, len: header_len }) = parsed else {
+                        return Err(TestCaseError::fail(format!("{parsed:?}")));
+                    };
+                    prop_assert_eq!(header_len, 1 + len);
+                    prop_assert_eq!(protocol.as_bytes(), &bytes[1..=len]);
+                    prop_assert_eq!(protocol.header(), bytes[..=len].to_vec());
+                    prop_assert_eq!(
+                        protocol.is_reserved(),
+                        bytes[1..=len].starts_with(RESERVED_PREFIX)
+                    );
+                }
+                Some(len) => {
+                    prop_assert_eq!(&parsed, &Ok(Header::Partial { need: 1 + len - bytes.len() }));
+                    // The bytes it asks for complete it.
+                    let mut more = bytes.clone();
+                    more.resize(1 + len, b'x');
+                    let complete = matches!(
+                        parse_header(&more),
+                        Ok(Header::Complete { len: l, .. }) if l == 1 + len
+                    );
+                    prop_assert!(complete);
+                }
+            }
+        }
     }
 }

@@ -84,6 +84,17 @@ pub(super) fn flush(c: &mut QuicConn, stream: quinn_proto::StreamId) {
     }
 }
 
+/// Whether this node reads `stream`: a unidirectional stream has only its
+/// opener's sending side (and quinn panics when asked for the other).
+pub(super) fn receives(conn: &quinn_proto::Connection, stream: quinn_proto::StreamId) -> bool {
+    stream.dir() == Dir::Bi || stream.initiator() != conn.side()
+}
+
+/// Whether this node writes `stream` (see [`receives`]).
+pub(super) fn sends(conn: &quinn_proto::Connection, stream: quinn_proto::StreamId) -> bool {
+    stream.dir() == Dir::Bi || stream.initiator() == conn.side()
+}
+
 impl Node {
     /// Opens an RPC stream on an up connection and sends its first frame.
     pub(super) fn open_rpc_stream(
@@ -435,12 +446,17 @@ impl Node {
         Some(wire::decode_frame(&frame, max))
     }
 
-    /// A peer broke the framing or sent too much: the stream is reset.
+    /// A peer broke the framing or sent too much: the stream is stopped
+    /// and reset (whichever of its sides this node has).
     pub(super) fn reject_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
         if let Some(c) = self.conns.get_mut(&id) {
             let code = VarInt::from_u32(ConnectionErrorCode::ProtocolViolation.code());
-            let _ = c.conn.recv_stream(stream).stop(code);
-            let _ = c.conn.send_stream(stream).reset(code);
+            if receives(&c.conn, stream) {
+                let _ = c.conn.recv_stream(stream).stop(code);
+            }
+            if sends(&c.conn, stream) {
+                let _ = c.conn.send_stream(stream).reset(code);
+            }
         }
         self.close_stream(id, stream);
     }
