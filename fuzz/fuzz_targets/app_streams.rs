@@ -222,7 +222,7 @@ impl RpcFrame {
 #[derive(Debug)]
 enum Payload {
     Bytes(Vec<u8>),
-    /// This many KiB of filler: enough to fill B's windows.
+    /// `n % 32 + 1` KiB of filler: enough to fill B's windows.
     Bulk(u8),
     Frames(Vec<RpcFrame>),
 }
