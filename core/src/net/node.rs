@@ -543,9 +543,11 @@ impl Node {
                 self.stale = false;
                 return;
             }
-            if std::mem::take(&mut self.send_budget_spent) {
+            if std::mem::take(&mut self.send_budget_spent) && !self.out.is_empty() {
                 // A connection has more to send: the next poll, once the
-                // driver has sent these, drives again (still stale).
+                // driver has sent these, drives again (still stale). (With
+                // nothing queued, as when a punch holds a handshake's
+                // datagrams, the drive goes on: no poll would come back.)
                 return;
             }
         }
