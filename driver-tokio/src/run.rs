@@ -23,7 +23,7 @@ pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
             mdns,
         } = Agent::open(config, sleep())?;
         let socket = Quic {
-            socket: wrap(socket)?,
+            socket: Arc::new(wrap(socket)?),
             udp,
         };
         let mdns = mdns.map(wrap).transpose()?;
@@ -50,14 +50,67 @@ fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {
 
 /// The QUIC socket and its batched I/O.
 struct Quic {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     udp: Arc<UdpIo>,
 }
 
-/// One input at a time (a socket's input: every datagram waiting, up to
-/// [`keynode_agent::RECEIVE_BATCH`]), then drain the node completely.
+/// Receive buffers in flight between the receiving task and the loop:
+/// while the loop decodes one, the task fills the next.
+const RECV_BUFFERS: usize = 4;
+
+/// Receives on the QUIC socket into the buffers the loop gives back
+/// (`empty`) and hands each filled one to the loop (`full`), as quinn's
+/// endpoint task feeds its connections: the receive system calls run on
+/// the other core while the loop decodes and answers. On two free cores
+/// this carried one stream from 798-849 to 862-932 MiB/s (BENCHMARKS.md).
+/// At most [`RECV_BUFFERS`] are filled ahead: beyond them datagrams wait
+/// in the socket, and the loop is never handed more than it gives back.
+async fn receiver(
+    quic: Quic,
+    mut empty: tokio::sync::mpsc::Receiver<keynode_agent::RecvBuffers>,
+    full: tokio::sync::mpsc::Sender<keynode_agent::RecvBuffers>,
+) {
+    while let Some(mut buffers) = empty.recv().await {
+        loop {
+            match quic
+                .socket
+                .async_io(Interest::READABLE, || {
+                    quic.udp.recv(&*quic.socket, &mut buffers)
+                })
+                .await
+            {
+                Ok(_) => break,
+                // An error the socket reported (an ICMP error): the next
+                // receive goes on, after letting others run.
+                Err(e) => {
+                    tracing::trace!("receive failed: {e}");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        if full.send(buffers).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One input at a time (a socket's input: a filled receive buffer, and
+/// every other one already filled), then drain the node completely.
 async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Option<UdpSocket>) {
-    let mut buffers = quic.udp.recv_buffers();
+    // Every datagram comes through the receiving task.
+    let (full_tx, mut full) = tokio::sync::mpsc::channel(RECV_BUFFERS);
+    let (empty, empty_rx) = tokio::sync::mpsc::channel(RECV_BUFFERS);
+    for _ in 0..RECV_BUFFERS {
+        let _ = empty.try_send(quic.udp.recv_buffers());
+    }
+    let receiving = tokio::spawn(receiver(
+        Quic {
+            socket: quic.socket.clone(),
+            udp: quic.udp.clone(),
+        },
+        empty_rx,
+        full_tx,
+    ));
     let mut mdns_buf = vec![0u8; 9000];
     loop {
         node_loop
@@ -90,6 +143,10 @@ async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Opt
                     return;
                 }
             };
+            // The receiving task holds the socket: it ends before the stop
+            // is answered, so that the port is free by then.
+            receiving.abort();
+            let _ = receiving.await;
             drop((quic, mdns, inputs));
             reply.send();
             return;
@@ -102,41 +159,21 @@ async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Opt
             }
         };
         tokio::select! {
-            _ = quic.socket.readable() => {}
+            Some(buffers) = full.recv() => {
+                node_loop.handle_received(&buffers);
+                let _ = empty.try_send(buffers);
+            }
             Some((n, from)) = recv_mdns(&mdns, &mut mdns_buf) => {
                 node_loop.handle_mdns_datagram(from, mdns_buf.get(..n).unwrap_or_default());
             }
             input = inputs.next() => node_loop.handle_input(input),
             () = sleep => node_loop.handle_timeout(),
         }
-        // Whatever woke the loop, datagrams that are already in go in
-        // with it, so that one drain answers both (free when the socket
-        // is not known to be readable: no system call).
-        receive(&quic, &mut buffers, &mut node_loop);
-    }
-}
-
-/// Hands the node every datagram waiting on the QUIC socket, up to
-/// [`keynode_agent::RECEIVE_BATCH`], so that it answers a burst at once.
-fn receive(quic: &Quic, buffers: &mut keynode_agent::RecvBuffers, node_loop: &mut AgentLoop) {
-    let mut received = 0;
-    while received < keynode_agent::RECEIVE_BATCH {
-        let filled = quic
-            .socket
-            .try_io(Interest::READABLE, || quic.udp.recv(&quic.socket, buffers));
-        match filled {
-            Ok(n) => {
-                received += n;
-                node_loop.handle_received(buffers);
-            }
-            // WouldBlock (readiness cleared) or a failed receive (an ICMP
-            // error reported on the socket): the next wake tries again.
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::WouldBlock {
-                    tracing::trace!("receive failed: {e}");
-                }
-                break;
-            }
+        // Whatever woke the loop, datagrams already received go in with
+        // it, so that one drain answers both.
+        while let Ok(buffers) = full.try_recv() {
+            node_loop.handle_received(&buffers);
+            let _ = empty.try_send(buffers);
         }
     }
 }
