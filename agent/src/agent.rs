@@ -344,7 +344,7 @@ impl Agent {
             None => None,
         };
         let (calls_tx, calls_rx) = mpsc::unbounded();
-        let shared = Shared::new(node, Readiness::new(config.max_queued_datagrams), start);
+        let shared = Shared::new(node, Readiness::new(config.max_queued_datagrams));
         let agent = Agent {
             calls: calls_tx,
             shared: shared.clone(),

@@ -218,12 +218,10 @@ impl AgentLoop {
     ) {
         let max_segments = self.udp.max_segments();
         {
-            // One clock read per drain: the node's time for what it sends
-            // now, and the stream handles' until the next drain.
-            let at = now();
+            // The node's time for what it sends now: a drain after a
+            // stream handle's wake has no input that carries a time.
             let mut state = self.shared.lock();
-            state.now = at;
-            state.node.advance_clock(at);
+            state.node.advance_clock(now());
             state.node.set_max_segments(max_segments);
         }
         while let Some(io) = self.poll_io() {

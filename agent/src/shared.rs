@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
-use keynode_core::Now;
 use keynode_core::net::{AppEvent, Node};
 
 use crate::readiness::Readiness;
@@ -20,9 +19,6 @@ use crate::readiness::Readiness;
 pub(crate) struct State {
     pub(crate) node: Node,
     pub(crate) ready: Readiness,
-    /// When the loop last read the clock (each drain): the time stream
-    /// reads and writes give the node, instead of a clock read per call.
-    pub(crate) now: Now,
     /// Set by a handle that changed the node: the loop must drain it.
     dirty: bool,
     loop_waker: Option<Waker>,
@@ -33,11 +29,10 @@ pub(crate) struct State {
 pub(crate) struct Shared(Arc<Mutex<State>>);
 
 impl Shared {
-    pub(crate) fn new(node: Node, ready: Readiness, now: Now) -> Self {
+    pub(crate) fn new(node: Node, ready: Readiness) -> Self {
         Self(Arc::new(Mutex::new(State {
             node,
             ready,
-            now,
             dirty: false,
             loop_waker: None,
         })))

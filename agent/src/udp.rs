@@ -109,6 +109,16 @@ pub struct RecvBuffers {
 }
 
 impl RecvBuffers {
+    /// How many buffers the last receive filled.
+    pub fn len(&self) -> usize {
+        self.filled
+    }
+
+    /// Whether the last receive filled none.
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
     /// The buffers of the last receive: each one datagram, or several of
     /// `stride` bytes (the last maybe shorter) from one source.
     pub(crate) fn segments(&self) -> impl Iterator<Item = (SocketAddr, &[u8], usize)> {

@@ -54,6 +54,16 @@ struct Quic {
     udp: Arc<UdpIo>,
 }
 
+/// The receiving task, aborted when the loop ends however it ends (it
+/// holds the socket).
+struct Receiving(tokio::task::JoinHandle<()>);
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Receive buffers in flight between the receiving task and the loop:
 /// while the loop decodes one, the task fills the next.
 const RECV_BUFFERS: usize = 4;
@@ -81,10 +91,11 @@ async fn receiver(
             {
                 Ok(_) => break,
                 // An error the socket reported (an ICMP error): the next
-                // receive goes on, after letting others run.
+                // receive goes on, after a pause, so that an error that
+                // lasts cannot spin a core.
                 Err(e) => {
                     tracing::trace!("receive failed: {e}");
-                    tokio::task::yield_now().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
             }
         }
@@ -103,14 +114,14 @@ async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Opt
     for _ in 0..RECV_BUFFERS {
         let _ = empty.try_send(quic.udp.recv_buffers());
     }
-    let receiving = tokio::spawn(receiver(
+    let mut receiving = Receiving(tokio::spawn(receiver(
         Quic {
             socket: quic.socket.clone(),
             udp: quic.udp.clone(),
         },
         empty_rx,
         full_tx,
-    ));
+    )));
     let mut mdns_buf = vec![0u8; 9000];
     loop {
         node_loop
@@ -145,8 +156,8 @@ async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Opt
             };
             // The receiving task holds the socket: it ends before the stop
             // is answered, so that the port is free by then.
-            receiving.abort();
-            let _ = receiving.await;
+            receiving.0.abort();
+            let _ = (&mut receiving.0).await;
             drop((quic, mdns, inputs));
             reply.send();
             return;
@@ -170,8 +181,14 @@ async fn run(mut node_loop: AgentLoop, mut inputs: Inputs, quic: Quic, mdns: Opt
             () = sleep => node_loop.handle_timeout(),
         }
         // Whatever woke the loop, datagrams already received go in with
-        // it, so that one drain answers both.
-        while let Ok(buffers) = full.try_recv() {
+        // it, so that one drain answers both; up to RECEIVE_BATCH buffers,
+        // so that under a flood calls and timers still get their turn.
+        let mut taken = 0;
+        while taken < keynode_agent::RECEIVE_BATCH {
+            let Ok(buffers) = full.try_recv() else {
+                break;
+            };
+            taken += buffers.len().max(1);
             node_loop.handle_received(&buffers);
             let _ = empty.try_send(buffers);
         }

@@ -23,7 +23,7 @@ use super::connection::QuicConn;
 use super::driver::NetCommand;
 use super::node::Node;
 use super::protocol::{Header, Protocol, parse_header};
-use super::registry::{Admission, ProtocolOptions, RegisterError};
+use super::registry::{Admission, Admitted, ProtocolOptions, RegisterError};
 use super::streams::{Role, Stream, flush, receives, sends};
 use crate::id::NodeId;
 use crate::manager::{ConnId, Event};
@@ -275,9 +275,9 @@ pub struct AppStats {
 #[derive(Debug)]
 pub(super) struct AppSides {
     pub(super) protocol: Protocol,
-    /// Opened by this peer, and counted against its protocol's caps;
+    /// Opened by the peer, and counted against its protocol's caps;
     /// `None`: opened by this node.
-    pub(super) inbound_from: Option<NodeId>,
+    pub(super) inbound_from: Option<Admitted>,
     pub(super) send_open: bool,
     pub(super) recv_open: bool,
 }
@@ -714,9 +714,9 @@ impl Node {
     /// gives its use back.
     pub(super) fn app_stream_ended(&mut self, conn: ConnId, stream: Stream) {
         if let Some(sides) = &stream.app
-            && let Some(peer) = sides.inbound_from
+            && let Some(admitted) = sides.inbound_from
         {
-            self.registry.inbound_ended(&sides.protocol, peer);
+            self.registry.inbound_ended(&sides.protocol, admitted);
         }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -758,21 +758,24 @@ impl Node {
         let Some(peer) = self.connection_peer(conn) else {
             return false;
         };
-        let refusal = match self.registry.admit(&protocol, peer) {
-            Admission::Accepted => None,
+        let admission = match self.registry.admit(&protocol, peer) {
+            Admission::Accepted(admitted) => Ok(admitted),
             Admission::NotRegistered => {
                 self.app_stats.refused_unknown_protocol += 1;
-                Some(Refusal::UnknownProtocol)
+                Err(Refusal::UnknownProtocol)
             }
             Admission::AtLimit => {
                 self.app_stats.refused_inbound_limit += 1;
-                Some(Refusal::InboundLimit)
+                Err(Refusal::InboundLimit)
             }
         };
-        if let Some(refusal) = refusal {
-            self.refuse_stream(conn, id, refusal);
-            return false;
-        }
+        let admitted = match admission {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.refuse_stream(conn, id, refusal);
+                return false;
+            }
+        };
         if let Some(s) = self
             .conns
             .get_mut(&conn)
@@ -782,7 +785,7 @@ impl Node {
             s.recv.clear();
             s.app = Some(AppSides {
                 protocol: protocol.clone(),
-                inbound_from: Some(peer),
+                inbound_from: Some(admitted),
                 send_open: id.dir() == Dir::Bi,
                 recv_open: true,
             });

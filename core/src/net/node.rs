@@ -342,9 +342,9 @@ impl Node {
         }
     }
 
-    /// The time, without an event: for a driver whose stream calls pass a
-    /// time it read once per loop (a clock read per call costs more than
-    /// the call), so that what the next poll sends is timed from now.
+    /// The time, without an event: for a driver about to poll after
+    /// something that brought no time of its own (a stream handle's wake),
+    /// so that what the next poll sends is timed from now.
     pub fn advance_clock(&mut self, now: Now) {
         self.advance(now);
     }

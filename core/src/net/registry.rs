@@ -79,18 +79,31 @@ struct Registered {
     inbound: usize,
     /// Per peer with any open: at most `inbound` entries.
     by_peer: BTreeMap<NodeId, usize>,
+    /// Which registration of the name this is: streams admitted by an
+    /// earlier one (deregistered, then registered again) are not counted
+    /// against this one when they end.
+    registration: u64,
 }
 
 /// The registered protocols.
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     protocols: BTreeMap<Protocol, Registered>,
+    /// Registrations made so far.
+    registrations: u64,
+}
+
+/// An inbound stream a registration took, as its end is counted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct Admitted {
+    pub(super) peer: NodeId,
+    registration: u64,
 }
 
 /// Whether an inbound stream of a protocol may be taken.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Admission {
-    Accepted,
+    Accepted(Admitted),
     NotRegistered,
     AtLimit,
 }
@@ -111,12 +124,14 @@ impl Registry {
         if self.protocols.len() >= limit {
             return Err(RegisterError::TooMany { limit });
         }
+        self.registrations += 1;
         self.protocols.insert(
             protocol,
             Registered {
                 options,
                 inbound: 0,
                 by_peer: BTreeMap::new(),
+                registration: self.registrations,
             },
         );
         Ok(())
@@ -146,12 +161,19 @@ impl Registry {
         }
         r.inbound += 1;
         r.by_peer.insert(peer, of_peer + 1);
-        Admission::Accepted
+        Admission::Accepted(Admitted {
+            peer,
+            registration: r.registration,
+        })
     }
 
-    /// An inbound stream of `protocol` from `peer` ended.
-    pub(super) fn inbound_ended(&mut self, protocol: &Protocol, peer: NodeId) {
-        if let Some(r) = self.protocols.get_mut(protocol) {
+    /// An inbound stream of `protocol` that `admitted` took ended (one of
+    /// an earlier registration of the name counts nothing).
+    pub(super) fn inbound_ended(&mut self, protocol: &Protocol, admitted: Admitted) {
+        if let Some(r) = self.protocols.get_mut(protocol)
+            && r.registration == admitted.registration
+        {
+            let peer = admitted.peer;
             r.inbound = r.inbound.saturating_sub(1);
             if let Some(n) = r.by_peer.get_mut(&peer) {
                 *n = n.saturating_sub(1);
@@ -171,6 +193,14 @@ impl Registry {
 mod tests {
     use super::*;
 
+    /// The admission of a stream that must be accepted.
+    fn accepted(r: &mut Registry, p: &Protocol, peer: NodeId) -> Admitted {
+        match r.admit(p, peer) {
+            Admission::Accepted(admitted) => admitted,
+            other => panic!("{other:?}, not accepted"),
+        }
+    }
+
     #[test]
     fn admits_up_to_the_cap_and_frees_on_end() {
         let mut r = Registry::default();
@@ -184,11 +214,11 @@ mod tests {
             Err(RegisterError::AlreadyRegistered(p.clone()))
         );
         let other = NodeId::from_bytes([2; 32]);
-        assert_eq!(r.admit(&p, peer), Admission::Accepted);
-        assert_eq!(r.admit(&p, other), Admission::Accepted);
+        accepted(&mut r, &p, peer);
+        let of_other = accepted(&mut r, &p, other);
         assert_eq!(r.admit(&p, peer), Admission::AtLimit);
-        r.inbound_ended(&p, other);
-        assert_eq!(r.admit(&p, peer), Admission::Accepted);
+        r.inbound_ended(&p, of_other);
+        accepted(&mut r, &p, peer);
         assert!(r.deregister(&p));
         assert_eq!(r.admit(&p, peer), Admission::NotRegistered);
     }
@@ -200,15 +230,38 @@ mod tests {
         r.register(p.clone(), ProtocolOptions::default().per_peer(2), 8)
             .expect("registered");
         let (greedy, other) = (NodeId::from_bytes([1; 32]), NodeId::from_bytes([2; 32]));
-        assert_eq!(r.admit(&p, greedy), Admission::Accepted);
-        assert_eq!(r.admit(&p, greedy), Admission::Accepted);
+        let first = accepted(&mut r, &p, greedy);
+        accepted(&mut r, &p, greedy);
         assert_eq!(r.admit(&p, greedy), Admission::AtLimit);
-        assert_eq!(r.admit(&p, other), Admission::Accepted);
-        r.inbound_ended(&p, greedy);
-        assert_eq!(r.admit(&p, greedy), Admission::Accepted);
+        let of_other = accepted(&mut r, &p, other);
+        r.inbound_ended(&p, first);
+        accepted(&mut r, &p, greedy);
         // Peers with nothing open are forgotten: the table stays bounded.
-        r.inbound_ended(&p, other);
+        r.inbound_ended(&p, of_other);
         assert_eq!(r.protocols.get(&p).map(|r| r.by_peer.len()), Some(1));
+    }
+
+    /// Streams taken before the name was deregistered and registered again
+    /// end afterwards: they do not make room under the new registration's
+    /// caps. (Found by review; before the registration number, the peer
+    /// below ended with 4 open under a cap of 2.)
+    #[test]
+    fn streams_of_an_earlier_registration_do_not_free_the_new_ones_caps() {
+        let mut r = Registry::default();
+        let p = Protocol::try_from("a/1").expect("name");
+        let peer = NodeId::from_bytes([1; 32]);
+        let options = ProtocolOptions::default().per_peer(2);
+        r.register(p.clone(), options, 8).expect("registered");
+        let old = [accepted(&mut r, &p, peer), accepted(&mut r, &p, peer)];
+        assert!(r.deregister(&p));
+        r.register(p.clone(), options, 8).expect("registered again");
+        accepted(&mut r, &p, peer);
+        accepted(&mut r, &p, peer);
+        for admitted in old {
+            r.inbound_ended(&p, admitted);
+        }
+        assert_eq!(r.admit(&p, peer), Admission::AtLimit);
+        assert_eq!(r.inbound(&p), 2);
     }
 
     #[test]

@@ -166,9 +166,9 @@ impl Node {
         c.lease = None;
         for s in streams {
             if let Some(sides) = &s.app
-                && let Some(peer) = sides.inbound_from
+                && let Some(admitted) = sides.inbound_from
             {
-                self.registry.inbound_ended(&sides.protocol, peer);
+                self.registry.inbound_ended(&sides.protocol, admitted);
             }
             self.end_role(s.role, false);
         }
