@@ -357,11 +357,7 @@ impl Node {
         first: Vec<u8>,
     ) -> Result<StreamHandle, OpenError> {
         self.advance(now);
-        let c = self
-            .conns
-            .get_mut(&conn)
-            .filter(|c| c.is_up())
-            .ok_or(OpenError::NotConnected(conn))?;
+        let c = self.up_conn(conn).ok_or(OpenError::NotConnected(conn))?;
         let stream = c
             .conn
             .streams()
@@ -529,7 +525,7 @@ impl Node {
 
     /// The largest datagram payload of `protocol` the connection takes now.
     pub fn max_datagram_size(&mut self, conn: ConnId, protocol: &Protocol) -> Option<usize> {
-        let c = self.conns.get_mut(&conn).filter(|c| c.is_up())?;
+        let c = self.up_conn(conn)?;
         c.conn
             .datagrams()
             .max_size()
@@ -548,9 +544,7 @@ impl Node {
         self.advance(now);
         let max = self.max_datagram_size(conn, protocol);
         let c = self
-            .conns
-            .get_mut(&conn)
-            .filter(|c| c.is_up())
+            .up_conn(conn)
             .ok_or(DatagramError::NotConnected(conn))?;
         let max = max.ok_or(DatagramError::Unsupported)?;
         if payload.len() > max {
@@ -580,9 +574,7 @@ impl Node {
     ) -> Result<(), DatagramError> {
         self.advance(now);
         let c = self
-            .conns
-            .get_mut(&conn)
-            .filter(|c| c.is_up())
+            .up_conn(conn)
             .ok_or(DatagramError::NotConnected(conn))?;
         let max = c
             .conn
@@ -624,9 +616,7 @@ impl Node {
     }
 
     fn app_conn(&mut self, stream: StreamHandle) -> Result<&mut QuicConn, StreamError> {
-        self.conns
-            .get_mut(&stream.conn)
-            .filter(|c| c.is_up())
+        self.up_conn(stream.conn)
             .ok_or(StreamError::ConnectionLost(stream.conn))
     }
 

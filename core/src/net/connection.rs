@@ -93,6 +93,11 @@ impl QuicConn {
 const MAX_DATAGRAMS_PER_DRIVE: usize = 20;
 
 impl Node {
+    /// A connection, if it is up (the manager knows it).
+    pub(super) fn up_conn(&mut self, conn: ConnId) -> Option<&mut QuicConn> {
+        self.conns.get_mut(&conn).filter(|c| c.is_up())
+    }
+
     /// Whether a connection to `address` is up.
     pub(super) fn connected_to(&self, address: SocketAddr) -> bool {
         self.conns

@@ -26,14 +26,6 @@ pub struct Transmit {
     pub segment_size: Option<usize>,
 }
 
-impl Transmit {
-    /// The datagrams of this transmit, one by one.
-    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
-        let size = self.segment_size.unwrap_or(self.contents.len()).max(1);
-        self.contents.chunks(size)
-    }
-}
-
 /// Something the driver of a [`super::Node`] observed, fed with
 /// [`super::Node::handle`]. Datagrams are borrowed (the socket's buffer);
 /// the other variants own their data, so `DriverEvent<'static>` can travel

@@ -104,7 +104,7 @@ impl Node {
         frame: Frame,
         finish: bool,
     ) -> Option<quinn_proto::StreamId> {
-        let c = self.conns.get_mut(&conn).filter(|c| c.is_up())?;
+        let c = self.up_conn(conn)?;
         let stream = c.conn.streams().open(Dir::Bi)?;
         let mut s = Stream::new(role);
         s.send = Protocol::rpc().header();
