@@ -307,9 +307,15 @@ impl Agent {
         let (store, snapshot) = StoreThread::open(store_path, options, events_tx.clone())?;
         let start = now();
         let mdns_config = config.config.mdns.clone();
+        let udp = Arc::new(UdpIo::new(&socket).map_err(|source| AgentError::Socket {
+            addr: local_addr,
+            source,
+        })?);
+        let mut net = config.net;
+        net.mtu_discovery &= !udp.may_fragment();
         let mut node = Node::new(
             config.config,
-            config.net,
+            net,
             &secret,
             start,
             random_bytes().map_err(|source| AgentError::DataDir {
@@ -318,10 +324,6 @@ impl Agent {
             })?,
         )?;
         let node_id = node.node_id();
-        let udp = Arc::new(UdpIo::new(&socket).map_err(|source| AgentError::Socket {
-            addr: local_addr,
-            source,
-        })?);
         node.set_max_segments(udp.max_segments());
         node.handle(start, DriverEvent::SnapshotLoaded(snapshot));
         let mdns = match &mdns_config {

@@ -73,7 +73,7 @@ impl SendStream {
             return Poll::Ready(Ok(0));
         }
         let mut state = self.shared.lock();
-        match state.node.write(now(), self.stream, buf) {
+        match state.node.write(now, self.stream, buf) {
             Ok(n) => {
                 state.wake_loop();
                 Poll::Ready(Ok(n))
@@ -171,7 +171,7 @@ impl RecvStream {
             return Poll::Ready(Ok(None));
         }
         let mut state = self.shared.lock();
-        match state.node.read(now(), self.stream, max) {
+        match state.node.read(now, self.stream, max) {
             Ok(Some(bytes)) => {
                 // Reading gives the peer credit: the loop sends it when
                 // enough has been read to be worth a packet.

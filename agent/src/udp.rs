@@ -39,6 +39,12 @@ impl UdpIo {
         })
     }
 
+    /// Whether a datagram sent may be fragmented on its way (the socket
+    /// could not set Don't Fragment): path MTU probes are then meaningless.
+    pub fn may_fragment(&self) -> bool {
+        self.state.may_fragment()
+    }
+
     /// Datagrams one transmit may carry: 1 without GSO. May drop to 1 at
     /// run time if the kernel refuses a segmented send.
     pub fn max_segments(&self) -> usize {

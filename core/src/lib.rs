@@ -99,4 +99,4 @@ pub use store::{
     ContactRecord, GraphSnapshot, PendingRecord, Snapshot, StoreOp, TaskKey, TaskPayload,
     TaskRecord,
 };
-pub use time::Now;
+pub use time::{Now, TimeSource};

@@ -51,3 +51,29 @@ impl Now {
             .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
     }
 }
+
+/// The time for a call that needs it only sometimes: a [`Now`] already read,
+/// or a clock to read when, and only when, the call needs the time.
+///
+/// A stream's read or write is the hot path of a transfer and most of them
+/// change nothing that depends on the time; the one that ends a stream's
+/// side releases its connection's use, and the idle TTL must count from the
+/// moment it happens. Reading two clocks per chunk cost a transfer about 2%
+/// of its CPU, so the driver hands the clock itself and the core calls it
+/// only on that path. The core still reads no clock of its own.
+pub trait TimeSource {
+    /// The time now.
+    fn now(self) -> Now;
+}
+
+impl TimeSource for Now {
+    fn now(self) -> Now {
+        self
+    }
+}
+
+impl<F: FnOnce() -> Now> TimeSource for F {
+    fn now(self) -> Now {
+        self()
+    }
+}

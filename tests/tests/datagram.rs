@@ -114,7 +114,18 @@ fn all_find_all(seed: u64, n: usize, loss: f64) -> (u64, DatagramStats) {
             match find(&mut sim, *from, target) {
                 Ok(OpValue::Found(Some((at, data)))) => {
                     assert_eq!(at, NodeAddress::from(Network::listen_address(*to)));
-                    assert_eq!(data.mode, ContactMode::Direct);
+                    if loss == 0.0 {
+                        assert_eq!(data.mode, ContactMode::Direct);
+                    } else {
+                        // Under loss the direct dial may lose the race to
+                        // the signalled one (findNode races its strategies);
+                        // either reaches the public address.
+                        assert!(
+                            matches!(data.mode, ContactMode::Direct | ContactMode::Signal),
+                            "{from:?} finding {to:?}: {:?}",
+                            data.mode
+                        );
+                    }
                 }
                 other => panic!("{from:?} finding {to:?}: {other:?}"),
             }

@@ -27,7 +27,7 @@ use super::registry::{Admission, Admitted, ProtocolOptions, RegisterError};
 use super::streams::{Role, Stream, flush, receives, sends};
 use crate::id::NodeId;
 use crate::manager::{ConnId, Event};
-use crate::time::Now;
+use crate::time::{Now, TimeSource};
 
 /// One application stream: its connection and its QUIC stream.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -378,13 +378,16 @@ impl Node {
     }
 
     /// Writes what flow control allows of `data`; `Blocked` if nothing fits.
+    /// `now` is read only when the write ends the sending side (see
+    /// [`TimeSource`]).
     pub fn write(
         &mut self,
-        now: Now,
+        now: impl TimeSource,
         stream: StreamHandle,
         data: &[u8],
     ) -> Result<usize, StreamError> {
-        self.advance(now);
+        // Whatever the write changed goes out on the next poll.
+        self.stale = true;
         let c = self.app_conn(stream)?;
         let id = stream.quic();
         let s = open_side(c, stream, Side::Send)?;
@@ -399,10 +402,12 @@ impl Node {
             Ok(n) => Ok(n),
             Err(quinn_proto::WriteError::Blocked) => Err(StreamError::Blocked),
             Err(quinn_proto::WriteError::Stopped(code)) => {
+                self.advance(now.now());
                 self.abandon_send(stream, code);
                 Err(StreamError::stopped(code))
             }
             Err(quinn_proto::WriteError::ClosedStream) => {
+                self.advance(now.now());
                 self.side_done(stream, Side::Send);
                 Err(StreamError::Closed(stream))
             }
@@ -418,14 +423,17 @@ impl Node {
     }
 
     /// Reads up to `max` bytes in order: `Ok(None)` at the stream's end.
-    /// See [`Node::take_credit_due`].
+    /// See [`Node::take_credit_due`]. `now` is read only when the read ends
+    /// the receiving side (see [`TimeSource`]).
     pub fn read(
         &mut self,
-        now: Now,
+        now: impl TimeSource,
         stream: StreamHandle,
         max: usize,
     ) -> Result<Option<Bytes>, StreamError> {
-        self.advance(now);
+        // Whatever the read changed (credit for the peer) goes out on the
+        // next poll.
+        self.stale = true;
         let c = self.app_conn(stream)?;
         let id = stream.quic();
         open_side(c, stream, Side::Recv)?;
@@ -447,7 +455,10 @@ impl Node {
         self.credit_due |= credit_due;
         match result {
             Ok(Some(_)) | Err(StreamError::Blocked) => {}
-            Ok(None) | Err(_) => self.side_done(stream, Side::Recv),
+            Ok(None) | Err(_) => {
+                self.advance(now.now());
+                self.side_done(stream, Side::Recv);
+            }
         }
         if let Err(StreamError::Refused(why)) = result {
             // The peer stopped our side as well: nothing more can go out.

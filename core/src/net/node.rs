@@ -87,6 +87,14 @@ pub struct NetConfig {
     /// time for the peer, signalled at the same moment, to open its NAT
     /// first. Default 100 ms.
     pub punch_delay: Duration,
+    /// Probe each connection's path for datagrams larger than QUIC's
+    /// 1,200 bytes, up to 1,452 (RFC 8899's DPLPMTUD, quinn-proto's
+    /// default `MtuDiscoveryConfig`). A bulk transfer at 1,200 bytes a
+    /// packet seals, sends and acknowledges a fifth more packets than at
+    /// 1,452. A probe that is lost only keeps the smaller size, but a probe
+    /// must not be fragmented on its way: a driver whose socket cannot set
+    /// Don't Fragment turns this off (quinn does the same). Default on.
+    pub mtu_discovery: bool,
 }
 
 impl Default for NetConfig {
@@ -106,6 +114,7 @@ impl Default for NetConfig {
             max_punches: 64,
             punch_ttl: 2,
             punch_delay: Duration::from_millis(100),
+            mtu_discovery: true,
         }
     }
 }
@@ -165,7 +174,7 @@ pub struct Node {
     pub(super) credit_due: bool,
     /// An input came since the last drive that ended with nothing left to
     /// do: `poll` must drive before it can say the node is drained.
-    stale: bool,
+    pub(super) stale: bool,
     /// A connection stopped at its share of datagrams in this drive.
     pub(super) send_budget_spent: bool,
     mdns: Option<MdnsService>,
@@ -211,7 +220,7 @@ impl Node {
         let endpoint = quinn_proto::Endpoint::new(
             Arc::new(endpoint_config),
             Some(Arc::new(server)),
-            false,
+            net.mtu_discovery,
             Some(endpoint_seed),
         );
         Ok(Self {
