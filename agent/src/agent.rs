@@ -221,7 +221,33 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], AgentError> {
     }
 }
 
-/// Takes the data directory's lock file, so that no two agents (in this
+/// Creates the data directory `dir` if it is missing: mode 0700, since it
+/// holds the node's secret key and its control socket. Its missing parents
+/// are created with the usual mode (the umask's); a directory that exists
+/// already is left as it is.
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    match builder.create(dir) {
+        // Made by someone else meanwhile: theirs to have set up.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
+/// Takes the data directory's lock file (created mode 0600), so that no two agents (in this
 /// process or another) use one directory: LMDB itself allows that across
 /// processes. Held until the agent's loop ends.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, AgentError> {
@@ -230,12 +256,14 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, AgentError> {
         path: path.clone(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(err)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&path).map_err(err)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(err(std::io::Error::new(
@@ -287,7 +315,7 @@ impl Agent {
     /// awaits [`Agent::start_manager`]; `keynode_tokio::start` and
     /// `keynode_smol::start` do both.
     pub fn open(config: AgentConfig, sleep: Sleep) -> Result<Opened, AgentError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+        create_data_dir(&config.data_dir).map_err(|source| AgentError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;

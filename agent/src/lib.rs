@@ -28,7 +28,7 @@ mod udp;
 
 pub use agent::{
     Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, Sleep, WithConnOptions,
-    load_or_create_key, now,
+    create_data_dir, load_or_create_key, now,
 };
 pub use keynode_core::net::Transmit;
 pub use keynode_core::net::{

@@ -96,7 +96,18 @@ pub struct Config {
     /// Tokens a source's signal bucket regains per second. Default 10.
     pub signal_rate_refill_per_sec: u32,
     /// Sources whose signal rate is tracked; the least recently seen is forgotten. Default 1024.
+    /// The same bound applies to the per-address buckets below.
     pub max_signal_sources: usize,
+    /// Signals concerning one IPv4 address or IPv6 /64 (the requester's, when
+    /// relaying; the one to punch towards, when signalled) in a burst, whatever
+    /// the NodeIds: keys are free, addresses are not. Default 20.
+    pub signal_rate_per_ip_capacity: u32,
+    /// Tokens an address's signal bucket regains per second. Default 10.
+    pub signal_rate_per_ip_refill_per_sec: u32,
+    /// Signals relayed or punched for, all sources together, in a burst. Default 100.
+    pub signal_rate_total_capacity: u32,
+    /// Tokens the total signal bucket regains per second. Default 50.
+    pub signal_rate_total_refill_per_sec: u32,
     /// The largest encoded wire message accepted or sent. Default 64 KiB.
     pub max_message_size: usize,
     /// How long a claim exchange may take, on either side. Default 15 s.
@@ -160,6 +171,10 @@ impl Default for Config {
             signal_rate_capacity: 20,
             signal_rate_refill_per_sec: 10,
             max_signal_sources: 1024,
+            signal_rate_per_ip_capacity: 20,
+            signal_rate_per_ip_refill_per_sec: 10,
+            signal_rate_total_capacity: 100,
+            signal_rate_total_refill_per_sec: 50,
             max_message_size: 64 * 1024,
             claim_timeout: Duration::from_secs(15),
             claim_max_skew: Duration::from_secs(300),
@@ -232,12 +247,19 @@ impl Config {
         check_range("max_message_size", self.max_message_size, 1024, 16 << 20)?;
         check_range("max_recent_claims", self.max_recent_claims, 1, 1 << 20)?;
         check_range("max_chain_page", self.max_chain_page, 1, 1024)?;
-        check_range(
-            "signal_rate_capacity",
-            self.signal_rate_capacity as usize,
-            1,
-            1 << 20,
-        )?;
+        for (field, capacity) in [
+            ("signal_rate_capacity", self.signal_rate_capacity),
+            (
+                "signal_rate_per_ip_capacity",
+                self.signal_rate_per_ip_capacity,
+            ),
+            (
+                "signal_rate_total_capacity",
+                self.signal_rate_total_capacity,
+            ),
+        ] {
+            check_range(field, capacity as usize, 1, 1 << 20)?;
+        }
         for (field, delay) in [
             (
                 "connection_connect_timeout",

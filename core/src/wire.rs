@@ -104,6 +104,9 @@ pub enum RefusalReason {
     RateLimited,
     /// The node is stopping.
     Stopping,
+    /// A `SignalFinal` from a node the target did not dial, or naming an
+    /// address no relay could have observed: nothing is punched.
+    Unvouched,
 }
 
 /// The messages of the claim exchange, all on one stream opened by the requester.

@@ -998,3 +998,52 @@ fn a_node_repeats_an_unanswered_question_under_a_real_driver() {
     lan.run_until(Duration::from_secs(612));
     assert!(lan.wakes - wakes < 200, "{} wakes", lan.wakes - wakes);
 }
+
+/// Defect 15.10: a forged response claiming our NodeId-named instance with
+/// other records (a "conflict") must not make the node rename itself: no
+/// other node can honestly hold a name that is our NodeId, so yielding would
+/// only hide us from every querier.
+#[test]
+fn forged_conflicts_for_our_node_id_leave_the_name_and_the_answers_unchanged() {
+    let mut lan = Lan::new(2);
+    let now = lan.now;
+    lan.hosts[1].mdns.announce(now).unwrap();
+    lan.run(Duration::from_secs(3));
+    let b = lan.hosts[1].mdns.node_id();
+    // The attacker: a conflicting SRV (another host and port) for B's
+    // instance, from the standard mDNS port, twice.
+    let attacker = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 66)), 5353);
+    let forged = crafted_response(b, b, Ipv4Addr::new(10, 0, 0, 66));
+    for _ in 0..2 {
+        let now = lan.now;
+        lan.hosts[1].mdns.handle_datagram(now, attacker, &forged);
+        lan.run(Duration::from_secs(2));
+    }
+    assert!(lan.hosts[1].mdns.is_announcing());
+    // Everything B sends still names B's instance, never `<b>-1`.
+    let renamed = format!("{b}-1");
+    for transmit in &lan.hosts[1].sent {
+        assert!(
+            !transmit
+                .bytes
+                .windows(renamed.len())
+                .any(|w| w == renamed.as_bytes()),
+            "B announced itself under a new name"
+        );
+    }
+    // A querier still finds B, now and after the records' TTL has come
+    // round (B re-announces under its own name).
+    for (query, after) in [(QueryId(1), 0), (QueryId(2), 200)] {
+        lan.run(Duration::from_secs(after));
+        let now = lan.now;
+        lan.hosts[0].mdns.query(now, query, b).unwrap();
+        lan.run(Duration::from_millis(500));
+        assert_eq!(
+            answered(&lan.hosts[0], query),
+            addresses_of(&lan.hosts[1]),
+            "B not found {after} s after the forged conflicts"
+        );
+        lan.hosts[0].mdns.end_query(query);
+    }
+    assert!(lan.hosts[1].mdns.stats().conflicts_ignored >= 2);
+}

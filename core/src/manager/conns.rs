@@ -15,6 +15,9 @@ pub(crate) struct Conn {
     pub(crate) remote: SocketAddr,
     pub(crate) mode: ContactMode,
     pub(crate) leases: u32,
+    /// We dialled it (an outbound connection): only such a peer may ask us
+    /// to punch (see `serve`), since anyone can connect in with a fresh key.
+    pub(crate) dialled: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -127,6 +130,7 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 1)),
             mode: ContactMode::Direct,
             leases: 0,
+            dialled: false,
         }
     }
 

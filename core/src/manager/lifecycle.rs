@@ -154,6 +154,7 @@ impl NodeManager {
                 remote,
                 mode,
                 leases: 0,
+                dialled: attempt.is_some(),
             },
         );
         self.arm_idle(conn);

@@ -104,8 +104,12 @@ pub struct Stats {
     pub stale_events: u64,
     /// Inbound connections closed because `max_connections` was reached.
     pub connections_refused: u64,
-    /// Signal requests refused by the rate limit.
+    /// Signal requests refused by a rate limit (per node, per address or in total).
     pub signals_rate_limited: u64,
+    /// `SignalFinal`s refused without punching: from a node we did not dial
+    /// (anyone can connect in with a fresh key and name any address), or
+    /// naming an address no relay could have observed.
+    pub signals_unvouched: u64,
     /// Node events dropped because `max_queued_events` was reached.
     pub events_dropped: u64,
     /// Store batches that failed.

@@ -1,6 +1,27 @@
 //! Answering peers' requests: closest nodes, and signalling for hole punching.
+//!
+//! Signalling makes this node send datagrams to an address someone else
+//! named, so it is what an attacker would use to reflect traffic at a third
+//! party. The rules:
+//! - As the relay (`Signal`), the address passed on to the target is always
+//!   the requester's as this node observes it (the connection's remote
+//!   address), never one the requester names.
+//! - As the target (`SignalFinal`), this node punches only for a signaller it
+//!   dialled itself: that is how a node behind a NAT reaches its relays, and
+//!   anyone can connect *in* with a fresh key and claim to be a relay. The
+//!   address must be one a relay could have observed (a unicast address with
+//!   a port). Anything else is refused ([`RefusalReason::Unvouched`]) and
+//!   counted ([`Stats::signals_unvouched`](super::Stats)).
+//! - Both sides rate-limit with token buckets per NodeId
+//!   ([`Config::signal_rate_capacity`]), per address concerned
+//!   ([`Config::signal_rate_per_ip_capacity`]: the requester's IP when
+//!   relaying, the IP to punch towards when signalled; an IPv6 address counts
+//!   by its /64) and in total ([`Config::signal_rate_total_capacity`]), since
+//!   NodeIds are free. A refusal is [`RefusalReason::RateLimited`], counted
+//!   in `Stats::signals_rate_limited`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use super::{NodeManager, RunState};
@@ -10,21 +31,33 @@ use crate::id::NodeId;
 use crate::manager::api::{Command, ConnId, PeerRequestId, RequestId};
 use crate::wire::{RefusalReason, Request, Response};
 
-/// Token buckets of signal requests, one per source node, bounded in number.
+/// Token buckets of signal requests, one per key (a source node, an
+/// address, or `()` for the total), bounded in number.
 #[derive(Clone, Debug)]
-pub(crate) struct SignalLimiter {
+pub(crate) struct SignalLimiter<K = NodeId> {
     capacity: f64,
     refill_per_sec: f64,
     max_sources: usize,
-    buckets: BTreeMap<NodeId, (f64, Instant)>,
+    buckets: BTreeMap<K, (f64, Instant)>,
 }
 
-impl SignalLimiter {
+impl SignalLimiter<NodeId> {
+    /// Buckets per source node.
     pub(crate) fn new(config: &Config) -> Self {
+        Self::with_rate(
+            config.signal_rate_capacity,
+            config.signal_rate_refill_per_sec,
+            config.max_signal_sources,
+        )
+    }
+}
+
+impl<K: Ord + Copy> SignalLimiter<K> {
+    fn with_rate(capacity: u32, refill_per_sec: u32, max_sources: usize) -> Self {
         Self {
-            capacity: f64::from(config.signal_rate_capacity),
-            refill_per_sec: f64::from(config.signal_rate_refill_per_sec),
-            max_sources: config.max_signal_sources,
+            capacity: f64::from(capacity),
+            refill_per_sec: f64::from(refill_per_sec),
+            max_sources,
             buckets: BTreeMap::new(),
         }
     }
@@ -33,7 +66,7 @@ impl SignalLimiter {
     /// source never seen gets, so nothing is lost, and a node that relayed
     /// for many newcomers does not keep a bucket for each (while one that
     /// reconnects at once keeps its spent one).
-    pub(crate) fn forget_if_full(&mut self, source: &NodeId, now: Instant) {
+    pub(crate) fn forget_if_full(&mut self, source: &K, now: Instant) {
         if let Some((tokens, seen)) = self.buckets.get(source) {
             let elapsed = now.saturating_duration_since(*seen).as_secs_f64();
             if tokens + elapsed * self.refill_per_sec >= self.capacity {
@@ -43,7 +76,7 @@ impl SignalLimiter {
     }
 
     /// Takes a token for `source`; `false` if it has none left.
-    pub(crate) fn allow(&mut self, source: NodeId, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, source: K, now: Instant) -> bool {
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
             // Forget the source seen longest ago (ties: the smallest NodeId).
             let oldest = self
@@ -68,12 +101,41 @@ impl SignalLimiter {
     }
 }
 
-/// The relay side of hole punching: who may ask for signals, and the
-/// signals relayed to their targets (fire and forget), whose answers are
-/// expected and dropped.
+/// The key of an address's signal bucket: the IPv4 address, or the /64 of
+/// an IPv6 one (what one host or subscriber is typically given).
+fn address_key(address: SocketAddr) -> IpAddr {
+    match address.ip().to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+    }
+}
+
+/// Whether a relay could have observed `address` as a peer's: a unicast
+/// address with a port. A multicast, broadcast or unspecified address, or
+/// port 0, can only be a forgery.
+fn observable(address: SocketAddr) -> bool {
+    let ip = address.ip().to_canonical();
+    let unicast = match ip {
+        IpAddr::V4(v4) => !v4.is_broadcast() && !v4.is_multicast() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => !v6.is_multicast() && !v6.is_unspecified(),
+    };
+    address.port() != 0 && unicast
+}
+
+/// Both sides of hole punching: who may ask for signals, and the signals
+/// relayed to their targets (fire and forget), whose answers are expected
+/// and dropped.
 #[derive(Clone, Debug)]
 pub(crate) struct SignalRelay {
+    /// Per source node.
     pub(crate) limiter: SignalLimiter,
+    /// Per address concerned (see [`address_key`]).
+    by_address: SignalLimiter<IpAddr>,
+    /// All signals together.
+    total: SignalLimiter<()>,
     /// At most `max_operations`, the oldest forgotten first.
     relayed: BTreeSet<RequestId>,
     max_relayed: usize,
@@ -83,9 +145,27 @@ impl SignalRelay {
     pub(crate) fn new(config: &Config) -> Self {
         Self {
             limiter: SignalLimiter::new(config),
+            by_address: SignalLimiter::with_rate(
+                config.signal_rate_per_ip_capacity,
+                config.signal_rate_per_ip_refill_per_sec,
+                config.max_signal_sources,
+            ),
+            total: SignalLimiter::with_rate(
+                config.signal_rate_total_capacity,
+                config.signal_rate_total_refill_per_sec,
+                1,
+            ),
             relayed: BTreeSet::new(),
             max_relayed: config.max_operations,
         }
+    }
+
+    /// Takes a token from `source`'s bucket, then `address`'s, then the
+    /// total's; `false` at the first that has none left.
+    fn allow(&mut self, source: NodeId, address: SocketAddr, now: Instant) -> bool {
+        self.limiter.allow(source, now)
+            && self.by_address.allow(address_key(address), now)
+            && self.total.allow((), now)
     }
 
     /// A signal went to its target as request `id`.
@@ -122,15 +202,18 @@ impl NodeManager {
         if self.state != RunState::Running {
             return Response::Refused(RefusalReason::Stopping);
         }
-        let Some(requester) = self.conns.get(conn).map(|c| (c.peer, c.remote)) else {
+        let Some(requester) = self.conns.get(conn).map(|c| (c.peer, c.remote, c.dialled)) else {
             return Response::Refused(RefusalReason::NotConnected);
         };
-        let (requester, requester_address) = requester;
+        let (requester, requester_address, dialled) = requester;
         match body {
             Request::ClosestNodes { target } => self.closest_nodes(requester, &target),
             Request::ChainData { from, limit } => self.serve_chain_data(from, limit),
             Request::Signal { target } => {
-                if !self.relay.limiter.allow(requester, self.now.mono) {
+                if !self
+                    .relay
+                    .allow(requester, requester_address, self.now.mono)
+                {
                     self.stats.signals_rate_limited += 1;
                     return Response::Refused(RefusalReason::RateLimited);
                 }
@@ -154,7 +237,14 @@ impl NodeManager {
                 Response::Signal { target_address }
             }
             Request::SignalFinal { source_address, .. } => {
-                if !self.relay.limiter.allow(requester, self.now.mono) {
+                // The requester here is the signaller: it vouches for the
+                // address only if we chose it (dialled it), and the address
+                // must be one it could have observed.
+                if !dialled || !observable(source_address) {
+                    self.stats.signals_unvouched += 1;
+                    return Response::Refused(RefusalReason::Unvouched);
+                }
+                if !self.relay.allow(requester, source_address, self.now.mono) {
                     self.stats.signals_rate_limited += 1;
                     return Response::Refused(RefusalReason::RateLimited);
                 }

@@ -280,7 +280,7 @@ impl Node {
                 any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                     .ok()
             })
-            .and_then(|certs| certs.first().and_then(|cert| node_id_of(cert)));
+            .and_then(|certs| certs.first().and_then(|cert| node_id_of(cert).ok()));
         let remote = c.conn.remote_address();
         match peer {
             Some(peer) if expected.is_none_or(|e| e == peer) => {

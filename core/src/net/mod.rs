@@ -63,4 +63,4 @@ pub use node::{NetConfig, NetError, Node};
 pub use protocol::{MAX_PROTOCOL_LEN, Protocol, ProtocolError, RESERVED_PREFIX};
 pub use registry::{ProtocolOptions, RegisterError};
 pub use timers::{NetTimer, NodeTimer};
-pub use tls::{ALPN, NodeCertificate, TlsError, node_id_of};
+pub use tls::{ALPN, CertificateKeyError, NodeCertificate, TlsError, node_id_of};

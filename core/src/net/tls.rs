@@ -4,6 +4,12 @@
 //! No certificate authority is involved: a certificate only carries a key.
 //! The handshake's signature proves the peer holds that key, and the key is
 //! the NodeId, so checking "key == NodeId we dialled" authenticates the peer.
+//!
+//! The key is read from where X.509 puts it: the certificate is parsed as a
+//! whole, its SubjectPublicKeyInfo must name Ed25519 (OID 1.3.101.112) with a
+//! 32-byte key, and the certificate must be self-signed by that key. Bytes that
+//! merely look like an Ed25519 key elsewhere (an extension, the subject) are
+//! never taken for the NodeId.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,12 +27,6 @@ use crate::id::NodeId;
 
 /// The ALPN protocol of keynode connections.
 pub const ALPN: &[u8] = b"keynode/1";
-
-/// The DER prefix of an Ed25519 SubjectPublicKeyInfo: SEQUENCE { SEQUENCE {
-/// OID 1.3.101.112 }, BIT STRING (0 unused bits) }, then the 32-byte key.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
 
 /// The DER prefix of a PKCS#8 v1 Ed25519 private key, then the 32-byte seed.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
@@ -78,13 +78,60 @@ impl NodeCertificate {
     }
 }
 
-/// The NodeId in a certificate: its Ed25519 public key.
-pub fn node_id_of(certificate: &[u8]) -> Option<NodeId> {
-    let at = certificate
-        .windows(ED25519_SPKI_PREFIX.len())
-        .position(|w| w == ED25519_SPKI_PREFIX)?;
-    let start = at + ED25519_SPKI_PREFIX.len();
-    NodeId::try_from_slice(certificate.get(start..start + 32)?).ok()
+/// Why a certificate carries no NodeId.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateKeyError {
+    /// The bytes are not one DER X.509 certificate.
+    #[error("the certificate is not a well-formed X.509 certificate")]
+    Malformed,
+    /// The certificate's subject key is not an Ed25519 key.
+    #[error("the certificate's subject key is not Ed25519")]
+    NotEd25519,
+    /// The Ed25519 subject key is not 32 bytes.
+    #[error("the certificate's Ed25519 key is not 32 bytes")]
+    BadKeyLength,
+    /// The certificate is not signed with Ed25519 by its own subject key.
+    #[error("the certificate is not self-signed by its Ed25519 key")]
+    NotSelfSigned,
+}
+
+/// The NodeId in a certificate: the Ed25519 key of its SubjectPublicKeyInfo,
+/// provided the certificate is self-signed by that key.
+pub fn node_id_of(certificate: &[u8]) -> Result<NodeId, CertificateKeyError> {
+    use x509_parser::oid_registry::OID_SIG_ED25519;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let (rest, parsed) =
+        X509Certificate::from_der(certificate).map_err(|_| CertificateKeyError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(CertificateKeyError::Malformed);
+    }
+    let spki = parsed.public_key();
+    // RFC 8410: the algorithm is the bare OID, without parameters.
+    if spki.algorithm.algorithm != OID_SIG_ED25519 || spki.algorithm.parameters.is_some() {
+        return Err(CertificateKeyError::NotEd25519);
+    }
+    let key = &spki.subject_public_key;
+    if key.unused_bits != 0 {
+        return Err(CertificateKeyError::BadKeyLength);
+    }
+    let node_id =
+        NodeId::try_from_slice(&key.data).map_err(|_| CertificateKeyError::BadKeyLength)?;
+    // The outer and the signed algorithm identifiers must agree (RFC 5280
+    // 4.1.1.2), and both must be Ed25519 for the key to have signed it.
+    if parsed.signature_algorithm.algorithm != OID_SIG_ED25519
+        || parsed.tbs_certificate.signature.algorithm != OID_SIG_ED25519
+        || parsed.signature_value.unused_bits != 0
+    {
+        return Err(CertificateKeyError::NotSelfSigned);
+    }
+    UnparsedPublicKey::new(&ED25519, node_id.as_bytes())
+        .verify(
+            parsed.tbs_certificate.as_ref(),
+            &parsed.signature_value.data,
+        )
+        .map_err(|_| CertificateKeyError::NotSelfSigned)?;
+    Ok(node_id)
 }
 
 /// The wall-clock time of the last event the node saw, as rustls's clock:
@@ -120,9 +167,8 @@ fn verify_signature(
             rustls::PeerIncompatible::NoSignatureSchemesInCommon,
         ));
     }
-    let key = node_id_of(cert).ok_or(rustls::Error::InvalidCertificate(
-        rustls::CertificateError::BadEncoding,
-    ))?;
+    let key = node_id_of(cert)
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
     UnparsedPublicKey::new(&ED25519, key.as_bytes())
         .verify(message, dss.signature())
         .map(|()| HandshakeSignatureValid::assertion())
@@ -146,9 +192,9 @@ impl ServerCertVerifier for ExpectNodeId {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let found = node_id_of(end_entity).ok_or(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::BadEncoding,
-        ))?;
+        let found = node_id_of(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
         if let Ok(mut slot) = self.found.lock() {
             *slot = Some(found);
         }
@@ -204,9 +250,7 @@ impl ClientCertVerifier for AnyNodeClient {
     ) -> Result<ClientCertVerified, rustls::Error> {
         node_id_of(end_entity)
             .map(|_| ClientCertVerified::assertion())
-            .ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::BadEncoding,
-            ))
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
     }
 
     fn verify_tls12_signature(
@@ -278,9 +322,90 @@ mod tests {
         let seed = [5u8; 32];
         let cert = NodeCertificate::new(&seed).unwrap();
         let key = KeyPair::from_seed(&seed).unwrap();
-        assert_eq!(node_id_of(&cert.certificate), Some(key.node_id()));
+        assert_eq!(node_id_of(&cert.certificate), Ok(key.node_id()));
         let clock = EventClock::default();
         assert!(server_config(&cert, &clock).is_ok());
         assert!(client_config(&cert, key.node_id(), &clock).is_ok());
+    }
+
+    /// The DER of an Ed25519 SubjectPublicKeyInfo, as an attacker would
+    /// paste it anywhere in a certificate.
+    fn ed25519_spki(key: &NodeId) -> Vec<u8> {
+        let mut spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        spki.extend_from_slice(key.as_bytes());
+        spki
+    }
+
+    fn ed25519_key_pair(seed: &[u8; 32]) -> rcgen::KeyPair {
+        let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
+        pkcs8.extend_from_slice(seed);
+        rcgen::KeyPair::try_from(pkcs8.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn an_ed25519_key_hidden_in_an_ecdsa_certificate_is_not_a_node_id() {
+        let hidden = KeyPair::from_seed(&[7u8; 32]).unwrap().node_id();
+        let ecdsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["keynode".to_owned()]).unwrap();
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 99999, 1],
+                ed25519_spki(&hidden),
+            ));
+        let cert = params.self_signed(&ecdsa).unwrap();
+        let der = cert.der();
+        // The bytes are there for a pattern search to find...
+        let spki = ed25519_spki(&hidden);
+        assert!(der.windows(spki.len()).any(|w| w == spki.as_slice()));
+        // ...but the certificate's key is ECDSA, so it names no node.
+        assert_eq!(node_id_of(der), Err(CertificateKeyError::NotEd25519));
+        assert!(
+            AnyNodeClient
+                .verify_client_cert(der, &[], UnixTime::now())
+                .is_err()
+        );
+        let expect = ExpectNodeId {
+            expected: hidden,
+            found: Mutex::new(None),
+        };
+        let name = ServerName::try_from("keynode").unwrap();
+        assert!(
+            expect
+                .verify_server_cert(der, &[], &name, &[], UnixTime::now())
+                .is_err()
+        );
+        assert_eq!(*expect.found.lock().unwrap(), None);
+    }
+
+    #[test]
+    fn an_ed25519_certificate_signed_by_another_key_is_not_a_node_id() {
+        let subject = ed25519_key_pair(&[8u8; 32]);
+        let signer = ed25519_key_pair(&[9u8; 32]);
+        let params = rcgen::CertificateParams::new(vec!["keynode".to_owned()]).unwrap();
+        let issuer = rcgen::Issuer::new(params.clone(), signer);
+        let cert = params.signed_by(&subject, &issuer).unwrap();
+        assert_eq!(
+            node_id_of(cert.der()),
+            Err(CertificateKeyError::NotSelfSigned)
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_certificate_name_no_node() {
+        let key = KeyPair::from_seed(&[3u8; 32]).unwrap().node_id();
+        assert_eq!(
+            node_id_of(&ed25519_spki(&key)),
+            Err(CertificateKeyError::Malformed)
+        );
+        let mut trailing = NodeCertificate::new(&[3u8; 32])
+            .unwrap()
+            .certificate
+            .to_vec();
+        assert_eq!(node_id_of(&trailing), Ok(key));
+        trailing.push(0);
+        assert_eq!(node_id_of(&trailing), Err(CertificateKeyError::Malformed));
     }
 }

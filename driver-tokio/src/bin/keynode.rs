@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
 use keynode_tokio::AgentConfig;
 use keynode_tokio::control::{
-    AddressInfo, ClaimBodyInfo, Client, ControlError, ControlSocket, Reply, Request, Response,
+    AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, ControlSocket, Reply, Request,
+    Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
 
@@ -88,6 +89,13 @@ enum AgentCommand {
         /// Seed nodes: nodeid@host:port;...
         #[arg(long, default_value = "")]
         seed_nodes: String,
+        /// Milliseconds a control client has to send each request line
+        /// before it is answered `timeout` and disconnected.
+        #[arg(long, default_value_t = 5000)]
+        control_request_timeout_ms: u64,
+        /// Control connections served at once; more are answered `busy`.
+        #[arg(long, default_value_t = keynode_tokio::control::MAX_CLIENTS)]
+        control_max_clients: usize,
     },
     /// The NodeId and address of a running agent.
     Status {
@@ -296,8 +304,16 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     data_dir,
                     bind,
                     seed_nodes,
+                    control_request_timeout_ms,
+                    control_max_clients,
                 },
-        } => start_agent(data_dir, bind, &seed_nodes).await,
+        } => {
+            let limits = ControlLimits {
+                max_clients: control_max_clients.max(1),
+                request_timeout: Duration::from_millis(control_request_timeout_ms.max(1)),
+            };
+            start_agent(data_dir, bind, &seed_nodes, limits).await
+        }
         Top::Agent {
             command: AgentCommand::Status { client },
         } => {
@@ -634,6 +650,7 @@ async fn start_agent(
     data_dir: PathBuf,
     bind: SocketAddr,
     seed_nodes: &str,
+    limits: ControlLimits,
 ) -> Result<ExitCode, BoxError> {
     let seeds: SeedNodes = seed_nodes.parse()?;
     // Registered before anything is printed, so that a signal sent as soon
@@ -649,7 +666,7 @@ async fn start_agent(
         }
     };
     let outcome = async {
-        let server = socket.serve(agent.clone())?;
+        let server = socket.serve_with(agent.clone(), limits)?;
         {
             let mut out = std::io::stdout().lock();
             writeln!(

@@ -86,16 +86,36 @@ impl Client {
 
     /// Sends `request` and waits for its response.
     pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let path = self.path.clone();
         let io_err = |source| ClientError::Io {
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         };
         let mut bytes = serde_json::to_vec(request).map_err(|e| io_err(io::Error::other(e)))?;
         bytes.push(b'\n');
         let stream = self.stream.get_mut();
-        stream.write_all(&bytes).await.map_err(io_err)?;
-        stream.flush().await.map_err(io_err)?;
-        self.read_response().await
+        let written = match stream.write_all(&bytes).await {
+            Ok(()) => stream.flush().await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => self.read_response().await,
+            // An agent with no slot for us answers `busy` at once and
+            // closes, maybe before our request is written: its answer is
+            // still ours to read, and says more than "broken pipe".
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                match self.read_response().await {
+                    Ok(response) => Ok(response),
+                    Err(_) => Err(io_err(e)),
+                }
+            }
+            Err(e) => Err(io_err(e)),
+        }
     }
 
     /// Waits for one more response: [`Request::PipeListen`] is answered

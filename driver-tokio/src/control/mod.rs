@@ -1,7 +1,10 @@
 //! Control of a running agent over a Unix socket.
 //!
 //! `keynode agent start` listens on `control.sock` in its data directory
-//! (mode 0600: only the owner may connect). The protocol is one JSON
+//! (mode 0600: only the owner may connect; the directory, when created, is
+//! 0700). Connections are bounded in number and each request must arrive
+//! within a timeout ([`ControlLimits`]), so silent clients cannot lock the
+//! others out. The protocol is one JSON
 //! [`Request`] per line, answered by one JSON [`Response`] per line, in
 //! order; a connection may carry any number of requests. A line longer than
 //! [`MAX_REQUEST_SIZE`] bytes, a line that is not a request, or a request
@@ -51,7 +54,7 @@ pub use protocol::{
     AddressInfo, BucketInfo, ClaimBodyInfo, ClaimInfo, ConnectionInfo, ContactInfo, ControlError,
     ErrorKind, Reply, Request, Response,
 };
-pub use server::{BindError, ControlServer, ControlSocket};
+pub use server::{BindError, ControlServer, ControlSocket, create_data_dir};
 
 /// The socket's file name in the data directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -62,9 +65,39 @@ pub const MAX_REQUEST_SIZE: usize = 64 * 1024;
 /// The longest response line a [`Client`] accepts, in bytes.
 pub const MAX_RESPONSE_SIZE: usize = 64 * 1024 * 1024;
 
-/// Connections served at once; more are answered with [`ErrorKind::Busy`]
-/// and closed.
+/// Connections served at once by default; more are answered with
+/// [`ErrorKind::Busy`] and closed.
 pub const MAX_CLIENTS: usize = 64;
+
+/// How long a client has, by default, to send each complete request line.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The bounds of a control socket's server, so that clients that connect
+/// and say nothing cannot hold every slot.
+///
+/// A connection holds one of [`max_clients`](Self::max_clients) slots from
+/// accept to close. While it waits for a request (the first, or the next
+/// after an answer), the whole line must arrive within
+/// [`request_timeout`](Self::request_timeout); otherwise it gets an
+/// [`ErrorKind::Timeout`] answer and is closed, freeing its slot. A request
+/// being carried out, and a pipe once open, are not timed here. A client
+/// refused for want of a slot gets one [`ErrorKind::Busy`] answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// Connections served at once. Default [`MAX_CLIENTS`].
+    pub max_clients: usize,
+    /// Time to send each request line. Default [`REQUEST_TIMEOUT`].
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        Self {
+            max_clients: MAX_CLIENTS,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
 
 /// The control socket of the agent in `data_dir`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {

@@ -332,6 +332,10 @@ pub enum ErrorKind {
     TooLarge,
     /// Too many connections at once.
     Busy,
+    /// No complete request came within the request timeout
+    /// ([`ControlLimits::request_timeout`](super::ControlLimits)); the
+    /// connection is closed after this answer.
+    Timeout,
     /// The node manager refused the call or the operation failed.
     Failed,
     /// The agent is stopping.

@@ -16,8 +16,10 @@ use tokio::task::JoinHandle;
 use super::dispatch::{handle, parse_line};
 use super::line::{Line, read_line};
 use super::protocol::{ControlError, ErrorKind, Response};
-use super::{MAX_CLIENTS, MAX_REQUEST_SIZE, SOCKET_NAME, pipe, socket_path};
+use super::{ControlLimits, MAX_REQUEST_SIZE, SOCKET_NAME, pipe, socket_path};
 use crate::Agent;
+
+pub use keynode_agent::create_data_dir;
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +44,8 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `control.sock` in `data_dir` (created if missing), mode 0600.
+    /// Binds `control.sock` in `data_dir` (created if missing, mode 0700),
+    /// mode 0600.
     ///
     /// Fails if an agent already answers there; a socket left by an agent
     /// that died is replaced. The socket is bound under a temporary name,
@@ -54,7 +57,7 @@ impl ControlSocket {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(data_dir).map_err(io_err)?;
+        create_data_dir(data_dir).map_err(io_err)?;
         match std::os::unix::net::UnixStream::connect(&path) {
             Ok(_) => return Err(BindError::AlreadyRunning(data_dir.to_path_buf())),
             // Nothing there, or a socket nobody listens on: ours to take.
@@ -83,9 +86,19 @@ impl ControlSocket {
         &self.path
     }
 
-    /// Serves requests for `agent` until [`ControlServer::shutdown`].
-    /// Must be called within a tokio runtime.
+    /// Serves requests for `agent` until [`ControlServer::shutdown`], with
+    /// the default [`ControlLimits`]. Must be called within a tokio runtime.
     pub fn serve(self, agent: Agent) -> Result<ControlServer, BindError> {
+        self.serve_with(agent, ControlLimits::default())
+    }
+
+    /// Serves requests for `agent` within `limits` until
+    /// [`ControlServer::shutdown`]. Must be called within a tokio runtime.
+    pub fn serve_with(
+        self,
+        agent: Agent,
+        limits: ControlLimits,
+    ) -> Result<ControlServer, BindError> {
         let ControlSocket { listener, path } = self;
         let listener = match UnixListener::from_std(listener) {
             Ok(listener) => listener,
@@ -94,7 +107,7 @@ impl ControlSocket {
                 return Err(BindError::Io { path, source });
             }
         };
-        let task = tokio::spawn(accept_loop(listener, agent));
+        let task = tokio::spawn(accept_loop(listener, agent, limits));
         Ok(ControlServer {
             path,
             task: Some(task),
@@ -139,8 +152,8 @@ impl Drop for ControlServer {
     }
 }
 
-async fn accept_loop(listener: UnixListener, agent: Agent) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+async fn accept_loop(listener: UnixListener, agent: Agent, limits: ControlLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_clients));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -155,20 +168,32 @@ async fn accept_loop(listener: UnixListener, agent: Agent) {
             Ok(slot) => {
                 let agent = agent.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &agent).await {
+                    if let Err(e) = serve_connection(stream, &agent, limits.request_timeout).await {
                         tracing::debug!("control connection ended: {e}");
                     }
                     drop(slot);
                 });
             }
             Err(_) => {
+                let max_clients = limits.max_clients;
                 tokio::spawn(async move {
                     let mut stream = stream;
                     let busy = Response::Error(ControlError::new(
                         ErrorKind::Busy,
-                        format!("more than {MAX_CLIENTS} control connections at once"),
+                        format!(
+                            "the agent is busy: {max_clients} control connections are open; try again"
+                        ),
                     ));
-                    let _ = write_response(&mut stream, &busy).await;
+                    // The answer is written at once, before the client's
+                    // request is read: a client reads it even when its own
+                    // write fails because we closed (see `Client::call`).
+                    // Bounded, so a client that never reads holds nothing.
+                    let _ = tokio::time::timeout(
+                        limits.request_timeout,
+                        write_response(&mut stream, &busy),
+                    )
+                    .await;
+                    let _ = stream.shutdown().await;
                 });
             }
         }
@@ -179,12 +204,35 @@ async fn accept_loop(listener: UnixListener, agent: Agent) {
 /// a pipe sends the client's bytes to the stream in pieces that size.
 const READ_BUFFER: usize = super::chunks::MAX_CHUNK;
 
-async fn serve_connection(stream: UnixStream, agent: &Agent) -> io::Result<()> {
+async fn serve_connection(
+    stream: UnixStream,
+    agent: &Agent,
+    request_timeout: std::time::Duration,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     let mut line = Vec::new();
     loop {
-        let response = match read_line(&mut reader, &mut line, MAX_REQUEST_SIZE).await? {
+        // The whole line must come in time, so that neither silence nor a
+        // trickle of bytes holds the connection's slot.
+        let read = tokio::time::timeout(
+            request_timeout,
+            read_line(&mut reader, &mut line, MAX_REQUEST_SIZE),
+        )
+        .await;
+        let Ok(read) = read else {
+            let timeout = Response::Error(ControlError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no complete request within {} ms; closing",
+                    request_timeout.as_millis()
+                ),
+            ));
+            let _ =
+                tokio::time::timeout(request_timeout, write_response(&mut write, &timeout)).await;
+            return Ok(());
+        };
+        let response = match read? {
             Line::End => return Ok(()),
             Line::TooLong => Response::Error(ControlError::new(
                 ErrorKind::TooLarge,

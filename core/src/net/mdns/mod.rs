@@ -26,6 +26,10 @@
 //!   target), so records of two different responders are never mixed;
 //! - self-filtering of our own multicast loopback, which `mdns-proto` leaves
 //!   to the driver;
+//! - no yielding on conflicts: the names are our NodeId, which no other
+//!   responder can hold honestly, so records claiming them with other data
+//!   are counted ([`MdnsStats::conflicts_ignored`]) and ignored instead of
+//!   renaming the instance (which would hide the node from every querier);
 //! - bounds on queries, answers, queued transmits and datagram sizes.
 //!
 //! Nothing here reads a clock, a socket or an entropy source: time comes in
@@ -144,6 +148,10 @@ pub struct MdnsStats {
     /// Responses naming a queried instance whose TXT record did not carry
     /// the queried NodeId.
     pub answers_rejected: u64,
+    /// Records of another responder claiming our NodeId-named instance or
+    /// host name: forgeries, since the names are our NodeId, so ignored
+    /// rather than yielded to.
+    pub conflicts_ignored: u64,
 }
 
 /// mDNS for one node: announces it, answers questions for it, and finds other

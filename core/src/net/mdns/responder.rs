@@ -91,11 +91,11 @@ impl MdnsService {
             let Some(update) = announced.service.poll() else {
                 break;
             };
-            // A conflict (another responder announcing our instance name
-            // with other records) can make the service rename itself; the
-            // endpoint must hear of it before the next datagram, and the
-            // old name gets its goodbye (mdns-proto's contract). Other
-            // updates need nothing from us.
+            // Conflicts are never delivered (see `handle_datagram`), so the
+            // service should never rename itself; were it to, the endpoint
+            // must hear of it before the next datagram, and the old name
+            // gets its goodbye (mdns-proto's contract). Other updates need
+            // nothing from us.
             if let ServiceUpdate::Renamed(renamed) = update {
                 let _ = self
                     .endpoint

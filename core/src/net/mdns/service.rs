@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use mdns_proto::config::EndpointConfig;
 use mdns_proto::constants::MDNS_PORT;
-use mdns_proto::event::RouteEvent;
+use mdns_proto::event::{RouteEvent, ServiceEvent};
 
 use super::outbox::Outbox;
 use super::responder::{Announced, validate_addresses};
@@ -170,6 +170,7 @@ impl MdnsService {
             SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
+        let mut conflicts_ignored = 0u64;
         let Self {
             endpoint,
             announced,
@@ -182,18 +183,34 @@ impl MdnsService {
             }
             Ok(events) => {
                 // Answers to our queries were applied eagerly inside
-                // `handle`; what is left to deliver is questions (and
-                // conflicts) for our service.
+                // `handle`; what is left to deliver is questions for our
+                // service. Conflicts are not delivered: our instance and
+                // host names are our NodeId, which no other node can hold
+                // honestly, so a "conflict" is a forgery, and yielding to it
+                // (mdns-proto renames the instance to `<NodeId>-1`) would
+                // hide us from every querier for good.
                 for event in events.take(MAX_EVENTS_PER_DATAGRAM) {
                     if let Ok(RouteEvent::ToService(to_service)) = event
                         && let Some(announced) = announced.as_mut()
                         && to_service.handle() == announced.handle
                     {
-                        announced.service.handle_event(to_service.into_event(), now);
+                        let event = to_service.into_event();
+                        if matches!(
+                            event,
+                            ServiceEvent::ProbeConflict(_) | ServiceEvent::HostConflict(_)
+                        ) {
+                            conflicts_ignored = conflicts_ignored.saturating_add(1);
+                            continue;
+                        }
+                        announced.service.handle_event(event, now);
                     }
                 }
             }
         }
+        self.stats.conflicts_ignored = self
+            .stats
+            .conflicts_ignored
+            .saturating_add(conflicts_ignored);
         if from_mdns_port && !self.queries.is_empty() {
             self.match_answers(from, bytes);
         }
