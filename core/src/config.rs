@@ -107,6 +107,19 @@ pub struct Config {
     pub max_recent_claims: usize,
     /// The most claims one chain-data page carries. Default 256.
     pub max_chain_page: usize,
+    /// How long the target of a claim exchange waits for the last message
+    /// once it has sent its own two. It holds its chain meanwhile (one
+    /// exchange at a time builds on it), and a live requester answers at
+    /// once: a requester that died mid-exchange holds the chain this long,
+    /// not `claim_timeout`. Default 5 s.
+    pub claim_reply_timeout: Duration,
+    /// Claim exchanges waiting for the chain, this node's and its peers',
+    /// at most; more are refused (a peer's with `Abort(Unavailable)`).
+    /// Default 64.
+    pub max_chain_waiters: usize,
+    /// Of those, one peer's at most, so that one peer cannot keep the others
+    /// out. Default 2.
+    pub max_chain_waiters_per_peer: usize,
 }
 
 /// Where mDNS announces and queries.
@@ -165,6 +178,9 @@ impl Default for Config {
             claim_max_skew: Duration::from_secs(300),
             max_recent_claims: 1024,
             max_chain_page: 256,
+            claim_reply_timeout: Duration::from_secs(5),
+            max_chain_waiters: 64,
+            max_chain_waiters_per_peer: 2,
         }
     }
 }
@@ -232,6 +248,13 @@ impl Config {
         check_range("max_message_size", self.max_message_size, 1024, 16 << 20)?;
         check_range("max_recent_claims", self.max_recent_claims, 1, 1 << 20)?;
         check_range("max_chain_page", self.max_chain_page, 1, 1024)?;
+        check_range("max_chain_waiters", self.max_chain_waiters, 1, 1 << 16)?;
+        check_range(
+            "max_chain_waiters_per_peer",
+            self.max_chain_waiters_per_peer,
+            1,
+            1 << 16,
+        )?;
         check_range(
             "signal_rate_capacity",
             self.signal_rate_capacity as usize,
@@ -251,6 +274,7 @@ impl Config {
             ),
             ("rpc_timeout", self.rpc_timeout),
             ("claim_timeout", self.claim_timeout),
+            ("claim_reply_timeout", self.claim_reply_timeout),
             ("claim_max_skew", self.claim_max_skew),
             ("find_node_timeout", self.find_node_timeout),
             ("connection_idle_ttl", self.connection_idle_ttl),
