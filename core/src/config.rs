@@ -99,7 +99,9 @@ pub struct Config {
     pub max_signal_sources: usize,
     /// The largest encoded wire message accepted or sent. Default 64 KiB.
     pub max_message_size: usize,
-    /// How long a claim exchange may take, on either side. Default 15 s.
+    /// How long a claim exchange may take, from the requester's
+    /// `claim_node` (the target, once it has answered, waits
+    /// `claim_reply_timeout`). Default 15 s.
     pub claim_timeout: Duration,
     /// How far a new claim's issue time may be from now. Default 5 min.
     pub claim_max_skew: Duration,
