@@ -110,7 +110,9 @@ pub struct Config {
     pub signal_rate_total_refill_per_sec: u32,
     /// The largest encoded wire message accepted or sent. Default 64 KiB.
     pub max_message_size: usize,
-    /// How long a claim exchange may take, on either side. Default 15 s.
+    /// How long a claim exchange may take, from the requester's
+    /// `claim_node` (the target, once it has answered, waits
+    /// `claim_reply_timeout`). Default 15 s.
     pub claim_timeout: Duration,
     /// How far a new claim's issue time may be from now. Default 5 min.
     pub claim_max_skew: Duration,
@@ -118,6 +120,19 @@ pub struct Config {
     pub max_recent_claims: usize,
     /// The most claims one chain-data page carries. Default 256.
     pub max_chain_page: usize,
+    /// How long the target of a claim exchange waits for the last message
+    /// once it has sent its own two. It holds its chain meanwhile (one
+    /// exchange at a time builds on it), and a live requester answers at
+    /// once: a requester that died mid-exchange holds the chain this long,
+    /// not `claim_timeout`. Default 5 s.
+    pub claim_reply_timeout: Duration,
+    /// Claim exchanges waiting for the chain, this node's and its peers',
+    /// at most; more are refused (a peer's with `Abort(Unavailable)`).
+    /// Default 64.
+    pub max_chain_waiters: usize,
+    /// Of those, one peer's at most, so that one peer cannot keep the others
+    /// out. Default 2.
+    pub max_chain_waiters_per_peer: usize,
 }
 
 /// Where mDNS announces and queries.
@@ -180,6 +195,9 @@ impl Default for Config {
             claim_max_skew: Duration::from_secs(300),
             max_recent_claims: 1024,
             max_chain_page: 256,
+            claim_reply_timeout: Duration::from_secs(5),
+            max_chain_waiters: 64,
+            max_chain_waiters_per_peer: 2,
         }
     }
 }
@@ -260,6 +278,13 @@ impl Config {
         ] {
             check_range(field, capacity as usize, 1, 1 << 20)?;
         }
+        check_range("max_chain_waiters", self.max_chain_waiters, 1, 1 << 16)?;
+        check_range(
+            "max_chain_waiters_per_peer",
+            self.max_chain_waiters_per_peer,
+            1,
+            1 << 16,
+        )?;
         for (field, delay) in [
             (
                 "connection_connect_timeout",
@@ -273,6 +298,7 @@ impl Config {
             ),
             ("rpc_timeout", self.rpc_timeout),
             ("claim_timeout", self.claim_timeout),
+            ("claim_reply_timeout", self.claim_reply_timeout),
             ("claim_max_skew", self.claim_max_skew),
             ("find_node_timeout", self.find_node_timeout),
             ("connection_idle_ttl", self.connection_idle_ttl),

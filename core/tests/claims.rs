@@ -581,3 +581,127 @@ fn concurrent_exchanges_on_one_chain_take_turns() {
     expected.sort();
     assert_eq!(gestalt, expected);
 }
+
+/// Nodes 1 (A), 2 (B, the target), 3 (C) and 4 (D): A and C may claim B, D
+/// may not; each is connected to B. A's exchange with B starts and A dies
+/// after its first message (nothing more of A's arrives): B holds its chain
+/// for A. Returns the net and the four NodeIds.
+fn target_held_by_a_dead_requester() -> (Net, [NodeId; 4]) {
+    let mut net = Net::new(common::t0());
+    for n in [1u8, 2, 3, 4] {
+        net.add_identity(key(n).into(), addr(n.into()), config());
+    }
+    let ids = [1u8, 2, 3, 4].map(|n| key(n).node_id());
+    let [a, b, c, d] = ids;
+    for from in [a, c] {
+        let op = net.call(b, |m, now| m.allow_claims_from(now, from, true).unwrap());
+        net.run_until_done(b, op, STEPS).unwrap();
+    }
+    for from in [a, c, d] {
+        connect(&mut net, from, b);
+    }
+    net.tamper_stream = Some(Box::new(move |from, m| {
+        from != a || matches!(m, ClaimMessage::Request(_))
+    }));
+    let _ = net.call(a, |m, now| m.claim_node(now, b, None).unwrap());
+    for _ in 0..STEPS {
+        if net
+            .claim_log
+            .iter()
+            .any(|(from, m)| *from == b && matches!(m, ClaimMessage::Reverse(_)))
+        {
+            return (net, ids);
+        }
+        assert!(net.step(), "the network went idle");
+    }
+    panic!("B never answered A");
+}
+
+/// A first message of `from` to `to`, well signed.
+fn first_message(net: &Net, from: u8, to: NodeId) -> ClaimMessage {
+    let key = key(from);
+    let claim = Claim {
+        version: keynode_core::claims::CLAIM_VERSION,
+        id: ClaimId([from; 16]),
+        seq: 0,
+        prev_claim_id: None,
+        prev_digest: None,
+        iat: net.now.unix_secs(),
+        nbf: net.now.unix_secs(),
+        body: ClaimBody::LinkNode {
+            iss: key.node_id(),
+            sub: to,
+        },
+    };
+    ClaimMessage::Request(SignedClaim::sign(&claim, &key).unwrap())
+}
+
+/// The aborts B sent, by reason.
+fn aborts_of(net: &Net, b: NodeId) -> Vec<keynode_core::claims::AbortReason> {
+    net.claim_log
+        .iter()
+        .filter(|(from, _)| *from == b)
+        .filter_map(|(_, m)| match m {
+            ClaimMessage::Abort(reason) => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Defect 12 of issue 15: a requester that dies mid-exchange holds the
+/// target's chain for `claim_reply_timeout` (5 s), not the whole
+/// `claim_timeout` (15 s): another node's claim, with 10 s to go through,
+/// waits its turn and succeeds.
+#[test]
+fn a_requester_dead_mid_exchange_does_not_stall_the_next_claim() {
+    let (mut net, [_, b, c, _]) = target_held_by_a_dead_requester();
+    let op = net.call(c, |m, now| {
+        m.claim_node(now, b, Some(Duration::from_secs(10))).unwrap()
+    });
+    assert_eq!(net.run_until_done(c, op, STEPS), Ok(OpValue::Unit));
+    for _ in 0..200 {
+        net.step();
+    }
+    assert_eq!(net.node(b).gestalt(&b), vec![c]);
+}
+
+/// Defect 12 of issue 15: while B's chain is held, a peer without the
+/// permission is refused at once (before, it joined the queue and waited
+/// for the chain), and one peer's exchanges wait two at most: the rest are
+/// refused at once as unavailable.
+#[test]
+fn the_chain_queue_takes_only_permitted_peers_and_a_few_of_each() {
+    let (mut net, [_, b, c, d]) = target_held_by_a_dead_requester();
+    let before = aborts_of(&net, b).len();
+    let logged = net.claim_log.len();
+    let message = first_message(&net, 4, b);
+    assert!(net.inject_stream_open(d, b, message));
+    for _ in 0..4 {
+        let message = first_message(&net, 3, b);
+        assert!(net.inject_stream_open(c, b, message));
+    }
+    // Until the refusals are out, or B serves a waiting exchange (its
+    // chain is free again).
+    let served = |net: &Net| {
+        net.claim_log[logged..]
+            .iter()
+            .any(|(from, m)| *from == b && matches!(m, ClaimMessage::Countersigned(_)))
+    };
+    for _ in 0..STEPS {
+        if served(&net) || aborts_of(&net, b).len() >= before + 3 || !net.step() {
+            break;
+        }
+    }
+    assert!(!served(&net), "B's chain was still held");
+    use keynode_core::claims::AbortReason;
+    let aborts = aborts_of(&net, b).split_off(before);
+    assert_eq!(
+        aborts,
+        [
+            AbortReason::NotPermitted,
+            AbortReason::Unavailable,
+            AbortReason::Unavailable
+        ]
+    );
+    assert_eq!(net.node(b).stats().claims_refused_busy, 2);
+}

@@ -12,6 +12,19 @@
 //! after the requester's commit (message 4 lost) leaves a one-sided link; a
 //! retry repairs it: each side reuses the link claim it already holds instead
 //! of making a new one, so a retry never duplicates a link.
+//!
+//! # The chain's turn
+//!
+//! One exchange at a time builds on the chain (its head is in the claims
+//! signed); the others wait in a queue bounded in all
+//! (`Config::max_chain_waiters`) and per peer
+//! (`Config::max_chain_waiters_per_peer`). A peer's exchange is checked
+//! before it may wait (the `claim` permission, a first message that is a
+//! request), so a peer without the permission cannot fill the queue; a
+//! waiting exchange whose stream closes leaves the queue; the target holds
+//! the chain while it waits for the last message for
+//! `Config::claim_reply_timeout` at most, and lets it go as soon as the
+//! stream or its connection fails.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -467,7 +480,7 @@ impl NodeManager {
         // claim appended meanwhile would break this one's link.
         match self.running.get(Job::ChainWriter) {
             Some(owner) if owner != id => {
-                if self.claims.chain_queue.len() >= MAX_CHAIN_WAITERS {
+                if self.claims.chain_queue.len() >= self.config.max_chain_waiters {
                     return Step::Done(Err(OpError::Claim(ClaimError::ChainAdvanced)));
                 }
                 self.claims
@@ -518,13 +531,31 @@ impl NodeManager {
             self.abort_stream(stream, &ClaimError::StreamClosed);
             return;
         };
+        // Checked before it may wait: a peer that may not claim this node
+        // gets its refusal at once, and takes no place in the queue.
+        if let Err(e) = self.check_claim_request(requester, &message) {
+            self.abort_stream(stream, &e);
+            return;
+        }
         if self.running.is_running(Job::ChainWriter) {
             // Another exchange builds on the chain: this one waits its turn.
-            if self.claims.chain_queue.len() >= MAX_CHAIN_WAITERS {
+            let from_peer = self
+                .claims
+                .chain_queue
+                .iter()
+                .filter(
+                    |w| matches!(w, ChainWaiter::Handler { requester: r, .. } if *r == requester),
+                )
+                .count();
+            if self.claims.chain_queue.len() >= self.config.max_chain_waiters
+                || from_peer >= self.config.max_chain_waiters_per_peer
+            {
+                self.stats.claims_refused_busy += 1;
                 self.abort_stream(stream, &ClaimError::ChainAdvanced);
             } else {
                 self.claims.chain_queue.push_back(ChainWaiter::Handler {
                     conn,
+                    requester,
                     stream,
                     message,
                 });
@@ -549,7 +580,8 @@ impl NodeManager {
                     mine,
                     reused,
                 };
-                let timeout = self.config.claim_timeout;
+                // Messages 2 and 3 are out: a live requester answers at once.
+                let timeout = self.config.claim_reply_timeout;
                 match self.spawn(OpKind::HandleClaim(op), Parent::Internal, Some(timeout)) {
                     Ok(id) => {
                         self.waits.register(Wait::Stream(stream), id);
@@ -562,21 +594,39 @@ impl NodeManager {
         }
     }
 
+    /// What a peer's exchange must be to wait for the chain: a request,
+    /// from a peer with the `claim` permission.
+    fn check_claim_request(
+        &self,
+        requester: NodeId,
+        message: &ClaimMessage,
+    ) -> Result<(), ClaimError> {
+        if !matches!(message, ClaimMessage::Request(_)) {
+            return Err(ClaimError::OutOfOrder {
+                expected: "Request",
+                got: message.name(),
+            });
+        }
+        if !self.claims.claim_permissions.contains(&requester) {
+            return Err(ClaimError::NotPermitted);
+        }
+        Ok(())
+    }
+
     fn begin_handle_claim(
         &mut self,
         requester: NodeId,
         message: ClaimMessage,
     ) -> Result<(SignedClaim, SignedClaim, bool), ClaimError> {
         let own = self.graph.own_node_id();
+        // Checked again: the permission may have gone while it waited.
+        self.check_claim_request(requester, &message)?;
         let ClaimMessage::Request(mut claim) = message else {
             return Err(ClaimError::OutOfOrder {
                 expected: "Request",
                 got: message.name(),
             });
         };
-        if !self.claims.claim_permissions.contains(&requester) {
-            return Err(ClaimError::NotPermitted);
-        }
         let Some(key) = self.claims.key.clone() else {
             return Err(ClaimError::Aborted(crate::claims::AbortReason::Unavailable));
         };
@@ -639,9 +689,6 @@ impl NodeManager {
     }
 }
 
-/// Exchanges waiting for the chain at most; more are refused.
-const MAX_CHAIN_WAITERS: usize = 64;
-
 /// An exchange waiting for the chain.
 #[derive(Debug)]
 pub(crate) enum ChainWaiter {
@@ -650,6 +697,7 @@ pub(crate) enum ChainWaiter {
     /// A peer's exchange, not yet answered.
     Handler {
         conn: ConnId,
+        requester: NodeId,
         stream: StreamId,
         message: ClaimMessage,
     },
@@ -674,6 +722,7 @@ impl NodeManager {
                     conn,
                     stream,
                     message,
+                    ..
                 } => {
                     self.handle_claim_node(conn, stream, message);
                     if self.running.is_running(Job::ChainWriter) {
@@ -682,6 +731,16 @@ impl NodeManager {
                 }
             }
         }
+    }
+}
+
+impl NodeManager {
+    /// A claim stream closed: a peer's exchange still waiting for the chain
+    /// on it leaves the queue (nothing could be answered on it).
+    pub(super) fn claim_stream_closed(&mut self, stream: StreamId) {
+        self.claims
+            .chain_queue
+            .retain(|w| !matches!(w, ChainWaiter::Handler { stream: s, .. } if *s == stream));
     }
 }
 

@@ -120,6 +120,9 @@ pub struct Stats {
     pub requests_sent: u64,
     /// Connection attempts made.
     pub connects: u64,
+    /// Peers' claim exchanges refused because too many were waiting for
+    /// the chain (`max_chain_waiters`, `max_chain_waiters_per_peer`).
+    pub claims_refused_busy: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,6 +329,7 @@ impl NodeManager {
                 }
             }
             Event::StreamClosed { stream } => {
+                self.claim_stream_closed(stream);
                 self.input_wait(Wait::Stream(stream), Input::StreamClosed);
             }
             Event::MdnsAnswer { query, addresses } => match self.waits.get(Wait::Query(query)) {

@@ -255,6 +255,10 @@ pub struct StreamTables {
     pub peer_requests: usize,
     /// Claim exchanges.
     pub claim_streams: usize,
+    /// Bytes of stream headers and keynode frames received but not yet
+    /// complete, over every connection (bounded by
+    /// `NetConfig::max_partial_frame_bytes`).
+    pub partial_frame_bytes: usize,
 }
 
 /// Counters of what the net layer refused or dropped.
@@ -268,6 +272,16 @@ pub struct AppStats {
     pub malformed_headers: u64,
     /// Datagrams of a protocol not registered.
     pub datagrams_dropped: u64,
+    /// keynode streams reset because reading them would have held more
+    /// bytes of incomplete headers and frames than a connection, or the
+    /// node, may (`NetConfig::max_partial_frame_bytes_per_conn`,
+    /// `NetConfig::max_partial_frame_bytes`).
+    pub partial_frames_over_limit: u64,
+    /// Streams reset because a header or frame begun was not complete
+    /// within `NetConfig::frame_timeout`.
+    pub frames_timed_out: u64,
+    /// keynode streams the peer ended in the middle of a frame, reset.
+    pub frames_cut_short: u64,
 }
 
 /// The application side of a stream: its protocol and which of its sides
@@ -527,11 +541,13 @@ impl Node {
         let Some(c) = self.conns.get_mut(&stream.conn) else {
             return;
         };
-        let Some(s) = c.streams.remove(&id) else {
+        if !c.streams.contains_key(&id) {
             return;
-        };
+        }
         send_refusal(&mut c.conn, id, Refusal::UnknownProtocol);
-        self.app_stream_ended(stream.conn, s);
+        if let Some(s) = self.remove_stream(stream.conn, id) {
+            self.app_stream_ended(stream.conn, s);
+        }
     }
 
     /// The largest datagram payload of `protocol` the connection takes now.
@@ -607,6 +623,7 @@ impl Node {
             requests: self.requests.len(),
             peer_requests: self.peer_requests.len(),
             claim_streams: self.claim_streams.len(),
+            partial_frame_bytes: self.partial_bytes,
             ..StreamTables::default()
         };
         for c in self.conns.values() {
@@ -614,6 +631,23 @@ impl Node {
             t.app_streams += c.app_streams;
         }
         t
+    }
+
+    /// The streams quinn-proto still keeps state for, over every
+    /// connection: sending sides that may have data unacknowledged, and
+    /// streams the peers opened that are not yet freed (each holds one of
+    /// the peer's stream credits). Together with [`Node::stream_tables`],
+    /// to check that streams leave every table when they end.
+    pub fn quic_streams(&mut self) -> usize {
+        self.conns
+            .values_mut()
+            .map(|c| {
+                let streams = c.conn.streams();
+                let remote =
+                    streams.remote_open_streams(Dir::Bi) + streams.remote_open_streams(Dir::Uni);
+                streams.send_streams() + usize::try_from(remote).unwrap_or(usize::MAX)
+            })
+            .sum()
     }
 
     /// What the net layer refused or dropped.
@@ -675,7 +709,7 @@ impl Node {
         if c.streams.get(&id).is_some_and(|s| !s.send.is_empty()) {
             return;
         }
-        if let Some(s) = c.streams.remove(&id) {
+        if let Some(s) = self.remove_stream(stream.conn, id) {
             self.app_stream_ended(stream.conn, s);
         }
     }
@@ -689,12 +723,7 @@ impl Node {
             .is_some_and(|s| {
                 s.send.is_empty() && s.app.as_ref().is_some_and(|a| !a.send_open && !a.recv_open)
             });
-        if done
-            && let Some(s) = self
-                .conns
-                .get_mut(&conn)
-                .and_then(|c| c.streams.remove(&id))
-        {
+        if done && let Some(s) = self.remove_stream(conn, id) {
             self.app_stream_ended(conn, s);
         }
     }
@@ -806,8 +835,8 @@ impl Node {
     pub(super) fn refuse_stream(&mut self, conn: ConnId, id: quinn_proto::StreamId, why: Refusal) {
         if let Some(c) = self.conns.get_mut(&conn) {
             send_refusal(&mut c.conn, id, why);
-            c.streams.remove(&id);
         }
+        self.remove_stream(conn, id);
     }
 
     /// Datagrams arrived on a connection: each of a registered protocol

@@ -55,6 +55,9 @@ pub(super) struct QuicConn {
     /// The use of the connection its application streams hold while any
     /// is open.
     pub(super) lease: Option<LeaseId>,
+    /// Bytes of headers and frames begun and not yet complete in its
+    /// streams' receive buffers.
+    pub(super) partial_bytes: usize,
 }
 
 impl QuicConn {
@@ -70,6 +73,7 @@ impl QuicConn {
             streams: BTreeMap::new(),
             app_streams: 0,
             lease: None,
+            partial_bytes: 0,
         }
     }
 
@@ -241,7 +245,9 @@ impl Node {
                     // Finished, with bytes still held back: they will
                     // never be taken.
                     Some(false) => self.abandon_send(handle, error_code),
-                    None => self.close_stream(id, stream),
+                    // keynode's own: nothing more goes on it. Reset, so
+                    // that quinn frees our sending side too.
+                    None => self.abandon_stream(id, stream, VarInt::from_u32(0)),
                 }
             }
             quinn_proto::Event::Stream(StreamEvent::Available { dir }) => {

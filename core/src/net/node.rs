@@ -95,6 +95,21 @@ pub struct NetConfig {
     /// must not be fragmented on its way: a driver whose socket cannot set
     /// Don't Fragment turns this off (quinn does the same). Default on.
     pub mtu_discovery: bool,
+    /// Bytes of stream headers and keynode frames received but not yet
+    /// complete that one connection's streams may hold; a stream whose
+    /// read would pass it is reset (counted in
+    /// [`super::AppStats::partial_frames_over_limit`]). Sixteen frames of
+    /// the default `Config::max_message_size`. Default 1 MiB.
+    pub max_partial_frame_bytes_per_conn: usize,
+    /// The same over every connection. Default 64 MiB.
+    pub max_partial_frame_bytes: usize,
+    /// How long a stream's header, or a keynode frame, may take to arrive
+    /// once its first byte has (an RPC stream's first frame counts from its
+    /// header): a stream still short of it then is reset (counted in
+    /// [`super::AppStats::frames_timed_out`]), so that a peer cannot keep
+    /// bytes held by sending a frame but never its end. Application
+    /// streams, once their header is read, are not timed. Default 10 s.
+    pub frame_timeout: Duration,
 }
 
 impl Default for NetConfig {
@@ -115,6 +130,9 @@ impl Default for NetConfig {
             punch_ttl: 2,
             punch_delay: Duration::from_millis(100),
             mtu_discovery: true,
+            max_partial_frame_bytes_per_conn: 1 << 20,
+            max_partial_frame_bytes: 64 << 20,
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -152,6 +170,9 @@ pub struct Node {
     pub(super) net: NetConfig,
     pub(super) max_frame: usize,
     pub(super) conns: BTreeMap<ConnId, QuicConn>,
+    /// Bytes of headers and frames begun and not yet complete, over every
+    /// connection's streams.
+    pub(super) partial_bytes: usize,
     pub(super) by_handle: BTreeMap<usize, ConnId>,
     /// Routes of the manager's requests, the peers' requests and the claim
     /// exchanges to their QUIC streams.
@@ -230,6 +251,7 @@ impl Node {
             net,
             max_frame,
             conns: BTreeMap::new(),
+            partial_bytes: 0,
             by_handle: BTreeMap::new(),
             requests: BTreeMap::new(),
             peer_requests: BTreeMap::new(),
@@ -367,6 +389,7 @@ impl Node {
                 NetTimer::ConnectDeadline(id) => self.on_connect_deadline(id),
                 NetTimer::Request(request) => self.on_request_timeout(request),
                 NetTimer::Punch(address) => self.on_punch_timer(address),
+                NetTimer::Frame(stream) => self.on_frame_timeout(stream),
             }
         }
         // quinn's own deadlines (loss detection, idle, keep-alive) stay

@@ -4,6 +4,17 @@
 //! manager request, peer request, claim exchange or application stream a
 //! QUIC stream carries: its [`Role`]). A frame is matched against the role of
 //! its stream; a frame the role does not allow resets the stream.
+//!
+//! What a peer can make a node hold on its streams is bounded: bytes of
+//! headers and frames begun but not complete are counted per connection
+//! and over all ([`super::NetConfig::max_partial_frame_bytes_per_conn`],
+//! [`super::NetConfig::max_partial_frame_bytes`]), and a stream whose
+//! read would go past either is reset; a header, or a frame, must be
+//! complete within [`super::NetConfig::frame_timeout`] of its first byte
+//! (an RPC stream's first frame, of its header) or the stream is reset. A
+//! stream the peer ends in the middle of a frame is reset. Every stream
+//! leaves every table when it ends, ours and quinn-proto's: a side this
+//! node no longer uses is finished, stopped or reset, never left open.
 
 use quinn_proto::{Dir, VarInt};
 
@@ -143,8 +154,8 @@ impl Node {
             if let Some(c) = self.conns.get_mut(&conn) {
                 let _ = c.conn.send_stream(stream).reset(VarInt::from_u32(0));
                 let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
-                c.streams.remove(&stream);
             }
+            self.remove_stream(conn, stream);
             self.manager.handle(
                 now,
                 Event::ResponseReceived {
@@ -155,16 +166,38 @@ impl Node {
         }
     }
 
+    /// Takes a stream out of its connection's table: the bytes it held
+    /// are no longer counted and its frame deadline goes. Every stream
+    /// leaves the table through here.
+    pub(super) fn remove_stream(
+        &mut self,
+        id: ConnId,
+        stream: quinn_proto::StreamId,
+    ) -> Option<Stream> {
+        let c = self.conns.get_mut(&id)?;
+        let s = c.streams.remove(&stream)?;
+        c.partial_bytes = c.partial_bytes.saturating_sub(s.recv.len());
+        self.partial_bytes = self.partial_bytes.saturating_sub(s.recv.len());
+        self.timers
+            .cancel(NetTimer::Frame(StreamHandle::new(id, stream)));
+        Some(s)
+    }
+
     /// Ends the requests and claim streams of a lost connection.
     pub(super) fn fail_streams(&mut self, id: ConnId) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let streams: Vec<Stream> = std::mem::take(&mut c.streams).into_values().collect();
+        let streams: Vec<(quinn_proto::StreamId, Stream)> =
+            std::mem::take(&mut c.streams).into_iter().collect();
         // The connection's use by its application streams ends with it.
         c.app_streams = 0;
         c.lease = None;
-        for s in streams {
+        self.partial_bytes = self.partial_bytes.saturating_sub(c.partial_bytes);
+        c.partial_bytes = 0;
+        for (stream, s) in streams {
+            self.timers
+                .cancel(NetTimer::Frame(StreamHandle::new(id, stream)));
             if let Some(sides) = &s.app
                 && let Some(admitted) = sides.inbound_from
             {
@@ -232,7 +265,7 @@ impl Node {
                 // The request's end may not have been read yet: stopping
                 // frees quinn's side of it too.
                 let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
-                c.streams.remove(&stream);
+                self.remove_stream(conn, stream);
             }
             Role::App => self.app_flushed(conn, stream),
             _ => {}
@@ -240,14 +273,72 @@ impl Node {
     }
 
     pub(super) fn close_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
-        let Some(s) = self
-            .conns
-            .get_mut(&id)
-            .and_then(|c| c.streams.remove(&stream))
-        else {
+        let Some(s) = self.remove_stream(id, stream) else {
             return;
         };
         self.end_role(s.role, true);
+    }
+
+    /// The peer finished a claim exchange's stream: the exchange is over
+    /// (the manager hears so), and this node finishes its own side once
+    /// what it queued is written, so that quinn frees the stream on both
+    /// ends (left open, it would hold the peer's stream credit and both
+    /// nodes' tables until the connection closed).
+    fn end_claim_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
+        let Some(role) = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.streams.get(&stream))
+            .map(|s| s.role)
+        else {
+            return;
+        };
+        self.end_role(role, true);
+        if let Some(c) = self.conns.get_mut(&id)
+            && let Some(s) = c.streams.get_mut(&stream)
+        {
+            s.role = Role::Answered;
+            s.finish = true;
+            flush(c, stream);
+        }
+        self.after_flush(id, stream);
+    }
+
+    /// A stream's frame (or header) deadline passed: if it is still not
+    /// complete, the stream is reset.
+    pub(super) fn on_frame_timeout(&mut self, handle: StreamHandle) {
+        let (id, stream) = (handle.conn(), handle.quic());
+        if self.frame_incomplete(id, stream) {
+            self.app_stats.frames_timed_out += 1;
+            self.reject_stream(id, stream);
+        }
+    }
+
+    /// Whether a stream waits for the rest of a header or frame: its
+    /// header, an RPC stream's first frame, or bytes of a frame begun.
+    fn frame_incomplete(&self, id: ConnId, stream: quinn_proto::StreamId) -> bool {
+        self.conns
+            .get(&id)
+            .and_then(|c| c.streams.get(&stream))
+            .is_some_and(|s| match s.role {
+                Role::Header | Role::Rpc => true,
+                Role::Request(_) | Role::Serve(_) | Role::Claim(_) => !s.recv.is_empty(),
+                // Not read by the net layer (or no longer).
+                Role::App | Role::Answered => false,
+            })
+    }
+
+    /// Sets a stream's frame deadline when a header or frame is begun (and
+    /// leaves it where it is while it stays incomplete), clears it once
+    /// nothing is.
+    fn arm_frame_deadline(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
+        let timer = NetTimer::Frame(StreamHandle::new(id, stream));
+        if !self.frame_incomplete(id, stream) {
+            self.timers.cancel(timer);
+        } else if !self.timers.is_set(timer) {
+            self.timers
+                .set(timer, self.now.mono + self.net.frame_timeout);
+        }
     }
 
     pub(super) fn on_readable(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
@@ -267,6 +358,7 @@ impl Node {
             // Whatever follows the request is not read.
             Some(Role::Answered) => {}
         }
+        self.arm_frame_deadline(id, stream);
     }
 
     /// Reads an inbound stream's header, exactly (the data after it is the
@@ -289,7 +381,11 @@ impl Node {
                 loop {
                     match parse_header(&s.recv) {
                         Ok(Header::Partial { need }) => match chunks.next(need) {
-                            Ok(Some(chunk)) => s.recv.extend_from_slice(&chunk.bytes),
+                            Ok(Some(chunk)) => {
+                                s.recv.extend_from_slice(&chunk.bytes);
+                                c.partial_bytes += chunk.bytes.len();
+                                self.partial_bytes += chunk.bytes.len();
+                            }
                             // Nothing more now.
                             Err(quinn_proto::ReadError::Blocked) => break,
                             // Ended or reset before its header: quinn has
@@ -320,24 +416,24 @@ impl Node {
         if ended {
             // Nothing to answer on a bi stream without a protocol: its
             // sending side is reset, so that quinn frees that half too.
-            if let Some(c) = self.conns.get_mut(&id) {
-                if stream.dir() == Dir::Bi {
-                    let _ = c
-                        .conn
-                        .send_stream(stream)
-                        .reset(Refusal::MalformedHeader.code());
-                }
-                c.streams.remove(&stream);
+            if let Some(c) = self.conns.get_mut(&id)
+                && stream.dir() == Dir::Bi
+            {
+                let _ = c
+                    .conn
+                    .send_stream(stream)
+                    .reset(Refusal::MalformedHeader.code());
             }
+            self.remove_stream(id, stream);
             return false;
         }
         match header {
             Some(protocol) => {
-                if let Some(s) = self
-                    .conns
-                    .get_mut(&id)
-                    .and_then(|c| c.streams.get_mut(&stream))
+                if let Some(c) = self.conns.get_mut(&id)
+                    && let Some(s) = c.streams.get_mut(&stream)
                 {
+                    c.partial_bytes = c.partial_bytes.saturating_sub(s.recv.len());
+                    self.partial_bytes = self.partial_bytes.saturating_sub(s.recv.len());
                     s.recv.clear();
                 }
                 self.on_header(id, stream, protocol)
@@ -349,8 +445,11 @@ impl Node {
     /// Reads keynode RPC frames.
     fn read_frames(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
         let limit = self.max_frame + LEN_PREFIX;
+        let per_conn = self.net.max_partial_frame_bytes_per_conn;
+        let total = self.net.max_partial_frame_bytes;
         let mut finished = false;
         let mut too_big = false;
+        let mut over = false;
         {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
@@ -363,7 +462,15 @@ impl Node {
                 loop {
                     match chunks.next(limit) {
                         Ok(Some(chunk)) => {
+                            let n = chunk.bytes.len();
+                            // Held until whole frames are taken below.
+                            if c.partial_bytes + n > per_conn || self.partial_bytes + n > total {
+                                over = true;
+                                break;
+                            }
                             s.recv.extend_from_slice(&chunk.bytes);
+                            c.partial_bytes += n;
+                            self.partial_bytes += n;
                             if s.recv.len() > 2 * limit {
                                 too_big = true;
                                 break;
@@ -384,6 +491,11 @@ impl Node {
                 let _ = chunks.finalize();
             }
         }
+        if over {
+            self.app_stats.partial_frames_over_limit += 1;
+            self.reject_stream(id, stream);
+            return;
+        }
         if too_big {
             self.reject_stream(id, stream);
             return;
@@ -397,31 +509,31 @@ impl Node {
                 }
             }
         }
-        let ends = self
+        if !finished {
+            return;
+        }
+        let Some((role, cut_short)) = self
             .conns
             .get(&id)
             .and_then(|c| c.streams.get(&stream))
-            .is_some_and(|s| match s.role {
-                // The exchange is over when the peer finishes.
-                Role::Claim(_) | Role::Request(_) => true,
-                // Ended before its first frame: nothing will come.
-                Role::Rpc => true,
-                // We answer first.
-                Role::Serve(_) | Role::Header | Role::App | Role::Answered => false,
-            });
-        if finished && ends {
-            if self
-                .conns
-                .get(&id)
-                .and_then(|c| c.streams.get(&stream))
-                .is_some_and(|s| s.role == Role::Rpc)
-            {
-                // Nothing will be answered on it: reset, so that quinn
-                // frees our half as well.
+            .map(|s| (s.role, !s.recv.is_empty()))
+        else {
+            return;
+        };
+        match role {
+            // Ended in the middle of a frame, or before its first:
+            // nothing will be answered on it. Reset, so that quinn frees
+            // our half as well.
+            Role::Rpc | Role::Request(_) | Role::Serve(_) | Role::Claim(_) if cut_short => {
+                self.app_stats.frames_cut_short += 1;
                 self.reject_stream(id, stream);
-                return;
             }
-            self.close_stream(id, stream);
+            Role::Rpc => self.reject_stream(id, stream),
+            // Our request was finished when sent: the stream is done.
+            Role::Request(_) => self.close_stream(id, stream),
+            Role::Claim(_) => self.end_claim_stream(id, stream),
+            // We answer first.
+            Role::Serve(_) | Role::Header | Role::App | Role::Answered => {}
         }
     }
 
@@ -432,7 +544,8 @@ impl Node {
         stream: quinn_proto::StreamId,
     ) -> Option<Result<Frame, DecodeError>> {
         let max = self.max_frame;
-        let s = self.conns.get_mut(&id)?.streams.get_mut(&stream)?;
+        let c = self.conns.get_mut(&id)?;
+        let s = c.streams.get_mut(&stream)?;
         let prefix: [u8; LEN_PREFIX] = s.recv.get(..LEN_PREFIX)?.try_into().ok()?;
         let len = u32::from_be_bytes(prefix) as usize;
         if len > max {
@@ -443,14 +556,27 @@ impl Node {
         }
         let frame = s.recv.get(LEN_PREFIX..LEN_PREFIX + len)?.to_vec();
         s.recv.drain(..LEN_PREFIX + len);
+        c.partial_bytes = c.partial_bytes.saturating_sub(LEN_PREFIX + len);
+        self.partial_bytes = self.partial_bytes.saturating_sub(LEN_PREFIX + len);
         Some(wire::decode_frame(&frame, max))
     }
 
     /// A peer broke the framing or sent too much: the stream is stopped
     /// and reset (whichever of its sides this node has).
     pub(super) fn reject_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
+        let code = VarInt::from_u32(ConnectionErrorCode::ProtocolViolation.code());
+        self.abandon_stream(id, stream, code);
+    }
+
+    /// Gives a stream up with `code`: stopped and reset (whichever of its
+    /// sides this node has), and out of the tables.
+    pub(super) fn abandon_stream(
+        &mut self,
+        id: ConnId,
+        stream: quinn_proto::StreamId,
+        code: VarInt,
+    ) {
         if let Some(c) = self.conns.get_mut(&id) {
-            let code = VarInt::from_u32(ConnectionErrorCode::ProtocolViolation.code());
             if receives(&c.conn, stream) {
                 let _ = c.conn.recv_stream(stream).stop(code);
             }
@@ -500,6 +626,12 @@ impl Node {
                 );
             }
             (Role::Request(request), Frame::Response(body)) => {
+                // The response is all a request stream carries: it is done
+                // (reading is stopped, in case the peer never finishes it).
+                if let Some(c) = self.conns.get_mut(&id) {
+                    let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+                }
+                self.remove_stream(id, stream);
                 if self.requests.remove(&request).is_some() {
                     self.timers.cancel(NetTimer::Request(request));
                     self.manager.handle(

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::app::StreamHandle;
 use crate::manager::{ConnId, RequestId, Timer};
 
 /// Why the net layer wants to wake up. One deadline per value.
@@ -19,6 +20,9 @@ pub enum NetTimer {
     Request(RequestId),
     /// The next step of the hole punch to this address.
     Punch(SocketAddr),
+    /// A stream's header, or the keynode frame it began, must be complete
+    /// by then.
+    Frame(StreamHandle),
 }
 
 /// What the node's next deadline is for.
@@ -56,6 +60,11 @@ impl NetTimers {
         if let Some(old) = self.at.remove(&timer) {
             self.by_deadline.remove(&(old, timer));
         }
+    }
+
+    /// Whether `timer` is set.
+    pub(super) fn is_set(&self, timer: NetTimer) -> bool {
+        self.at.contains_key(&timer)
     }
 
     /// The earliest deadline.
