@@ -38,7 +38,10 @@ pub struct AgentConfig {
     pub bind: SocketAddr,
     /// The node manager's configuration.
     pub config: Config,
-    /// QUIC settings.
+    /// QUIC settings. [`AgentConfig::new`] exempts loopback sources from
+    /// the per-IP and per-prefix connection bounds when the agent is bound
+    /// to loopback (`NetConfig::exempt_loopback`): every peer of such an
+    /// agent is on the one loopback IP.
     pub net: NetConfig,
     /// The LMDB map size.
     pub map_size: usize,
@@ -55,11 +58,13 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// An agent in `data_dir` bound to `bind`, with default settings.
     pub fn new(data_dir: impl Into<PathBuf>, bind: SocketAddr) -> Self {
+        let mut net = NetConfig::default();
+        net.exempt_loopback = bind.ip().is_loopback();
         Self {
             data_dir: data_dir.into(),
             bind,
             config: Config::default(),
-            net: NetConfig::default(),
+            net,
             map_size: StoreOptions::default().map_size,
             mdns_interface: std::net::Ipv4Addr::LOCALHOST,
             max_queued_datagrams: 256,
@@ -759,6 +764,12 @@ impl Agent {
             .listeners
             .insert(protocol.clone(), ListenerQueue::default());
         Ok(Listener::new(self.shared.clone(), protocol))
+    }
+
+    /// The node's admission counters and connection-table sizes (see
+    /// [`keynode_core::net::AdmissionStats`]).
+    pub fn admission_stats(&self) -> keynode_core::net::AdmissionStats {
+        self.shared.lock().node.admission_stats()
     }
 
     /// The sizes of the stream tables (the node's and the agent's), to

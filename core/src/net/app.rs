@@ -639,15 +639,18 @@ impl Node {
     /// the peer's stream credits). Together with [`Node::stream_tables`],
     /// to check that streams leave every table when they end.
     pub fn quic_streams(&mut self) -> usize {
-        self.conns
-            .values_mut()
-            .map(|c| {
+        // Reading counts changes nothing: no connection is marked to drive.
+        let ids: Vec<ConnId> = self.conns.iter().map(|(id, _)| *id).collect();
+        let mut total = 0usize;
+        for id in ids {
+            if let Some(c) = self.conns.get_for_drive(&id) {
                 let streams = c.conn.streams();
                 let remote =
                     streams.remote_open_streams(Dir::Bi) + streams.remote_open_streams(Dir::Uni);
-                streams.send_streams() + usize::try_from(remote).unwrap_or(usize::MAX)
-            })
-            .sum()
+                total += streams.send_streams() + usize::try_from(remote).unwrap_or(usize::MAX);
+            }
+        }
+        total
     }
 
     /// What the net layer refused or dropped.

@@ -129,9 +129,16 @@ impl Node {
                     },
                 );
             }
-            // The deadline is stopped when the handshake ends, and set
-            // for outbound connections only.
-            ConnState::Accepting | ConnState::Established { .. } | ConnState::Closing => {}
+            // An inbound handshake not done in time: closed, it leaves
+            // every table once quinn has drained it.
+            ConnState::Accepting => {
+                c.conn
+                    .close(now.mono, VarInt::from_u32(0), bytes::Bytes::new());
+                c.state = ConnState::Closing;
+                self.admission.stats.handshakes_timed_out += 1;
+            }
+            // The deadline is stopped when the handshake ends.
+            ConnState::Established { .. } | ConnState::Closing => {}
         }
     }
 
@@ -143,7 +150,9 @@ impl Node {
         let mut transmits = Vec::new();
         let mut drained = false;
         let mut up = false;
-        if let Some(c) = self.conns.get_mut(&id) {
+        let mut spent = false;
+        if let Some(c) = self.conns.get_for_drive(&id) {
+            self.admission.stats.connections_driven += 1;
             up = c.is_up();
             while let Some(event) = c.conn.poll_endpoint_events() {
                 drained |= event.is_drained();
@@ -164,6 +173,7 @@ impl Node {
                     // they are still in the cache they were sealed in, and
                     // the node's queue holds a few, not a congestion window.
                     self.send_budget_spent = true;
+                    spent = true;
                     break;
                 }
                 // Each transmit's own buffer becomes its contents: no copy.
@@ -191,6 +201,11 @@ impl Node {
         if drained {
             self.forget_conn(id);
             progressed = true;
+        } else {
+            if spent {
+                self.conns.mark_dirty(id);
+            }
+            self.conns.refresh_deadline(id);
         }
         progressed
     }
@@ -267,6 +282,23 @@ impl Node {
     fn on_connected(&mut self, id: ConnId) {
         let now = self.now;
         self.timers.cancel(NetTimer::ConnectDeadline(id));
+        let inbound = matches!(
+            self.conns.get(&id).map(|c| &c.state),
+            Some(ConnState::Accepting)
+        );
+        if inbound && !self.admission.came_up(&self.net, id) {
+            // An unvalidated handshake from a source over its bound.
+            self.close_with(id, ConnectionErrorCode::LimitExceeded);
+            return;
+        }
+        if !inbound {
+            if self.up_count() >= self.max_connections {
+                // Our own dial at the limit: room is made by closing the
+                // least useful inbound connection, not by refusing it.
+                self.evict_inbound();
+            }
+            self.admission.dialed_up(id);
+        }
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -354,8 +386,28 @@ impl Node {
         }
     }
 
+    /// Closes a connection that is not up (the manager does not know it).
+    fn close_with(&mut self, id: ConnId, code: ConnectionErrorCode) {
+        let now = self.now;
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.conn.close(
+                now.mono,
+                VarInt::from_u32(code.code()),
+                bytes::Bytes::from_static(code.reason().as_bytes()),
+            );
+            c.state = ConnState::Closing;
+        }
+    }
+
+    /// Connections up, inbound and outbound.
+    fn up_count(&self) -> usize {
+        let s = self.admission.stats();
+        s.inbound_up + s.outbound_up
+    }
+
     /// A drained connection is gone for good.
     fn forget_conn(&mut self, id: ConnId) {
+        self.admission.remove(id);
         self.fail_streams(id);
         if let Some(c) = self.conns.remove(&id) {
             self.by_handle.remove(&c.handle.0);

@@ -13,6 +13,11 @@
 //!   (datagrams to send, store batches, resolutions, results and events for
 //!   the caller). The manager's own events about connections, requests and
 //!   streams, and its commands to use them, stay inside;
+//! - `admission.rs`: which inbound attempts get a handshake, a Retry or a
+//!   refusal, decided on their first Initial, and the count of every
+//!   connection by source; `eviction.rs`: room for the node's own dials;
+//! - `conn_table.rs`: the connections, the set of those to drive and their
+//!   QUIC deadlines, so that the work per datagram does not grow with them;
 //! - `connection.rs`: one QUIC connection's state (dialing, accepting, up,
 //!   closing, each with its own data) and how it moves along;
 //! - `streams.rs`: length-prefixed framing of [`crate::wire`] messages and
@@ -42,9 +47,12 @@
 //! [`Node::poll_timeout`] when to call [`Node::handle_timeout`] next.
 //! Time must not go backwards; an early `handle_timeout` does nothing.
 
+mod admission;
 mod app;
+mod conn_table;
 mod connection;
 mod driver;
+mod eviction;
 pub mod mdns;
 mod node;
 mod protocol;
@@ -54,6 +62,7 @@ mod streams;
 mod timers;
 mod tls;
 
+pub use admission::AdmissionStats;
 pub use app::{
     AppEvent, AppStats, DatagramError, OpenError, Refusal, StreamDir, StreamError, StreamHandle,
     StreamTables,

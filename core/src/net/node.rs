@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,9 @@ use quinn_proto::{
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::admission::{Admission, AdmissionStats, Decision};
 use super::app::AppStats;
+use super::conn_table::ConnTable;
 use super::connection::{ConnState, QuicConn};
 use super::driver::{DriverEvent, NetCommand, Transmit};
 use super::mdns::MdnsService;
@@ -110,6 +111,33 @@ pub struct NetConfig {
     /// bytes held by sending a frame but never its end. Application
     /// streams, once their header is read, are not timed. Default 10 s.
     pub frame_timeout: Duration,
+    /// Inbound handshakes in progress at once (counting those closing
+    /// without having come up); past it, an Initial is answered with a
+    /// Retry or refused before any TLS work (see the admission rules in
+    /// `admission.rs`). Default 256.
+    pub max_handshakes: usize,
+    /// Inbound handshakes in progress at once from one source IP, counted
+    /// apart for addresses validated by a Retry and not. Default 8.
+    pub max_handshakes_per_ip: usize,
+    /// Past this many inbound handshakes from unvalidated addresses, an
+    /// Initial without a Retry token is answered with a Retry (stateless
+    /// address validation, one round trip more). 0: always. Default 16.
+    pub retry_above_handshakes: usize,
+    /// An inbound handshake not done by then is closed, and its state
+    /// leaves every table once drained. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Inbound connections (up or in a validated handshake) from one IP.
+    /// Default 8.
+    pub max_inbound_per_ip: usize,
+    /// Inbound connections from one /24 (IPv4) or /48 (IPv6). Default 32.
+    pub max_inbound_per_prefix: usize,
+    /// Slots of `Config::max_connections` that inbound connections never
+    /// take: the node's own dials always have room (at the limit, an idle
+    /// inbound connection is closed to make room for one). Default 64.
+    pub reserved_outbound: usize,
+    /// Whether loopback sources are exempt from the per-IP and per-prefix
+    /// bounds (for many agents on one host). Default false.
+    pub exempt_loopback: bool,
 }
 
 impl Default for NetConfig {
@@ -133,6 +161,14 @@ impl Default for NetConfig {
             max_partial_frame_bytes_per_conn: 1 << 20,
             max_partial_frame_bytes: 64 << 20,
             frame_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
+            max_handshakes_per_ip: 8,
+            retry_above_handshakes: 16,
+            handshake_timeout: Duration::from_secs(10),
+            max_inbound_per_ip: 8,
+            max_inbound_per_prefix: 32,
+            reserved_outbound: 64,
+            exempt_loopback: false,
         }
     }
 }
@@ -169,10 +205,16 @@ pub struct Node {
     cert: NodeCertificate,
     pub(super) net: NetConfig,
     pub(super) max_frame: usize,
-    pub(super) conns: BTreeMap<ConnId, QuicConn>,
     /// Bytes of headers and frames begun and not yet complete, over every
     /// connection's streams.
     pub(super) partial_bytes: usize,
+    pub(super) conns: ConnTable,
+    /// Every connection by source and kind, and the admission counters.
+    pub(super) admission: Admission,
+    /// The manager's `Config::max_connections`.
+    pub(super) max_connections: usize,
+    /// The key of Retry tokens, from the seed (kept across key renewals).
+    token_key: Arc<ring::hkdf::Prk>,
     pub(super) by_handle: BTreeMap<usize, ConnId>,
     /// Routes of the manager's requests, the peers' requests and the claim
     /// exchanges to their QUIC streams.
@@ -218,6 +260,7 @@ impl Node {
         let key = KeyPair::from_seed(secret).map_err(|_| NetError::Key)?;
         let cert = NodeCertificate::new(secret)?;
         let max_frame = config.max_message_size;
+        let max_connections = config.max_connections;
         let manager = NodeManager::new(config, key, now, seed)?;
         let mut rng = ChaCha8Rng::from_seed(seed);
         let mut reset_key = [0u8; 32];
@@ -234,10 +277,13 @@ impl Node {
         clock.set(now.unix_ms);
         let tls = QuicServerConfig::try_from(server_config(&cert, &clock)?)
             .map_err(|e| TlsError::Quic(e.to_string()))?;
-        let mut server = ServerConfig::with_crypto(Arc::new(tls));
-        server.transport_config(Arc::new(transport(&net)));
         let mut endpoint_seed = [0u8; 32];
         rng.fill_bytes(&mut endpoint_seed);
+        let mut token_seed = [0u8; 64];
+        rng.fill_bytes(&mut token_seed);
+        let token_key =
+            Arc::new(ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&token_seed));
+        let server = server(tls, &net, &token_key);
         let endpoint = quinn_proto::Endpoint::new(
             Arc::new(endpoint_config),
             Some(Arc::new(server)),
@@ -250,8 +296,11 @@ impl Node {
             cert,
             net,
             max_frame,
-            conns: BTreeMap::new(),
             partial_bytes: 0,
+            conns: ConnTable::default(),
+            admission: Admission::default(),
+            max_connections,
+            token_key,
             by_handle: BTreeMap::new(),
             requests: BTreeMap::new(),
             peer_requests: BTreeMap::new(),
@@ -285,8 +334,7 @@ impl Node {
         let cert = NodeCertificate::new(secret)?;
         let tls = QuicServerConfig::try_from(server_config(&cert, &self.clock)?)
             .map_err(|e| TlsError::Quic(e.to_string()))?;
-        let mut server = ServerConfig::with_crypto(Arc::new(tls));
-        server.transport_config(Arc::new(transport(&self.net)));
+        let server = server(tls, &self.net, &self.token_key);
         self.endpoint.set_server_config(Some(Arc::new(server)));
         self.cert = cert;
         let node_id = key.node_id();
@@ -392,11 +440,11 @@ impl Node {
                 NetTimer::Frame(stream) => self.on_frame_timeout(stream),
             }
         }
-        // quinn's own deadlines (loss detection, idle, keep-alive) stay
-        // with each connection: merging them into the table would change
-        // the order in which due connections and net timers run.
-        for c in self.conns.values_mut() {
-            if c.conn.poll_timeout().is_some_and(|t| t <= now.mono) {
+        // quinn's own deadlines (loss detection, idle, keep-alive) are in
+        // the connections' deadline table: only the connections due are
+        // touched (each is then driven, which sets its next deadline).
+        while let Some(id) = self.conns.pop_due(now.mono) {
+            if let Some(c) = self.conns.get_mut(&id) {
                 c.conn.handle_timeout(now.mono);
             }
         }
@@ -411,7 +459,7 @@ impl Node {
     /// The next command for the driver.
     #[must_use]
     pub fn poll(&mut self) -> Option<NetCommand> {
-        if self.out.is_empty() && self.stale {
+        if self.out.is_empty() && (self.stale || self.conns.any_dirty()) {
             self.drive();
         }
         self.out.pop_front()
@@ -429,15 +477,13 @@ impl Node {
             .timers
             .next()
             .map(|(t, timer)| (t, NodeTimer::Net(timer)));
+        // Connections changed since their last drive may have moved their
+        // deadlines.
+        self.conns.refresh_dirty_deadlines();
         let conns = self
             .conns
-            .iter_mut()
-            .filter_map(|(id, c)| {
-                c.conn
-                    .poll_timeout()
-                    .map(|t| (t, NodeTimer::Connection(*id)))
-            })
-            .min_by_key(|(t, _)| *t);
+            .next_deadline()
+            .map(|(t, id)| (t, NodeTimer::Connection(id)));
         // mDNS announcements, jittered responses and query retransmissions
         // are timers too: without them a driver that sleeps until this
         // deadline never sends them.
@@ -477,22 +523,7 @@ impl Node {
             .endpoint
             .handle(now.mono, from, None, None, bytes, &mut buf);
         match event {
-            Some(DatagramEvent::NewConnection(incoming)) => {
-                match self.endpoint.accept(incoming, now.mono, &mut buf, None) {
-                    Ok((handle, conn)) => {
-                        let id = ConnId(self.fresh_id());
-                        self.by_handle.insert(handle.0, id);
-                        self.conns
-                            .insert(id, QuicConn::new(handle, conn, ConnState::Accepting));
-                    }
-                    Err(e) => {
-                        if let Some(t) = e.response {
-                            let contents = buf.get(..t.size).unwrap_or_default().to_vec();
-                            self.transmit_vec(t.destination, contents);
-                        }
-                    }
-                }
-            }
+            Some(DatagramEvent::NewConnection(incoming)) => self.admit(incoming, &mut buf),
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
                 if let Some(c) = self
                     .by_handle
@@ -513,6 +544,64 @@ impl Node {
         // every datagram it has ready before it polls lets quinn-proto see
         // them all before it decides what to send, so one ACK answers a
         // burst instead of one ACK every other packet.
+    }
+
+    /// An attempt's first Initial: accepted, retried or refused by the
+    /// admission rules, before any TLS work for the latter two.
+    fn admit(&mut self, incoming: quinn_proto::Incoming, buf: &mut Vec<u8>) {
+        let now = self.now;
+        let remote = incoming.remote_address();
+        let decision = self.admission.decide(
+            &self.net,
+            self.max_connections,
+            remote.ip(),
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        );
+        let response = match decision {
+            Decision::Accept { validated } => {
+                match self.endpoint.accept(incoming, now.mono, buf, None) {
+                    Ok((handle, conn)) => {
+                        let id = ConnId(self.fresh_id());
+                        self.by_handle.insert(handle.0, id);
+                        self.conns
+                            .insert(id, QuicConn::new(handle, conn, ConnState::Accepting));
+                        self.admission.accepted(id, remote.ip(), validated);
+                        self.timers.set(
+                            NetTimer::ConnectDeadline(id),
+                            now.mono + self.net.handshake_timeout,
+                        );
+                        None
+                    }
+                    Err(e) => e.response,
+                }
+            }
+            Decision::Retry => match self.endpoint.retry(incoming, buf) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    // Not retryable after all (it carries a token already).
+                    self.endpoint.ignore(e.into_incoming());
+                    self.admission.stats.ignored += 1;
+                    None
+                }
+            },
+            Decision::Refuse(_) => Some(self.endpoint.refuse(incoming, buf)),
+        };
+        if let Some(t) = response {
+            let contents = buf.get(..t.size).unwrap_or_default().to_vec();
+            self.transmit_vec(t.destination, contents);
+        }
+    }
+
+    /// Admission counters, and the sizes of the connection tables now.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        let (connections, dirty, deadlines) = self.conns.sizes();
+        AdmissionStats {
+            connections,
+            dirty,
+            deadlines,
+            ..self.admission.stats()
+        }
     }
 
     pub(super) fn send(&mut self, destination: SocketAddr, contents: Vec<u8>, ttl: Option<u32>) {
@@ -558,18 +647,13 @@ impl Node {
                 progressed = true;
                 self.carry_out(command);
             }
-            // By key range, not a copy of the keys: a pass allocates nothing.
-            let mut next = self.conns.keys().next().copied();
-            while let Some(id) = next {
+            // Only the connections something reached since their last
+            // drive: the work of a pass does not grow with the connections.
+            for id in self.conns.take_dirty() {
                 progressed |= self.drive_conn(id);
-                next = self
-                    .conns
-                    .range((Bound::Excluded(id), Bound::Unbounded))
-                    .next()
-                    .map(|(id, _)| *id);
             }
             progressed |= self.drive_mdns();
-            if !progressed {
+            if !progressed && !self.conns.any_dirty() {
                 // Nothing changes until the next input: a poll before it
                 // need not pass over every connection again.
                 self.stale = false;
@@ -759,6 +843,7 @@ impl Node {
                     expected: node_id,
                 };
                 self.conns.insert(id, QuicConn::new(handle, conn, state));
+                self.admission.dialed(id, address.ip());
                 self.timers
                     .set(NetTimer::ConnectDeadline(id), now.mono + timeout);
             }
@@ -795,6 +880,18 @@ impl quinn_proto::ConnectionIdGenerator for SeededCids {
 
 /// The length of the node's connection ids.
 const CID_LEN: usize = 8;
+
+/// The server side: the TLS config, the transport, the Retry token key.
+fn server(
+    tls: QuicServerConfig,
+    net: &NetConfig,
+    token_key: &Arc<ring::hkdf::Prk>,
+) -> ServerConfig {
+    let token_key: Arc<dyn quinn_proto::crypto::HandshakeTokenKey> = token_key.clone();
+    let mut server = ServerConfig::new(Arc::new(tls), token_key);
+    server.transport_config(Arc::new(transport(net)));
+    server
+}
 
 fn transport(net: &NetConfig) -> TransportConfig {
     let mut transport = TransportConfig::default();

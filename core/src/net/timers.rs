@@ -38,17 +38,32 @@ pub enum NodeTimer {
     Mdns,
 }
 
-/// The net layer's deadlines: at most one per [`NetTimer`], visited in
-/// (deadline, timer) order.
-#[derive(Debug, Default)]
-pub(super) struct NetTimers {
-    by_deadline: BTreeSet<(Instant, NetTimer)>,
-    at: BTreeMap<NetTimer, Instant>,
+/// A deadline table: at most one deadline per timer `T`, visited in
+/// (deadline, timer) order. The net layer's own ([`NetTimer`]) and the
+/// connections' (QUIC's loss detection, idle and keep-alive deadlines, by
+/// [`ConnId`]) are two such tables: setting, moving and popping are
+/// O(log n), so nothing scans every connection to find what is due.
+#[derive(Debug)]
+pub(super) struct NetTimers<T = NetTimer> {
+    by_deadline: BTreeSet<(Instant, T)>,
+    at: BTreeMap<T, Instant>,
 }
 
-impl NetTimers {
+impl<T> Default for NetTimers<T> {
+    fn default() -> Self {
+        Self {
+            by_deadline: BTreeSet::new(),
+            at: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Ord + Copy> NetTimers<T> {
     /// Sets (or moves) `timer` to `at`.
-    pub(super) fn set(&mut self, timer: NetTimer, at: Instant) {
+    pub(super) fn set(&mut self, timer: T, at: Instant) {
+        if self.at.get(&timer) == Some(&at) {
+            return;
+        }
         if let Some(old) = self.at.insert(timer, at) {
             self.by_deadline.remove(&(old, timer));
         }
@@ -56,24 +71,24 @@ impl NetTimers {
     }
 
     /// Stops `timer`, if set.
-    pub(super) fn cancel(&mut self, timer: NetTimer) {
+    pub(super) fn cancel(&mut self, timer: T) {
         if let Some(old) = self.at.remove(&timer) {
             self.by_deadline.remove(&(old, timer));
         }
     }
 
     /// Whether `timer` is set.
-    pub(super) fn is_set(&self, timer: NetTimer) -> bool {
+    pub(super) fn is_set(&self, timer: T) -> bool {
         self.at.contains_key(&timer)
     }
 
     /// The earliest deadline.
-    pub(super) fn next(&self) -> Option<(Instant, NetTimer)> {
+    pub(super) fn next(&self) -> Option<(Instant, T)> {
         self.by_deadline.first().copied()
     }
 
     /// Stops and returns the earliest timer due at `now`, if any.
-    pub(super) fn pop_due(&mut self, now: Instant) -> Option<NetTimer> {
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<T> {
         let &(at, timer) = self.by_deadline.first()?;
         if at > now {
             return None;
@@ -81,6 +96,11 @@ impl NetTimers {
         self.by_deadline.remove(&(at, timer));
         self.at.remove(&timer);
         Some(timer)
+    }
+
+    /// Timers set.
+    pub(super) fn len(&self) -> usize {
+        self.at.len()
     }
 }
 
