@@ -15,6 +15,8 @@ pub(crate) struct Conn {
     pub(crate) remote: SocketAddr,
     pub(crate) mode: ContactMode,
     pub(crate) leases: u32,
+    /// This node dialled it (the peer proved its NodeId where we dialled).
+    pub(crate) outbound: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -65,6 +67,14 @@ impl ConnTable {
 
     pub(crate) fn is_connected(&self, peer: &NodeId) -> bool {
         self.by_peer.contains_key(peer)
+    }
+
+    /// Whether a connection this node dialled to `peer` is up.
+    pub(crate) fn has_outbound(&self, peer: &NodeId) -> bool {
+        self.by_peer.get(peer).is_some_and(|set| {
+            set.iter()
+                .any(|id| self.conns.get(id).is_some_and(|c| c.outbound))
+        })
     }
 
     /// Connected nodes, closest to `target` first, at most `limit`.
@@ -127,6 +137,7 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 1)),
             mode: ContactMode::Direct,
             leases: 0,
+            outbound: false,
         }
     }
 
