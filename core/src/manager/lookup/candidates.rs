@@ -128,7 +128,6 @@ impl Candidates {
         }
     }
 
-
     /// The NodeId the candidates are ordered by.
     pub(super) fn target(&self) -> NodeId {
         self.target
