@@ -54,10 +54,19 @@ impl StoreThread {
                         Job::Apply(batch, ops) => {
                             let event = match store.apply(&ops) {
                                 Ok(()) => DriverEvent::StoreCommitted(batch),
-                                Err(e) => DriverEvent::StoreFailed {
-                                    batch,
-                                    error: e.to_string(),
-                                },
+                                Err(e) => {
+                                    // The manager undoes the batch's graph
+                                    // changes in memory when it hears of it.
+                                    tracing::warn!(
+                                        ?batch,
+                                        ops = ops.len(),
+                                        "store batch failed, nothing of it written: {e}"
+                                    );
+                                    DriverEvent::StoreFailed {
+                                        batch,
+                                        error: e.to_string(),
+                                    }
+                                }
                             };
                             let _ = events.unbounded_send(event);
                         }

@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::ip_group::IpGroupLimits;
+
 /// The core's configuration: the spec's NodeManager constructor options, with
 /// the original's defaults, and a bound for every table and queue the core keeps.
 ///
@@ -57,26 +59,32 @@ pub struct Config {
     /// most of its traffic on pings (the simulator's 1,000-node build made
     /// 8 million of them).
     pub gc_contact_fresh: Duration,
-    /// Bucket diversity: a full bucket is split into `2^bits` equal
-    /// sub-ranges (by the `bits` bits of the distance below the bucket's
-    /// own), and a new node whose sub-range holds at least two contacts
-    /// fewer than the most crowded one replaces the least recently updated
-    /// contact of that crowded sub-range instead of waiting for garbage
-    /// collection. Zero turns it off (the original's behaviour: a full
-    /// bucket keeps its contacts). Default 4.
+    /// Bucket diversity: a bucket is split into `2^bits` equal sub-ranges
+    /// (by the `bits` bits of the distance below the bucket's own). When
+    /// garbage collection makes room in a full bucket (only contacts that
+    /// failed their ping leave), pending nodes of the least crowded
+    /// sub-ranges are admitted first. A live contact is never evicted for
+    /// diversity: NodeIds are free to make, so an attacker could otherwise
+    /// pick ids in the sparse sub-ranges and flush a bucket of honest,
+    /// answering contacts. Zero admits newest first (the original's order).
+    /// Default 4.
     ///
     /// The same bits steer bucket refreshes: a refresh lookup turns to a
     /// random NodeId in the emptiest sub-range once the bucket holds its
-    /// share (`k / 2^bits`) of the current target's.
-    ///
-    /// Why: a bucket is mostly filled by its own refresh lookup, whose
-    /// contacts all lie near one random target. For a lookup to halve the
-    /// distance at each hop, a bucket's contacts must spread over its range;
-    /// the simulator's 10,000-node network needed 27% more hops than ideal
-    /// tables without this, and 2% with it (BENCHMARKS.md). Only a strictly
-    /// more even spread evicts, so the evictions stop once the sub-ranges
-    /// are balanced: a stream of new nodes cannot flush a bucket.
+    /// share (`k / 2^bits`) of the current target's. For a lookup to halve
+    /// the distance at each hop, a bucket's contacts must spread over its
+    /// range (BENCHMARKS.md).
     pub bucket_diversity_bits: u8,
+    /// How many contacts one network (/24 or /48) may hold per bucket and
+    /// per table, and how many candidates it may give one lookup; which
+    /// addresses are exempt (loopback by default). See [`IpGroupLimits`].
+    pub ip_group_limits: IpGroupLimits,
+    /// Inbound connections being confirmed by a dial-back at once (see the
+    /// manager's module docs: an inbound peer becomes a contact only once
+    /// an outbound connection to its address proved it listens there).
+    /// Past it, an inbound peer is not dialled back (counted in
+    /// `Stats::dial_backs_skipped`). Default 64.
+    pub max_dial_backs: usize,
     /// Seed nodes contacted at once by `sync_node_graph`. Default 3.
     pub sync_concurrency: usize,
     /// Idle time to live of a connection that is not a node's primary one. Default 60 s.
@@ -177,6 +185,8 @@ impl Default for Config {
             gc_concurrency: 3,
             gc_contact_fresh: Duration::ZERO,
             bucket_diversity_bits: 4,
+            ip_group_limits: IpGroupLimits::default(),
+            max_dial_backs: 64,
             sync_concurrency: 3,
             connection_idle_ttl: Duration::from_secs(60),
             connection_primary_ttl_bonus: Duration::from_secs(2 * 3600),
@@ -258,6 +268,19 @@ impl Config {
             0,
             usize::from(Self::MAX_DIVERSITY_BITS),
         )?;
+        check_range(
+            "ip_group_limits.per_bucket",
+            self.ip_group_limits.per_bucket,
+            1,
+            Self::MAX_K,
+        )?;
+        check_range(
+            "ip_group_limits.per_table",
+            self.ip_group_limits.per_table,
+            1,
+            1 << 20,
+        )?;
+        check_range("max_dial_backs", self.max_dial_backs, 1, 1 << 16)?;
         check_range("max_connections", self.max_connections, 1, 1 << 20)?;
         check_range("max_operations", self.max_operations, 1, 1 << 20)?;
         check_range("max_queued_events", self.max_queued_events, 16, 1 << 24)?;

@@ -63,6 +63,7 @@ mod conn_error;
 mod contact;
 mod graph;
 mod id;
+mod ip_group;
 mod manager;
 pub mod net;
 mod seed;
@@ -89,6 +90,7 @@ pub use id::{
     BucketIndex, BucketIndexOutOfRange, Distance, NODE_ID_LEN, NODE_ID_TEXT_LEN, NodeBucketIndex,
     NodeId, NodeIdEncoded, NodeIdParseError,
 };
+pub use ip_group::{IpGroup, IpGroupLimits};
 pub use manager::{
     ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, FindOptions, LeaseId,
     NodeEvent, NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId,

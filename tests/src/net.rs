@@ -27,8 +27,10 @@ impl HostId {
 pub const NODE_PORT: u16 = 1314;
 /// The first port a NAT hands out for a mapping.
 const FIRST_MAPPED_PORT: u16 = 40_000;
-/// The first public IP address: host `i` has `11.0.0.0 + i`.
-const IP_BASE: u32 = u32::from_be_bytes([11, 0, 0, 0]);
+/// The public IP addresses: host `i` has `11.0.0.1 + 256 i`, each host in
+/// a /24 of its own, as hosts of an open network are (the routing table
+/// limits contacts per /24: `Config::ip_group_limits`).
+const IP_BASE: u32 = u32::from_be_bytes([11, 0, 0, 1]);
 
 /// How a host sits behind a NAT, as RFC 4787 classifies it: how the NAT maps
 /// its outbound flows (endpoint-independent or not) and which unsolicited
@@ -241,7 +243,7 @@ impl Network {
 
     /// The host's public IP address (its NAT's, if it has one).
     pub fn ip(host: HostId) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::from(IP_BASE + host.0))
+        IpAddr::V4(Ipv4Addr::from(IP_BASE.wrapping_add(host.0 << 8)))
     }
 
     /// The address others dial to reach a host without a NAT (and where a
@@ -255,8 +257,9 @@ impl Network {
         let IpAddr::V4(ip) = address.ip() else {
             return None;
         };
-        let n = u32::from(ip).checked_sub(IP_BASE)?;
-        ((n as usize) < self.online.len()).then_some(HostId(n))
+        let offset = u32::from(ip).checked_sub(IP_BASE)?;
+        let n = offset >> 8;
+        (offset & 0xff == 0 && (n as usize) < self.online.len()).then_some(HostId(n))
     }
 
     /// Whether the host is online.

@@ -5,16 +5,31 @@
 //! of the table live beside it: `space` (the two store spaces and the
 //! rebuild into the other one on key renewal), `persist` (the store
 //! operations, snapshot and restore), `closest` (the exact closest-nodes
-//! query) and `diversity` (which contact a full bucket gives up to spread
-//! over its range).
+//! query) and `diversity` (which pending nodes a bucket admits first to
+//! spread over its range).
+//!
+//! # Who gets in
+//!
+//! A known contact is updated; a new node is added while its bucket has
+//! room. A full bucket never gives up a contact here, except with `force`:
+//! only garbage collection removes contacts, and only those that failed a
+//! ping (the spec's rule). Every change also respects the IP-group limits
+//! (`Config::ip_group_limits`, module `ip_group`): a contact whose address
+//! would put more than `per_bucket` contacts of one /24 (or /48) in its
+//! bucket, or more than `per_table` in the table, is refused with
+//! [`SetContactError::IpGroupFull`]; so is a pending node whose network
+//! already has `per_bucket` pending nodes in the bucket. `force` (the
+//! user's own choice) skips both rules.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use crate::address::NodeAddress;
 use crate::bucket::{Bucket, BucketEntry, PendingNode};
 use crate::config::{Config, ConfigError};
 use crate::contact::{NodeContact, NodeContactAddressData};
 use crate::id::{BucketIndex, NodeId};
+use crate::ip_group::{IpGroup, IpGroupLimits, distinct_groups};
 use crate::store::StoreOp;
 
 mod closest;
@@ -22,7 +37,7 @@ mod diversity;
 mod persist;
 mod space;
 
-use diversity::diverse_eviction;
+use diversity::admission_order;
 pub(crate) use diversity::sub_range_counts;
 pub use persist::SnapshotError;
 use persist::contact_op;
@@ -102,6 +117,15 @@ pub enum SetContactError {
         /// The node.
         node_id: NodeId,
     },
+    /// The address's network already holds its share of the bucket or the
+    /// table (`Config::ip_group_limits`); nothing changed.
+    #[error("network {group:?} already holds its share of bucket {bucket} or of the table")]
+    IpGroupFull {
+        /// The bucket.
+        bucket: BucketIndex,
+        /// The network of the address.
+        group: IpGroup,
+    },
 }
 
 /// The routing table: contacts in 256 buckets by XOR distance to the own
@@ -118,6 +142,11 @@ pub struct NodeGraph {
     max_pending: usize,
     /// `Config::bucket_diversity_bits`.
     diversity_bits: u8,
+    /// `Config::ip_group_limits`.
+    ip_limits: IpGroupLimits,
+    /// Contacts per network over the whole table (each contact once per
+    /// network among its addresses); networks with none are absent.
+    group_counts: BTreeMap<IpGroup, u32>,
     buckets: BTreeMap<BucketIndex, Bucket>,
     contacts: usize,
     /// The next value of the update counter that orders contacts and pending nodes.
@@ -137,6 +166,8 @@ impl NodeGraph {
             k: config.k,
             max_pending: config.max_pending_per_bucket,
             diversity_bits: config.bucket_diversity_bits,
+            ip_limits: config.ip_group_limits,
+            group_counts: BTreeMap::new(),
             buckets: BTreeMap::new(),
             contacts: 0,
             next_seq: 0,
@@ -179,6 +210,113 @@ impl NodeGraph {
         self.own.bucket_index(node_id)
     }
 
+    /// The networks `contact` counts in.
+    fn groups_of(&self, contact: &NodeContact) -> Vec<IpGroup> {
+        distinct_groups(
+            &self.ip_limits,
+            contact.iter().map(|(a, d)| (a, Some(d.scopes))),
+        )
+    }
+
+    fn count_groups(&mut self, groups: &[IpGroup], add: bool) {
+        for g in groups {
+            match self.group_counts.entry(*g) {
+                Entry::Occupied(mut e) => {
+                    if add {
+                        *e.get_mut() += 1;
+                    } else if *e.get() <= 1 {
+                        e.remove();
+                    } else {
+                        *e.get_mut() -= 1;
+                    }
+                }
+                Entry::Vacant(e) => {
+                    if add {
+                        e.insert(1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts every contact's networks again (after a restore or a reset).
+    pub(super) fn recount_groups(&mut self) {
+        let groups: Vec<Vec<IpGroup>> = self.iter().map(|e| self.groups_of(&e.contact)).collect();
+        self.group_counts.clear();
+        for g in groups {
+            self.count_groups(&g, true);
+        }
+    }
+
+    /// Contacts of network `group` in the table.
+    pub fn group_count(&self, group: &IpGroup) -> usize {
+        self.group_counts.get(group).map_or(0, |c| *c as usize)
+    }
+
+    /// Whether a contact other than `node_id` in bucket `index` counts in
+    /// `group`, `per_bucket` times or more, or the table holds `per_table`.
+    fn group_full(&self, index: BucketIndex, node_id: &NodeId, group: &IpGroup) -> bool {
+        if self.group_count(group) >= self.ip_limits.per_table {
+            return true;
+        }
+        let in_bucket = self
+            .bucket(index)
+            .iter()
+            .filter(|e| e.node_id != *node_id && self.groups_of(&e.contact).contains(group))
+            .count();
+        in_bucket >= self.ip_limits.per_bucket
+    }
+
+    /// The network that refuses `address` for `node_id` (as a contact, or,
+    /// with `pending`, as a pending node), if one does.
+    fn refusing_group(
+        &self,
+        index: BucketIndex,
+        node_id: &NodeId,
+        address: &NodeAddress,
+        data: &NodeContactAddressData,
+        pending: bool,
+    ) -> Option<IpGroup> {
+        let group = self.ip_limits.group_of(address, Some(data.scopes))?;
+        if let Some(entry) = self.entry(node_id)
+            && self.groups_of(&entry.contact).contains(&group)
+        {
+            // Already counted there: an update does not add to the network.
+            return None;
+        }
+        if self.group_full(index, node_id, &group) {
+            return Some(group);
+        }
+        if pending {
+            let pending_in_group = self
+                .pending(index)
+                .iter()
+                .filter(|p| {
+                    p.node_id != *node_id
+                        && self.ip_limits.group_of(&p.address, Some(p.data.scopes)) == Some(group)
+                })
+                .count();
+            if pending_in_group >= self.ip_limits.per_bucket {
+                return Some(group);
+            }
+        }
+        None
+    }
+
+    /// Whether [`NodeGraph::set`] of `node_id` at `address` would pass the
+    /// IP-group limits (a full bucket aside).
+    pub fn admits(
+        &self,
+        node_id: &NodeId,
+        address: &NodeAddress,
+        data: &NodeContactAddressData,
+    ) -> bool {
+        self.bucket_index(node_id).is_some_and(|index| {
+            self.refusing_group(index, node_id, address, data, false)
+                .is_none()
+        })
+    }
+
     fn take_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -211,7 +349,8 @@ impl NodeGraph {
     /// Records `address` with `data` for `node_id`: updates a known contact
     /// (merging the address) and makes it the newest of its bucket, or adds the
     /// node if its bucket has room. A node that was pending stops being pending.
-    /// A full bucket is an error and changes nothing.
+    /// A full bucket, or an address whose network holds its share already
+    /// (`Config::ip_group_limits`), is an error and changes nothing.
     ///
     /// Spec: `NodeGraph.setNodeContactAddressData`, the table part of `NodeManager.setNode`.
     pub fn set(
@@ -223,8 +362,9 @@ impl NodeGraph {
         self.set_inner(node_id, address, data, false)
     }
 
-    /// As [`NodeGraph::set`], but a full bucket evicts its oldest contact:
-    /// what `NodeManager::set_node` does with `force`.
+    /// As [`NodeGraph::set`], but a full bucket evicts its oldest contact
+    /// and the IP-group limits do not apply: what `NodeManager::set_node`
+    /// does with `force`.
     pub fn force_set(
         &mut self,
         node_id: NodeId,
@@ -244,9 +384,21 @@ impl NodeGraph {
         let index = self
             .bucket_index(&node_id)
             .ok_or(SetContactError::OwnNodeId { node_id })?;
+        if !force && let Some(group) = self.refusing_group(index, &node_id, &address, &data, false)
+        {
+            return Err(SetContactError::IpGroupFull {
+                bucket: index,
+                group,
+            });
+        }
         let seq = self.next_seq;
         let k = self.k;
         let space = self.space;
+        let old_groups = self
+            .entry(&node_id)
+            .map(|e| self.groups_of(&e.contact))
+            .unwrap_or_default();
+        let mut evicted_groups = Vec::new();
         let bucket = self.buckets.entry(index).or_default();
         let mut ops = Vec::new();
         let (change, entry) = if let Some(pos) = bucket.contact_position(&node_id) {
@@ -258,18 +410,18 @@ impl NodeGraph {
             let oldest = bucket.contacts.first().map(|e| e.node_id);
             let change = match oldest {
                 Some(oldest) if bucket.contacts.len() >= k => {
-                    let position = if force {
-                        Some(0)
-                    } else {
-                        diverse_eviction(&self.own, index, bucket, &node_id, self.diversity_bits)
-                    };
-                    let Some(position) = position else {
+                    if !force {
                         return Err(SetContactError::BucketFull {
                             bucket: index,
                             oldest,
                         });
-                    };
-                    let evicted = bucket.contacts.remove(position).node_id;
+                    }
+                    let evicted = bucket.contacts.remove(0);
+                    evicted_groups = distinct_groups(
+                        &self.ip_limits,
+                        evicted.contact.iter().map(|(a, d)| (a, Some(d.scopes))),
+                    );
+                    let evicted = evicted.node_id;
                     ops.push(StoreOp::DeleteContact {
                         space,
                         node_id: evicted,
@@ -292,8 +444,14 @@ impl NodeGraph {
             (change, entry)
         };
         ops.push(contact_op(space, &entry));
-        bucket.reserve_contact(k);
-        bucket.contacts.push(entry);
+        let new_groups = self.groups_of(&entry.contact);
+        if let Some(bucket) = self.buckets.get_mut(&index) {
+            bucket.reserve_contact(k);
+            bucket.contacts.push(entry);
+        }
+        self.count_groups(&evicted_groups, false);
+        self.count_groups(&old_groups, false);
+        self.count_groups(&new_groups, true);
         self.next_seq += 1;
         Ok(GraphUpdate { change, ops })
     }
@@ -313,8 +471,13 @@ impl NodeGraph {
             return unchanged;
         };
         let mut ops = Vec::new();
+        let mut removed_groups = Vec::new();
         let contact = bucket.contact_position(node_id).map(|pos| {
-            bucket.contacts.remove(pos);
+            let entry = bucket.contacts.remove(pos);
+            removed_groups = distinct_groups(
+                &self.ip_limits,
+                entry.contact.iter().map(|(a, d)| (a, Some(d.scopes))),
+            );
             ops.push(StoreOp::DeleteContact {
                 space: self.space,
                 node_id: *node_id,
@@ -333,6 +496,7 @@ impl NodeGraph {
         if contact.is_some() {
             self.contacts -= 1;
         }
+        self.count_groups(&removed_groups, false);
         if ops.is_empty() {
             return unchanged;
         }
@@ -347,7 +511,10 @@ impl NodeGraph {
 
     /// Puts `node_id` on its bucket's pending list, or refreshes its entry
     /// there (newest data wins). When the list is full, its oldest entry is
-    /// dropped and counted in [`NodeGraph::pending_dropped`].
+    /// dropped and counted in [`NodeGraph::pending_dropped`]. A node whose
+    /// network could not get in ([`SetContactError::IpGroupFull`]), or holds
+    /// `per_bucket` pending entries of the bucket already, is refused: a
+    /// stream of fresh NodeIds from one network cannot push others out.
     ///
     /// Spec: the table part of `NodeManager.addPendingNode`.
     pub fn add_pending(
@@ -361,6 +528,12 @@ impl NodeGraph {
             .ok_or(SetContactError::OwnNodeId { node_id })?;
         if self.contains(&node_id) {
             return Err(SetContactError::AlreadyContact { node_id });
+        }
+        if let Some(group) = self.refusing_group(index, &node_id, &address, &data, true) {
+            return Err(SetContactError::IpGroupFull {
+                bucket: index,
+                group,
+            });
         }
         if self.max_pending == 0 {
             self.pending_dropped += 1;
@@ -412,8 +585,10 @@ impl NodeGraph {
             .map_or(&[], |b| b.pending.as_slice())
     }
 
-    /// Takes every pending node off bucket `index`'s list (oldest first in
-    /// [`Change::PendingTaken`]); garbage collection then adds those that fit.
+    /// Takes every pending node off bucket `index`'s list, in the order
+    /// garbage collection should admit them ([`Change::PendingTaken`]): the
+    /// least crowded sub-range of the bucket first (`Config::bucket_diversity_bits`),
+    /// newest first among equals; garbage collection then adds those that fit.
     pub fn take_pending(&mut self, index: BucketIndex) -> GraphUpdate {
         let space = self.space;
         let Some(bucket) = self.buckets.get_mut(&index) else {
@@ -426,6 +601,13 @@ impl NodeGraph {
         if bucket.is_empty() {
             self.buckets.remove(&index);
         }
+        let taken = admission_order(
+            &self.own,
+            index,
+            self.bucket(index),
+            taken,
+            self.diversity_bits,
+        );
         let ops = taken
             .iter()
             .map(|p| StoreOp::DeletePending {

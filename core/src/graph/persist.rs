@@ -160,6 +160,7 @@ impl NodeGraph {
         }
         graph.buckets.retain(|_, b| !b.is_empty());
         graph.contacts = graph.buckets.values().map(|b| b.contacts.len()).sum();
+        graph.recount_groups();
         Ok((graph, ops))
     }
 }

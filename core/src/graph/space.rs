@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Change, GraphUpdate, NodeGraph};
 use crate::bucket::{BucketEntry, PendingNode};
 use crate::id::NodeId;
+use crate::ip_group::distinct_groups;
 use crate::store::StoreOp;
 
 /// One of the two spaces of persisted node-graph records.
@@ -85,8 +86,22 @@ impl NodeGraph {
                 dropped += 1;
                 continue;
             };
+            let limits = &self.ip_limits;
+            let groups_of = |e: &BucketEntry| {
+                distinct_groups(limits, e.contact.iter().map(|(a, d)| (a, Some(d.scopes))))
+            };
             let bucket = self.buckets.entry(index).or_default();
-            if bucket.contacts.len() < self.k {
+            // The new bucket keeps the IP-group limit too.
+            let groups = groups_of(&entry);
+            let group_full = groups.iter().any(|g| {
+                bucket
+                    .contacts
+                    .iter()
+                    .filter(|e| groups_of(e).contains(g))
+                    .count()
+                    >= limits.per_bucket
+            });
+            if bucket.contacts.len() < self.k && !group_full {
                 bucket.insert_contact(entry);
                 self.contacts += 1;
             } else {
@@ -103,6 +118,7 @@ impl NodeGraph {
             }
         }
         self.buckets.retain(|_, b| !b.is_empty());
+        self.recount_groups();
 
         let mut ops = vec![
             StoreOp::ClearSpace(new_space),

@@ -424,6 +424,10 @@ pub enum OpError {
     /// A request was refused by the peer.
     #[error("the peer refused the request: {0:?}")]
     Refused(crate::wire::RefusalReason),
+    /// `set_node`: the address's network already holds its share of the
+    /// bucket or the table (`Config::ip_group_limits`); nothing changed.
+    #[error("network {0:?} already holds its share of the routing table")]
+    IpGroupFull(crate::ip_group::IpGroup),
 }
 
 fn list_failures(failures: &[SeedFailure]) -> String {

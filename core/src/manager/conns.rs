@@ -70,6 +70,14 @@ impl ConnTable {
         self.by_peer.contains_key(peer)
     }
 
+    /// Whether a connection this node dialled to `peer` is up.
+    pub(crate) fn has_outbound(&self, peer: &NodeId) -> bool {
+        self.by_peer.get(peer).is_some_and(|set| {
+            set.iter()
+                .any(|id| self.conns.get(id).is_some_and(|c| c.dialled))
+        })
+    }
+
     /// Connected nodes, closest to `target` first, at most `limit`.
     pub(crate) fn closest_peers(&self, target: &NodeId, limit: usize) -> Vec<NodeId> {
         if limit == 0 {

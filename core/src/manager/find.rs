@@ -196,6 +196,7 @@ impl NodeManager {
             limit: options.limit.unwrap_or(config.find_node_limit),
             k: config.k,
             max_candidates: config.max_lookup_candidates,
+            ip_groups: config.ip_group_limits,
         };
         let fill =
             fill.and_then(|bucket| Fill::new(bucket, config.bucket_diversity_bits, config.k));

@@ -1,6 +1,7 @@
 //! Garbage collection of a bucket (the spec's garbageCollectBucket): ping
 //! its contacts, oldest first and a few at a time; remove those that do not
-//! answer; fill the room with pending nodes, newest first.
+//! answer; fill the room with pending nodes, those of the bucket's least
+//! crowded sub-ranges first, newest first among equals.
 //!
 //! [`GcRound`] is the round itself as a machine that knows nothing of the
 //! manager: it is told the contacts to ping and each ping's outcome, and
@@ -13,7 +14,7 @@ use std::time::Duration;
 use super::running::Job;
 use super::set_node::{PingAddress, Wait};
 use super::{Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, Step, Timer};
-use crate::graph::Change;
+use crate::graph::{Change, SetContactError};
 use crate::id::{BucketIndex, NodeId};
 use crate::manager::api::{ApiError, NodeEvent};
 use crate::store::{StoreOp, TaskKey, TaskPayload};
@@ -147,7 +148,8 @@ impl NodeManager {
     ///
     /// Pings the contacts of `bucket`, oldest first, `gc_concurrency` at a
     /// time; removes those that do not answer; fills the room made with
-    /// pending nodes, newest first; drops the other pending nodes. Ends when
+    /// pending nodes, least crowded sub-range first and newest first among
+    /// equals (`Config::bucket_diversity_bits`); drops the other pending nodes. Ends when
     /// the result is committed. If a collection of the bucket is running, it
     /// waits for that one instead of starting a second.
     pub fn garbage_collect_bucket(
@@ -275,7 +277,8 @@ impl NodeManager {
         ops.extend(taken.ops);
         let mut admitted = false;
         if let Change::PendingTaken(pending) = taken.change {
-            for node in pending.into_iter().rev() {
+            // In the graph's admission order: sparse sub-ranges first.
+            for node in pending {
                 match self.graph.set(node.node_id, node.address, node.data) {
                     Ok(update) => {
                         ops.extend(update.ops);
@@ -285,6 +288,8 @@ impl NodeManager {
                         });
                         admitted = true;
                     }
+                    // Its network filled up meanwhile: the next may fit.
+                    Err(SetContactError::IpGroupFull { .. }) => {}
                     Err(_) => break,
                 }
             }

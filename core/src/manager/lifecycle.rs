@@ -1,7 +1,10 @@
 //! How the manager's connections are made, used and closed: dials (with
 //! hostname resolution), a connection up or failed, the idle time to live,
 //! leases (the spec's acquireConnection uses), and requests sent on them.
-//! Every new connection, inbound or dialled, becomes a blocking `set_node`.
+//! Every new dialled connection becomes a blocking `set_node`; an inbound
+//! one does too when its peer is a contact at that address already, and is
+//! otherwise dialled back first (the manager's module docs: who becomes a
+//! contact).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -147,6 +150,8 @@ impl NodeManager {
         let mode = attempt
             .as_ref()
             .map_or(ContactMode::Direct, |(_, a)| a.mode);
+        // Before this one is in the table: a dialled connection already up.
+        let dialled_before = self.conns.has_outbound(&peer);
         self.conns.insert(
             conn,
             Conn {
@@ -158,21 +163,30 @@ impl NodeManager {
             },
         );
         self.arm_idle(conn);
-        // Spec: every new connection leads to set_node(.., block = true).
-        let data = NodeContactAddressData {
-            mode,
-            connected_time: self.now.unix_secs(),
-            scopes: NodeAddressScopes::GLOBAL,
-        };
-        let _op = self.set_node_inner(
-            peer,
-            NodeAddress::from(remote),
-            data,
-            true,
-            false,
-            None,
-            Parent::Internal,
-        );
+        let address = NodeAddress::from(remote);
+        let verified = attempt.is_some()
+            || self
+                .graph
+                .get(&peer)
+                .is_some_and(|c| c.get(&address).is_some())
+            || self
+                .graph
+                .get_pending(&peer)
+                .is_some_and(|p| p.address == address);
+        if verified {
+            // Spec: every new connection leads to set_node(.., block = true);
+            // here only those at an address known to take connections.
+            let data = NodeContactAddressData {
+                mode,
+                connected_time: self.now.unix_secs(),
+                scopes: NodeAddressScopes::GLOBAL,
+            };
+            let _op = self.set_node_inner(peer, address, data, true, false, None, Parent::Internal);
+        } else if !dialled_before {
+            // (A peer this node dialled was recorded by that connection;
+            // dialling it back would answer its own dial-back in turn.)
+            self.dial_back(peer, address);
+        }
         if let Some((id, _)) = attempt {
             self.input_wait(
                 Wait::Attempt(id),

@@ -22,6 +22,28 @@
 //! `Cancelled`. An operation that changes persisted state is done only after
 //! its [`StoreBatch`] is committed ([`Event::StoreCommitted`]).
 //!
+//! # Who becomes a contact
+//!
+//! A node is added to the graph only at an address it is known to accept
+//! connections on: a connection this node dialled (its peer proved the
+//! NodeId at the address dialled), or an inbound connection from an
+//! address the peer already is a contact at. Any other inbound peer is
+//! dialled back at the address it connected from (a fresh outbound
+//! connection expecting its NodeId); only when that connection comes up is
+//! the peer recorded, as any dialled node is. A client that does not
+//! listen, or listens elsewhere than it sends from, never becomes a
+//! contact, so it is never handed to other nodes in `ClosestNodes`
+//! answers. Dial-backs are bounded (`Config::max_dial_backs`, and per
+//! network as many as it may hold contacts in a bucket) and skipped for a
+//! peer whose network could not get in anyway (`Config::ip_group_limits`).
+//! The dial-back of a node that dialled us finds us a contact already at
+//! the address it dialled from, so two nodes never dial each other back
+//! in turn.
+//!
+//! A full bucket gives up a live contact for no one but `force`: only a
+//! failed garbage-collection ping removes one (the spec's rule), and
+//! bucket diversity only orders the pending nodes that fill the room.
+//!
 //! # Determinism
 //!
 //! The manager reads no clock and draws randomness only from the generator
@@ -50,6 +72,7 @@
 mod api;
 mod call;
 mod claims;
+mod committed;
 mod conns;
 mod dials;
 mod find;
@@ -123,6 +146,12 @@ pub struct Stats {
     /// Peers' claim exchanges refused because too many were waiting for
     /// the chain (`max_chain_waiters`, `max_chain_waiters_per_peer`).
     pub claims_refused_busy: u64,
+    /// Contacts and pending nodes refused because their network (/24 or
+    /// /48) held its share of the bucket or the table.
+    pub ip_group_refused: u64,
+    /// Inbound peers not dialled back: `max_dial_backs` were in flight, or
+    /// as many for their network as it may hold contacts in a bucket.
+    pub dial_backs_skipped: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +189,10 @@ pub struct NodeManager {
     /// Whether the store holds this graph's space (owner and active space);
     /// a new store gets them written at start.
     graph_persisted: bool,
+    /// Inbound peers being dialled back, with the network of the address.
+    dial_backs: std::collections::BTreeMap<NodeId, Option<crate::ip_group::IpGroup>>,
+    /// What the store holds of the graph, to undo a failed batch.
+    committed: committed::CommittedGraph,
 }
 
 impl NodeManager {
@@ -198,6 +231,8 @@ impl NodeManager {
             stats: Stats::default(),
             claims: ClaimState::new(own, identity.key().cloned()),
             graph_persisted: false,
+            dial_backs: std::collections::BTreeMap::new(),
+            committed: committed::CommittedGraph::default(),
         })
     }
 
@@ -337,9 +372,15 @@ impl NodeManager {
                 None => self.stats.stale_events += 1,
             },
             Event::Resolved { resolve, result } => self.on_resolved(resolve, result),
-            Event::StoreCommitted(batch) => self.on_batch(batch, Ok(())),
+            Event::StoreCommitted(batch) => {
+                self.committed.committed(batch);
+                self.on_batch(batch, Ok(()));
+            }
             Event::StoreFailed { batch, error } => {
                 self.stats.store_failures += 1;
+                if let Some(store_holds) = self.committed.failed(batch) {
+                    self.roll_back_graph(store_holds);
+                }
                 self.emit_event(NodeEvent::StoreFailed {
                     batch,
                     error: error.clone(),
@@ -416,6 +457,7 @@ impl NodeManager {
         if self.state != RunState::Created {
             return Err(ApiError::SnapshotAfterStart);
         }
+        self.committed = committed::CommittedGraph::loaded(snapshot.graph.as_ref());
         if let Some(graph) = snapshot.graph {
             self.graph_persisted = true;
             let own = self.graph.own_node_id();
@@ -446,8 +488,10 @@ impl NodeManager {
     ///
     /// Starts the manager: resumes persisted tasks, creates the missing
     /// refresh tasks, schedules the connection check, starts announcing on
-    /// mDNS. From now on every new connection, inbound included, is recorded
-    /// with `set_node(peer, address, { direct, now, [global] }, block = true)`.
+    /// mDNS. From now on every new outbound connection, and every inbound
+    /// one whose address the peer is known at, is recorded with
+    /// `set_node(peer, address, { mode, now, [global] }, block = true)`;
+    /// other inbound peers are dialled back first (see the module docs).
     /// Ends when the tasks it wrote are committed.
     pub fn start(&mut self, now: Now) -> Result<OpId, ApiError> {
         self.advance_clock(now);
@@ -511,6 +555,7 @@ impl NodeManager {
         self.dials.clear();
         self.relay.clear_relayed();
         self.claims.chain_queue.clear();
+        self.dial_backs.clear();
         self.timers.clear();
         self.state = RunState::Stopped;
         self.push_output(Output::Event(NodeEvent::Stopped));
@@ -560,9 +605,40 @@ impl NodeManager {
         if let Some(op) = waiter {
             self.waits.register(Wait::Batch(id), op);
         }
+        self.committed.sent(id, &ops);
         self.commands
             .push_back(Command::Store(StoreBatch { id, ops }));
         Some(id)
+    }
+
+    /// A batch that wrote the graph failed: the graph becomes what the
+    /// store will hold, `store_holds` (see `committed`). Contacts that leave
+    /// with it are announced as removed.
+    fn roll_back_graph(&mut self, store_holds: Option<crate::store::GraphSnapshot>) {
+        let own = self.graph.own_node_id();
+        let rebuilt = match store_holds {
+            // Same config as the graph in memory: nothing to trim.
+            Some(s) => NodeGraph::restore(s, &self.config).map(|(g, _trim)| g).ok(),
+            None => NodeGraph::new(own, &self.config).ok(),
+        };
+        let Some(mut graph) = rebuilt else {
+            return;
+        };
+        if graph.own_node_id() != own {
+            // A key renewal's batch failed: rebuilt for the current key in
+            // memory only, as the next start does with what the store holds.
+            let _in_memory_only = graph.reset(own);
+        }
+        let gone: Vec<NodeId> = self
+            .graph
+            .iter()
+            .filter(|e| !graph.contains(&e.node_id))
+            .map(|e| e.node_id)
+            .collect();
+        self.graph = graph;
+        for node_id in gone {
+            self.emit_event(NodeEvent::ContactRemoved { node_id });
+        }
     }
 
     fn on_batch(&mut self, batch: BatchId, result: Result<(), String>) {

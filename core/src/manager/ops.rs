@@ -78,6 +78,9 @@ pub(super) enum OpKind {
     Find(Box<find::FindNode>),
     QueryMdns(find::QueryMdns),
     PingAddress(set_node::PingAddress),
+    /// A ping of an inbound peer at the address it connected from: its
+    /// outbound connection, once up, makes the peer a contact.
+    DialBack(set_node::PingAddress),
     SetNode(set_node::SetNodeOp),
     Gc(Box<gc::GcRound>),
     /// Waits for one store batch, then ends with the value.
@@ -245,6 +248,7 @@ impl NodeManager {
             OpKind::Find(op) => self.step_find(id, op, input),
             OpKind::QueryMdns(op) => self.step_query_mdns(id, op, input),
             OpKind::PingAddress(op) => self.step_ping_address(id, op, input),
+            OpKind::DialBack(op) => self.step_dial_back(id, op, input),
             OpKind::SetNode(op) => self.step_set_node(id, op, input),
             OpKind::Gc(op) => self.step_gc(id, op, input),
             OpKind::StoreWait(value) => match input {

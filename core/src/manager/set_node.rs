@@ -42,7 +42,8 @@ pub(crate) struct PingAddress {
     addresses: VecDeque<NodeAddress>,
     attempt: Option<AttemptId>,
     timeout: Duration,
-    /// Dial even when a connection exists (to present a renewed key).
+    /// Dial even when a connection exists (to present a renewed key, or
+    /// to check that an inbound peer listens where it connected from).
     fresh: bool,
 }
 
@@ -70,11 +71,13 @@ impl NodeManager {
     /// Adds or updates a node in the graph. The own NodeId is ignored. A known
     /// node is updated and becomes the newest of its bucket; a new one is
     /// added if its bucket has room. In a full bucket, `force` evicts the
-    /// oldest contact without a ping; a node whose part of the bucket's range
-    /// is short of contacts replaces the oldest contact of the most crowded
-    /// part (`Config::bucket_diversity_bits`); otherwise the node goes on the bucket's
-    /// pending list and garbage collection is scheduled, or, with `block`, run
-    /// now and waited for. Every add or update pushes the bucket's refresh back.
+    /// oldest contact without a ping; otherwise the node goes on the
+    /// bucket's pending list and garbage collection is scheduled, or, with
+    /// `block`, run now and waited for: a live contact only leaves after a
+    /// failed ping. An address whose network (/24 or /48) already holds its
+    /// share of the bucket or the table ends in [`OpError::IpGroupFull`]
+    /// (`Config::ip_group_limits`; `force` skips it). Every add or update
+    /// pushes the bucket's refresh back.
     /// `connect_timeout` bounds each garbage-collection ping.
     #[allow(clippy::too_many_arguments)]
     pub fn set_node(
@@ -158,6 +161,10 @@ impl NodeManager {
                             .add_pending(op.node_id, op.address.clone(), op.data)
                         {
                             Ok(update) => ops.extend(update.ops),
+                            Err(SetContactError::IpGroupFull { group, .. }) => {
+                                self.stats.ip_group_refused += 1;
+                                return Step::Done(Err(OpError::IpGroupFull(group)));
+                            }
                             Err(_) => return Step::Done(Ok(OpValue::Unit)),
                         }
                         if op.block {
@@ -168,6 +175,10 @@ impl NodeManager {
                         } else {
                             ops.extend(self.setup_gc_task(bucket));
                         }
+                    }
+                    Err(SetContactError::IpGroupFull { group, .. }) => {
+                        self.stats.ip_group_refused += 1;
+                        return Step::Done(Err(OpError::IpGroupFull(group)));
                     }
                     Err(
                         SetContactError::OwnNodeId { .. } | SetContactError::AlreadyContact { .. },
@@ -326,6 +337,63 @@ impl NodeManager {
                 fresh: true,
             };
             let _ = self.spawn(OpKind::PingAddress(ping), Parent::Internal, None);
+        }
+    }
+
+    /// Dials `peer` back at `address`, the address its inbound connection
+    /// came from, unless that cannot make it a contact (its network is
+    /// full) or too many dial-backs are in flight (`Config::max_dial_backs`
+    /// in all, `IpGroupLimits::per_bucket` for one network). The outbound
+    /// connection, once up, records the peer like any dialled node.
+    pub(super) fn dial_back(&mut self, peer: NodeId, address: NodeAddress) {
+        if self.dial_backs.contains_key(&peer) {
+            return;
+        }
+        let data = NodeContactAddressData {
+            mode: ContactMode::Direct,
+            connected_time: self.now.unix_secs(),
+            scopes: crate::contact::NodeAddressScopes::GLOBAL,
+        };
+        if !self.graph.admits(&peer, &address, &data) {
+            self.stats.ip_group_refused += 1;
+            return;
+        }
+        let limits = &self.config.ip_group_limits;
+        let group = limits.group_of(&address, Some(data.scopes));
+        let same_group = group.map_or(0, |g| {
+            self.dial_backs.values().filter(|x| **x == Some(g)).count()
+        });
+        if self.dial_backs.len() >= self.config.max_dial_backs
+            || (group.is_some() && same_group >= limits.per_bucket)
+        {
+            self.stats.dial_backs_skipped += 1;
+            return;
+        }
+        let ping = PingAddress {
+            node_id: peer,
+            addresses: VecDeque::from([address]),
+            attempt: None,
+            timeout: self.config.connection_connect_timeout,
+            fresh: true,
+        };
+        if self
+            .spawn(OpKind::DialBack(ping), Parent::Internal, None)
+            .is_ok()
+        {
+            self.dial_backs.insert(peer, group);
+        } else {
+            self.stats.dial_backs_skipped += 1;
+        }
+    }
+
+    pub(super) fn step_dial_back(&mut self, id: OpId, op: PingAddress, input: Input) -> Step {
+        let peer = op.node_id;
+        match self.step_ping_address(id, op, input) {
+            Step::Continue(OpKind::PingAddress(op)) => Step::Continue(OpKind::DialBack(op)),
+            other => {
+                self.dial_backs.remove(&peer);
+                other
+            }
         }
     }
 

@@ -22,8 +22,10 @@ pub fn id(n: u8) -> NodeId {
     NodeId::from_bytes([n; 32])
 }
 
+/// Host `n`'s address: a /24 of its own (`10.hi.lo.1`), as hosts of an
+/// open network are (the routing table limits contacts per /24).
 pub fn addr(n: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::from([10, 0, (n >> 8) as u8, n as u8]), 1314)
+    SocketAddr::new(IpAddr::from([10, (n >> 8) as u8, n as u8, 1]), 1314)
 }
 
 /// The connection attempts among `cmds`, in order.

@@ -6,12 +6,21 @@
 //! rules read: merging what answers say about a node, forgetting the
 //! farthest untried nodes past the bound, and turning to another target
 //! without losing what was learned.
+//!
+//! The IP-group limit holds here as in the routing table: at most
+//! `IpGroupLimits::per_bucket` candidates list an address in one network
+//! (/24 or /48; loopback exempt by default). An address of a network that
+//! holds its share is not taken, and a new node offered with addresses
+//! that are all refused (and no node to signal it) is not taken at all:
+//! one host answering with many fresh NodeIds at its own address cannot
+//! fill a lookup.
 
 use std::collections::BTreeMap;
 
 use crate::address::NodeAddress;
 use crate::contact::{NodeContact, NodeContactAddressData};
 use crate::id::{Distance, NodeId};
+use crate::ip_group::{IpGroup, IpGroupLimits, distinct_groups};
 use crate::manager::api::{AttemptId, RequestId};
 
 /// What a candidate waits for: an attempt or a request, by its own id type.
@@ -84,15 +93,38 @@ pub(super) struct Candidates {
     waiting_on: Vec<(Wait, NodeId)>,
     /// Candidates remembered at most.
     max: usize,
+    limits: IpGroupLimits,
+    /// Candidates per network (each once per network among its addresses).
+    group_counts: BTreeMap<IpGroup, u16>,
 }
 
 impl Candidates {
-    pub(super) fn new(target: NodeId, max: usize) -> Self {
+    pub(super) fn new(target: NodeId, max: usize, limits: IpGroupLimits) -> Self {
         Self {
             target,
             by_distance: BTreeMap::new(),
             waiting_on: Vec::new(),
             max,
+            limits,
+            group_counts: BTreeMap::new(),
+        }
+    }
+
+    fn groups_of(&self, addresses: &[NodeAddress]) -> Vec<IpGroup> {
+        distinct_groups(&self.limits, addresses.iter().map(|a| (a, None)))
+    }
+
+    fn count(&mut self, groups: &[IpGroup], add: bool) {
+        for g in groups {
+            let c = self.group_counts.entry(*g).or_insert(0);
+            *c = if add {
+                c.saturating_add(1)
+            } else {
+                c.saturating_sub(1)
+            };
+            if *c == 0 {
+                self.group_counts.remove(g);
+            }
         }
     }
 
@@ -165,6 +197,37 @@ impl Candidates {
         {
             return;
         }
+        // The IP-group limit: keep the addresses of networks this node is
+        // counted in already, or that have room.
+        let had = self
+            .by_distance
+            .get(&distance)
+            .map(|c| self.groups_of(&c.addresses));
+        let offered = !addresses.is_empty();
+        let mut taken_groups: Vec<IpGroup> = Vec::new();
+        let addresses: Vec<NodeAddress> = addresses
+            .into_iter()
+            .filter(|a| match self.limits.group_of(a, None) {
+                None => true,
+                Some(g) => {
+                    if had.as_ref().is_some_and(|h| h.contains(&g)) || taken_groups.contains(&g) {
+                        return true;
+                    }
+                    let room = self
+                        .group_counts
+                        .get(&g)
+                        .is_none_or(|c| usize::from(*c) < self.limits.per_bucket);
+                    if room {
+                        taken_groups.push(g);
+                    }
+                    room
+                }
+            })
+            .collect();
+        if had.is_none() && offered && addresses.is_empty() && signaller.is_none() {
+            return;
+        }
+        let had = had.unwrap_or_default();
         let candidate = self
             .by_distance
             .entry(distance)
@@ -195,6 +258,9 @@ impl Candidates {
         {
             candidate.signallers.push(s);
         }
+        let now_in = distinct_groups(&self.limits, candidate.addresses.iter().map(|a| (a, None)));
+        let new_groups: Vec<IpGroup> = now_in.into_iter().filter(|g| !had.contains(g)).collect();
+        self.count(&new_groups, true);
         while self.by_distance.len() > self.max {
             let farthest = self
                 .by_distance
@@ -204,7 +270,10 @@ impl Candidates {
                 .map(|(d, _)| *d);
             match farthest {
                 Some(d) => {
-                    self.by_distance.remove(&d);
+                    if let Some(gone) = self.by_distance.remove(&d) {
+                        let groups = self.groups_of(&gone.addresses);
+                        self.count(&groups, false);
+                    }
                 }
                 None => break,
             }

@@ -31,6 +31,7 @@ use crate::contact::{
 };
 use crate::graph::NodeGraph;
 use crate::id::NodeId;
+use crate::ip_group::IpGroupLimits;
 use crate::manager::api::{AttemptId, ConnId, OpId, RequestId};
 use crate::time::Now;
 pub(crate) use candidates::addresses_of;
@@ -106,6 +107,8 @@ pub(crate) struct Params {
     pub(crate) k: usize,
     /// Candidates remembered at most.
     pub(crate) max_candidates: usize,
+    /// How many candidates one network may give the lookup.
+    pub(crate) ip_groups: IpGroupLimits,
 }
 
 /// What an event asked for, carried out by the next [`Lookup::next`]
@@ -235,7 +238,7 @@ impl Lookup {
                 concurrency: params.concurrency.max(1),
                 ..params
             },
-            candidates: Candidates::new(target, params.max_candidates),
+            candidates: Candidates::new(target, params.max_candidates, params.ip_groups),
             in_flight: 0,
             contacted: 0,
             mdns: MdnsRace::new(params.strategies.mdns && params.mdns_available),
