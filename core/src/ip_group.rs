@@ -93,8 +93,9 @@ impl IpGroupLimits {
     }
 }
 
-/// The group of an IP address, exemptions aside.
-fn group_of_ip(ip: &IpAddr) -> IpGroup {
+/// The group of an IP address, exemptions aside. `ip` must be canonical
+/// (`IpAddr::to_canonical`).
+pub(crate) fn group_of_ip(ip: &IpAddr) -> IpGroup {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();

@@ -487,6 +487,71 @@ impl Store {
     }
 }
 
+/// The tables of the environment, in the order [`Store::replace_raw`]
+/// numbers them.
+#[cfg(feature = "testing")]
+pub const TABLES: [&str; 7] = [
+    "meta",
+    "contacts",
+    "pending",
+    "tasks",
+    "claims",
+    "gestalt",
+    "permissions",
+];
+
+/// One record as [`Store::raw_records`] gives it: an index into [`TABLES`],
+/// the key, the value.
+#[cfg(feature = "testing")]
+pub type RawRecord = (usize, Vec<u8>, Vec<u8>);
+
+/// Raw access for the fuzz target `store_records`: a store whose records
+/// are whatever the fuzzer wrote, as a damaged disk would leave them.
+#[cfg(feature = "testing")]
+impl Store {
+    fn tables(&self) -> [Db; 7] {
+        [
+            self.meta,
+            self.contacts,
+            self.pending,
+            self.tasks,
+            self.claims,
+            self.gestalt,
+            self.permissions,
+        ]
+    }
+
+    /// Empties every table and writes `records` (an index into [`TABLES`],
+    /// the key, the value) byte for byte, in one transaction. LMDB refuses
+    /// empty keys and keys over 511 bytes ([`StoreError::Lmdb`]).
+    pub fn replace_raw(&mut self, records: &[(usize, &[u8], &[u8])]) -> Result<(), StoreError> {
+        let tables = self.tables();
+        let mut txn = self.env.write_txn().map_err(|e| self.lmdb_error(e))?;
+        for db in tables {
+            db.clear(&mut txn).map_err(|e| self.lmdb_error(e))?;
+        }
+        for &(table, key, value) in records {
+            tables[table % tables.len()]
+                .put(&mut txn, key, value)
+                .map_err(|e| self.lmdb_error(e))?;
+        }
+        txn.commit().map_err(|e| self.lmdb_error(e))
+    }
+
+    /// Every record of every table, as [`Store::replace_raw`] takes them.
+    pub fn raw_records(&self) -> Result<Vec<RawRecord>, StoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.lmdb_error(e))?;
+        let mut out = Vec::new();
+        for (table, db) in self.tables().into_iter().enumerate() {
+            for item in db.iter(&txn).map_err(|e| self.lmdb_error(e))? {
+                let (key, value) = item.map_err(|e| self.lmdb_error(e))?;
+                out.push((table, key.to_vec(), value.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn owner_key(space: NodeGraphSpace) -> &'static [u8] {
     META_OWNER[usize::from(space.as_u8())]
 }

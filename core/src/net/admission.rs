@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::node::NetConfig;
+use crate::ip_group::{IpGroup, group_of_ip};
 use crate::manager::ConnId;
 
 /// What to do with an incoming connection attempt.
@@ -134,18 +135,10 @@ struct OfIp {
     inbound: usize,
 }
 
-/// The /24 (IPv4) or /48 (IPv6) of an address.
-fn prefix(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            IpAddr::from([a, b, c, 0])
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
-        }
-    }
+/// The /24 (IPv4) or /48 (IPv6) of an address, the routing table's
+/// [`IpGroup`] (one rule for both: what one network may hold).
+fn prefix(ip: IpAddr) -> IpGroup {
+    group_of_ip(&ip)
 }
 
 /// Every connection by source and kind, and the admission counters.
@@ -154,7 +147,7 @@ pub(super) struct Admission {
     kinds: BTreeMap<ConnId, (IpAddr, Kind)>,
     by_ip: BTreeMap<IpAddr, OfIp>,
     /// Validated handshakes and connections up, per prefix.
-    by_prefix: BTreeMap<IpAddr, usize>,
+    by_prefix: BTreeMap<IpGroup, usize>,
     unvalidated: usize,
     validated: usize,
     inbound: usize,
@@ -180,6 +173,10 @@ impl Admission {
         validated: bool,
         may_retry: bool,
     ) -> Decision {
+        // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6
+        // addresses: counted as such, every IPv4 peer would share one /48
+        // and none would be loopback.
+        let ip = ip.to_canonical();
         let of_ip = self.by_ip.get(&ip).copied().unwrap_or_default();
         let exempt = Self::exempt(net, ip);
         let handshakes = self.unvalidated + self.validated;
@@ -229,6 +226,7 @@ impl Admission {
 
     /// An inbound handshake started.
     pub(super) fn accepted(&mut self, id: ConnId, ip: IpAddr, validated: bool) {
+        let ip = ip.to_canonical();
         self.stats.handshakes_accepted += 1;
         let kind = if validated {
             Kind::Validated
@@ -240,7 +238,7 @@ impl Admission {
 
     /// An outbound connection was made.
     pub(super) fn dialed(&mut self, id: ConnId, ip: IpAddr) {
-        self.add(id, ip, Kind::Outbound);
+        self.add(id, ip.to_canonical(), Kind::Outbound);
     }
 
     /// An outbound connection came up.
@@ -450,5 +448,53 @@ mod tests {
         }
         assert_eq!(a.stats().sources, 0);
         assert_eq!(a.stats().inbound_up, 0);
+    }
+
+    /// A dual-stack socket names IPv4 peers by IPv4-mapped IPv6 addresses.
+    #[test]
+    fn ipv4_mapped_sources_count_in_their_own_ipv4_network() {
+        let mapped = |a: [u8; 4]| IpAddr::from(std::net::Ipv4Addr::from(a).to_ipv6_mapped());
+        let net = NetConfig {
+            max_handshakes_per_ip: 100,
+            max_handshakes: 1000,
+            ..NetConfig::default()
+        };
+        let mut a = Admission::default();
+        let mut id = 0;
+        for n in 1..=4 {
+            for _ in 0..net.max_inbound_per_ip {
+                let source = mapped([198, 51, 100, n]);
+                assert_eq!(
+                    a.decide(&net, 1024, source, true, false),
+                    Decision::Accept { validated: true }
+                );
+                id += 1;
+                a.accepted(ConnId(id), source, true);
+                assert!(a.came_up(&net, ConnId(id)));
+            }
+        }
+        // 198.51.100/24 is full, 203.0.113/24 is another network.
+        assert_eq!(
+            a.decide(&net, 1024, mapped([198, 51, 100, 5]), true, false),
+            Decision::Refuse(Refused::PerPrefix)
+        );
+        assert_eq!(
+            a.decide(&net, 1024, mapped([203, 0, 113, 1]), true, false),
+            Decision::Accept { validated: true }
+        );
+        // And mapped loopback is loopback.
+        let exempt = NetConfig {
+            exempt_loopback: true,
+            ..net.clone()
+        };
+        for n in 0..=net.max_inbound_per_prefix {
+            let source = mapped([127, 0, 0, 1]);
+            assert_eq!(
+                a.decide(&exempt, 4096, source, true, false),
+                Decision::Accept { validated: true }
+            );
+            a.accepted(ConnId(10_000 + n as u64), source, true);
+            assert!(a.came_up(&exempt, ConnId(10_000 + n as u64)));
+        }
     }
 }

@@ -6,6 +6,9 @@ use std::io;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
+use super::dispatch::parse_line;
+use super::protocol::{ControlError, Request};
+
 /// What [`read_line`] read.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Line {
@@ -58,6 +61,32 @@ pub(super) async fn read_line<R: AsyncBufRead + Unpin>(
             });
         }
     }
+}
+
+/// A line as [`frame_requests`] read it, and what it parsed to.
+#[doc(hidden)]
+pub type FramedRequest = (Vec<u8>, Result<Request, ControlError>);
+
+/// How the server reads `input` from a client: framed into lines by
+/// [`read_line`] through a buffer of `capacity` bytes holding at most `max`
+/// bytes of a line, each complete line parsed as a request. A line too long
+/// is `None`. For the fuzz target `control_requests` and its replay test.
+#[doc(hidden)]
+pub fn frame_requests(input: &[u8], capacity: usize, max: usize) -> Vec<Option<FramedRequest>> {
+    let mut reader = tokio::io::BufReader::with_capacity(capacity.max(1), input);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    // Reading from a slice never waits, so no runtime is needed.
+    futures::executor::block_on(async {
+        loop {
+            match read_line(&mut reader, &mut buf, max).await {
+                Ok(Line::End) | Err(_) => break,
+                Ok(Line::TooLong) => out.push(None),
+                Ok(Line::Complete) => out.push(Some((buf.clone(), parse_line(&buf)))),
+            }
+        }
+    });
+    out
 }
 
 #[cfg(test)]

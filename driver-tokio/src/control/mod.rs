@@ -48,6 +48,8 @@ mod server;
 
 pub use client::{Client, ClientError};
 pub use dispatch::{handle, handle_line};
+#[doc(hidden)]
+pub use line::{FramedRequest, frame_requests};
 pub use pipe::PIPE_ABORTED;
 pub use pipe_end::{Carried, PipeEnd, PipeError};
 pub use protocol::{
