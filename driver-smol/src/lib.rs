@@ -29,6 +29,10 @@
 
 #![warn(missing_docs)]
 
+mod runtime;
+
+pub use runtime::Smol;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

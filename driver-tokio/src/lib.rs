@@ -11,6 +11,7 @@
 pub mod control;
 pub mod demo;
 mod run;
+mod runtime;
 
 pub use keynode_agent::{
     Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,
@@ -18,3 +19,4 @@ pub use keynode_agent::{
     load_or_create_key, now,
 };
 pub use run::start;
+pub use runtime::Tokio;

@@ -513,7 +513,7 @@ async fn run_pipe(pipe: PipeCommand) -> Result<ExitCode, BoxError> {
     eprintln!("stream of {} open with {peer}", args.protocol);
     control
         .into_pipe()
-        .run(tokio::io::stdin(), tokio::io::stdout())
+        .run(Compat(tokio::io::stdin()), Compat(tokio::io::stdout()))
         .await
         .map_err(|e| format!("pipe with {peer}: {e}"))?;
     Ok(ExitCode::SUCCESS)
@@ -696,4 +696,44 @@ async fn start_agent(
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> std::io::Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(kind)
+}
+
+/// tokio's stdin and stdout as the `futures` I/O that a pipe's end takes.
+struct Compat<T>(T);
+
+impl<T: tokio::io::AsyncRead + Unpin> futures::io::AsyncRead for Compat<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        std::pin::Pin::new(&mut self.0)
+            .poll_read(cx, &mut buf)
+            .map_ok(|()| buf.filled().len())
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> futures::io::AsyncWrite for Compat<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
