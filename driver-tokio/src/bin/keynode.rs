@@ -7,15 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use keynode_agent::Runtime;
-use keynode_agent::control::ControlSocket;
 use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
 use keynode_tokio::AgentConfig;
 use keynode_tokio::control::{
     AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, Reply, Request, Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
-use keynode_tokio::{Agent, AgentError};
 
 #[derive(Parser)]
 #[command(
@@ -98,7 +95,8 @@ enum AgentCommand {
         /// Control connections served at once; more are answered `busy`.
         #[arg(long, default_value_t = keynode_tokio::control::MAX_CLIENTS)]
         control_max_clients: usize,
-        /// The async runtime the agent's loop and control socket run on.
+        /// The async runtime the agent (its loop and its control socket)
+        /// runs on; the command itself waits for signals on tokio.
         #[arg(long, value_enum, default_value_t = RuntimeName::Tokio)]
         runtime: RuntimeName,
     },
@@ -107,6 +105,15 @@ enum AgentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// The runtimes an agent runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeName {
+    /// tokio (keynode-tokio), this command's own runtime.
+    Tokio,
+    /// smol's global executor (keynode-smol).
+    Smol,
 }
 
 /// How a client command reaches its agent.
@@ -318,13 +325,12 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 max_clients: control_max_clients.max(1),
                 request_timeout: Duration::from_millis(control_request_timeout_ms.max(1)),
             };
-            let args = (data_dir, bind, seed_nodes.as_str(), limits);
             match runtime {
                 RuntimeName::Tokio => {
-                    start_agent::<keynode_tokio::Tokio, _>(keynode_tokio::start, args).await
+                    start_agent::<keynode_tokio::Tokio>(data_dir, bind, &seed_nodes, limits).await
                 }
                 RuntimeName::Smol => {
-                    start_agent::<keynode_smol::Smol, _>(keynode_smol::start, args).await
+                    start_agent::<keynode_smol::Smol>(data_dir, bind, &seed_nodes, limits).await
                 }
             }
         }
@@ -657,35 +663,23 @@ fn ago(unix_secs: u64) -> String {
     }
 }
 
-/// The runtimes `keynode agent start` can run an agent on.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum RuntimeName {
-    /// tokio (keynode-tokio).
-    Tokio,
-    /// smol's global executor (keynode-smol).
-    Smol,
-}
-
-/// `keynode agent start` on the runtime `R`, whose driver's `start` is
-/// `start`: the agent's loop and its control socket run there (signals
-/// and the start line stay with the binary's tokio). The control socket
-/// is bound before the agent starts (so a second agent on the same
-/// directory is refused before it opens the store) and removed when the
-/// agent stops.
-async fn start_agent<R: Runtime, F>(
-    start: impl FnOnce(AgentConfig) -> F,
-    (data_dir, bind, seed_nodes, limits): (PathBuf, SocketAddr, &str, ControlLimits),
-) -> Result<ExitCode, BoxError>
-where
-    F: std::future::Future<Output = Result<Agent, AgentError>>,
-{
+/// `keynode agent start`: the control socket is bound before the agent
+/// starts (so a second agent on the same directory is refused before it
+/// opens the store) and removed when the agent stops. The agent and the
+/// socket's server run on `R`; the handle works from any runtime.
+async fn start_agent<R: keynode_agent::Runtime>(
+    data_dir: PathBuf,
+    bind: SocketAddr,
+    seed_nodes: &str,
+    limits: ControlLimits,
+) -> Result<ExitCode, BoxError> {
     let seeds: SeedNodes = seed_nodes.parse()?;
     // Registered before anything is printed, so that a signal sent as soon
     // as the start line is read stops the agent cleanly.
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let socket = ControlSocket::<R>::bind(&data_dir)?;
-    let agent = match start(AgentConfig::new(data_dir, bind)).await {
+    let socket = keynode_agent::control::ControlSocket::<R>::bind(&data_dir)?;
+    let agent = match keynode_agent::start::<R>(AgentConfig::new(data_dir, bind)).await {
         Ok(agent) => agent,
         Err(e) => {
             socket.remove();

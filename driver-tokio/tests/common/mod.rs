@@ -120,8 +120,7 @@ pub fn start_agent_in(
     start_agent_with(netns, dir, bind, seeds, &[])
 }
 
-/// [`start_agent_in`] with more arguments for `keynode agent start`
-/// (`--runtime smol`, ...).
+/// [`start_agent_in`], with `extra` arguments for `keynode agent start`.
 pub fn start_agent_with(
     netns: Option<&str>,
     dir: &Path,
