@@ -43,6 +43,6 @@ pub use listener::{IncomingStream, Listener};
 pub use node_loop::{AgentLoop, Input, Inputs, RECEIVE_BATCH, StopReply, resolved};
 pub use readiness::ReadinessTables;
 pub use run::start;
-pub use runtime::{Elapsed, Fd, Interest, Registered, Runtime, Timer, sleep, timeout};
+pub use runtime::{Elapsed, Fd, Interest, Runtime, poll_io, sleep, timeout};
 pub use stream::{ReadToEndError, RecvStream, SendStream, io_error};
 pub use udp::{RecvBuffers, UdpIo};

@@ -81,7 +81,7 @@ async fn receiver<R: Runtime>(
 ) {
     while let Some(mut buffers) = empty.next().await {
         loop {
-            match io(&*quic.socket, Interest::Readable, |s| {
+            match io::<R, _, _>(&quic.socket, Interest::Readable, |s| {
                 quic.udp.recv(s, &mut buffers)
             })
             .await

@@ -13,7 +13,7 @@ use futures::channel::mpsc;
 use crate::agent::{Agent, AgentConfig, AgentError, Opened, Sleep};
 use crate::node_loop::{AgentLoop, Inputs, RECEIVE_BATCH, resolved};
 use crate::receiver::{Quic, RECV_BUFFERS, Receiving};
-use crate::runtime::{Interest, Registered, Runtime, Timer, io, sleep};
+use crate::runtime::{Interest, Runtime, io, poll_io, sleep};
 use crate::udp::RecvBuffers;
 use keynode_core::net::Transmit;
 
@@ -90,7 +90,7 @@ async fn run<R: Runtime>(
                         match (on_mdns, mdns) {
                             (false, _) => send(quic, &t).await,
                             (true, Some(m)) => {
-                                io(m, Interest::Writable, |s| {
+                                io::<R, _, _>(m, Interest::Writable, |s| {
                                     s.send_to(&t.contents, t.destination)
                                 })
                                 .await
@@ -129,7 +129,7 @@ async fn run<R: Runtime>(
         }
         let deadline = node_loop.poll_timeout();
         if let Some(at) = deadline {
-            timer.reset(at);
+            R::reset(&mut timer, at);
         }
         turn = turn.wrapping_add(1);
         let wake = {
@@ -144,9 +144,9 @@ async fn run<R: Runtime>(
                             _ => None,
                         },
                         1 => match mdns.as_ref().filter(|_| !mdns_failed) {
-                            Some(m) => match m
-                                .poll_io(cx, Interest::Readable, |s| s.recv_from(&mut mdns_buf))
-                            {
+                            Some(m) => match poll_io::<R, _, _>(m, cx, Interest::Readable, |s| {
+                                s.recv_from(&mut mdns_buf)
+                            }) {
                                 Poll::Ready(Ok((n, from))) => Some(Wake::Mdns(n, from)),
                                 Poll::Ready(Err(e)) => {
                                     tracing::trace!("mDNS receive failed: {e}");
@@ -162,7 +162,9 @@ async fn run<R: Runtime>(
                             Poll::Pending => None,
                         },
                         _ => match deadline {
-                            Some(_) => timer.poll(cx).is_ready().then_some(Wake::Timeout),
+                            Some(_) => R::poll_timer(&mut timer, cx)
+                                .is_ready()
+                                .then_some(Wake::Timeout),
                             None => None,
                         },
                     };
@@ -204,7 +206,7 @@ async fn run<R: Runtime>(
 /// first packet).
 async fn send<R: Runtime>(quic: &Quic<R>, t: &Transmit) -> std::io::Result<usize> {
     let send = || async {
-        io(&*quic.socket, Interest::Writable, |s| quic.udp.send(s, t))
+        io::<R, _, _>(&quic.socket, Interest::Writable, |s| quic.udp.send(s, t))
             .await
             .map(|()| t.contents.len())
     };
@@ -213,7 +215,7 @@ async fn send<R: Runtime>(quic: &Quic<R>, t: &Transmit) -> std::io::Result<usize
     };
     // Nothing else is sent meanwhile: the loop awaits this send. IP_TTL
     // is IPv4's; where it cannot be set the packet goes at the default.
-    let socket = quic.socket.get_ref();
+    let socket = R::get_ref(&*quic.socket);
     let Ok(before) = socket.ttl() else {
         return send().await;
     };

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 /// What a file descriptor is waited for.
@@ -43,45 +43,41 @@ mod sealed {
     impl Sealed for std::os::unix::net::UnixStream {}
 }
 
-/// An [`Fd`] registered with a runtime's reactor.
-pub trait Registered<T>: Send + Sync + 'static {
-    /// The std value, for calls that do not wait (options, addresses).
-    fn get_ref(&self) -> &T;
-
-    /// Waits until `T` may be ready for `interest`, then runs `io` on it;
-    /// while `io` fails with `WouldBlock`, waits again. Any other result
-    /// is returned.
-    fn poll_io<R>(
-        &self,
-        cx: &mut Context<'_>,
-        interest: Interest,
-        io: impl FnMut(&T) -> io::Result<R>,
-    ) -> Poll<io::Result<R>>;
-}
-
-/// A timer that can be moved to a new deadline (cheaper than a new one:
-/// the loop moves it at every wake).
-pub trait Timer: Send + Unpin + 'static {
-    /// Fires at `at` instead.
-    fn reset(&mut self, at: Instant);
-
-    /// Ready once the deadline has passed.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()>;
-}
-
-/// An async runtime, as the agent uses it.
+/// An async runtime, as the agent uses it: associated functions only, so
+/// that an implementation is a unit type naming its runtime's own types.
 pub trait Runtime: Send + Sync + 'static {
-    /// A registered file descriptor.
-    type Io<T: Fd>: Registered<T>;
-    /// The runtime's timer.
-    type Timer: Timer;
+    /// An [`Fd`] registered with the runtime's reactor.
+    type Io<T: Fd>: Send + Sync + 'static;
+    /// The runtime's timer, which can be moved to a new deadline (cheaper
+    /// than a new one: the loop moves it at every wake).
+    type Timer: Send + Unpin + 'static;
 
     /// Registers `fd` (non-blocking already) with the reactor. Called
     /// from within the runtime (a task or its blocking work).
     fn register<T: Fd>(fd: T) -> io::Result<Self::Io<T>>;
 
+    /// The std value, for calls that do not wait (options, addresses).
+    fn get_ref<T: Fd>(io: &Self::Io<T>) -> &T;
+
+    /// Waits until `io` may be ready for `interest`, then runs `attempt`
+    /// on it once. If that fails with `WouldBlock`, the readiness is
+    /// forgotten (the next call waits for a new event) and the error is
+    /// returned; [`poll_io`] tries until it is not.
+    fn poll_try<T: Fd, R>(
+        io: &Self::Io<T>,
+        cx: &mut Context<'_>,
+        interest: Interest,
+        attempt: impl FnOnce(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>>;
+
     /// A timer firing at `at`.
     fn timer(at: Instant) -> Self::Timer;
+
+    /// Moves `timer` to fire at `at` instead.
+    fn reset(timer: &mut Self::Timer, at: Instant);
+
+    /// Ready once `timer`'s deadline has passed.
+    fn poll_timer(timer: &mut Self::Timer, cx: &mut Context<'_>) -> Poll<()>;
 
     /// Runs `future` as a task of its own, detached.
     fn spawn(future: impl Future<Output = ()> + Send + 'static);
@@ -94,10 +90,26 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = T> + Send;
 }
 
+/// Waits until `io` is ready for `interest` and runs `f` on it, again
+/// after each `WouldBlock`; any other result is returned.
+pub fn poll_io<R: Runtime, T: Fd, O>(
+    io: &R::Io<T>,
+    cx: &mut Context<'_>,
+    interest: Interest,
+    mut f: impl FnMut(&T) -> io::Result<O>,
+) -> Poll<io::Result<O>> {
+    loop {
+        match ready!(R::poll_try(io, cx, interest, &mut f)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
 /// Waits for `d`.
 pub async fn sleep<R: Runtime>(d: Duration) {
     let mut timer = R::timer(Instant::now() + d);
-    std::future::poll_fn(|cx| timer.poll(cx)).await;
+    std::future::poll_fn(|cx| R::poll_timer(&mut timer, cx)).await;
 }
 
 /// `work`'s output, or `Err(Elapsed)` if `d` passes first (`work` is dropped).
@@ -111,7 +123,7 @@ pub async fn timeout<R: Runtime, T>(
         if let Poll::Ready(out) = work.as_mut().poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        timer.poll(cx).map(|()| Err(Elapsed))
+        R::poll_timer(&mut timer, cx).map(|()| Err(Elapsed))
     })
     .await
 }
@@ -120,11 +132,11 @@ pub async fn timeout<R: Runtime, T>(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Elapsed;
 
-/// `poll_io`, as a future.
-pub(crate) async fn io<T: Fd, R>(
-    fd: &impl Registered<T>,
+/// [`poll_io`], as a future.
+pub(crate) async fn io<R: Runtime, T: Fd, O>(
+    io: &R::Io<T>,
     interest: Interest,
-    mut io: impl FnMut(&T) -> io::Result<R>,
-) -> io::Result<R> {
-    std::future::poll_fn(|cx| fd.poll_io(cx, interest, &mut io)).await
+    mut f: impl FnMut(&T) -> io::Result<O>,
+) -> io::Result<O> {
+    std::future::poll_fn(|cx| poll_io::<R, T, O>(io, cx, interest, &mut f)).await
 }

@@ -7,23 +7,50 @@ use std::io;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use keynode_agent::{Fd, Interest, Registered, Runtime};
-use smol::Async;
+use keynode_agent::{Fd, Interest, Runtime};
+use smol::{Async, Timer};
 
 /// smol's global executor and reactor.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Smol;
 
 impl Runtime for Smol {
-    type Io<T: Fd> = Io<T>;
+    type Io<T: Fd> = Async<T>;
     type Timer = Timer;
 
-    fn register<T: Fd>(fd: T) -> io::Result<Io<T>> {
-        Async::new(fd).map(Io)
+    fn register<T: Fd>(fd: T) -> io::Result<Async<T>> {
+        Async::new(fd)
+    }
+
+    fn get_ref<T: Fd>(io: &Async<T>) -> &T {
+        io.get_ref()
+    }
+
+    /// async-io forgets a readiness once it is reported: after `Ready`,
+    /// the next poll waits for a new event.
+    fn poll_try<T: Fd, R>(
+        io: &Async<T>,
+        cx: &mut Context<'_>,
+        interest: Interest,
+        attempt: impl FnOnce(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        ready!(match interest {
+            Interest::Readable => io.poll_readable(cx),
+            Interest::Writable => io.poll_writable(cx),
+        })?;
+        Poll::Ready(attempt(io.get_ref()))
     }
 
     fn timer(at: Instant) -> Timer {
-        Timer(smol::Timer::at(at))
+        Timer::at(at)
+    }
+
+    fn reset(timer: &mut Timer, at: Instant) {
+        timer.set_at(at);
+    }
+
+    fn poll_timer(timer: &mut Timer, cx: &mut Context<'_>) -> Poll<()> {
+        std::pin::Pin::new(timer).poll(cx).map(|_| ())
     }
 
     fn spawn(future: impl Future<Output = ()> + Send + 'static) {
@@ -34,46 +61,5 @@ impl Runtime for Smol {
         work: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = T> + Send {
         smol::unblock(work)
-    }
-}
-
-/// A file descriptor on async-io's reactor.
-pub struct Io<T: Fd>(Async<T>);
-
-impl<T: Fd> Registered<T> for Io<T> {
-    fn get_ref(&self) -> &T {
-        self.0.get_ref()
-    }
-
-    fn poll_io<R>(
-        &self,
-        cx: &mut Context<'_>,
-        interest: Interest,
-        mut io: impl FnMut(&T) -> io::Result<R>,
-    ) -> Poll<io::Result<R>> {
-        loop {
-            // Ready: an event came since this task last got `Pending`.
-            ready!(match interest {
-                Interest::Readable => self.0.poll_readable(cx),
-                Interest::Writable => self.0.poll_writable(cx),
-            })?;
-            match io(self.0.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                result => return Poll::Ready(result),
-            }
-        }
-    }
-}
-
-/// smol's timer.
-pub struct Timer(smol::Timer);
-
-impl keynode_agent::Timer for Timer {
-    fn reset(&mut self, at: Instant) {
-        self.0.set_at(at);
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|_| ())
     }
 }

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use futures::io::{AsyncRead, AsyncWrite};
 
-use crate::runtime::{Interest, Registered, Runtime, io};
+use crate::runtime::{Interest, Runtime, io, poll_io};
 
 /// A listening Unix socket.
 pub(super) struct UnixListener<R: Runtime>(R::Io<net::UnixListener>);
@@ -23,7 +23,7 @@ impl<R: Runtime> UnixListener<R> {
 
     /// The next connection.
     pub(super) async fn accept(&self) -> io::Result<UnixStream<R>> {
-        let (stream, _) = io(&self.0, Interest::Readable, |l| l.accept()).await?;
+        let (stream, _) = io::<R, _, _>(&self.0, Interest::Readable, |l| l.accept()).await?;
         UnixStream::new(stream)
     }
 }
@@ -60,7 +60,7 @@ impl<R: Runtime> AsyncRead for UnixStream<R> {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_io(cx, Interest::Readable, |s| (&*s).read(buf))
+        poll_io::<R, _, _>(&self.0, cx, Interest::Readable, |s| (&*s).read(buf))
     }
 }
 
@@ -70,7 +70,7 @@ impl<R: Runtime> AsyncWrite for UnixStream<R> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_io(cx, Interest::Writable, |s| (&*s).write(buf))
+        poll_io::<R, _, _>(&self.0, cx, Interest::Writable, |s| (&*s).write(buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -80,6 +80,6 @@ impl<R: Runtime> AsyncWrite for UnixStream<R> {
 
     /// Shuts down the writing half: the peer reads the end of the stream.
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+        Poll::Ready(R::get_ref(&self.0).shutdown(std::net::Shutdown::Write))
     }
 }
