@@ -15,11 +15,15 @@
 #![warn(missing_docs)]
 
 mod agent;
+pub mod control;
 mod deadline;
 mod listener;
 mod node_loop;
 mod open;
 mod readiness;
+mod receiver;
+mod run;
+mod runtime;
 mod shared;
 mod sockets;
 mod store_thread;
@@ -38,5 +42,7 @@ pub use keynode_core::net::{
 pub use listener::{IncomingStream, Listener};
 pub use node_loop::{AgentLoop, Input, Inputs, RECEIVE_BATCH, StopReply, resolved};
 pub use readiness::ReadinessTables;
+pub use run::start;
+pub use runtime::{Elapsed, Fd, Interest, Runtime, poll_io, sleep, timeout};
 pub use stream::{ReadToEndError, RecvStream, SendStream, io_error};
 pub use udp::{RecvBuffers, UdpIo};

@@ -1,5 +1,9 @@
 //! Agents on smol, on loopback, with real UDP sockets, QUIC and LMDB
 //! directories; and a smol agent and a tokio agent talking to each other.
+//!
+//! What every runtime must do alike (sync, find, ping, claim, chain data,
+//! restart, mDNS, stop while operations run) is in the conformance suite,
+//! `tests/conformance.rs`; this file holds what is this driver's own.
 
 use std::net::SocketAddr;
 
@@ -66,25 +70,6 @@ async fn find_ping_and_claim_all(agents: &[Agent]) {
 }
 
 #[test]
-fn five_smol_agents_sync_through_one_seed_then_find_ping_and_claim_each_other() {
-    smol::block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let mut agents = Vec::new();
-        for i in 0..5 {
-            agents.push(start(dir.path(), &format!("a{i}")).await);
-        }
-        let seed = seeds(&agents[0]);
-        for agent in agents.iter().skip(1) {
-            agent.sync_node_graph(seed.clone(), true).await.unwrap();
-        }
-        find_ping_and_claim_all(&agents).await;
-        for agent in &agents {
-            agent.stop().await.unwrap();
-        }
-    });
-}
-
-#[test]
 fn a_smol_agent_and_a_tokio_agent_find_ping_and_claim_each_other() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -108,42 +93,6 @@ fn a_smol_agent_and_a_tokio_agent_find_ping_and_claim_each_other() {
         for agent in &agents {
             agent.stop().await.unwrap();
         }
-    });
-}
-
-#[test]
-fn a_stopped_smol_agent_frees_its_directory_and_restarts_with_its_id_graph_and_chain() {
-    smol::block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let a = start(dir.path(), "a").await;
-        let b = start(dir.path(), "b").await;
-        match keynode_smol::start(config(dir.path(), "b")).await {
-            Err(AgentError::DataDir { source, .. }) => {
-                assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
-            }
-            Err(other) => panic!("a second agent on b's directory: {other}"),
-            Ok(_) => panic!("a second agent started on b's directory"),
-        }
-        b.sync_node_graph(seeds(&a), true).await.unwrap();
-        a.allow_claims_from(b.node_id(), true).await.unwrap();
-        b.claim_node(a.node_id()).await.unwrap();
-        let id = b.node_id();
-        let graph = b.get_all().await.unwrap();
-        let chain = b.sigchain().await.unwrap();
-        assert!(!graph.is_empty());
-        assert_eq!(chain.len(), 1);
-        b.stop().await.unwrap();
-        assert!(
-            matches!(b.get_all().await, Err(AgentError::Stopped)),
-            "a stopped agent's handle says so"
-        );
-
-        let again = start(dir.path(), "b").await;
-        assert_eq!(again.node_id(), id);
-        assert_eq!(again.get_all().await.unwrap(), graph);
-        assert_eq!(again.sigchain().await.unwrap(), chain);
-        again.stop().await.unwrap();
-        a.stop().await.unwrap();
     });
 }
 
@@ -228,38 +177,5 @@ fn dropping_every_handle_stops_the_agent_and_frees_its_directory() {
         };
         assert_eq!(again.node_id(), id);
         again.stop().await.unwrap();
-    });
-}
-
-#[test]
-fn two_smol_agents_without_seeds_find_each_other_by_mdns() {
-    smol::block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        // A port of this test's own, apart from the tokio driver's mDNS
-        // test, so that parallel runs do not hear each other.
-        let port = 20_000 + (std::process::id() % 20_000) as u16;
-        let mdns = keynode_core::MdnsConfig {
-            groups: vec![std::net::IpAddr::from([224, 0, 0, 250])],
-            port,
-        };
-        let mut agents = Vec::new();
-        for name in ["m1", "m2"] {
-            let mut config = config(dir.path(), name);
-            config.config.mdns = Some(mdns.clone());
-            config.mdns_interface = std::net::Ipv4Addr::LOCALHOST;
-            agents.push(keynode_smol::start(config).await.unwrap());
-        }
-        let (a, b) = (&agents[0], &agents[1]);
-        let found = a.find_node_by_mdns(b.node_id()).await.unwrap();
-        let (address, data) = found.expect("found on the local network");
-        assert_eq!(address, NodeAddress::from(b.local_addr()));
-        assert!(data.scopes.local, "mDNS addresses are local");
-        assert_eq!(
-            a.query_mdns(b.node_id()).await.unwrap(),
-            vec![b.local_addr()]
-        );
-        for agent in &agents {
-            agent.stop().await.unwrap();
-        }
     });
 }

@@ -1,4 +1,8 @@
 //! Agents on loopback with real UDP sockets, QUIC and LMDB directories.
+//!
+//! What every runtime must do alike (sync, find, ping, claim, chain data,
+//! restart, mDNS, stop while operations run) is in the conformance suite,
+//! `tests/conformance.rs`; this file holds what is this driver's own.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -245,48 +249,6 @@ async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_agents_without_seeds_find_each_other_by_mdns() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("keynode_agent=debug,keynode_tokio=debug")
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    // A port of this test's own, so that parallel runs do not hear each other.
-    let port = 40_000 + (std::process::id() % 20_000) as u16;
-    let mdns = keynode_core::MdnsConfig {
-        groups: vec![std::net::IpAddr::from([224, 0, 0, 250])],
-        port,
-    };
-    let mut agents = Vec::new();
-    for name in ["m1", "m2"] {
-        let mut config = AgentConfig::new(dir.path().join(name), loopback());
-        config.config.mdns = Some(mdns.clone());
-        config.mdns_interface = std::net::Ipv4Addr::LOCALHOST;
-        agents.push(keynode_tokio::start(config).await.unwrap());
-    }
-    let (a, b) = (&agents[0], &agents[1]);
-    // Give the announcements a moment to go out.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let addresses = a.query_mdns(b.node_id()).await.unwrap();
-    if addresses.is_empty() {
-        for agent in &agents {
-            eprintln!("{:?}", agent.net_read(|n| n.mdns_stats()).await);
-        }
-    }
-    assert_eq!(addresses, vec![b.local_addr()]);
-    let found = a.find_node_by_mdns(b.node_id()).await.unwrap();
-    let (address, data) = found.expect("found on the local network");
-    assert_eq!(address, NodeAddress::from(b.local_addr()));
-    assert!(
-        data.scopes.local && !data.scopes.global,
-        "mDNS addresses are local"
-    );
-    for agent in &agents {
-        agent.stop().await.unwrap();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_data_directory_serves_one_agent_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "same").await;
@@ -336,35 +298,4 @@ async fn agents_start_work_and_stop_on_a_current_thread_runtime() {
     );
     b.stop().await.unwrap();
     a.stop().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = start(dir.path(), "a").await;
-    // Nobody listens there: the attempt would wait for its 15 s timeout.
-    let nowhere = NodeAddress::from(SocketAddr::from(([127, 0, 0, 1], 9)));
-    let stranger = KeyPair::from_seed(&[7; 32]).unwrap().node_id();
-    let waiting = tokio::spawn({
-        let (a, nowhere) = (a.clone(), nowhere.clone());
-        async move { a.ping_node_address(stranger, nowhere).await }
-    });
-    // Until the ping is under way.
-    while a.read(|m| m.operations_in_flight()).await.unwrap() == 0 {
-        assert!(!waiting.is_finished(), "the ping ended before the stop");
-        tokio::task::yield_now().await;
-    }
-    a.stop().await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(30), waiting)
-        .await
-        .expect("the waiting call ends when the agent stops")
-        .unwrap();
-    assert!(
-        !matches!(ended, Ok(true)),
-        "nothing answered at {nowhere:?}, got {ended:?}"
-    );
-    assert!(matches!(
-        a.ping_node_address(stranger, nowhere).await,
-        Err(AgentError::Stopped)
-    ));
 }

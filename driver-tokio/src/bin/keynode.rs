@@ -10,8 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
 use keynode_tokio::AgentConfig;
 use keynode_tokio::control::{
-    AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, ControlSocket, Reply, Request,
-    Response,
+    AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, Reply, Request, Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
 
@@ -96,12 +95,25 @@ enum AgentCommand {
         /// Control connections served at once; more are answered `busy`.
         #[arg(long, default_value_t = keynode_tokio::control::MAX_CLIENTS)]
         control_max_clients: usize,
+        /// The async runtime the agent (its loop and its control socket)
+        /// runs on; the command itself waits for signals on tokio.
+        #[arg(long, value_enum, default_value_t = RuntimeName::Tokio)]
+        runtime: RuntimeName,
     },
     /// The NodeId and address of a running agent.
     Status {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// The runtimes an agent runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeName {
+    /// tokio (keynode-tokio), this command's own runtime.
+    Tokio,
+    /// smol's global executor (keynode-smol).
+    Smol,
 }
 
 /// How a client command reaches its agent.
@@ -306,13 +318,21 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     seed_nodes,
                     control_request_timeout_ms,
                     control_max_clients,
+                    runtime,
                 },
         } => {
             let limits = ControlLimits {
                 max_clients: control_max_clients.max(1),
                 request_timeout: Duration::from_millis(control_request_timeout_ms.max(1)),
             };
-            start_agent(data_dir, bind, &seed_nodes, limits).await
+            match runtime {
+                RuntimeName::Tokio => {
+                    start_agent::<keynode_tokio::Tokio>(data_dir, bind, &seed_nodes, limits).await
+                }
+                RuntimeName::Smol => {
+                    start_agent::<keynode_smol::Smol>(data_dir, bind, &seed_nodes, limits).await
+                }
+            }
         }
         Top::Agent {
             command: AgentCommand::Status { client },
@@ -513,7 +533,7 @@ async fn run_pipe(pipe: PipeCommand) -> Result<ExitCode, BoxError> {
     eprintln!("stream of {} open with {peer}", args.protocol);
     control
         .into_pipe()
-        .run(tokio::io::stdin(), tokio::io::stdout())
+        .run(Compat(tokio::io::stdin()), Compat(tokio::io::stdout()))
         .await
         .map_err(|e| format!("pipe with {peer}: {e}"))?;
     Ok(ExitCode::SUCCESS)
@@ -645,8 +665,9 @@ fn ago(unix_secs: u64) -> String {
 
 /// `keynode agent start`: the control socket is bound before the agent
 /// starts (so a second agent on the same directory is refused before it
-/// opens the store) and removed when the agent stops.
-async fn start_agent(
+/// opens the store) and removed when the agent stops. The agent and the
+/// socket's server run on `R`; the handle works from any runtime.
+async fn start_agent<R: keynode_agent::Runtime>(
     data_dir: PathBuf,
     bind: SocketAddr,
     seed_nodes: &str,
@@ -657,8 +678,8 @@ async fn start_agent(
     // as the start line is read stops the agent cleanly.
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let socket = ControlSocket::bind(&data_dir)?;
-    let agent = match keynode_tokio::start(AgentConfig::new(data_dir, bind)).await {
+    let socket = keynode_agent::control::ControlSocket::<R>::bind(&data_dir)?;
+    let agent = match keynode_agent::start::<R>(AgentConfig::new(data_dir, bind)).await {
         Ok(agent) => agent,
         Err(e) => {
             socket.remove();
@@ -696,4 +717,44 @@ async fn start_agent(
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> std::io::Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(kind)
+}
+
+/// tokio's stdin and stdout as the `futures` I/O that a pipe's end takes.
+struct Compat<T>(T);
+
+impl<T: tokio::io::AsyncRead + Unpin> futures::io::AsyncRead for Compat<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut buf = tokio::io::ReadBuf::new(buf);
+        std::pin::Pin::new(&mut self.0)
+            .poll_read(cx, &mut buf)
+            .map_ok(|()| buf.filled().len())
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> futures::io::AsyncWrite for Compat<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

@@ -117,6 +117,17 @@ pub fn start_agent_in(
     bind: &str,
     seeds: Option<&str>,
 ) -> AgentProc {
+    start_agent_with(netns, dir, bind, seeds, &[])
+}
+
+/// [`start_agent_in`], with `extra` arguments for `keynode agent start`.
+pub fn start_agent_with(
+    netns: Option<&str>,
+    dir: &Path,
+    bind: &str,
+    seeds: Option<&str>,
+    extra: &[&str],
+) -> AgentProc {
     let log = dir.with_extension("log");
     let stderr = File::options()
         .create(true)
@@ -137,6 +148,7 @@ pub fn start_agent_in(
     if let Some(seeds) = seeds {
         command.args(["--seed-nodes", seeds]);
     }
+    command.args(extra);
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

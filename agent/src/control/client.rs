@@ -6,13 +6,14 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use futures::io::{AsyncWriteExt, BufReader};
 
 use super::line::{Line, read_line};
 use super::pipe_end::PipeEnd;
 use super::protocol::{Request, Response};
+use super::unix::UnixStream;
 use super::{MAX_RESPONSE_SIZE, socket_path};
+use crate::runtime::Runtime;
 
 /// Why a [`Client`] call failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,26 +48,26 @@ pub enum ClientError {
     },
 }
 
-/// A connection to the control socket of an agent.
-pub struct Client {
+/// A connection to the control socket of an agent, on the runtime `R`.
+pub struct Client<R: Runtime> {
     dir: PathBuf,
     path: PathBuf,
-    stream: BufReader<UnixStream>,
+    stream: BufReader<UnixStream<R>>,
     line: Vec<u8>,
 }
 
-impl fmt::Debug for Client {
+impl<R: Runtime> fmt::Debug for Client<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client").field("path", &self.path).finish()
     }
 }
 
-impl Client {
+impl<R: Runtime> Client<R> {
     /// Connects to the agent running in `data_dir`.
     pub async fn connect(data_dir: &Path) -> Result<Self, ClientError> {
         let dir = data_dir.to_path_buf();
         let path = socket_path(data_dir);
-        let stream = UnixStream::connect(&path)
+        let stream = UnixStream::connect(path.clone())
             .await
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => ClientError::NotRunning(dir.clone()),
@@ -144,11 +145,11 @@ impl Client {
     }
 }
 
-impl Client {
+impl<R: Runtime> Client<R> {
     /// The connection as the client's end of a pipe, after the agent
     /// answered [`Reply::PipeOpen`](super::Reply::PipeOpen). Bytes the
     /// agent sent after that answer are kept.
-    pub fn into_pipe(self) -> PipeEnd {
+    pub fn into_pipe(self) -> PipeEnd<R> {
         let buffered = self.stream.buffer().to_vec();
         PipeEnd::new(self.dir, buffered, self.stream.into_inner())
     }

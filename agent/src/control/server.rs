@@ -4,22 +4,22 @@
 //! hands over to the pipe.
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use futures::future::{AbortHandle, Abortable};
+use futures::io::{AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::dispatch::{handle, parse_line};
 use super::line::{Line, read_line};
 use super::protocol::{ControlError, ErrorKind, Response};
+use super::unix::{UnixListener, UnixStream};
 use super::{ControlLimits, MAX_REQUEST_SIZE, SOCKET_NAME, pipe, socket_path};
-use crate::Agent;
-
-pub use keynode_agent::create_data_dir;
+use crate::runtime::{Runtime, sleep, timeout};
+use crate::{Agent, create_data_dir};
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +37,15 @@ pub enum BindError {
     },
 }
 
-/// The control socket of an agent: bound, not yet serving.
-pub struct ControlSocket {
+/// The control socket of an agent: bound, not yet serving; served on the
+/// runtime `R`.
+pub struct ControlSocket<R> {
     listener: std::os::unix::net::UnixListener,
     path: PathBuf,
+    runtime: PhantomData<fn() -> R>,
 }
 
-impl ControlSocket {
+impl<R: Runtime> ControlSocket<R> {
     /// Binds `control.sock` in `data_dir` (created if missing, mode 0700),
     /// mode 0600.
     ///
@@ -78,7 +80,11 @@ impl ControlSocket {
             let _ = std::fs::remove_file(&tmp);
             return Err(io_err(e));
         }
-        Ok(Self { listener, path })
+        Ok(Self {
+            listener,
+            path,
+            runtime: PhantomData,
+        })
     }
 
     /// The socket's path.
@@ -87,27 +93,30 @@ impl ControlSocket {
     }
 
     /// Serves requests for `agent` until [`ControlServer::shutdown`], with
-    /// the default [`ControlLimits`]. Must be called within a tokio runtime.
+    /// the default [`ControlLimits`]. Must be called within the runtime.
     pub fn serve(self, agent: Agent) -> Result<ControlServer, BindError> {
         self.serve_with(agent, ControlLimits::default())
     }
 
     /// Serves requests for `agent` within `limits` until
-    /// [`ControlServer::shutdown`]. Must be called within a tokio runtime.
+    /// [`ControlServer::shutdown`]. Must be called within the runtime.
     pub fn serve_with(
         self,
         agent: Agent,
         limits: ControlLimits,
     ) -> Result<ControlServer, BindError> {
-        let ControlSocket { listener, path } = self;
-        let listener = match UnixListener::from_std(listener) {
+        let ControlSocket { listener, path, .. } = self;
+        let listener = match UnixListener::<R>::new(listener) {
             Ok(listener) => listener,
             Err(source) => {
                 let _ = std::fs::remove_file(&path);
                 return Err(BindError::Io { path, source });
             }
         };
-        let task = tokio::spawn(accept_loop(listener, agent, limits));
+        let (task, registration) = AbortHandle::new_pair();
+        R::spawn(async move {
+            let _ = Abortable::new(accept_loop(listener, agent, limits), registration).await;
+        });
         Ok(ControlServer {
             path,
             task: Some(task),
@@ -123,7 +132,7 @@ impl ControlSocket {
 /// A control socket being served.
 pub struct ControlServer {
     path: PathBuf,
-    task: Option<JoinHandle<()>>,
+    task: Option<AbortHandle>,
 }
 
 impl ControlServer {
@@ -152,31 +161,55 @@ impl Drop for ControlServer {
     }
 }
 
-async fn accept_loop(listener: UnixListener, agent: Agent, limits: ControlLimits) {
-    let slots = Arc::new(Semaphore::new(limits.max_clients));
+/// A connection's hold on one of [`ControlLimits::max_clients`], given
+/// back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// One of the `max` slots `taken` counts, if one is free.
+    fn take(taken: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(taken.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn accept_loop<R: Runtime>(listener: UnixListener<R>, agent: Agent, limits: ControlLimits) {
+    let taken = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             Err(e) => {
                 // Out of file descriptors and the like: wait, then go on.
                 tracing::warn!("control socket: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                sleep::<R>(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
+        match Slot::take(&taken, limits.max_clients) {
+            Some(slot) => {
                 let agent = agent.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &agent, limits.request_timeout).await {
+                R::spawn(async move {
+                    if let Err(e) =
+                        serve_connection::<R>(stream, &agent, limits.request_timeout).await
+                    {
                         tracing::debug!("control connection ended: {e}");
                     }
                     drop(slot);
                 });
             }
-            Err(_) => {
+            None => {
                 let max_clients = limits.max_clients;
-                tokio::spawn(async move {
+                R::spawn(async move {
                     let mut stream = stream;
                     let busy = Response::Error(ControlError::new(
                         ErrorKind::Busy,
@@ -188,12 +221,10 @@ async fn accept_loop(listener: UnixListener, agent: Agent, limits: ControlLimits
                     // request is read: a client reads it even when its own
                     // write fails because we closed (see `Client::call`).
                     // Bounded, so a client that never reads holds nothing.
-                    let _ = tokio::time::timeout(
-                        limits.request_timeout,
-                        write_response(&mut stream, &busy),
-                    )
-                    .await;
-                    let _ = stream.shutdown().await;
+                    let _ =
+                        timeout::<R, _>(limits.request_timeout, write_response(&mut stream, &busy))
+                            .await;
+                    let _ = stream.close().await;
                 });
             }
         }
@@ -204,32 +235,31 @@ async fn accept_loop(listener: UnixListener, agent: Agent, limits: ControlLimits
 /// a pipe sends the client's bytes to the stream in pieces that size.
 const READ_BUFFER: usize = super::chunks::MAX_CHUNK;
 
-async fn serve_connection(
-    stream: UnixStream,
+async fn serve_connection<R: Runtime>(
+    stream: UnixStream<R>,
     agent: &Agent,
     request_timeout: std::time::Duration,
 ) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::with_capacity(READ_BUFFER, read);
+    let mut write = stream.clone();
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     let mut line = Vec::new();
     loop {
         // The whole line must come in time, so that neither silence nor a
         // trickle of bytes holds the connection's slot.
-        let read = tokio::time::timeout(
+        let read = timeout::<R, _>(
             request_timeout,
             read_line(&mut reader, &mut line, MAX_REQUEST_SIZE),
         )
         .await;
         let Ok(read) = read else {
-            let timeout = Response::Error(ControlError::new(
+            let late = Response::Error(ControlError::new(
                 ErrorKind::Timeout,
                 format!(
                     "no complete request within {} ms; closing",
                     request_timeout.as_millis()
                 ),
             ));
-            let _ =
-                tokio::time::timeout(request_timeout, write_response(&mut write, &timeout)).await;
+            let _ = timeout::<R, _>(request_timeout, write_response(&mut write, &late)).await;
             return Ok(());
         };
         let response = match read? {
@@ -241,7 +271,7 @@ async fn serve_connection(
             Line::Complete => match parse_line(&line) {
                 // Bytes after the request line stay in `reader`: the pipe's.
                 Ok(request) if request.is_pipe() => {
-                    return pipe::serve(agent, request, reader, write).await;
+                    return pipe::serve::<R>(agent, request, reader, write).await;
                 }
                 Ok(request) => handle(agent, request).await,
                 Err(e) => Response::Error(e),
@@ -251,7 +281,7 @@ async fn serve_connection(
     }
 }
 
-pub(super) async fn write_response<W: AsyncWriteExt + Unpin>(
+pub(super) async fn write_response<W: AsyncWrite + Unpin>(
     write: &mut W,
     response: &Response,
 ) -> io::Result<()> {

@@ -17,13 +17,16 @@
 use std::future::Future;
 use std::io;
 
+use futures::future::Either;
+
+use futures::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use keynode_core::NodeId;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::chunks::{Chunk, HEADER_LEN, MAX_CHUNK};
 use super::protocol::{ControlError, ErrorKind, Reply, Request, Response};
 use super::server::write_response;
+use super::unix::UnixStream;
+use crate::runtime::Runtime;
 use crate::{Agent, AgentError, Protocol, ProtocolOptions, RecvStream, SendStream, StreamError};
 
 /// The application error code of a pipe's stream when its client failed
@@ -32,7 +35,7 @@ use crate::{Agent, AgentError, Protocol, ProtocolOptions, RecvStream, SendStream
 pub const PIPE_ABORTED: u32 = 1;
 
 /// The client's half of the connection, read.
-pub(super) type Reader = BufReader<OwnedReadHalf>;
+pub(super) type Reader<R> = BufReader<UnixStream<R>>;
 
 /// An open stream, about to be the pipe.
 struct Opened {
@@ -71,11 +74,11 @@ enum Broken {
 }
 
 /// Serves a pipe request on its connection, to the pipe's end.
-pub(super) async fn serve(
+pub(super) async fn serve<R: Runtime>(
     agent: &Agent,
     request: Request,
-    mut reader: Reader,
-    mut writer: OwnedWriteHalf,
+    mut reader: Reader<R>,
+    mut writer: UnixStream<R>,
 ) -> io::Result<()> {
     let opened = match request {
         Request::PipeListen { protocol } => {
@@ -99,7 +102,7 @@ pub(super) async fn serve(
     tracing::debug!("pipe with {} open", opened.peer);
 
     let (mut sent, mut received) = (0, 0);
-    let outcome = tokio::try_join!(
+    let outcome = futures::try_join!(
         up(&mut reader, opened.send.as_mut(), &mut sent),
         down(&mut opened.recv, &mut writer, &mut received),
     );
@@ -127,11 +130,11 @@ pub(super) async fn serve(
 /// Listens on `name` and waits for the first stream: a second one is
 /// refused while the first is open, and any later one once it is taken
 /// (the listener is dropped then).
-async fn listen(
+async fn listen<R: Runtime>(
     agent: &Agent,
     name: &str,
-    reader: &mut Reader,
-    writer: &mut OwnedWriteHalf,
+    reader: &mut Reader<R>,
+    writer: &mut UnixStream<R>,
 ) -> Result<Opened, NotOpened> {
     let protocol = parse(name)?;
     let mut listener = agent.accept(protocol, ProtocolOptions::with_max_inbound_streams(1))?;
@@ -155,11 +158,11 @@ async fn listen(
 
 /// Opens a bidirectional stream of `name` to `node_id`, connecting first
 /// if needed (through the network: directly, or by signal and hole punch).
-async fn connect(
+async fn connect<R: Runtime>(
     agent: &Agent,
     node_id: NodeId,
     name: &str,
-    reader: &mut Reader,
+    reader: &mut Reader<R>,
 ) -> Result<Opened, NotOpened> {
     let protocol = parse(name)?;
     let open = async {
@@ -184,13 +187,19 @@ fn parse(name: &str) -> Result<Protocol, ControlError> {
 
 /// Runs `work` unless the client goes away first (`None`). A client that
 /// sends bytes early is no longer watched: they wait for the pipe.
-async fn unless_gone<T>(reader: &mut Reader, work: impl Future<Output = T>) -> Option<T> {
+async fn unless_gone<R: Runtime, T>(
+    reader: &mut Reader<R>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
     let mut work = std::pin::pin!(work);
-    tokio::select! {
-        done = &mut work => return Some(done),
-        filled = reader.fill_buf() => {
-            if !matches!(filled, Ok(bytes) if !bytes.is_empty()) {
-                return None;
+    {
+        let filled = std::pin::pin!(reader.fill_buf());
+        match futures::future::select(&mut work, filled).await {
+            Either::Left((done, _)) => return Some(done),
+            Either::Right((filled, _)) => {
+                if !matches!(filled, Ok(bytes) if !bytes.is_empty()) {
+                    return None;
+                }
             }
         }
     }
@@ -198,8 +207,8 @@ async fn unless_gone<T>(reader: &mut Reader, work: impl Future<Output = T>) -> O
 }
 
 /// The client's bytes to the stream, which is finished at their end.
-async fn up(
-    reader: &mut Reader,
+async fn up<R: Runtime>(
+    reader: &mut Reader<R>,
     send: Option<&mut SendStream>,
     sent: &mut u64,
 ) -> Result<(), Broken> {
@@ -212,15 +221,15 @@ async fn up(
             return send.finish().map_err(Broken::Stream);
         }
         let n = send.write(bytes).await.map_err(Broken::Stream)?;
-        reader.consume(n);
+        reader.consume_unpin(n);
         *sent += n as u64;
     }
 }
 
 /// The stream's bytes to the client, in chunks.
-async fn down(
+async fn down<R: Runtime>(
     recv: &mut RecvStream,
-    writer: &mut OwnedWriteHalf,
+    writer: &mut UnixStream<R>,
     received: &mut u64,
 ) -> Result<(), Broken> {
     let mut frame = Vec::with_capacity(HEADER_LEN + MAX_CHUNK);

@@ -1,5 +1,5 @@
-//! The application streams suite (issue 14) on tokio: every test of
-//! `agent/tests/streams_suite` with agents on tokio runtimes; and the
+//! The conformance suite (issue 16) on tokio: every case of
+//! `agent/tests/conformance` with agents on tokio runtimes; and the
 //! streams through tokio's AsyncRead/AsyncWrite.
 
 use std::future::Future;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use keynode_agent::{Agent, AgentConfig, AgentError, ProtocolOptions};
 
-#[path = "../../agent/tests/streams_suite/mod.rs"]
+#[path = "../../agent/tests/conformance/mod.rs"]
 mod suite;
 
 /// Each test on a runtime of its own, multi-threaded like a server's.
@@ -33,7 +33,7 @@ impl suite::Runtime for Tokio {
     }
 }
 
-suite::streams_suite!(Tokio);
+suite::conformance_suite!(Tokio);
 
 /// With the tokio driver the streams are tokio's AsyncRead/AsyncWrite: an
 /// echo served with `tokio::io::copy` and used through tokio's extension

@@ -1,5 +1,5 @@
-//! The application streams suite (issue 14) on smol: every test of
-//! `agent/tests/streams_suite` with agents on smol's executor; and a smol
+//! The conformance suite (issue 16) on smol: every case of
+//! `agent/tests/conformance` with agents on smol's executor; and a smol
 //! agent and a tokio agent exchanging streams.
 
 use std::future::Future;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use keynode_agent::{Agent, AgentConfig, AgentError, ProtocolOptions};
 
-#[path = "../../agent/tests/streams_suite/mod.rs"]
+#[path = "../../agent/tests/conformance/mod.rs"]
 mod suite;
 
 /// The agents' loops on smol's global executor, the test on its own thread.
@@ -30,7 +30,7 @@ impl suite::Runtime for Smol {
     }
 }
 
-suite::streams_suite!(Smol);
+suite::conformance_suite!(Smol);
 
 /// A tokio agent and a smol agent, each serving an echo, each send the
 /// other a stream's worth and get it back.

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use futures::io::{AsyncBufRead, AsyncBufReadExt};
 
 use super::dispatch::parse_line;
 use super::protocol::{ControlError, Request};
@@ -52,7 +52,7 @@ pub(super) async fn read_line<R: AsyncBufRead + Unpin>(
                 buf.extend_from_slice(chunk);
             }
         }
-        reader.consume(used);
+        reader.consume_unpin(used);
         if done {
             return Ok(if too_long {
                 Line::TooLong
@@ -73,7 +73,7 @@ pub type FramedRequest = (Vec<u8>, Result<Request, ControlError>);
 /// is `None`. For the fuzz target `control_requests` and its replay test.
 #[doc(hidden)]
 pub fn frame_requests(input: &[u8], capacity: usize, max: usize) -> Vec<Option<FramedRequest>> {
-    let mut reader = tokio::io::BufReader::with_capacity(capacity.max(1), input);
+    let mut reader = futures::io::BufReader::with_capacity(capacity.max(1), input);
     let mut buf = Vec::new();
     let mut out = Vec::new();
     // Reading from a slice never waits, so no runtime is needed.
@@ -91,18 +91,18 @@ pub fn frame_requests(input: &[u8], capacity: usize, max: usize) -> Vec<Option<F
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::BufReader;
+    use futures::io::BufReader;
 
     use super::*;
 
-    #[tokio::test]
-    async fn lines_are_bounded_and_a_long_one_is_skipped() {
+    #[test]
+    fn lines_are_bounded_and_a_long_one_is_skipped() {
         let input: &[u8] = b"short\n0123456789abc\nnext\nlast";
         let mut reader = BufReader::with_capacity(4, input);
         let mut buf = Vec::new();
         let mut lines = Vec::new();
         loop {
-            match read_line(&mut reader, &mut buf, 10).await.unwrap() {
+            match futures::executor::block_on(read_line(&mut reader, &mut buf, 10)).unwrap() {
                 Line::End => break,
                 Line::TooLong => lines.push("<too long>".to_owned()),
                 Line::Complete => lines.push(String::from_utf8(buf.clone()).unwrap()),

@@ -6,19 +6,21 @@
 //!
 //! [`Client::into_pipe`]: super::Client::into_pipe
 
-use std::io::{self, Cursor};
+use std::io;
 use std::path::PathBuf;
 
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Chain,
+use futures::future::Either;
+use futures::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    Chain, Cursor,
 };
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::MAX_RESPONSE_SIZE;
 use super::chunks::{Chunk, HEADER_LEN, MAX_CHUNK};
 use super::line::{Line, read_line};
 use super::protocol::{ControlError, Reply, Response};
+use super::unix::UnixStream;
+use crate::runtime::Runtime;
 
 /// Why a pipe failed, as its client saw it.
 #[derive(Debug, thiserror::Error)]
@@ -65,20 +67,20 @@ pub struct Carried {
     pub received: u64,
 }
 
-/// The client's end of an open pipe.
-pub struct PipeEnd {
+/// The client's end of an open pipe, on the runtime `R`.
+pub struct PipeEnd<R: Runtime> {
     dir: PathBuf,
-    reader: BufReader<Chain<Cursor<Vec<u8>>, OwnedReadHalf>>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<Chain<Cursor<Vec<u8>>, UnixStream<R>>>,
+    writer: UnixStream<R>,
 }
 
-impl PipeEnd {
+impl<R: Runtime> PipeEnd<R> {
     /// The end of `stream`, of which `buffered` was read already.
-    pub(super) fn new(dir: PathBuf, buffered: Vec<u8>, stream: UnixStream) -> Self {
-        let (read, writer) = stream.into_split();
+    pub(super) fn new(dir: PathBuf, buffered: Vec<u8>, stream: UnixStream<R>) -> Self {
+        let writer = stream.clone();
         Self {
             dir,
-            reader: BufReader::with_capacity(MAX_CHUNK, Cursor::new(buffered).chain(read)),
+            reader: BufReader::with_capacity(MAX_CHUNK, Cursor::new(buffered).chain(stream)),
             writer,
         }
     }
@@ -96,11 +98,11 @@ impl PipeEnd {
             mut reader,
             writer,
         } = self;
-        let mut up = std::pin::pin!(up(input, writer));
-        let mut down = std::pin::pin!(down(&dir, &mut reader, output));
-        tokio::select! {
-            outcome = &mut down => outcome,
-            sent = &mut up => {
+        let up = std::pin::pin!(up(input, writer));
+        let down = std::pin::pin!(down(&dir, &mut reader, output));
+        match futures::future::select(down, up).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right((sent, down)) => {
                 sent?;
                 down.await
             }
@@ -113,13 +115,13 @@ impl PipeEnd {
 /// why.
 async fn up<I: AsyncRead + Unpin>(
     mut input: I,
-    mut writer: OwnedWriteHalf,
+    mut writer: impl AsyncWrite + Unpin,
 ) -> Result<(), PipeError> {
     let mut buf = vec![0; MAX_CHUNK];
     loop {
         let n = input.read(&mut buf).await.map_err(PipeError::Input)?;
         let Some(bytes) = buf.get(..n).filter(|b| !b.is_empty()) else {
-            let _ = writer.shutdown().await;
+            let _ = writer.close().await;
             return Ok(());
         };
         if writer.write_all(bytes).await.is_err() {
@@ -135,7 +137,7 @@ async fn down<R, O>(
     mut output: O,
 ) -> Result<Carried, PipeError>
 where
-    R: tokio::io::AsyncBufRead + Unpin,
+    R: AsyncBufRead + Unpin,
     O: AsyncWrite + Unpin,
 {
     let socket = |source| PipeError::Socket {
@@ -165,7 +167,7 @@ where
                 return Err(closed());
             };
             output.write_all(bytes).await.map_err(PipeError::Output)?;
-            reader.consume(n);
+            reader.consume_unpin(n);
             left -= n;
         }
     }

@@ -1,79 +1,22 @@
-//! The acceptance suite of application streams and datagrams (issue 14),
-//! written once and run by each driver on real UDP loopback, with real
-//! QUIC and LMDB directories: `keynode-tokio/tests/streams.rs` and
-//! `keynode-smol/tests/streams.rs` include this module as `suite`, give it
-//! their [`Runtime`] and instantiate every test with [`streams_suite!`].
-//!
-//! It lives with keynode-agent because it tests the agent's API (both
-//! drivers only run the agent's loop); the agent has no runtime of its own,
-//! so it is compiled into each driver's test binary, not the agent's.
-//!
-//! Every test body is runtime-free: servers and clients run side by side in
-//! one task (`select`, `join`, `FuturesUnordered`), so the only things a
-//! driver supplies are starting an agent, sleeping, and blocking on the
-//! test. A runtime's spawn is not needed, and nothing a test starts can
-//! outlive it. Each test runs under a generous time limit, so that a hang
-//! fails instead of blocking; nothing asserts on speed.
+//! Application streams and datagrams (issue 14): echo, large and many
+//! streams, unidirectional streams and datagrams, refusals, inbound caps,
+//! flow control, idle TTL with open streams, tables left flat, withConnF/G
+//! timeouts, keynode's own requests beside application streams.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, join_all};
+use futures::future::join_all;
 use futures::{FutureExt, StreamExt};
 use keynode_agent::{
-    Agent, AgentConfig, AgentError, Connection, DatagramError, IncomingStream, Protocol,
-    ProtocolOptions, RecvStream, Refusal, SendStream, StreamError, WithConnOptions,
+    AgentError, Connection, DatagramError, IncomingStream, Protocol, ProtocolOptions, RecvStream,
+    Refusal, SendStream, StreamError, WithConnOptions,
 };
 use keynode_core::NodeAddress;
 use keynode_core::net::NetConfig;
 use keynode_core::wire::{Request, Response};
 use ring::digest::{Context, SHA256};
 
-mod harness;
-
-pub use harness::{
-    connect, connected_to, echo, echo_of, empty, eventually, first_error, leases, payload,
-    protocol, run, serve, start, stop_all, while_serving, within,
-};
-
-/// What a driver gives the suite.
-pub trait Runtime: 'static {
-    /// Starts an agent on this runtime (the driver's `start`).
-    fn start(config: AgentConfig) -> BoxFuture<'static, Result<Agent, AgentError>>;
-    /// The runtime's sleep.
-    fn sleep(d: Duration) -> BoxFuture<'static, ()>;
-    /// Runs `f` to its end on a fresh runtime (or the runtime's executor).
-    fn block_on<T>(f: impl Future<Output = T>) -> T;
-}
-
-/// Instantiates every test of the suite for a [`Runtime`]; the including
-/// file names the module `suite`.
-macro_rules! streams_suite {
-    ($rt:ty) => {
-        $crate::suite::streams_suite!(@tests $rt:
-            an_echo_protocol_returns_what_was_sent,
-            two_hundred_fifty_six_mib_go_through_one_stream_with_the_checksum_matching,
-            a_hundred_concurrent_streams_each_echo_their_own_payload,
-            a_unidirectional_stream_and_datagrams_are_delivered,
-            an_unregistered_protocol_gives_the_opener_a_typed_refusal,
-            the_inbound_cap_refuses_with_a_type_while_other_protocols_and_peers_go_on,
-            a_reader_that_stops_reading_leaves_the_writer_pending_within_the_window,
-            a_connection_with_an_open_stream_outlives_its_idle_ttl_and_goes_after_it,
-            a_hundred_thousand_sequential_streams_leave_the_tables_flat,
-            with_conn_f_and_g_time_out_with_a_typed_error_and_release_the_connection,
-            keynode_requests_work_while_application_streams_run,
-        );
-    };
-    (@tests $rt:ty: $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                $crate::suite::$name::<$rt>();
-            }
-        )*
-    };
-}
-pub(crate) use streams_suite;
+use super::*;
 
 // The tests: each a function generic over the runtime, run to its end
 // under its own limit.

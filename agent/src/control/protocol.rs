@@ -13,9 +13,7 @@ use keynode_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use keynode_agent::RegisterError;
-
-use crate::{AgentError, StreamError};
+use crate::{AgentError, RegisterError, StreamError};
 
 /// A command for the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

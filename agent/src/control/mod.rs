@@ -33,7 +33,12 @@
 //! an [`Agent`](crate::Agent)), `server` (the socket and its accept loop),
 //! `line` (the bounded line reader both ends use), `client`, `pipe` (the
 //! agent's side of a pipe), `chunks` (how the agent frames the peer's
-//! bytes) and `pipe_end` (the client's side).
+//! bytes), `pipe_end` (the client's side) and `unix` (the listener and
+//! connections, over a [`Runtime`](crate::Runtime)'s readiness).
+//!
+//! Both ends run on any [`Runtime`](crate::Runtime): [`ControlSocket`],
+//! [`Client`] and [`PipeEnd`] name theirs as a type parameter (the drivers
+//! name them for their runtime).
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +50,7 @@ mod pipe;
 mod pipe_end;
 mod protocol;
 mod server;
+mod unix;
 
 pub use client::{Client, ClientError};
 pub use dispatch::{handle, handle_line};
@@ -56,7 +62,9 @@ pub use protocol::{
     AddressInfo, BucketInfo, ClaimBodyInfo, ClaimInfo, ConnectionInfo, ContactInfo, ControlError,
     ErrorKind, Reply, Request, Response,
 };
-pub use server::{BindError, ControlServer, ControlSocket, create_data_dir};
+pub use server::{BindError, ControlServer, ControlSocket};
+
+pub use crate::create_data_dir;
 
 /// The socket's file name in the data directory.
 pub const SOCKET_NAME: &str = "control.sock";

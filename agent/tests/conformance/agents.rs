@@ -1,0 +1,183 @@
+//! The node manager through the agent: joining through a seed, finding,
+//! pinging, claiming and fetching chains; restarting from the data
+//! directory; mDNS on loopback; stopping while an operation runs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keynode_agent::{Agent, AgentError};
+use keynode_core::claims::KeyPair;
+use keynode_core::{NodeAddress, SeedNodes};
+
+use super::*;
+
+fn seeds(agent: &Agent) -> SeedNodes {
+    SeedNodes::new([(agent.node_id(), NodeAddress::from(agent.local_addr()))])
+}
+
+/// Five agents join through the first one; then each finds and pings every
+/// other, each claims every later one, and each chain, fetched by another
+/// agent and verified there, is the chain its owner holds.
+pub fn agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_chains<
+    R: Runtime,
+>() {
+    run::<R>(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut agents = Vec::new();
+        for i in 0..5 {
+            agents.push(start::<R>(dir.path(), &format!("a{i}"), |_| {}).await);
+        }
+        let seed = seeds(&agents[0]);
+        for agent in agents.iter().skip(1) {
+            agent
+                .sync_node_graph(seed.clone(), true)
+                .await
+                .expect("synced through the seed");
+        }
+        for (i, from) in agents.iter().enumerate() {
+            for (j, to) in agents.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let found = from.find_node(to.node_id()).await.expect("find_node");
+                let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
+                assert_eq!(address, NodeAddress::from(to.local_addr()));
+                let pinged = from.ping_node(to.node_id()).await.expect("ping_node");
+                assert!(pinged.is_some(), "agent {i} pings agent {j}");
+            }
+        }
+        for (i, from) in agents.iter().enumerate() {
+            for (j, to) in agents.iter().enumerate().skip(i + 1) {
+                to.allow_claims_from(from.node_id(), true)
+                    .await
+                    .expect("allowed");
+                from.claim_node(to.node_id())
+                    .await
+                    .unwrap_or_else(|e| panic!("agent {i} claims agent {j}: {e}"));
+            }
+        }
+        for (i, agent) in agents.iter().enumerate() {
+            let chain = agent.sigchain().await.expect("sigchain");
+            assert_eq!(chain.len(), agents.len() - 1, "agent {i}'s sigchain");
+            let other = &agents[(i + 1) % agents.len()];
+            let fetched = other
+                .request_chain_data(agent.node_id(), None)
+                .await
+                .expect("chain data");
+            assert_eq!(
+                fetched, chain,
+                "agent {i}'s chain as another agent verified it"
+            );
+        }
+        stop_all(&agents.iter().collect::<Vec<_>>()).await;
+    });
+}
+
+/// A data directory serves one agent at a time; a stopped agent's handle
+/// says so; the next agent on the directory has the same id, node graph
+/// and sigchain.
+pub fn a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_and_chain<R: Runtime>() {
+    run::<R>(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let a = start::<R>(dir.path(), "a", |_| {}).await;
+        let b = start::<R>(dir.path(), "b", |_| {}).await;
+        let second = R::start(keynode_agent::AgentConfig::new(
+            dir.path().join("b"),
+            ([127, 0, 0, 1], 0).into(),
+        ))
+        .await;
+        match second {
+            Err(AgentError::DataDir { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
+            }
+            Err(other) => panic!("a second agent on b's directory: {other}"),
+            Ok(_) => panic!("a second agent started on b's directory"),
+        }
+        b.sync_node_graph(seeds(&a), true).await.expect("synced");
+        a.allow_claims_from(b.node_id(), true)
+            .await
+            .expect("allowed");
+        b.claim_node(a.node_id()).await.expect("claimed");
+        let id = b.node_id();
+        let graph = b.get_all().await.expect("get_all");
+        let chain = b.sigchain().await.expect("sigchain");
+        assert!(!graph.is_empty());
+        assert_eq!(chain.len(), 1);
+        b.stop().await.expect("stopped");
+        assert!(
+            matches!(b.get_all().await, Err(AgentError::Stopped)),
+            "a stopped agent's handle says so"
+        );
+
+        let again = start::<R>(dir.path(), "b", |_| {}).await;
+        assert_eq!(again.node_id(), id);
+        assert_eq!(again.get_all().await.expect("get_all"), graph);
+        assert_eq!(again.sigchain().await.expect("sigchain"), chain);
+        stop_all(&[&again, &a]).await;
+    });
+}
+
+/// Two agents with mDNS on loopback and no seeds: one finds the other on
+/// the local network, with a local address.
+pub fn two_agents_without_seeds_find_each_other_by_mdns<R: Runtime>() {
+    run::<R>(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // A port of this test binary's own, apart from other mDNS tests,
+        // so that parallel runs do not hear each other.
+        let port = 10_000 + (std::process::id() % 10_000) as u16;
+        let mdns = keynode_core::MdnsConfig {
+            groups: vec![std::net::IpAddr::from([224, 0, 0, 250])],
+            port,
+        };
+        let mut agents = Vec::new();
+        for name in ["m1", "m2"] {
+            agents.push(
+                start::<R>(dir.path(), name, |config| {
+                    config.config.mdns = Some(mdns.clone());
+                    config.mdns_interface = std::net::Ipv4Addr::LOCALHOST;
+                })
+                .await,
+            );
+        }
+        let (a, b) = (&agents[0], &agents[1]);
+        let found = a.find_node_by_mdns(b.node_id()).await.expect("mDNS find");
+        let (address, data) = found.expect("found on the local network");
+        assert_eq!(address, NodeAddress::from(b.local_addr()));
+        assert!(data.scopes.local, "mDNS addresses are local");
+        assert_eq!(
+            a.query_mdns(b.node_id()).await.expect("mDNS query"),
+            vec![b.local_addr()]
+        );
+        stop_all(&[a, b]).await;
+    });
+}
+
+/// A call under way when the agent stops ends (it does not hang), and
+/// calls after the stop say `Stopped`.
+pub fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped<R: Runtime>() {
+    run::<R>(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let a = start::<R>(dir.path(), "a", |_| {}).await;
+        // Nobody listens there: the attempt would wait for its timeout.
+        let nowhere = NodeAddress::from(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let stranger = KeyPair::from_seed(&[7; 32]).expect("a key").node_id();
+        let waiting = a.ping_node_address(stranger, nowhere.clone());
+        let stopper = async {
+            // Until the ping is under way.
+            while a.read(|m| m.operations_in_flight()).await.expect("read") == 0 {
+                R::sleep(Duration::from_millis(1)).await;
+            }
+            a.stop().await.expect("stopped");
+        };
+        let (ended, ()) = futures::join!(within::<R, _>(Duration::from_secs(30), waiting), stopper);
+        let ended = ended.expect("the waiting call ends when the agent stops");
+        assert!(
+            !matches!(ended, Ok(true)),
+            "nothing answered at {nowhere:?}, got {ended:?}"
+        );
+        assert!(matches!(
+            a.ping_node_address(stranger, nowhere).await,
+            Err(AgentError::Stopped)
+        ));
+    });
+}
