@@ -6,11 +6,12 @@
 //! [`AgentLoop`] is the part of the loop that does not touch a socket or a
 //! timer.
 //!
-//! A driver (`keynode-tokio`, `keynode-smol`) wraps the sockets in its
-//! runtime's types and runs the loop: a few dozen lines, so that both
-//! drivers behave the same because they share everything else. The driver
-//! decides nothing: it moves datagrams between the sockets and the node,
-//! resolves hostnames, and sleeps until the node's next deadline.
+//! [`start`] runs the whole agent on any [`Runtime`]: the loop (moving
+//! datagrams between the sockets and the node, resolving hostnames,
+//! sleeping until the node's next deadline) and the [`control`] socket's
+//! server are written once, here. A driver (`keynode-tokio`,
+//! `keynode-smol`) is only its runtime's [`Runtime`] implementation, so
+//! both behave the same because they share everything else.
 
 #![warn(missing_docs)]
 

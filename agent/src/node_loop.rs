@@ -1,5 +1,5 @@
-//! [`AgentLoop`]: everything of the agent's loop that does not depend on
-//! the runtime. A driver's loop is then, on its runtime:
+//! [`AgentLoop`]: everything of the agent's loop that does not touch a
+//! socket or a timer. The loop around it (`run.rs`, over a `Runtime`) is:
 //!
 //! ```text
 //! loop {
