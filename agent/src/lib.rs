@@ -15,11 +15,16 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod call;
 mod deadline;
+mod error;
 mod listener;
 mod node_loop;
 mod open;
+mod options;
+mod pending;
 mod readiness;
+mod reply;
 mod shared;
 mod sockets;
 mod store_thread;
@@ -27,9 +32,10 @@ mod stream;
 mod udp;
 
 pub use agent::{
-    Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, Sleep, WithConnOptions,
-    create_data_dir, load_or_create_key, now,
+    Agent, AgentConfig, Connection, Opened, Sleep, WithConnOptions, create_data_dir,
+    load_or_create_key, now,
 };
+pub use error::{AgentError, SetupError};
 pub use keynode_core::net::Transmit;
 pub use keynode_core::net::{
     DatagramError, OpenError, Protocol, ProtocolError, ProtocolOptions, Refusal, RegisterError,
@@ -37,6 +43,10 @@ pub use keynode_core::net::{
 };
 pub use listener::{IncomingStream, Listener};
 pub use node_loop::{AgentLoop, Input, Inputs, RECEIVE_BATCH, StopReply, resolved};
+pub use options::{
+    ChainOptions, ClaimOptions, FindOptions, PingOptions, SetNodeOptions, SyncOptions,
+};
 pub use readiness::ReadinessTables;
+pub use reply::{Found, ResultKind};
 pub use stream::{ReadToEndError, RecvStream, SendStream, io_error};
 pub use udp::{RecvBuffers, UdpIo};

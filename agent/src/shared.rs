@@ -19,6 +19,8 @@ use crate::readiness::Readiness;
 pub(crate) struct State {
     pub(crate) node: Node,
     pub(crate) ready: Readiness,
+    /// The handles' operations waiting for their result in the loop.
+    pub(crate) waiting_calls: usize,
     /// Set by a handle that changed the node: the loop must drain it.
     dirty: bool,
     loop_waker: Option<Waker>,
@@ -33,6 +35,7 @@ impl Shared {
         Self(Arc::new(Mutex::new(State {
             node,
             ready,
+            waiting_calls: 0,
             dirty: false,
             loop_waker: None,
         })))

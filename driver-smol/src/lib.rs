@@ -33,8 +33,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use keynode_agent::{
-    Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,
-    ProtocolOptions, RecvStream, SendStream, StreamError, WithConnOptions, load_or_create_key, now,
+    Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, Connection, FindOptions, Found,
+    IncomingStream, Listener, PingOptions, Protocol, ProtocolOptions, RecvStream, SendStream,
+    SetNodeOptions, SetupError, StreamError, SyncOptions, WithConnOptions, load_or_create_key, now,
 };
 use keynode_agent::{AgentLoop, Input, Inputs, Opened, Transmit, UdpIo, resolved};
 use smol::Async;
@@ -83,7 +84,7 @@ fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {
     let addr = socket
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-    Async::new(socket).map_err(|source| AgentError::Socket { addr, source })
+    Async::new(socket).map_err(|source| AgentError::socket(addr, source))
 }
 
 /// The QUIC socket and its batched I/O.

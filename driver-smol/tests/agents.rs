@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 
 use keynode_core::{NodeAddress, SeedNodes};
-use keynode_smol::{Agent, AgentConfig, AgentError};
+use keynode_smol::{
+    Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, FindOptions, PingOptions,
+    SetupError, SyncOptions,
+};
 
 fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
@@ -31,10 +34,16 @@ async fn find_ping_and_claim_all(agents: &[Agent]) {
             if i == j {
                 continue;
             }
-            let found = from.find_node(to.node_id()).await.unwrap();
+            let found = from
+                .find_node(to.node_id(), FindOptions::default())
+                .await
+                .unwrap();
             let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
             assert_eq!(address, NodeAddress::from(to.local_addr()));
-            let pinged = from.ping_node(to.node_id()).await.unwrap();
+            let pinged = from
+                .ping_node(to.node_id(), PingOptions::default())
+                .await
+                .unwrap();
             assert!(pinged.is_some(), "agent {i} pings agent {j}");
         }
     }
@@ -42,7 +51,7 @@ async fn find_ping_and_claim_all(agents: &[Agent]) {
         for (j, to) in agents.iter().enumerate() {
             if i < j {
                 to.allow_claims_from(from.node_id(), true).await.unwrap();
-                from.claim_node(to.node_id())
+                from.claim_node(to.node_id(), ClaimOptions::default())
                     .await
                     .unwrap_or_else(|e| panic!("agent {i} claims agent {j}: {e}"));
             }
@@ -55,7 +64,7 @@ async fn find_ping_and_claim_all(agents: &[Agent]) {
         assert_eq!(chain.len(), agents.len() - 1, "agent {i}'s sigchain");
         let other = &agents[(i + 1) % agents.len()];
         let fetched = other
-            .request_chain_data(agent.node_id(), None)
+            .request_chain_data(agent.node_id(), ChainOptions::default())
             .await
             .unwrap();
         assert_eq!(
@@ -75,7 +84,10 @@ fn five_smol_agents_sync_through_one_seed_then_find_ping_and_claim_each_other() 
         }
         let seed = seeds(&agents[0]);
         for agent in agents.iter().skip(1) {
-            agent.sync_node_graph(seed.clone(), true).await.unwrap();
+            agent
+                .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
+                .await
+                .unwrap();
         }
         find_ping_and_claim_all(&agents).await;
         for agent in &agents {
@@ -100,7 +112,7 @@ fn a_smol_agent_and_a_tokio_agent_find_ping_and_claim_each_other() {
     smol::block_on(async {
         let on_smol = start(dir.path(), "smol").await;
         on_smol
-            .sync_node_graph(seeds(&on_tokio), true)
+            .sync_node_graph(seeds(&on_tokio), SyncOptions::default().blocking(true))
             .await
             .unwrap();
         let agents = [on_smol, on_tokio];
@@ -118,15 +130,19 @@ fn a_stopped_smol_agent_frees_its_directory_and_restarts_with_its_id_graph_and_c
         let a = start(dir.path(), "a").await;
         let b = start(dir.path(), "b").await;
         match keynode_smol::start(config(dir.path(), "b")).await {
-            Err(AgentError::DataDir { source, .. }) => {
+            Err(AgentError::Setup(SetupError::DataDir { source, .. })) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
             }
             Err(other) => panic!("a second agent on b's directory: {other}"),
             Ok(_) => panic!("a second agent started on b's directory"),
         }
-        b.sync_node_graph(seeds(&a), true).await.unwrap();
+        b.sync_node_graph(seeds(&a), SyncOptions::default().blocking(true))
+            .await
+            .unwrap();
         a.allow_claims_from(b.node_id(), true).await.unwrap();
-        b.claim_node(a.node_id()).await.unwrap();
+        b.claim_node(a.node_id(), ClaimOptions::default())
+            .await
+            .unwrap();
         let id = b.node_id();
         let graph = b.get_all().await.unwrap();
         let chain = b.sigchain().await.unwrap();
@@ -157,8 +173,14 @@ fn a_seed_named_by_hostname_is_resolved_and_joined() {
             format!("{}@localhost:{}", seed.node_id(), seed.local_addr().port())
                 .parse()
                 .unwrap();
-        newcomer.sync_node_graph(by_name, true).await.unwrap();
-        let found = newcomer.find_node(seed.node_id()).await.unwrap();
+        newcomer
+            .sync_node_graph(by_name, SyncOptions::default().blocking(true))
+            .await
+            .unwrap();
+        let found = newcomer
+            .find_node(seed.node_id(), FindOptions::default())
+            .await
+            .unwrap();
         assert!(
             found.is_some(),
             "the seed, resolved from localhost, is found"
@@ -217,7 +239,7 @@ fn dropping_every_handle_stops_the_agent_and_frees_its_directory() {
         let again = loop {
             match keynode_smol::start(config(dir.path(), "a")).await {
                 Ok(again) => break again,
-                Err(AgentError::DataDir { source, .. })
+                Err(AgentError::Setup(SetupError::DataDir { source, .. }))
                     if source.kind() == std::io::ErrorKind::WouldBlock && busy < 1000 =>
                 {
                     busy += 1;
@@ -250,7 +272,10 @@ fn two_smol_agents_without_seeds_find_each_other_by_mdns() {
             agents.push(keynode_smol::start(config).await.unwrap());
         }
         let (a, b) = (&agents[0], &agents[1]);
-        let found = a.find_node_by_mdns(b.node_id()).await.unwrap();
+        let found = a
+            .find_node_by_mdns(b.node_id(), FindOptions::default())
+            .await
+            .unwrap();
         let (address, data) = found.expect("found on the local network");
         assert_eq!(address, NodeAddress::from(b.local_addr()));
         assert!(data.scopes.local, "mDNS addresses are local");

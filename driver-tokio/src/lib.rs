@@ -13,8 +13,9 @@ pub mod demo;
 mod run;
 
 pub use keynode_agent::{
-    Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,
-    ProtocolError, ProtocolOptions, RecvStream, SendStream, StreamError, WithConnOptions,
+    Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, Connection, FindOptions, Found,
+    IncomingStream, Listener, PingOptions, Protocol, ProtocolError, ProtocolOptions, RecvStream,
+    SendStream, SetNodeOptions, SetupError, StreamError, SyncOptions, WithConnOptions,
     load_or_create_key, now,
 };
 pub use run::start;

@@ -30,7 +30,8 @@ pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
         Ok::<_, AgentError>((agent, node_loop, inputs, socket, mdns))
     })
     .await
-    .map_err(|e| AgentError::Unexpected(format!("opening the agent: {e}")))??;
+    // The opening task panicked (a bug): its panic goes on here.
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     tokio::spawn(run(node_loop, inputs, socket, mdns));
     agent.start_manager().await?;
     Ok(agent)
@@ -45,7 +46,7 @@ fn wrap(socket: std::net::UdpSocket) -> Result<UdpSocket, AgentError> {
     let addr = socket
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-    UdpSocket::from_std(socket).map_err(|source| AgentError::Socket { addr, source })
+    UdpSocket::from_std(socket).map_err(|source| AgentError::socket(addr, source))
 }
 
 /// The QUIC socket and its batched I/O.

@@ -8,7 +8,10 @@ use keynode_core::claims::KeyPair;
 use keynode_core::wire::{Request, Response};
 use keynode_core::{NodeAddress, SeedNodes};
 use keynode_tokio::demo::{self, DemoOptions};
-use keynode_tokio::{Agent, AgentConfig, AgentError, WithConnOptions};
+use keynode_tokio::{
+    Agent, AgentConfig, AgentError, ClaimOptions, FindOptions, PingOptions, SetupError,
+    SyncOptions, WithConnOptions,
+};
 
 fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
@@ -33,14 +36,20 @@ async fn twenty_agents_sync_through_one_seed_and_find_each_other() {
     }
     let seed = seeds(&agents[0]);
     for agent in agents.iter().skip(1) {
-        agent.sync_node_graph(seed.clone(), true).await.unwrap();
+        agent
+            .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
+            .await
+            .unwrap();
     }
     for (i, from) in agents.iter().enumerate() {
         for (j, to) in agents.iter().enumerate() {
             if i == j {
                 continue;
             }
-            let found = from.find_node(to.node_id()).await.unwrap();
+            let found = from
+                .find_node(to.node_id(), FindOptions::default())
+                .await
+                .unwrap();
             let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
             assert_eq!(address, NodeAddress::from(to.local_addr()));
         }
@@ -57,8 +66,16 @@ async fn a_wrong_certificate_key_is_refused() {
     let b = start(dir.path(), "b").await;
     let impostor = KeyPair::from_seed(&[42; 32]).unwrap().node_id();
     let at_b = NodeAddress::from(b.local_addr());
-    assert!(!a.ping_node_address(impostor, at_b.clone()).await.unwrap());
-    assert!(a.ping_node_address(b.node_id(), at_b).await.unwrap());
+    assert!(
+        !a.ping_node_address(impostor, at_b.clone(), PingOptions::default())
+            .await
+            .unwrap()
+    );
+    assert!(
+        a.ping_node_address(b.node_id(), at_b, PingOptions::default())
+            .await
+            .unwrap()
+    );
     assert!(
         a.connections()
             .await
@@ -75,9 +92,13 @@ async fn a_restarted_agent_keeps_its_id_graph_sigchain_and_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "a").await;
     let b = start(dir.path(), "b").await;
-    b.sync_node_graph(seeds(&a), true).await.unwrap();
+    b.sync_node_graph(seeds(&a), SyncOptions::default().blocking(true))
+        .await
+        .unwrap();
     a.allow_claims_from(b.node_id(), true).await.unwrap();
-    b.claim_node(a.node_id()).await.unwrap();
+    b.claim_node(a.node_id(), ClaimOptions::default())
+        .await
+        .unwrap();
     let id = b.node_id();
     let graph = b.get_all().await.unwrap();
     let chain = b.sigchain().await.unwrap();
@@ -112,7 +133,9 @@ async fn with_conn_releases_its_use_on_error_and_on_drop() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "a").await;
     let b = start(dir.path(), "b").await;
-    b.sync_node_graph(seeds(&a), true).await.unwrap();
+    b.sync_node_graph(seeds(&a), SyncOptions::default().blocking(true))
+        .await
+        .unwrap();
     let target = a.node_id();
     let leases = |agent: Agent| async move {
         agent
@@ -198,7 +221,10 @@ async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id()
     }
     let seed = seeds(&agents[0]);
     for agent in agents.iter().skip(1) {
-        agent.sync_node_graph(seed.clone(), true).await.unwrap();
+        agent
+            .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
+            .await
+            .unwrap();
     }
     let x = agents[3].clone();
     let old = x.node_id();
@@ -232,7 +258,7 @@ async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id()
         if i == 3 {
             continue;
         }
-        let found = other.find_node(new).await.unwrap();
+        let found = other.find_node(new, FindOptions::default()).await.unwrap();
         assert_eq!(
             found.map(|(address, _)| address),
             Some(NodeAddress::from(x.local_addr())),
@@ -274,7 +300,10 @@ async fn two_agents_without_seeds_find_each_other_by_mdns() {
         }
     }
     assert_eq!(addresses, vec![b.local_addr()]);
-    let found = a.find_node_by_mdns(b.node_id()).await.unwrap();
+    let found = a
+        .find_node_by_mdns(b.node_id(), FindOptions::default())
+        .await
+        .unwrap();
     let (address, data) = found.expect("found on the local network");
     assert_eq!(address, NodeAddress::from(b.local_addr()));
     assert!(
@@ -292,7 +321,7 @@ async fn one_data_directory_serves_one_agent_at_a_time() {
     let a = start(dir.path(), "same").await;
     let second = keynode_tokio::start(AgentConfig::new(dir.path().join("same"), loopback())).await;
     match second {
-        Err(AgentError::DataDir { source, .. }) => {
+        Err(AgentError::Setup(SetupError::DataDir { source, .. })) => {
             assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
         }
         Err(other) => panic!("expected the directory to be busy, got {other}"),
@@ -328,8 +357,13 @@ async fn agents_start_work_and_stop_on_a_current_thread_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "a").await;
     let b = start(dir.path(), "b").await;
-    b.sync_node_graph(seeds(&a), true).await.unwrap();
-    let found = b.find_node(a.node_id()).await.unwrap();
+    b.sync_node_graph(seeds(&a), SyncOptions::default().blocking(true))
+        .await
+        .unwrap();
+    let found = b
+        .find_node(a.node_id(), FindOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         found.map(|(address, _)| address),
         Some(NodeAddress::from(a.local_addr()))
@@ -347,7 +381,10 @@ async fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped() 
     let stranger = KeyPair::from_seed(&[7; 32]).unwrap().node_id();
     let waiting = tokio::spawn({
         let (a, nowhere) = (a.clone(), nowhere.clone());
-        async move { a.ping_node_address(stranger, nowhere).await }
+        async move {
+            a.ping_node_address(stranger, nowhere, PingOptions::default())
+                .await
+        }
     });
     // Until the ping is under way.
     while a.read(|m| m.operations_in_flight()).await.unwrap() == 0 {
@@ -364,7 +401,8 @@ async fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped() 
         "nothing answered at {nowhere:?}, got {ended:?}"
     );
     assert!(matches!(
-        a.ping_node_address(stranger, nowhere).await,
+        a.ping_node_address(stranger, nowhere, PingOptions::default())
+            .await,
         Err(AgentError::Stopped)
     ));
 }

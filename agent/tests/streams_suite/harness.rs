@@ -13,7 +13,7 @@ use futures::future::{Either, select};
 use futures::stream::FuturesUnordered;
 use keynode_agent::{
     Agent, AgentConfig, Connection, IncomingStream, Listener, Protocol, ReadToEndError,
-    ReadinessTables, RecvStream, SendStream, StreamError, StreamTables,
+    ReadinessTables, RecvStream, SendStream, SetNodeOptions, StreamError, StreamTables,
 };
 use keynode_core::{ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData, NodeId};
 
@@ -53,8 +53,7 @@ pub async fn connect(from: &Agent, to: &Agent) -> Connection {
         to.node_id(),
         NodeAddress::from(to.local_addr()),
         data,
-        false,
-        true,
+        SetNodeOptions::default().force(true),
     )
     .await
     .expect("set_node");

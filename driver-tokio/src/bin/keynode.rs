@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
-use keynode_tokio::AgentConfig;
 use keynode_tokio::control::{
     AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, ControlSocket, Reply, Request,
     Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
+use keynode_tokio::{AgentConfig, SyncOptions};
 
 #[derive(Parser)]
 #[command(
@@ -678,7 +678,7 @@ async fn start_agent(
             out.flush()?;
         }
         if !seeds.is_empty() {
-            agent.sync_node_graph(seeds, false).await?;
+            agent.sync_node_graph(seeds, SyncOptions::default()).await?;
         }
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
