@@ -688,6 +688,21 @@ impl Agent {
         Ok(Listener::new(self.shared.clone(), protocol))
     }
 
+    /// What the node and the agent hold for operations under way: to
+    /// check that an ended, dropped or timed-out call leaves nothing
+    /// behind.
+    pub fn in_flight(&self) -> InFlight {
+        let state = self.shared.lock();
+        let manager = state.node.manager_ref().in_flight();
+        InFlight {
+            operations: manager.operations,
+            leases: manager.leases,
+            waits: manager.waits,
+            requests: state.node.requests_in_flight(),
+            calls: state.waiting_calls,
+        }
+    }
+
     /// The node's admission counters and connection-table sizes (see
     /// [`keynode_core::net::AdmissionStats`]).
     pub fn admission_stats(&self) -> keynode_core::net::AdmissionStats {
@@ -707,6 +722,24 @@ impl Agent {
         self.calls.send(Call::Stop(tx))?;
         rx.await.map_err(|_| AgentError::Stopped)
     }
+}
+
+/// What an agent holds for operations under way ([`Agent::in_flight`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InFlight {
+    /// Operations in flight in the node, the callers' and internal ones.
+    pub operations: usize,
+    /// Uses of connections handed out and not released.
+    pub leases: usize,
+    /// Answers the node awaits (connection attempts, requests, queries,
+    /// store batches). One of a cancelled operation stays until its
+    /// answer or its own timeout.
+    pub waits: usize,
+    /// Requests sent on connections and not answered yet.
+    pub requests: usize,
+    /// Calls of the handles waiting for their result in the loop.
+    pub calls: usize,
 }
 
 /// A use of a connection (from `acquire_connection`), on which streams and

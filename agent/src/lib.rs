@@ -32,7 +32,7 @@ mod stream;
 mod udp;
 
 pub use agent::{
-    Agent, AgentConfig, Connection, Opened, Sleep, WithConnOptions, create_data_dir,
+    Agent, AgentConfig, Connection, InFlight, Opened, Sleep, WithConnOptions, create_data_dir,
     load_or_create_key, now,
 };
 pub use error::{AgentError, SetupError};

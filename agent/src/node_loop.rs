@@ -195,11 +195,14 @@ impl AgentLoop {
                 }
                 NetCommand::Store(batch) => self.store.apply(batch.id, batch.ops),
                 NetCommand::Done { op, result } => {
-                    // A caller gone (its future dropped) leaves no use behind.
-                    if let Some(lease) = self.pending.done(op, result) {
-                        self.release(lease);
+                    if let Some(done) = self.pending.take(op) {
+                        // Counted out before the caller hears of it.
+                        self.shared.lock().waiting_calls = self.pending.len();
+                        // A caller gone (its future dropped) leaves no use behind.
+                        if let Some(lease) = done.send(result) {
+                            self.release(lease);
+                        }
                     }
-                    self.shared.lock().waiting_calls = self.pending.len();
                 }
                 NetCommand::Event(event) => tracing::debug!(?event, "node event"),
                 NetCommand::App(_) => {}

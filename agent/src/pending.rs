@@ -10,6 +10,18 @@ use crate::call::CallId;
 use crate::error::AgentError;
 use crate::reply::Reply;
 
+/// The reply of an ended operation, taken out of [`Pending`].
+pub(crate) struct Done(Reply);
+
+impl Done {
+    /// Sends the result to its caller. A use of a connection its caller
+    /// is no longer there to take is returned, to be released.
+    #[must_use]
+    pub(crate) fn send(self, result: Result<OpValue, OpError>) -> Option<LeaseId> {
+        self.0.send(result.map_err(AgentError::Op))
+    }
+}
+
 /// The handles' operations in flight.
 #[derive(Default)]
 pub(crate) struct Pending {
@@ -24,13 +36,11 @@ impl Pending {
         self.by_op.insert(op, (id, reply));
     }
 
-    /// `op` ended: its result goes to its caller. A use of a connection
-    /// its caller is no longer there to take is returned, to be released.
-    #[must_use]
-    pub(crate) fn done(&mut self, op: OpId, result: Result<OpValue, OpError>) -> Option<LeaseId> {
+    /// `op` ended: where its result goes, if a handle's caller waits.
+    pub(crate) fn take(&mut self, op: OpId) -> Option<Done> {
         let (id, reply) = self.by_op.remove(&op)?;
         self.by_call.remove(&id);
-        reply.send(result.map_err(AgentError::Op))
+        Some(Done(reply))
     }
 
     /// The operation of call `id`, to cancel, if it still runs.

@@ -31,10 +31,15 @@ use keynode_core::wire::{Request, Response};
 use ring::digest::{Context, SHA256};
 
 mod harness;
+mod ops;
 
 pub use harness::{
     connect, connected_to, echo, echo_of, empty, eventually, first_error, leases, payload,
     protocol, run, serve, start, stop_all, while_serving, within,
+};
+pub use ops::{
+    a_call_past_its_timeout_ends_typed_and_is_cancelled,
+    a_dropped_find_leaves_no_operation_lease_or_slot_behind, a_full_call_queue_refuses_with_busy,
 };
 
 /// What a driver gives the suite.
@@ -63,6 +68,9 @@ macro_rules! streams_suite {
             a_hundred_thousand_sequential_streams_leave_the_tables_flat,
             with_conn_f_and_g_time_out_with_a_typed_error_and_release_the_connection,
             keynode_requests_work_while_application_streams_run,
+            a_dropped_find_leaves_no_operation_lease_or_slot_behind,
+            a_call_past_its_timeout_ends_typed_and_is_cancelled,
+            a_full_call_queue_refuses_with_busy,
         );
     };
     (@tests $rt:ty: $($name:ident),* $(,)?) => {
