@@ -132,7 +132,7 @@ pub struct Opened {
 }
 
 /// The wall-clock and monotonic time now.
-pub fn now() -> Now {
+pub(crate) fn now() -> Now {
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -406,20 +406,25 @@ impl Agent {
         }
     }
 
-    /// Reads the manager's state.
-    pub async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&NodeManager) -> T + Send + 'static,
-    ) -> Result<T, AgentError> {
-        Ok(f(self.shared.lock().node.manager_ref()))
+    /// Reads the manager's state under the node's lock.
+    fn manager<T>(&self, f: impl FnOnce(&NodeManager) -> T) -> T {
+        f(self.shared.lock().node.manager_ref())
     }
 
-    /// Reads the net layer's state (connections, mDNS counters).
-    pub async fn net_read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Node) -> T + Send + 'static,
-    ) -> Result<T, AgentError> {
-        Ok(f(&self.shared.lock().node))
+    /// The tasks the node has scheduled (bucket refreshes, the connection
+    /// check), in key order: they are kept across restarts.
+    pub fn scheduled_tasks(&self) -> Vec<keynode_core::TaskKey> {
+        self.manager(|m| m.tasks().map(|(key, _)| key).collect())
+    }
+
+    /// mDNS's counters, when mDNS is on.
+    pub fn mdns_stats(&self) -> Option<keynode_core::net::mdns::MdnsStats> {
+        self.shared.lock().node.mdns_stats()
+    }
+
+    /// The application streams' counters (streams opened, refused, ...).
+    pub fn app_stats(&self) -> keynode_core::net::AppStats {
+        self.shared.lock().node.app_stats()
     }
 
     /// Spec `findNode`: where `node_id` was reached, or `None`.
@@ -516,24 +521,23 @@ impl Agent {
 
     /// Spec `getBucket`.
     pub async fn get_bucket(&self, bucket: BucketIndex) -> Result<NodeBucket, AgentError> {
-        self.read(move |m| m.get_bucket(bucket)).await
+        Ok(self.manager(|m| m.get_bucket(bucket)))
     }
 
     /// Every contact of the graph, by bucket.
     pub async fn get_all(&self) -> Result<Vec<(BucketIndex, NodeBucket)>, AgentError> {
-        self.read(|m| {
+        Ok(self.manager(|m| {
             let graph = m.graph();
             graph
                 .bucket_sizes()
                 .map(|(b, _)| (b, graph.get_bucket(b)))
                 .collect()
-        })
-        .await
+        }))
     }
 
     /// The connections up: id, peer, address.
     pub async fn connections(&self) -> Result<Vec<(ConnId, NodeId, SocketAddr)>, AgentError> {
-        self.read(|m| m.connections()).await
+        Ok(self.manager(|m| m.connections()))
     }
 
     /// Spec `claimNode`: links `node_id` and this node on both sigchains.
@@ -580,7 +584,7 @@ impl Agent {
 
     /// The own sigchain.
     pub async fn sigchain(&self) -> Result<Vec<SignedClaim>, AgentError> {
-        self.read(|m| m.sigchain()).await
+        Ok(self.manager(|m| m.sigchain()))
     }
 
     /// Spec `syncNodeGraph`: joins the network through `seeds`.

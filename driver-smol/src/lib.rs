@@ -35,7 +35,7 @@ use std::sync::Arc;
 pub use keynode_agent::{
     Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, Connection, FindOptions, Found,
     IncomingStream, Listener, PingOptions, Protocol, ProtocolOptions, RecvStream, SendStream,
-    SetNodeOptions, SetupError, StreamError, SyncOptions, WithConnOptions, load_or_create_key, now,
+    SetNodeOptions, SetupError, StreamError, SyncOptions, WithConnOptions, load_or_create_key,
 };
 use keynode_agent::{AgentLoop, Input, Inputs, Opened, Transmit, UdpIo, resolved};
 use smol::Async;

@@ -16,6 +16,6 @@ pub use keynode_agent::{
     Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, Connection, FindOptions, Found,
     IncomingStream, Listener, PingOptions, Protocol, ProtocolError, ProtocolOptions, RecvStream,
     SendStream, SetNodeOptions, SetupError, StreamError, SyncOptions, WithConnOptions,
-    load_or_create_key, now,
+    load_or_create_key,
 };
 pub use run::start;

@@ -102,10 +102,7 @@ async fn a_restarted_agent_keeps_its_id_graph_sigchain_and_tasks() {
     let id = b.node_id();
     let graph = b.get_all().await.unwrap();
     let chain = b.sigchain().await.unwrap();
-    let tasks = b
-        .read(|m| m.tasks().map(|(k, _)| k).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let tasks = b.scheduled_tasks();
     assert!(!graph.is_empty());
     assert_eq!(chain.len(), 1);
     assert_eq!(
@@ -119,10 +116,7 @@ async fn a_restarted_agent_keeps_its_id_graph_sigchain_and_tasks() {
     assert_eq!(again.node_id(), id);
     assert_eq!(again.get_all().await.unwrap(), graph);
     assert_eq!(again.sigchain().await.unwrap(), chain);
-    let tasks_again = again
-        .read(|m| m.tasks().map(|(k, _)| k).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let tasks_again = again.scheduled_tasks();
     assert_eq!(tasks_again, tasks);
     again.stop().await.unwrap();
     a.stop().await.unwrap();
@@ -137,17 +131,7 @@ async fn with_conn_releases_its_use_on_error_and_on_drop() {
         .await
         .unwrap();
     let target = a.node_id();
-    let leases = |agent: Agent| async move {
-        agent
-            .read(|m| {
-                m.connections()
-                    .iter()
-                    .map(|(c, _, _)| m.connection_leases(*c).unwrap_or(0))
-                    .sum::<u32>()
-            })
-            .await
-            .unwrap()
-    };
+    let leases = |agent: Agent| async move { agent.in_flight().leases };
 
     // A closure that talks to the peer and succeeds.
     let answer = b
@@ -296,7 +280,7 @@ async fn two_agents_without_seeds_find_each_other_by_mdns() {
     let addresses = a.query_mdns(b.node_id()).await.unwrap();
     if addresses.is_empty() {
         for agent in &agents {
-            eprintln!("{:?}", agent.net_read(|n| n.mdns_stats()).await);
+            eprintln!("{:?}", agent.mdns_stats());
         }
     }
     assert_eq!(addresses, vec![b.local_addr()]);
@@ -387,7 +371,7 @@ async fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped() 
         }
     });
     // Until the ping is under way.
-    while a.read(|m| m.operations_in_flight()).await.unwrap() == 0 {
+    while a.in_flight().operations == 0 {
         assert!(!waiting.is_finished(), "the ping ended before the stop");
         tokio::task::yield_now().await;
     }

@@ -183,15 +183,7 @@ pub async fn first_error(send: &mut SendStream, recv: &mut RecvStream, data: &[u
 
 /// Uses of connections `agent` handed out and has not got back.
 pub async fn leases(agent: &Agent) -> u32 {
-    agent
-        .read(|m| {
-            m.connections()
-                .iter()
-                .map(|(c, _, _)| m.connection_leases(*c).unwrap_or(0))
-                .sum()
-        })
-        .await
-        .expect("the agent runs")
+    u32::try_from(agent.in_flight().leases).unwrap_or(u32::MAX)
 }
 
 /// Whether `agent` has a connection up to `peer`.

@@ -636,7 +636,9 @@ fn describe(address: &AddressInfo) -> String {
 }
 
 fn ago(unix_secs: u64) -> String {
-    let now = keynode_tokio::now().unix_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     match now.checked_sub(unix_secs) {
         Some(secs) => format!("{secs} s ago"),
         None => format!("{} s from now", unix_secs - now),

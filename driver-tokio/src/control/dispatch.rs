@@ -46,7 +46,7 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
         } => {
             let data = NodeContactAddressData {
                 mode: ContactMode::Direct,
-                connected_time: crate::now().unix_secs(),
+                connected_time: unix_secs(),
                 scopes: NodeAddressScopes::GLOBAL,
             };
             let options = SetNodeOptions::default().block(block).force(force);
@@ -135,4 +135,11 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
             }
         }
     })
+}
+
+/// Wall-clock seconds since the Unix epoch (0 before it).
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
