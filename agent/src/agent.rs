@@ -406,15 +406,26 @@ impl Agent {
         }
     }
 
-    /// Reads the manager's state under the node's lock.
-    fn manager<T>(&self, f: impl FnOnce(&NodeManager) -> T) -> T {
-        f(self.shared.lock().node.manager_ref())
+    /// Reads the manager's state under the node's lock; `Stopped` once
+    /// the agent was stopped.
+    fn manager<T>(&self, f: impl FnOnce(&NodeManager) -> T) -> Result<T, AgentError> {
+        let state = self.shared.lock();
+        if state.stopped {
+            return Err(AgentError::Stopped);
+        }
+        Ok(f(state.node.manager_ref()))
     }
 
     /// The tasks the node has scheduled (bucket refreshes, the connection
     /// check), in key order: they are kept across restarts.
     pub fn scheduled_tasks(&self) -> Vec<keynode_core::TaskKey> {
-        self.manager(|m| m.tasks().map(|(key, _)| key).collect())
+        let state = self.shared.lock();
+        state
+            .node
+            .manager_ref()
+            .tasks()
+            .map(|(key, _)| key)
+            .collect()
     }
 
     /// mDNS's counters, when mDNS is on.
@@ -521,23 +532,23 @@ impl Agent {
 
     /// Spec `getBucket`.
     pub async fn get_bucket(&self, bucket: BucketIndex) -> Result<NodeBucket, AgentError> {
-        Ok(self.manager(|m| m.get_bucket(bucket)))
+        self.manager(|m| m.get_bucket(bucket))
     }
 
     /// Every contact of the graph, by bucket.
     pub async fn get_all(&self) -> Result<Vec<(BucketIndex, NodeBucket)>, AgentError> {
-        Ok(self.manager(|m| {
+        self.manager(|m| {
             let graph = m.graph();
             graph
                 .bucket_sizes()
                 .map(|(b, _)| (b, graph.get_bucket(b)))
                 .collect()
-        }))
+        })
     }
 
     /// The connections up: id, peer, address.
     pub async fn connections(&self) -> Result<Vec<(ConnId, NodeId, SocketAddr)>, AgentError> {
-        Ok(self.manager(|m| m.connections()))
+        self.manager(|m| m.connections())
     }
 
     /// Spec `claimNode`: links `node_id` and this node on both sigchains.
@@ -584,7 +595,7 @@ impl Agent {
 
     /// The own sigchain.
     pub async fn sigchain(&self) -> Result<Vec<SignedClaim>, AgentError> {
-        Ok(self.manager(|m| m.sigchain()))
+        self.manager(|m| m.sigchain())
     }
 
     /// Spec `syncNodeGraph`: joins the network through `seeds`.

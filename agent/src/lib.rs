@@ -31,11 +31,11 @@ mod store_thread;
 mod stream;
 mod udp;
 
+pub(crate) use agent::now;
 pub use agent::{
     Agent, AgentConfig, Connection, InFlight, Opened, Sleep, WithConnOptions, create_data_dir,
     load_or_create_key,
 };
-pub(crate) use agent::now;
 pub use error::{AgentError, SetupError};
 pub use keynode_core::net::Transmit;
 pub use keynode_core::net::{

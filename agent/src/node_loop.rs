@@ -346,7 +346,9 @@ impl AgentLoop {
         // The loop ends as soon as the node is drained after the first
         // stop, so a second one (its sender dropped) learns `Stopped`.
         if self.stopping.is_none() {
-            let _ = self.shared.lock().node.call(now(), UserCall::Stop);
+            let mut state = self.shared.lock();
+            state.stopped = true;
+            let _ = state.node.call(now(), UserCall::Stop);
             self.stopping = Some(done);
         }
     }

@@ -21,6 +21,8 @@ pub(crate) struct State {
     pub(crate) ready: Readiness,
     /// The handles' operations waiting for their result in the loop.
     pub(crate) waiting_calls: usize,
+    /// Set once the agent was stopped: reads say so.
+    pub(crate) stopped: bool,
     /// Set by a handle that changed the node: the loop must drain it.
     dirty: bool,
     loop_waker: Option<Waker>,
@@ -36,6 +38,7 @@ impl Shared {
             node,
             ready,
             waiting_calls: 0,
+            stopped: false,
             dirty: false,
             loop_waker: None,
         })))
