@@ -8,21 +8,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
-use keynode_core::claims::{ClaimId, SignedClaim};
+use keynode_core::claims::SignedClaim;
 use keynode_core::net::{
-    DatagramError, DriverEvent, NetConfig, Node, OpenError, Protocol, ProtocolOptions,
-    RegisterError, StreamDir, StreamError, StreamTables,
+    DriverEvent, NetConfig, Node, Protocol, ProtocolOptions, StreamDir, StreamError, StreamTables,
 };
 use keynode_core::wire::{Request, Response};
 use keynode_core::{
-    ApiError, BucketIndex, Config, ConnId, FindOptions, LeaseId, NodeAddress, NodeBucket,
-    NodeContactAddressData, NodeId, NodeManager, Now, OpError, OpValue, SeedNodes, UserCall,
+    BucketIndex, Config, ConnId, LeaseId, NodeAddress, NodeBucket, NodeContactAddressData, NodeId,
+    NodeManager, Now, OpError, SeedNodes, UserCall,
 };
 use keynode_store::StoreOptions;
 
+use crate::call::{Call, Calls, CancelOnDrop};
+use crate::error::AgentError;
 use crate::listener::Listener;
 use crate::node_loop::{AgentLoop, Inputs};
+use crate::options::{
+    ChainOptions, ClaimOptions, FindOptions, PingOptions, SetNodeOptions, SyncOptions,
+};
 use crate::readiness::{ListenerQueue, Readiness, ReadinessTables};
+use crate::reply::{Found, Leased, Reply, Tx};
 use crate::shared::Shared;
 use crate::sockets::{mdns_socket, quic_socket};
 use crate::store_thread::StoreThread;
@@ -53,6 +58,9 @@ pub struct AgentConfig {
     /// Datagrams held per connection and protocol until read; the oldest
     /// are dropped beyond it. Default 256.
     pub max_queued_datagrams: usize,
+    /// Calls of the handles queued for the loop or running in the node at
+    /// once; one more is refused with [`AgentError::Busy`]. Default 1024.
+    pub max_queued_calls: usize,
 }
 
 impl AgentConfig {
@@ -68,69 +76,10 @@ impl AgentConfig {
             map_size: StoreOptions::default().map_size,
             mdns_interface: std::net::Ipv4Addr::LOCALHOST,
             max_queued_datagrams: 256,
+            max_queued_calls: 1024,
         }
     }
 }
-
-/// What went wrong in an agent.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// The data directory or key file.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The store.
-    #[error(transparent)]
-    Store(#[from] keynode_store::StoreError),
-    /// The node could not be built.
-    #[error(transparent)]
-    Net(#[from] keynode_core::net::NetError),
-    /// The socket.
-    #[error("socket {addr}: {source}")]
-    Socket {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The manager refused the call.
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    /// The operation failed.
-    #[error(transparent)]
-    Op(#[from] OpError),
-    /// The agent stopped.
-    #[error("the agent has stopped")]
-    Stopped,
-    /// A stream failed.
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    /// A stream could not be opened.
-    #[error(transparent)]
-    Open(#[from] OpenError),
-    /// A datagram could not be sent.
-    #[error(transparent)]
-    Datagram(#[from] DatagramError),
-    /// A protocol could not be listened on.
-    #[error(transparent)]
-    Register(#[from] RegisterError),
-    /// Datagrams of a protocol nobody listens on are not kept.
-    #[error("no listener for protocol {0}: its datagrams are dropped")]
-    NotListening(Protocol),
-    /// The operation's time ran out.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// An answer of an unexpected kind (a bug).
-    #[error("unexpected result: {0}")]
-    Unexpected(String),
-}
-
-type ReadCall = Box<dyn FnOnce(&NodeManager) + Send>;
-type NetReadCall = Box<dyn FnOnce(&Node) + Send>;
 
 /// The runtime's sleep, given by the driver: `sleep(d)` is a future that
 /// completes after `d` (the agent itself owns no timer).
@@ -153,22 +102,11 @@ impl WithConnOptions {
         }
     }
 }
-pub(crate) type RenewReply = oneshot::Sender<Result<NodeId, AgentError>>;
-
-pub(crate) enum Call {
-    Op(UserCall, oneshot::Sender<Result<OpValue, AgentError>>),
-    Read(ReadCall),
-    NetRead(NetReadCall),
-    Release(LeaseId),
-    Renew(Box<[u8; 32]>, RenewReply),
-    Stop(oneshot::Sender<()>),
-}
-
 /// A running keynode node: UDP socket, QUIC, LMDB, timers. Cheap to clone;
 /// every clone talks to the same node.
 #[derive(Clone)]
 pub struct Agent {
-    calls: mpsc::UnboundedSender<Call>,
+    calls: Calls,
     shared: Shared,
     sleep: Sleep,
     node_id: Arc<std::sync::Mutex<NodeId>>,
@@ -194,7 +132,7 @@ pub struct Opened {
 }
 
 /// The wall-clock and monotonic time now.
-pub fn now() -> Now {
+pub(crate) fn now() -> Now {
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -206,10 +144,7 @@ pub fn now() -> Now {
 /// made from OS randomness on first start.
 pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], AgentError> {
     let path = data_dir.join("node.key");
-    let err = |source| AgentError::DataDir {
-        path: path.clone(),
-        source,
-    };
+    let err = |source| AgentError::data_dir(&path, source);
     match std::fs::read(&path) {
         Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
             err(std::io::Error::new(
@@ -257,10 +192,7 @@ pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
 /// processes. Held until the agent's loop ends.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, AgentError> {
     let path = data_dir.join("agent.lock");
-    let err = |source| AgentError::DataDir {
-        path: path.clone(),
-        source,
-    };
+    let err = |source| AgentError::data_dir(&path, source);
     let mut options = std::fs::OpenOptions::new();
     options.create(true).truncate(false).write(true);
     #[cfg(unix)]
@@ -284,10 +216,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, AgentError> {
 pub(crate) fn write_key(data_dir: &Path, key: &[u8; 32]) -> Result<(), AgentError> {
     let path = data_dir.join("node.key");
     let tmp = data_dir.join("node.key.tmp");
-    let err = |source| AgentError::DataDir {
-        path: path.clone(),
-        source,
-    };
+    let err = |source| AgentError::data_dir(&path, source);
     let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -320,30 +249,23 @@ impl Agent {
     /// awaits [`Agent::start_manager`]; `keynode_tokio::start` and
     /// `keynode_smol::start` do both.
     pub fn open(config: AgentConfig, sleep: Sleep) -> Result<Opened, AgentError> {
-        create_data_dir(&config.data_dir).map_err(|source| AgentError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        create_data_dir(&config.data_dir)
+            .map_err(|source| AgentError::data_dir(&config.data_dir, source))?;
         let lock = lock_data_dir(&config.data_dir)?;
         let secret = load_or_create_key(&config.data_dir)?;
-        let socket = quic_socket(config.bind).map_err(|source| AgentError::Socket {
-            addr: config.bind,
-            source,
-        })?;
-        let local_addr = socket.local_addr().map_err(|source| AgentError::Socket {
-            addr: config.bind,
-            source,
-        })?;
+        let socket =
+            quic_socket(config.bind).map_err(|source| AgentError::socket(config.bind, source))?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|source| AgentError::socket(config.bind, source))?;
         let (events_tx, events_rx) = mpsc::unbounded();
         let store_path = config.data_dir.join("db");
         let options = StoreOptions::with_map_size(config.map_size);
         let (store, snapshot) = StoreThread::open(store_path, options, events_tx.clone())?;
         let start = now();
         let mdns_config = config.config.mdns.clone();
-        let udp = Arc::new(UdpIo::new(&socket).map_err(|source| AgentError::Socket {
-            addr: local_addr,
-            source,
-        })?);
+        let udp =
+            Arc::new(UdpIo::new(&socket).map_err(|source| AgentError::socket(local_addr, source))?);
         let mut net = config.net;
         net.mtu_discovery &= !udp.may_fragment();
         let mut node = Node::new(
@@ -351,10 +273,7 @@ impl Agent {
             net,
             &secret,
             start,
-            random_bytes().map_err(|source| AgentError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?,
+            random_bytes().map_err(|source| AgentError::data_dir(&config.data_dir, source))?,
         )?;
         let node_id = node.node_id();
         node.set_max_segments(udp.max_segments());
@@ -370,18 +289,18 @@ impl Agent {
                     local_addr.port(),
                 )]);
                 Some(mdns_socket(m, config.mdns_interface).map_err(|source| {
-                    AgentError::Socket {
-                        addr: SocketAddr::new(config.mdns_interface.into(), m.port),
+                    AgentError::socket(
+                        SocketAddr::new(config.mdns_interface.into(), m.port),
                         source,
-                    }
+                    )
                 })?)
             }
             None => None,
         };
-        let (calls_tx, calls_rx) = mpsc::unbounded();
+        let (calls, calls_rx) = Calls::new(config.max_queued_calls);
         let shared = Shared::new(node, Readiness::new(config.max_queued_datagrams));
         let agent = Agent {
-            calls: calls_tx,
+            calls,
             shared: shared.clone(),
             sleep,
             node_id: Arc::new(std::sync::Mutex::new(node_id)),
@@ -408,7 +327,7 @@ impl Agent {
     /// Starts the node manager (spec `start`): returns once it has started
     /// and its start batch is committed. Needs [`Opened::node_loop`] running.
     pub async fn start_manager(&self) -> Result<(), AgentError> {
-        self.op(UserCall::Start).await.map(drop)
+        self.op(UserCall::Start, Reply::Unit, None).await
     }
 
     /// The node's NodeId (the current one, after a key renewal).
@@ -423,14 +342,11 @@ impl Agent {
     /// moves every contact to its bucket under the new NodeId, and returns
     /// it. Working connections stay up until they close.
     pub async fn renew_key(&self) -> Result<NodeId, AgentError> {
-        let secret = random_bytes().map_err(|source| AgentError::DataDir {
-            path: self.data_dir.to_path_buf(),
-            source,
-        })?;
+        let secret = random_bytes()
+            .map_err(|source| AgentError::data_dir(self.data_dir.as_path(), source))?;
+        let _slot = self.calls.slot()?;
         let (tx, rx) = oneshot::channel();
-        self.calls
-            .unbounded_send(Call::Renew(Box::new(secret), tx))
-            .map_err(|_| AgentError::Stopped)?;
+        self.calls.send(Call::Renew(Box::new(secret), tx))?;
         // The key file is written (and synced) on the store's thread, not
         // on the caller's: the handle never blocks an executor.
         let node_id = rx.await.map_err(|_| AgentError::Stopped)??;
@@ -450,175 +366,202 @@ impl Agent {
         &self.data_dir
     }
 
-    async fn op(&self, call: UserCall) -> Result<OpValue, AgentError> {
+    /// Runs one operation: takes a slot of the call queue, sends the call
+    /// with a reply channel of its type, and waits for its result or its
+    /// `timeout`. Dropped (or timed out) first, it cancels the operation
+    /// in the node.
+    async fn op<T>(
+        &self,
+        call: UserCall,
+        reply: fn(Tx<T>) -> Reply,
+        timeout: Option<Duration>,
+    ) -> Result<T, AgentError> {
+        let slot = self.calls.slot()?;
+        let id = self.calls.next_id();
         let (tx, rx) = oneshot::channel();
-        self.calls
-            .unbounded_send(Call::Op(call, tx))
-            .map_err(|_| AgentError::Stopped)?;
-        rx.await.map_err(|_| AgentError::Stopped)?
+        self.calls.send(Call::Op {
+            id,
+            call,
+            reply: reply(tx),
+        })?;
+        let cancel = CancelOnDrop::new(&self.calls, id);
+        let result = match timeout {
+            None => rx.await,
+            Some(limit) => {
+                match futures::future::select(rx, (self.sleep)(limit)).await {
+                    futures::future::Either::Left((result, _)) => result,
+                    // `cancel` drops armed: the node cancels the operation.
+                    futures::future::Either::Right(((), _)) => {
+                        return Err(AgentError::Timeout(limit));
+                    }
+                }
+            }
+        };
+        cancel.disarm();
+        drop(slot);
+        match (result.map_err(|_| AgentError::Stopped)?, timeout) {
+            // The node's deadline of the same call (a lookup's, a claim's).
+            (Err(AgentError::Op(OpError::Timeout)), Some(limit)) => Err(AgentError::Timeout(limit)),
+            (result, _) => result,
+        }
     }
 
-    /// Reads the manager's state.
-    pub async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&NodeManager) -> T + Send + 'static,
-    ) -> Result<T, AgentError> {
-        let (tx, rx) = oneshot::channel();
-        let call: ReadCall = Box::new(move |m| {
-            let _ = tx.send(f(m));
-        });
-        self.calls
-            .unbounded_send(Call::Read(call))
-            .map_err(|_| AgentError::Stopped)?;
-        rx.await.map_err(|_| AgentError::Stopped)
+    /// Reads the manager's state under the node's lock; `Stopped` once
+    /// the agent was stopped.
+    fn manager<T>(&self, f: impl FnOnce(&NodeManager) -> T) -> Result<T, AgentError> {
+        let state = self.shared.lock();
+        if state.stopped {
+            return Err(AgentError::Stopped);
+        }
+        Ok(f(state.node.manager_ref()))
     }
 
-    /// Reads the net layer's state (connections, mDNS counters).
-    pub async fn net_read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Node) -> T + Send + 'static,
-    ) -> Result<T, AgentError> {
-        let (tx, rx) = oneshot::channel();
-        let call: NetReadCall = Box::new(move |n| {
-            let _ = tx.send(f(n));
-        });
-        self.calls
-            .unbounded_send(Call::NetRead(call))
-            .map_err(|_| AgentError::Stopped)?;
-        rx.await.map_err(|_| AgentError::Stopped)
+    /// The tasks the node has scheduled (bucket refreshes, the connection
+    /// check), in key order: they are kept across restarts.
+    pub fn scheduled_tasks(&self) -> Vec<keynode_core::TaskKey> {
+        let state = self.shared.lock();
+        state
+            .node
+            .manager_ref()
+            .tasks()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// mDNS's counters, when mDNS is on.
+    pub fn mdns_stats(&self) -> Option<keynode_core::net::mdns::MdnsStats> {
+        self.shared.lock().node.mdns_stats()
+    }
+
+    /// The application streams' counters (streams opened, refused, ...).
+    pub fn app_stats(&self) -> keynode_core::net::AppStats {
+        self.shared.lock().node.app_stats()
     }
 
     /// Spec `findNode`: where `node_id` was reached, or `None`.
     pub async fn find_node(
         &self,
         node_id: NodeId,
-    ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
-        found(
-            self.op(UserCall::FindNode {
-                node_id,
-                options: FindOptions::default(),
-            })
-            .await?,
-        )
+        options: FindOptions,
+    ) -> Result<Found, AgentError> {
+        let call = UserCall::FindNode {
+            node_id,
+            options: options.lookup(),
+        };
+        self.op(call, Reply::Found, options.timeout).await
     }
 
     /// Spec `findNodeByMDNS`: `node_id` found on the local network.
     pub async fn find_node_by_mdns(
         &self,
         node_id: NodeId,
-    ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
-        found(
-            self.op(UserCall::FindNodeByMdns {
-                node_id,
-                options: FindOptions::default(),
-            })
-            .await?,
-        )
+        options: FindOptions,
+    ) -> Result<Found, AgentError> {
+        let call = UserCall::FindNodeByMdns {
+            node_id,
+            options: options.lookup(),
+        };
+        self.op(call, Reply::Found, options.timeout).await
     }
 
-    /// Spec `queryMDNS`: the addresses at which `node_id` answered on the local network.
+    /// Spec `queryMDNS`: the addresses at which `node_id` answered on the
+    /// local network within the config's mDNS time.
     pub async fn query_mdns(&self, node_id: NodeId) -> Result<Vec<SocketAddr>, AgentError> {
-        match self
-            .op(UserCall::QueryMdns {
-                node_id,
-                timeout: None,
-            })
-            .await?
-        {
-            OpValue::Addresses(a) => Ok(a),
-            other => Err(AgentError::Unexpected(format!("{other:?}"))),
-        }
+        let call = UserCall::QueryMdns {
+            node_id,
+            timeout: None,
+        };
+        self.op(call, Reply::Addresses, None).await
     }
 
-    /// Spec `pingNode`.
+    /// Spec `pingNode`: finds `node_id` and checks that it answers.
     pub async fn ping_node(
         &self,
         node_id: NodeId,
-    ) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
-        found(
-            self.op(UserCall::PingNode {
-                node_id,
-                options: FindOptions::default(),
-            })
-            .await?,
-        )
+        options: PingOptions,
+    ) -> Result<Found, AgentError> {
+        let call = UserCall::PingNode {
+            node_id,
+            options: keynode_core::FindOptions {
+                timeout: options.timeout,
+                ..keynode_core::FindOptions::default()
+            },
+        };
+        self.op(call, Reply::Found, options.timeout).await
     }
 
-    /// Spec `pingNodeAddress`.
+    /// Spec `pingNodeAddress`: whether `node_id` answers at `address`.
     pub async fn ping_node_address(
         &self,
         node_id: NodeId,
         address: NodeAddress,
+        options: PingOptions,
     ) -> Result<bool, AgentError> {
-        match self
-            .op(UserCall::PingNodeAddress {
-                node_id,
-                address,
-                connect_timeout: None,
-            })
-            .await?
-        {
-            OpValue::Reachable(r) => Ok(r),
-            other => Err(AgentError::Unexpected(format!("{other:?}"))),
-        }
+        let call = UserCall::PingNodeAddress {
+            node_id,
+            address,
+            connect_timeout: None,
+        };
+        self.op(call, Reply::Reachable, options.timeout).await
     }
 
-    /// Spec `setNode`.
+    /// Spec `setNode`: adds or updates `node_id` in the graph.
     pub async fn set_node(
         &self,
         node_id: NodeId,
         address: NodeAddress,
         data: NodeContactAddressData,
-        block: bool,
-        force: bool,
+        options: SetNodeOptions,
     ) -> Result<(), AgentError> {
-        self.op(UserCall::SetNode {
+        let call = UserCall::SetNode {
             node_id,
             address,
             data,
-            block,
-            force,
+            block: options.block,
+            force: options.force,
             connect_timeout: None,
-        })
-        .await
-        .map(drop)
+        };
+        self.op(call, Reply::Unit, options.timeout).await
     }
 
-    /// Spec `unsetNode`.
+    /// Spec `unsetNode`: removes `node_id` from the graph.
     pub async fn unset_node(&self, node_id: NodeId) -> Result<(), AgentError> {
-        self.op(UserCall::UnsetNode { node_id }).await.map(drop)
+        self.op(UserCall::UnsetNode { node_id }, Reply::Unit, None)
+            .await
     }
 
     /// Spec `getBucket`.
     pub async fn get_bucket(&self, bucket: BucketIndex) -> Result<NodeBucket, AgentError> {
-        self.read(move |m| m.get_bucket(bucket)).await
+        self.manager(|m| m.get_bucket(bucket))
     }
 
     /// Every contact of the graph, by bucket.
     pub async fn get_all(&self) -> Result<Vec<(BucketIndex, NodeBucket)>, AgentError> {
-        self.read(|m| {
+        self.manager(|m| {
             let graph = m.graph();
             graph
                 .bucket_sizes()
                 .map(|(b, _)| (b, graph.get_bucket(b)))
                 .collect()
         })
-        .await
     }
 
     /// The connections up: id, peer, address.
     pub async fn connections(&self) -> Result<Vec<(ConnId, NodeId, SocketAddr)>, AgentError> {
-        self.read(|m| m.connections()).await
+        self.manager(|m| m.connections())
     }
 
-    /// Spec `claimNode`.
-    pub async fn claim_node(&self, node_id: NodeId) -> Result<(), AgentError> {
-        self.op(UserCall::ClaimNode {
+    /// Spec `claimNode`: links `node_id` and this node on both sigchains.
+    pub async fn claim_node(
+        &self,
+        node_id: NodeId,
+        options: ClaimOptions,
+    ) -> Result<(), AgentError> {
+        let call = UserCall::ClaimNode {
             node_id,
-            timeout: None,
-        })
-        .await
-        .map(drop)
+            timeout: options.timeout,
+        };
+        self.op(call, Reply::Unit, options.timeout).await
     }
 
     /// Allows `node_id` to claim this node.
@@ -627,68 +570,62 @@ impl Agent {
         node_id: NodeId,
         allowed: bool,
     ) -> Result<(), AgentError> {
-        self.op(UserCall::AllowClaimsFrom { node_id, allowed })
-            .await
-            .map(drop)
+        self.op(
+            UserCall::AllowClaimsFrom { node_id, allowed },
+            Reply::Unit,
+            None,
+        )
+        .await
     }
 
-    /// Spec `requestChainData`: the claims that verified.
+    /// Spec `requestChainData`: the claims of `node_id`'s sigchain that
+    /// verified.
     pub async fn request_chain_data(
         &self,
         node_id: NodeId,
-        from: Option<ClaimId>,
+        options: ChainOptions,
     ) -> Result<Vec<SignedClaim>, AgentError> {
-        match self
-            .op(UserCall::RequestChainData {
-                node_id,
-                from,
-                limit: None,
-            })
-            .await?
-        {
-            OpValue::Chain { claims, .. } => Ok(claims),
-            other => Err(AgentError::Unexpected(format!("{other:?}"))),
-        }
+        let call = UserCall::RequestChainData {
+            node_id,
+            from: options.from,
+            limit: options.limit,
+        };
+        self.op(call, Reply::Chain, options.timeout).await
     }
 
     /// The own sigchain.
     pub async fn sigchain(&self) -> Result<Vec<SignedClaim>, AgentError> {
-        self.read(|m| m.sigchain()).await
+        self.manager(|m| m.sigchain())
     }
 
-    /// Spec `syncNodeGraph`.
+    /// Spec `syncNodeGraph`: joins the network through `seeds`.
     pub async fn sync_node_graph(
         &self,
         seeds: SeedNodes,
-        blocking: bool,
+        options: SyncOptions,
     ) -> Result<(), AgentError> {
-        self.op(UserCall::SyncNodeGraph {
+        let call = UserCall::SyncNodeGraph {
             seeds,
-            connect_timeout: None,
-            blocking,
-        })
-        .await
-        .map(drop)
+            connect_timeout: options.connect_timeout,
+            blocking: options.blocking,
+        };
+        self.op(call, Reply::Unit, options.timeout).await
     }
 
     /// Spec `acquireConnection`: a use of a connection to `node_id`,
     /// released when the returned value (and every clone) is dropped.
     pub async fn acquire_connection(&self, node_id: NodeId) -> Result<Connection, AgentError> {
-        match self
-            .op(UserCall::AcquireConnection {
-                node_id,
-                timeout: None,
-            })
-            .await?
-        {
-            OpValue::Connection { lease, conn, peer } => Ok(Connection(Arc::new(Lease {
-                agent: self.clone(),
-                lease,
-                conn,
-                peer,
-            }))),
-            other => Err(AgentError::Unexpected(format!("{other:?}"))),
-        }
+        let call = UserCall::AcquireConnection {
+            node_id,
+            timeout: None,
+        };
+        let Leased { lease, conn, peer } = self.op(call, Reply::Connection, None).await?;
+        Ok(Connection(Arc::new(Lease {
+            agent: self.clone(),
+            lease,
+            conn,
+            peer,
+        })))
     }
 
     /// Spec `withConnF`: runs `f` on a pooled connection to `node_id`, on
@@ -766,6 +703,21 @@ impl Agent {
         Ok(Listener::new(self.shared.clone(), protocol))
     }
 
+    /// What the node and the agent hold for operations under way: to
+    /// check that an ended, dropped or timed-out call leaves nothing
+    /// behind.
+    pub fn in_flight(&self) -> InFlight {
+        let state = self.shared.lock();
+        let manager = state.node.manager_ref().in_flight();
+        InFlight {
+            operations: manager.operations,
+            leases: manager.leases,
+            waits: manager.waits,
+            requests: state.node.requests_in_flight(),
+            calls: state.waiting_calls,
+        }
+    }
+
     /// The node's admission counters and connection-table sizes (see
     /// [`keynode_core::net::AdmissionStats`]).
     pub fn admission_stats(&self) -> keynode_core::net::AdmissionStats {
@@ -782,11 +734,27 @@ impl Agent {
     /// Stops the node: operations end, the store is flushed and closed.
     pub async fn stop(&self) -> Result<(), AgentError> {
         let (tx, rx) = oneshot::channel();
-        self.calls
-            .unbounded_send(Call::Stop(tx))
-            .map_err(|_| AgentError::Stopped)?;
+        self.calls.send(Call::Stop(tx))?;
         rx.await.map_err(|_| AgentError::Stopped)
     }
+}
+
+/// What an agent holds for operations under way ([`Agent::in_flight`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InFlight {
+    /// Operations in flight in the node, the callers' and internal ones.
+    pub operations: usize,
+    /// Uses of connections handed out and not released.
+    pub leases: usize,
+    /// Answers the node awaits (connection attempts, requests, queries,
+    /// store batches). One of a cancelled operation stays until its
+    /// answer or its own timeout.
+    pub waits: usize,
+    /// Requests sent on connections and not answered yet.
+    pub requests: usize,
+    /// Calls of the handles waiting for their result in the loop.
+    pub calls: usize,
 }
 
 /// A use of a connection (from `acquire_connection`), on which streams and
@@ -805,7 +773,7 @@ struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let _ = self.agent.calls.unbounded_send(Call::Release(self.lease));
+        let _ = self.agent.calls.send(Call::Release(self.lease));
     }
 }
 
@@ -823,10 +791,8 @@ impl Connection {
     /// Sends a keynode request on this connection and waits for the response.
     pub async fn request(&self, body: Request) -> Result<Response, AgentError> {
         let conn = self.0.conn;
-        match self.0.agent.op(UserCall::Request { conn, body }).await? {
-            OpValue::Response(r) => Ok(r),
-            other => Err(AgentError::Unexpected(format!("{other:?}"))),
-        }
+        let call = UserCall::Request { conn, body };
+        self.0.agent.op(call, Reply::Response, None).await
     }
 
     /// Opens a bidirectional stream of `protocol`, waiting while the peer's
@@ -913,13 +879,3 @@ impl Connection {
         result
     }
 }
-
-fn found(value: OpValue) -> Result<Option<(NodeAddress, NodeContactAddressData)>, AgentError> {
-    match value {
-        OpValue::Found(f) => Ok(f),
-        other => Err(AgentError::Unexpected(format!("{other:?}"))),
-    }
-}
-
-/// How long a demo or test waits for one operation at most.
-pub const OP_TIMEOUT: Duration = Duration::from_secs(60);

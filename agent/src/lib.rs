@@ -16,13 +16,18 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod call;
 pub mod control;
 mod deadline;
+mod error;
 mod listener;
 mod node_loop;
 mod open;
+mod options;
+mod pending;
 mod readiness;
 mod receiver;
+mod reply;
 mod run;
 mod runtime;
 mod shared;
@@ -31,10 +36,12 @@ mod store_thread;
 mod stream;
 mod udp;
 
+pub(crate) use agent::now;
 pub use agent::{
-    Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, Sleep, WithConnOptions,
-    create_data_dir, load_or_create_key, now,
+    Agent, AgentConfig, Connection, InFlight, Opened, Sleep, WithConnOptions, create_data_dir,
+    load_or_create_key,
 };
+pub use error::{AgentError, SetupError};
 pub use keynode_core::net::Transmit;
 pub use keynode_core::net::{
     DatagramError, OpenError, Protocol, ProtocolError, ProtocolOptions, Refusal, RegisterError,
@@ -42,7 +49,11 @@ pub use keynode_core::net::{
 };
 pub use listener::{IncomingStream, Listener};
 pub use node_loop::{AgentLoop, Input, Inputs, RECEIVE_BATCH, StopReply, resolved};
+pub use options::{
+    ChainOptions, ClaimOptions, FindOptions, PingOptions, SetNodeOptions, SyncOptions,
+};
 pub use readiness::ReadinessTables;
+pub use reply::{Found, ResultKind};
 pub use run::start;
 pub use runtime::{Elapsed, Fd, Interest, Runtime, poll_io, sleep, timeout};
 pub use stream::{ReadToEndError, RecvStream, SendStream, io_error};

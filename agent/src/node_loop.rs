@@ -16,7 +16,6 @@
 //! its own thread, results go to the callers' channels); only what needs a
 //! socket or a resolver is left to the driver.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,9 +25,12 @@ use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::Either;
 use keynode_core::net::{DriverEvent, NetCommand, Transmit};
-use keynode_core::{Hostname, OpId, OpValue, ResolveId, UserCall};
+use keynode_core::{Hostname, OpValue, ResolveId, UserCall};
 
-use crate::agent::{AgentError, Call, now, write_key};
+use crate::agent::{now, write_key};
+use crate::call::Call;
+use crate::error::AgentError;
+use crate::pending::Pending;
 use crate::shared::Shared;
 use crate::store_thread::StoreThread;
 use crate::udp::{RecvBuffers, UdpIo};
@@ -126,8 +128,6 @@ impl Inputs {
     }
 }
 
-type Reply = oneshot::Sender<Result<OpValue, AgentError>>;
-
 /// The node, its store and the callers waiting on it: the runtime-free
 /// part of an agent's loop. Built by [`crate::Agent::open`].
 pub struct AgentLoop {
@@ -136,7 +136,7 @@ pub struct AgentLoop {
     lock: Option<std::fs::File>,
     data_dir: std::path::PathBuf,
     events: mpsc::UnboundedSender<DriverEvent<'static>>,
-    pending: BTreeMap<OpId, Reply>,
+    pending: Pending,
     /// Set by a stop: `Some(None)` when every handle is gone.
     stopping: Option<Option<oneshot::Sender<()>>>,
     /// The socket's offload, which can be lost at run time: each drain
@@ -159,7 +159,7 @@ impl AgentLoop {
             lock: Some(lock),
             data_dir,
             events,
-            pending: BTreeMap::new(),
+            pending: Pending::default(),
             stopping: None,
             udp,
         }
@@ -195,8 +195,13 @@ impl AgentLoop {
                 }
                 NetCommand::Store(batch) => self.store.apply(batch.id, batch.ops),
                 NetCommand::Done { op, result } => {
-                    if let Some(reply) = self.pending.remove(&op) {
-                        let _ = reply.send(result.map_err(AgentError::Op));
+                    if let Some(done) = self.pending.take(op) {
+                        // Counted out before the caller hears of it.
+                        self.shared.lock().waiting_calls = self.pending.len();
+                        // A caller gone (its future dropped) leaves no use behind.
+                        if let Some(lease) = done.send(result) {
+                            self.release(lease);
+                        }
                     }
                 }
                 NetCommand::Event(event) => tracing::debug!(?event, "node event"),
@@ -292,25 +297,27 @@ impl AgentLoop {
 
     fn handle_call(&mut self, call: Call) {
         match call {
-            Call::Op(call, reply) => match self.shared.lock().node.call(now(), call) {
-                Ok(Some(op)) => {
-                    self.pending.insert(op, reply);
+            Call::Op { id, call, reply } => {
+                let started = self.shared.lock().node.call(now(), call);
+                match started {
+                    Ok(Some(op)) => self.pending.started(id, op, reply),
+                    // A call that ends at once.
+                    // A call that ends at once has no use to hand out.
+                    Ok(None) => {
+                        let _ = reply.send(Ok(OpValue::Unit));
+                    }
+                    Err(e) => reply.fail(AgentError::Api(e)),
                 }
-                // A call that ends at once (a cancel).
-                Ok(None) => {
-                    let _ = reply.send(Ok(OpValue::Unit));
+                self.shared.lock().waiting_calls = self.pending.len();
+            }
+            Call::Cancel(id) => {
+                if let Some(op) = self.pending.cancel(id) {
+                    // It ends with `Cancelled` (its caller is gone); one
+                    // that ended meanwhile is no longer known: nothing to do.
+                    let _ = self.shared.lock().node.call(now(), UserCall::Cancel { op });
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(AgentError::Api(e)));
-                }
-            },
-            Call::Read(f) => f(self.shared.lock().node.manager_ref()),
-            Call::NetRead(f) => f(&self.shared.lock().node),
-            Call::Release(lease) => self
-                .shared
-                .lock()
-                .node
-                .handle(now(), DriverEvent::ConnectionReleased { lease }),
+            }
+            Call::Release(lease) => self.release(lease),
             Call::Renew(secret, reply) => match self.shared.lock().node.renew_key(now(), &secret) {
                 // The new key is kept once the node uses it; writing and
                 // syncing the file blocks, so the store's thread does it.
@@ -321,18 +328,27 @@ impl AgentLoop {
                     });
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(AgentError::Net(e)));
+                    let _ = reply.send(Err(e.into()));
                 }
             },
             Call::Stop(done) => self.stop(Some(done)),
         }
     }
 
+    fn release(&mut self, lease: keynode_core::LeaseId) {
+        self.shared
+            .lock()
+            .node
+            .handle(now(), DriverEvent::ConnectionReleased { lease });
+    }
+
     fn stop(&mut self, done: Option<oneshot::Sender<()>>) {
         // The loop ends as soon as the node is drained after the first
         // stop, so a second one (its sender dropped) learns `Stopped`.
         if self.stopping.is_none() {
-            let _ = self.shared.lock().node.call(now(), UserCall::Stop);
+            let mut state = self.shared.lock();
+            state.stopped = true;
+            let _ = state.node.call(now(), UserCall::Stop);
             self.stopping = Some(done);
         }
     }
@@ -352,9 +368,7 @@ impl AgentLoop {
     pub fn finish(mut self) -> StopReply {
         self.store.close();
         drop(self.lock.take());
-        for (_, reply) in std::mem::take(&mut self.pending) {
-            let _ = reply.send(Err(AgentError::Stopped));
-        }
+        self.pending.fail_all();
         StopReply(self.stopping.take().flatten())
     }
 }

@@ -10,7 +10,8 @@ use std::time::Instant;
 use futures::StreamExt;
 use futures::channel::mpsc;
 
-use crate::agent::{Agent, AgentConfig, AgentError, Opened, Sleep};
+use crate::agent::{Agent, AgentConfig, Opened, Sleep};
+use crate::error::AgentError;
 use crate::node_loop::{AgentLoop, Inputs, RECEIVE_BATCH, resolved};
 use crate::receiver::{Quic, RECV_BUFFERS, Receiving};
 use crate::runtime::{Interest, Runtime, io, poll_io, sleep};
@@ -51,7 +52,7 @@ fn register<R: Runtime>(
     let addr = socket
         .local_addr()
         .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-    R::register(socket).map_err(|source| AgentError::Socket { addr, source })
+    R::register(socket).map_err(|source| AgentError::socket(addr, source))
 }
 
 /// What woke the loop.

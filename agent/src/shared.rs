@@ -19,6 +19,10 @@ use crate::readiness::Readiness;
 pub(crate) struct State {
     pub(crate) node: Node,
     pub(crate) ready: Readiness,
+    /// The handles' operations waiting for their result in the loop.
+    pub(crate) waiting_calls: usize,
+    /// Set once the agent was stopped: reads say so.
+    pub(crate) stopped: bool,
     /// Set by a handle that changed the node: the loop must drain it.
     dirty: bool,
     loop_waker: Option<Waker>,
@@ -33,6 +37,8 @@ impl Shared {
         Self(Arc::new(Mutex::new(State {
             node,
             ready,
+            waiting_calls: 0,
+            stopped: false,
             dirty: false,
             loop_waker: None,
         })))

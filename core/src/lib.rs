@@ -91,6 +91,7 @@ pub use id::{
     NodeId, NodeIdEncoded, NodeIdParseError,
 };
 pub use ip_group::{IpGroup, IpGroupLimits};
+pub use manager::InFlight;
 pub use manager::{
     ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, FindOptions, LeaseId,
     NodeEvent, NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId,

@@ -8,7 +8,10 @@
 use std::net::SocketAddr;
 
 use keynode_core::{NodeAddress, SeedNodes};
-use keynode_smol::{Agent, AgentConfig, AgentError};
+use keynode_smol::{
+    Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, FindOptions, PingOptions,
+    SetupError, SyncOptions,
+};
 
 fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
@@ -35,10 +38,16 @@ async fn find_ping_and_claim_all(agents: &[Agent]) {
             if i == j {
                 continue;
             }
-            let found = from.find_node(to.node_id()).await.unwrap();
+            let found = from
+                .find_node(to.node_id(), FindOptions::default())
+                .await
+                .unwrap();
             let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
             assert_eq!(address, NodeAddress::from(to.local_addr()));
-            let pinged = from.ping_node(to.node_id()).await.unwrap();
+            let pinged = from
+                .ping_node(to.node_id(), PingOptions::default())
+                .await
+                .unwrap();
             assert!(pinged.is_some(), "agent {i} pings agent {j}");
         }
     }
@@ -46,7 +55,7 @@ async fn find_ping_and_claim_all(agents: &[Agent]) {
         for (j, to) in agents.iter().enumerate() {
             if i < j {
                 to.allow_claims_from(from.node_id(), true).await.unwrap();
-                from.claim_node(to.node_id())
+                from.claim_node(to.node_id(), ClaimOptions::default())
                     .await
                     .unwrap_or_else(|e| panic!("agent {i} claims agent {j}: {e}"));
             }
@@ -59,7 +68,7 @@ async fn find_ping_and_claim_all(agents: &[Agent]) {
         assert_eq!(chain.len(), agents.len() - 1, "agent {i}'s sigchain");
         let other = &agents[(i + 1) % agents.len()];
         let fetched = other
-            .request_chain_data(agent.node_id(), None)
+            .request_chain_data(agent.node_id(), ChainOptions::default())
             .await
             .unwrap();
         assert_eq!(
@@ -85,7 +94,7 @@ fn a_smol_agent_and_a_tokio_agent_find_ping_and_claim_each_other() {
     smol::block_on(async {
         let on_smol = start(dir.path(), "smol").await;
         on_smol
-            .sync_node_graph(seeds(&on_tokio), true)
+            .sync_node_graph(seeds(&on_tokio), SyncOptions::default().blocking(true))
             .await
             .unwrap();
         let agents = [on_smol, on_tokio];
@@ -106,8 +115,14 @@ fn a_seed_named_by_hostname_is_resolved_and_joined() {
             format!("{}@localhost:{}", seed.node_id(), seed.local_addr().port())
                 .parse()
                 .unwrap();
-        newcomer.sync_node_graph(by_name, true).await.unwrap();
-        let found = newcomer.find_node(seed.node_id()).await.unwrap();
+        newcomer
+            .sync_node_graph(by_name, SyncOptions::default().blocking(true))
+            .await
+            .unwrap();
+        let found = newcomer
+            .find_node(seed.node_id(), FindOptions::default())
+            .await
+            .unwrap();
         assert!(
             found.is_some(),
             "the seed, resolved from localhost, is found"
@@ -166,7 +181,7 @@ fn dropping_every_handle_stops_the_agent_and_frees_its_directory() {
         let again = loop {
             match keynode_smol::start(config(dir.path(), "a")).await {
                 Ok(again) => break again,
-                Err(AgentError::DataDir { source, .. })
+                Err(AgentError::Setup(SetupError::DataDir { source, .. }))
                     if source.kind() == std::io::ErrorKind::WouldBlock && busy < 1000 =>
                 {
                     busy += 1;

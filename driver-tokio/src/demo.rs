@@ -13,7 +13,10 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::{Agent, AgentConfig, AgentError, ProtocolOptions};
+use crate::{
+    Agent, AgentConfig, AgentError, ClaimOptions, FindOptions, PingOptions, ProtocolOptions,
+    SetupError, SyncOptions,
+};
 
 /// What the demo does.
 #[derive(Clone, Debug)]
@@ -103,9 +106,11 @@ fn ms(value: Option<f64>) -> String {
 /// claims and echo transfers between random pairs.
 pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     let started = Instant::now();
-    let root = tempfile::tempdir().map_err(|source| AgentError::DataDir {
-        path: std::env::temp_dir(),
-        source,
+    let root = tempfile::tempdir().map_err(|source| {
+        AgentError::Setup(SetupError::DataDir {
+            path: std::env::temp_dir(),
+            source,
+        })
     })?;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let transfers_per_node = usize::from(options.transfer_bytes > 0);
@@ -123,7 +128,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     };
 
     bar.set_message("starting");
-    let echo_protocol = echo::protocol().map_err(|e| AgentError::Unexpected(e.to_string()))?;
+    // A constant name, checked by echo's tests.
+    let echo_protocol = echo::protocol().expect("the echo protocol's name is valid");
     let mut agents: Vec<Agent> = Vec::with_capacity(options.nodes);
     let mut echoes = Vec::with_capacity(options.nodes);
     for i in 0..options.nodes {
@@ -145,7 +151,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
 
     bar.set_message("syncing");
     for agent in agents.iter().skip(1) {
-        if let Err(e) = agent.sync_node_graph(seeds.clone(), true).await {
+        if let Err(e) = agent
+            .sync_node_graph(seeds.clone(), SyncOptions::default().blocking(true))
+            .await
+        {
             report.fail(format!("sync of {} failed: {e}", agent.node_id()));
         }
         bar.inc(1);
@@ -178,7 +187,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
                 .any(|(_, peer, _)| *peer == target);
             let t = Instant::now();
             report.finds += 1;
-            match agent.find_node(target).await {
+            match agent.find_node(target, FindOptions::default()).await {
                 Ok(Some(_)) => {
                     report.finds_ok += 1;
                     let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -187,7 +196,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
                         cold_latencies.push(ms);
                         // The same lookup again, now on a warm connection.
                         let t = Instant::now();
-                        if let Ok(Some(_)) = agent.find_node(target).await {
+                        if let Ok(Some(_)) = agent.find_node(target, FindOptions::default()).await {
                             warm_latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                         }
                     }
@@ -205,7 +214,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
         let Some(target) = agents.get(j).map(Agent::node_id) else {
             continue;
         };
-        match agent.ping_node(target).await {
+        match agent.ping_node(target, PingOptions::default()).await {
             Ok(Some(_)) => report.pings_ok += 1,
             Ok(None) => report.fail(format!("agent {i} got no answer from agent {j}")),
             Err(e) => report.fail(format!("agent {i} pinging agent {j}: {e}")),
@@ -224,7 +233,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
         };
         let claimed = async {
             target.allow_claims_from(agent.node_id(), true).await?;
-            agent.claim_node(target.node_id()).await
+            agent
+                .claim_node(target.node_id(), ClaimOptions::default())
+                .await
         };
         match claimed.await {
             Ok(()) => report.claims_ok += 1,

@@ -14,9 +14,10 @@ pub mod demo;
 mod runtime;
 
 pub use keynode_agent::{
-    Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,
-    ProtocolError, ProtocolOptions, RecvStream, SendStream, StreamError, WithConnOptions,
-    load_or_create_key, now,
+    Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, Connection, FindOptions, Found,
+    IncomingStream, Listener, PingOptions, Protocol, ProtocolError, ProtocolOptions, RecvStream,
+    SendStream, SetNodeOptions, SetupError, StreamError, SyncOptions, WithConnOptions,
+    load_or_create_key,
 };
 pub use runtime::Tokio;
 

@@ -12,7 +12,10 @@ use keynode_core::claims::KeyPair;
 use keynode_core::wire::{Request, Response};
 use keynode_core::{NodeAddress, SeedNodes};
 use keynode_tokio::demo::{self, DemoOptions};
-use keynode_tokio::{Agent, AgentConfig, AgentError, WithConnOptions};
+use keynode_tokio::{
+    Agent, AgentConfig, AgentError, ClaimOptions, FindOptions, PingOptions, SetupError,
+    SyncOptions, WithConnOptions,
+};
 
 fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
@@ -37,14 +40,20 @@ async fn twenty_agents_sync_through_one_seed_and_find_each_other() {
     }
     let seed = seeds(&agents[0]);
     for agent in agents.iter().skip(1) {
-        agent.sync_node_graph(seed.clone(), true).await.unwrap();
+        agent
+            .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
+            .await
+            .unwrap();
     }
     for (i, from) in agents.iter().enumerate() {
         for (j, to) in agents.iter().enumerate() {
             if i == j {
                 continue;
             }
-            let found = from.find_node(to.node_id()).await.unwrap();
+            let found = from
+                .find_node(to.node_id(), FindOptions::default())
+                .await
+                .unwrap();
             let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
             assert_eq!(address, NodeAddress::from(to.local_addr()));
         }
@@ -61,8 +70,16 @@ async fn a_wrong_certificate_key_is_refused() {
     let b = start(dir.path(), "b").await;
     let impostor = KeyPair::from_seed(&[42; 32]).unwrap().node_id();
     let at_b = NodeAddress::from(b.local_addr());
-    assert!(!a.ping_node_address(impostor, at_b.clone()).await.unwrap());
-    assert!(a.ping_node_address(b.node_id(), at_b).await.unwrap());
+    assert!(
+        !a.ping_node_address(impostor, at_b.clone(), PingOptions::default())
+            .await
+            .unwrap()
+    );
+    assert!(
+        a.ping_node_address(b.node_id(), at_b, PingOptions::default())
+            .await
+            .unwrap()
+    );
     assert!(
         a.connections()
             .await
@@ -79,16 +96,17 @@ async fn a_restarted_agent_keeps_its_id_graph_sigchain_and_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "a").await;
     let b = start(dir.path(), "b").await;
-    b.sync_node_graph(seeds(&a), true).await.unwrap();
+    b.sync_node_graph(seeds(&a), SyncOptions::default().blocking(true))
+        .await
+        .unwrap();
     a.allow_claims_from(b.node_id(), true).await.unwrap();
-    b.claim_node(a.node_id()).await.unwrap();
+    b.claim_node(a.node_id(), ClaimOptions::default())
+        .await
+        .unwrap();
     let id = b.node_id();
     let graph = b.get_all().await.unwrap();
     let chain = b.sigchain().await.unwrap();
-    let tasks = b
-        .read(|m| m.tasks().map(|(k, _)| k).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let tasks = b.scheduled_tasks();
     assert!(!graph.is_empty());
     assert_eq!(chain.len(), 1);
     assert_eq!(
@@ -102,10 +120,7 @@ async fn a_restarted_agent_keeps_its_id_graph_sigchain_and_tasks() {
     assert_eq!(again.node_id(), id);
     assert_eq!(again.get_all().await.unwrap(), graph);
     assert_eq!(again.sigchain().await.unwrap(), chain);
-    let tasks_again = again
-        .read(|m| m.tasks().map(|(k, _)| k).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let tasks_again = again.scheduled_tasks();
     assert_eq!(tasks_again, tasks);
     again.stop().await.unwrap();
     a.stop().await.unwrap();
@@ -116,19 +131,11 @@ async fn with_conn_releases_its_use_on_error_and_on_drop() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "a").await;
     let b = start(dir.path(), "b").await;
-    b.sync_node_graph(seeds(&a), true).await.unwrap();
+    b.sync_node_graph(seeds(&a), SyncOptions::default().blocking(true))
+        .await
+        .unwrap();
     let target = a.node_id();
-    let leases = |agent: Agent| async move {
-        agent
-            .read(|m| {
-                m.connections()
-                    .iter()
-                    .map(|(c, _, _)| m.connection_leases(*c).unwrap_or(0))
-                    .sum::<u32>()
-            })
-            .await
-            .unwrap()
-    };
+    let leases = |agent: Agent| async move { agent.in_flight().leases };
 
     // A closure that talks to the peer and succeeds.
     let answer = b
@@ -202,7 +209,10 @@ async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id()
     }
     let seed = seeds(&agents[0]);
     for agent in agents.iter().skip(1) {
-        agent.sync_node_graph(seed.clone(), true).await.unwrap();
+        agent
+            .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
+            .await
+            .unwrap();
     }
     let x = agents[3].clone();
     let old = x.node_id();
@@ -236,7 +246,7 @@ async fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id()
         if i == 3 {
             continue;
         }
-        let found = other.find_node(new).await.unwrap();
+        let found = other.find_node(new, FindOptions::default()).await.unwrap();
         assert_eq!(
             found.map(|(address, _)| address),
             Some(NodeAddress::from(x.local_addr())),
@@ -254,7 +264,7 @@ async fn one_data_directory_serves_one_agent_at_a_time() {
     let a = start(dir.path(), "same").await;
     let second = keynode_tokio::start(AgentConfig::new(dir.path().join("same"), loopback())).await;
     match second {
-        Err(AgentError::DataDir { source, .. }) => {
+        Err(AgentError::Setup(SetupError::DataDir { source, .. })) => {
             assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
         }
         Err(other) => panic!("expected the directory to be busy, got {other}"),
@@ -290,8 +300,13 @@ async fn agents_start_work_and_stop_on_a_current_thread_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "a").await;
     let b = start(dir.path(), "b").await;
-    b.sync_node_graph(seeds(&a), true).await.unwrap();
-    let found = b.find_node(a.node_id()).await.unwrap();
+    b.sync_node_graph(seeds(&a), SyncOptions::default().blocking(true))
+        .await
+        .unwrap();
+    let found = b
+        .find_node(a.node_id(), FindOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         found.map(|(address, _)| address),
         Some(NodeAddress::from(a.local_addr()))

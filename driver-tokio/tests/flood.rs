@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keynode_core::NodeAddress;
-use keynode_tokio::{Agent, AgentConfig};
+use keynode_tokio::{Agent, AgentConfig, PingOptions};
 
 /// The resident set of this process, in bytes (/proc/self/statm).
 fn rss() -> usize {
@@ -78,7 +78,7 @@ async fn under_flood(rate: usize, secs: u64) -> Run {
     let at = NodeAddress::from(victim.local_addr());
     assert!(
         friend
-            .ping_node_address(victim.node_id(), at.clone())
+            .ping_node_address(victim.node_id(), at.clone(), PingOptions::default())
             .await
             .unwrap()
     );
@@ -101,7 +101,7 @@ async fn under_flood(rate: usize, secs: u64) -> Run {
         round += 1;
         assert!(
             newcomer
-                .ping_node_address(victim.node_id(), at.clone())
+                .ping_node_address(victim.node_id(), at.clone(), PingOptions::default())
                 .await
                 .unwrap(),
             "a new agent handshakes and pings during the flood"
@@ -109,7 +109,7 @@ async fn under_flood(rate: usize, secs: u64) -> Run {
         fresh_handshakes += 1;
         assert!(
             friend
-                .ping_node_address(victim.node_id(), at.clone())
+                .ping_node_address(victim.node_id(), at.clone(), PingOptions::default())
                 .await
                 .unwrap()
         );

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use keynode_core::{
     BucketIndex, ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData, NodeId,
 };
-use keynode_tokio::{Agent, AgentConfig};
+use keynode_tokio::{Agent, AgentConfig, SetNodeOptions};
 
 fn loopback(port: u16) -> SocketAddr {
     ([127, 0, 0, 1], port).into()
@@ -44,8 +44,7 @@ async fn set(agent: &Agent, node: NodeId, port: u16, force: bool) -> bool {
             node,
             NodeAddress::from(loopback(port)),
             data(),
-            false,
-            force,
+            SetNodeOptions::default().force(force),
         )
         .await
         .is_ok()

@@ -7,7 +7,7 @@ use super::protocol::{
     AddressInfo, BucketInfo, ClaimInfo, ConnectionInfo, ContactInfo, ControlError, ErrorKind,
     Reply, Request, Response,
 };
-use crate::Agent;
+use crate::{Agent, ChainOptions, ClaimOptions, FindOptions, PingOptions, SetNodeOptions};
 
 /// Carries out one request on `agent`.
 pub async fn handle(agent: &Agent, request: Request) -> Response {
@@ -46,23 +46,24 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
         } => {
             let data = NodeContactAddressData {
                 mode: ContactMode::Direct,
-                connected_time: crate::now().unix_secs(),
+                connected_time: unix_secs(),
                 scopes: NodeAddressScopes::GLOBAL,
             };
-            agent.set_node(node_id, address, data, block, force).await?;
+            let options = SetNodeOptions::default().block(block).force(force);
+            agent.set_node(node_id, address, data, options).await?;
             Reply::Done
         }
         Request::FindNode { node_id } => Reply::Found {
             node_id,
             address: agent
-                .find_node(node_id)
+                .find_node(node_id, FindOptions::default())
                 .await?
                 .map(|(address, data)| AddressInfo::new(&address, &data)),
         },
         Request::PingNode { node_id } => Reply::Found {
             node_id,
             address: agent
-                .ping_node(node_id)
+                .ping_node(node_id, PingOptions::default())
                 .await?
                 .map(|(address, data)| AddressInfo::new(&address, &data)),
         },
@@ -94,7 +95,7 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
                 .collect(),
         },
         Request::ClaimNode { node_id } => {
-            agent.claim_node(node_id).await?;
+            agent.claim_node(node_id, ClaimOptions::default()).await?;
             Reply::Done
         }
         Request::AllowClaims { node_id, allowed } => {
@@ -104,7 +105,12 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
         Request::Chain { node_id } => {
             let own = agent.node_id();
             let (node_id, claims) = match node_id {
-                Some(id) if id != own => (id, agent.request_chain_data(id, None).await?),
+                Some(id) if id != own => (
+                    id,
+                    agent
+                        .request_chain_data(id, ChainOptions::default())
+                        .await?,
+                ),
                 _ => (own, agent.sigchain().await?),
             };
             let claims = claims
@@ -129,4 +135,11 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
             }
         }
     })
+}
+
+/// Wall-clock seconds since the Unix epoch (0 before it).
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

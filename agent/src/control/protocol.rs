@@ -328,7 +328,7 @@ pub enum ErrorKind {
     BadRequest,
     /// The line is longer than [`MAX_REQUEST_SIZE`](super::MAX_REQUEST_SIZE).
     TooLarge,
-    /// Too many connections at once.
+    /// Too many connections at once, or the agent's call queue is full.
     Busy,
     /// No complete request came within the request timeout
     /// ([`ControlLimits::request_timeout`](super::ControlLimits)); the
@@ -353,7 +353,8 @@ impl From<AgentError> for ControlError {
     fn from(e: AgentError) -> Self {
         let kind = match e {
             AgentError::Stopped => ErrorKind::Stopped,
-            AgentError::Unexpected(_) => ErrorKind::Internal,
+            AgentError::WrongResult { .. } => ErrorKind::Internal,
+            AgentError::Busy { .. } => ErrorKind::Busy,
             AgentError::Register(RegisterError::AlreadyRegistered(_)) => ErrorKind::InUse,
             AgentError::Stream(e) => return e.into(),
             _ => ErrorKind::Failed,

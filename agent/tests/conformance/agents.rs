@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use keynode_agent::{Agent, AgentError};
+use keynode_agent::{
+    Agent, AgentError, ChainOptions, ClaimOptions, FindOptions, PingOptions, SetupError,
+    SyncOptions,
+};
 use keynode_core::claims::KeyPair;
 use keynode_core::{NodeAddress, SeedNodes};
 
@@ -30,7 +33,7 @@ pub fn agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_c
         let seed = seeds(&agents[0]);
         for agent in agents.iter().skip(1) {
             agent
-                .sync_node_graph(seed.clone(), true)
+                .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
                 .await
                 .expect("synced through the seed");
         }
@@ -39,10 +42,16 @@ pub fn agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_c
                 if i == j {
                     continue;
                 }
-                let found = from.find_node(to.node_id()).await.expect("find_node");
+                let found = from
+                    .find_node(to.node_id(), FindOptions::default())
+                    .await
+                    .expect("find_node");
                 let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
                 assert_eq!(address, NodeAddress::from(to.local_addr()));
-                let pinged = from.ping_node(to.node_id()).await.expect("ping_node");
+                let pinged = from
+                    .ping_node(to.node_id(), PingOptions::default())
+                    .await
+                    .expect("ping_node");
                 assert!(pinged.is_some(), "agent {i} pings agent {j}");
             }
         }
@@ -51,7 +60,7 @@ pub fn agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_c
                 to.allow_claims_from(from.node_id(), true)
                     .await
                     .expect("allowed");
-                from.claim_node(to.node_id())
+                from.claim_node(to.node_id(), ClaimOptions::default())
                     .await
                     .unwrap_or_else(|e| panic!("agent {i} claims agent {j}: {e}"));
             }
@@ -61,7 +70,7 @@ pub fn agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_c
             assert_eq!(chain.len(), agents.len() - 1, "agent {i}'s sigchain");
             let other = &agents[(i + 1) % agents.len()];
             let fetched = other
-                .request_chain_data(agent.node_id(), None)
+                .request_chain_data(agent.node_id(), ChainOptions::default())
                 .await
                 .expect("chain data");
             assert_eq!(
@@ -87,17 +96,21 @@ pub fn a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_and_ch
         ))
         .await;
         match second {
-            Err(AgentError::DataDir { source, .. }) => {
+            Err(AgentError::Setup(SetupError::DataDir { source, .. })) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::WouldBlock);
             }
             Err(other) => panic!("a second agent on b's directory: {other}"),
             Ok(_) => panic!("a second agent started on b's directory"),
         }
-        b.sync_node_graph(seeds(&a), true).await.expect("synced");
+        b.sync_node_graph(seeds(&a), SyncOptions::default().blocking(true))
+            .await
+            .expect("synced");
         a.allow_claims_from(b.node_id(), true)
             .await
             .expect("allowed");
-        b.claim_node(a.node_id()).await.expect("claimed");
+        b.claim_node(a.node_id(), ClaimOptions::default())
+            .await
+            .expect("claimed");
         let id = b.node_id();
         let graph = b.get_all().await.expect("get_all");
         let chain = b.sigchain().await.expect("sigchain");
@@ -140,7 +153,10 @@ pub fn two_agents_without_seeds_find_each_other_by_mdns<R: Runtime>() {
             );
         }
         let (a, b) = (&agents[0], &agents[1]);
-        let found = a.find_node_by_mdns(b.node_id()).await.expect("mDNS find");
+        let found = a
+            .find_node_by_mdns(b.node_id(), FindOptions::default())
+            .await
+            .expect("mDNS find");
         let (address, data) = found.expect("found on the local network");
         assert_eq!(address, NodeAddress::from(b.local_addr()));
         assert!(data.scopes.local, "mDNS addresses are local");
@@ -161,10 +177,10 @@ pub fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped<R: R
         // Nobody listens there: the attempt would wait for its timeout.
         let nowhere = NodeAddress::from(SocketAddr::from(([127, 0, 0, 1], 9)));
         let stranger = KeyPair::from_seed(&[7; 32]).expect("a key").node_id();
-        let waiting = a.ping_node_address(stranger, nowhere.clone());
+        let waiting = a.ping_node_address(stranger, nowhere.clone(), PingOptions::default());
         let stopper = async {
             // Until the ping is under way.
-            while a.read(|m| m.operations_in_flight()).await.expect("read") == 0 {
+            while a.in_flight().operations == 0 {
                 R::sleep(Duration::from_millis(1)).await;
             }
             a.stop().await.expect("stopped");
@@ -176,7 +192,8 @@ pub fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped<R: R
             "nothing answered at {nowhere:?}, got {ended:?}"
         );
         assert!(matches!(
-            a.ping_node_address(stranger, nowhere).await,
+            a.ping_node_address(stranger, nowhere, PingOptions::default())
+                .await,
             Err(AgentError::Stopped)
         ));
     });

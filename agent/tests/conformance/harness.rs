@@ -13,7 +13,7 @@ use futures::future::{Either, select};
 use futures::stream::FuturesUnordered;
 use keynode_agent::{
     Agent, AgentConfig, Connection, IncomingStream, Listener, Protocol, ReadToEndError,
-    ReadinessTables, RecvStream, SendStream, StreamError, StreamTables,
+    ReadinessTables, RecvStream, SendStream, SetNodeOptions, StreamError, StreamTables,
 };
 use keynode_core::{ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData, NodeId};
 
@@ -53,8 +53,7 @@ pub async fn connect(from: &Agent, to: &Agent) -> Connection {
         to.node_id(),
         NodeAddress::from(to.local_addr()),
         data,
-        false,
-        true,
+        SetNodeOptions::default().force(true),
     )
     .await
     .expect("set_node");
@@ -184,15 +183,7 @@ pub async fn first_error(send: &mut SendStream, recv: &mut RecvStream, data: &[u
 
 /// Uses of connections `agent` handed out and has not got back.
 pub async fn leases(agent: &Agent) -> u32 {
-    agent
-        .read(|m| {
-            m.connections()
-                .iter()
-                .map(|(c, _, _)| m.connection_leases(*c).unwrap_or(0))
-                .sum()
-        })
-        .await
-        .expect("the agent runs")
+    u32::try_from(agent.in_flight().leases).unwrap_or(u32::MAX)
 }
 
 /// Whether `agent` has a connection up to `peer`.

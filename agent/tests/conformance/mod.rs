@@ -20,6 +20,7 @@
 //! The cases, one module per area:
 //! - `agents`: sync through a seed, find, ping, claim, chain data; restart
 //!   from the data directory; mDNS; stop while operations run.
+//! - `ops`: cancel on drop, per-call timeouts, the bounded call queue.
 //! - `streams`: application streams and datagrams (issue 14).
 //!
 //! # Adding a case
@@ -45,6 +46,7 @@ use keynode_agent::{Agent, AgentConfig, AgentError};
 mod harness;
 
 pub mod agents;
+pub mod ops;
 pub mod streams;
 
 pub use harness::{
@@ -73,6 +75,11 @@ macro_rules! conformance_suite {
                 a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_and_chain,
                 two_agents_without_seeds_find_each_other_by_mdns,
                 a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped,
+            }
+            ops {
+                a_dropped_find_leaves_no_operation_lease_or_slot_behind,
+                a_call_past_its_timeout_ends_typed_and_is_cancelled,
+                a_full_call_queue_refuses_with_busy,
             }
             streams {
                 an_echo_protocol_returns_what_was_sent,

@@ -32,6 +32,11 @@ impl ConnTable {
         self.conns.len()
     }
 
+    /// Uses of connections handed out and not released.
+    pub(crate) fn leases_held(&self) -> usize {
+        self.leases.len()
+    }
+
     pub(crate) fn get(&self, conn: ConnId) -> Option<&Conn> {
         self.conns.get(&conn)
     }

@@ -77,6 +77,7 @@ mod conns;
 mod dials;
 mod find;
 mod gc;
+mod in_flight;
 mod lifecycle;
 mod lookup;
 mod maintenance;
@@ -102,6 +103,7 @@ pub use api::{
 };
 pub use call::UserCall;
 pub use find::{FindOptions, Strategies};
+pub use in_flight::InFlight;
 pub use timers::Timer;
 
 use crate::claims::{Identity, Sigchain};

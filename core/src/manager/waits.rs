@@ -121,7 +121,6 @@ impl Waits {
     }
 
     /// Waits in flight, for monitoring and tests.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.waiting.len()
     }

@@ -364,6 +364,11 @@ impl Node {
         &self.manager
     }
 
+    /// The manager's requests sent on connections and not answered yet.
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
     /// The connections up, with their peers.
     pub fn connection_count(&self) -> usize {
         self.conns.values().filter(|c| c.is_up()).count()

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
-use keynode_tokio::AgentConfig;
 use keynode_tokio::control::{
     AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, Reply, Request, Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
+use keynode_tokio::{AgentConfig, SyncOptions};
 
 #[derive(Parser)]
 #[command(
@@ -656,7 +656,9 @@ fn describe(address: &AddressInfo) -> String {
 }
 
 fn ago(unix_secs: u64) -> String {
-    let now = keynode_tokio::now().unix_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     match now.checked_sub(unix_secs) {
         Some(secs) => format!("{secs} s ago"),
         None => format!("{} s from now", unix_secs - now),
@@ -699,7 +701,7 @@ async fn start_agent<R: keynode_agent::Runtime>(
             out.flush()?;
         }
         if !seeds.is_empty() {
-            agent.sync_node_graph(seeds, false).await?;
+            agent.sync_node_graph(seeds, SyncOptions::default()).await?;
         }
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),

@@ -120,3 +120,11 @@ pub async fn transfer(
     }
     Ok(started.elapsed())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_echo_protocol_name_is_valid() {
+        assert!(super::protocol().is_ok(), "the demo expects it to be");
+    }
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use keynode_core::NodeAddress;
-use keynode_tokio::AgentConfig;
+use keynode_tokio::{AgentConfig, PingOptions};
 use serde::Serialize;
 
 /// What the handshake run measured.
@@ -65,7 +65,7 @@ pub(crate) async fn run(count: usize) -> crate::BenchResult<Report> {
     let pings = clients.iter().map(|c| {
         let at = at.clone();
         let c = c.clone();
-        tokio::spawn(async move { c.ping_node_address(id, at).await })
+        tokio::spawn(async move { c.ping_node_address(id, at, PingOptions::default()).await })
     });
     let mut ok = 0;
     for p in pings.collect::<Vec<_>>() {

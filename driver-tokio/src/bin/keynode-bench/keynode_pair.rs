@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use keynode_core::{ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData};
-use keynode_tokio::ProtocolOptions;
 use keynode_tokio::{Agent, AgentConfig, Connection, IncomingStream, Listener, Protocol};
+use keynode_tokio::{ProtocolOptions, SetNodeOptions};
 use tokio::task::JoinHandle;
 
 use crate::BenchResult;
@@ -46,7 +46,12 @@ impl KeynodePair {
         };
         let at = NodeAddress::from(server.local_addr());
         client
-            .set_node(server.node_id(), at, data, false, true)
+            .set_node(
+                server.node_id(),
+                at,
+                data,
+                SetNodeOptions::default().force(true),
+            )
             .await?;
         let conn = client.acquire_connection(server.node_id()).await?;
         Ok(Self {
