@@ -98,7 +98,7 @@ pub use manager::{
 };
 pub use seed::{SeedNodes, SeedNodesParseError};
 pub use store::{
-    ContactRecord, GraphSnapshot, PendingRecord, Snapshot, StoreOp, TaskKey, TaskPayload,
-    TaskRecord,
+    ContactRecord, GraphSnapshot, PendingRecord, Snapshot, StoreErrorKind, StoreOp, TaskKey,
+    TaskPayload, TaskRecord,
 };
 pub use time::{Now, TimeSource};

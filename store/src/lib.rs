@@ -26,7 +26,7 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn}
 use keynode_core::claims::SignedClaim;
 use keynode_core::{
     ContactRecord, GraphSnapshot, NODE_ID_LEN, NodeGraphSpace, NodeId, PendingRecord, Snapshot,
-    StoreOp, TaskKey, TaskRecord,
+    StoreErrorKind, StoreOp, TaskKey, TaskRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -133,6 +133,42 @@ pub enum StoreError {
         /// The error.
         source: heed::Error,
     },
+}
+
+impl StoreError {
+    /// What kind of failure this is, as the core learns it
+    /// ([`keynode_core::Event::StoreFailed`]): the core does not know LMDB.
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            Self::CreateDir { source, .. } => StoreErrorKind::Io(source.kind()),
+            Self::AlreadyOpen { .. } => StoreErrorKind::Io(io::ErrorKind::ResourceBusy),
+            Self::SchemaMismatch { .. } => StoreErrorKind::Incompatible,
+            Self::MapFull { .. } => StoreErrorKind::MapFull,
+            Self::Corrupt { .. } => StoreErrorKind::Corrupted,
+            Self::Encode { .. } => StoreErrorKind::Encode,
+            Self::Lmdb { source, .. } => lmdb_kind(source),
+        }
+    }
+}
+
+/// The kind of an LMDB failure: damage, a full map, I/O, or the database
+/// refusing the operation.
+fn lmdb_kind(error: &heed::Error) -> StoreErrorKind {
+    match error {
+        heed::Error::Io(e) => StoreErrorKind::Io(e.kind()),
+        heed::Error::Mdb(MdbError::MapFull) => StoreErrorKind::MapFull,
+        heed::Error::Mdb(
+            MdbError::PageNotFound
+            | MdbError::Corrupted
+            | MdbError::Panic
+            | MdbError::Invalid
+            | MdbError::VersionMismatch,
+        )
+        | heed::Error::Decoding(_) => StoreErrorKind::Corrupted,
+        heed::Error::Encoding(_) => StoreErrorKind::Encode,
+        heed::Error::EnvAlreadyOpened => StoreErrorKind::Io(io::ErrorKind::ResourceBusy),
+        heed::Error::Mdb(_) => StoreErrorKind::Database,
+    }
 }
 
 /// The persisted state of one node, in one LMDB environment.

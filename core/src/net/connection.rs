@@ -344,7 +344,7 @@ impl Node {
                 if let Some(attempt) = attempt {
                     let failure = match found {
                         Some(found) => ConnectFailure::WrongNodeId { found },
-                        None => ConnectFailure::Transport("no peer certificate".to_owned()),
+                        None => ConnectFailure::NoPeerCertificate,
                     };
                     self.manager
                         .handle(now, Event::ConnectFailed { attempt, failure });
@@ -370,7 +370,7 @@ impl Node {
                     Some(found) if found != expected => ConnectFailure::WrongNodeId { found },
                     _ => match reason {
                         ConnectionError::TimedOut => ConnectFailure::Timeout,
-                        other => ConnectFailure::Transport(other.to_string()),
+                        other => ConnectFailure::Transport(other),
                     },
                 };
                 self.manager

@@ -503,7 +503,8 @@ impl Node {
         while let Some(frame) = self.take_frame(id, stream) {
             match frame {
                 Ok(frame) => self.on_frame(id, stream, frame),
-                Err(_) => {
+                Err(error) => {
+                    self.fail_request(id, stream, error);
                     self.reject_stream(id, stream);
                     return;
                 }
@@ -559,6 +560,30 @@ impl Node {
         c.partial_bytes = c.partial_bytes.saturating_sub(LEN_PREFIX + len);
         self.partial_bytes = self.partial_bytes.saturating_sub(LEN_PREFIX + len);
         Some(wire::decode_frame(&frame, max))
+    }
+
+    /// If `stream` carries one of this node's requests, the request fails
+    /// with why its response did not decode (rather than the "connection
+    /// closed" that resetting the stream would report).
+    fn fail_request(&mut self, id: ConnId, stream: quinn_proto::StreamId, error: DecodeError) {
+        let role = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.streams.get(&stream))
+            .map(|s| s.role);
+        if let Some(Role::Request(request)) = role
+            && self.requests.remove(&request).is_some()
+        {
+            self.timers.cancel(NetTimer::Request(request));
+            let now = self.now;
+            self.manager.handle(
+                now,
+                Event::ResponseReceived {
+                    request,
+                    result: Err(RpcFailure::InvalidResponse(error)),
+                },
+            );
+        }
     }
 
     /// A peer broke the framing or sent too much: the stream is stopped
