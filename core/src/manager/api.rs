@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::address::{Hostname, NodeAddress};
 use crate::claims::{ChainRejection, ClaimError, SignedClaim};
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::{CloseReason, ConnectionErrorCode};
 use crate::contact::{ContactMode, NodeContactAddressData};
 use crate::graph::SnapshotError;
 use crate::id::{BucketIndex, NodeId};
@@ -113,10 +113,10 @@ pub enum ConnectFailure {
         /// The name.
         hostname: Hostname,
     },
-    /// The connection came up and this node closed it with `code` (the
-    /// connection limit, or the peer is this node itself).
+    /// The connection came up and this node closed it (the connection
+    /// limit, or the peer is this node itself).
     #[error("this node closed the connection it dialled: {0}")]
-    Declined(ConnectionErrorCode),
+    Declined(CloseReason),
     /// quinn refused to start the attempt (a bad address, no endpoint
     /// capacity, ...).
     #[error("cannot start the QUIC connection: {0}")]

@@ -16,7 +16,7 @@ use super::{
     RequestId, ResolveId, RunState, Timer,
 };
 use crate::address::{Host, NodeAddress};
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::contact::{ContactMode, NodeAddressScopes, NodeContactAddressData};
 use crate::id::NodeId;
 use crate::manager::conns::Conn;
@@ -127,7 +127,7 @@ impl NodeManager {
             if a.node_id != peer {
                 self.commands.push_back(Command::CloseConnection {
                     conn,
-                    code: ConnectionErrorCode::PeerIdMismatch,
+                    code: CloseReason::WrongNodeId.code(),
                 });
                 self.input_wait(
                     Wait::Attempt(*id),
@@ -141,19 +141,21 @@ impl NodeManager {
         }
         if peer == self.graph.own_node_id() || self.conns.len() >= self.config.max_connections {
             self.stats.connections_refused += 1;
-            let code = if peer == self.graph.own_node_id() {
-                ConnectionErrorCode::PeerIdMismatch
+            let reason = if peer == self.graph.own_node_id() {
+                CloseReason::OwnNodeId
             } else {
-                ConnectionErrorCode::LimitExceeded
+                CloseReason::ConnectionLimit
             };
-            self.commands
-                .push_back(Command::CloseConnection { conn, code });
+            self.commands.push_back(Command::CloseConnection {
+                conn,
+                code: reason.code(),
+            });
             if let Some((id, _)) = attempt {
                 self.input_wait(
                     Wait::Attempt(id),
                     Input::ConnectFailed {
                         attempt: id,
-                        failure: ConnectFailure::Declined(code),
+                        failure: ConnectFailure::Declined(reason),
                     },
                 );
             }
@@ -265,7 +267,7 @@ impl NodeManager {
             }
             self.commands.push_back(Command::CloseConnection {
                 conn,
-                code: ConnectionErrorCode::IdleTimeout,
+                code: CloseReason::Idle.code(),
             });
         }
     }

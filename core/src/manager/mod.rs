@@ -106,7 +106,7 @@ pub use timers::Timer;
 
 use crate::claims::{Identity, Sigchain};
 use crate::config::{Config, ConfigError};
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::graph::{NodeBucket, NodeGraph};
 use crate::id::{BucketIndex, NodeId};
 use crate::store::{StoreOp, TaskKey, TaskRecord};
@@ -567,7 +567,7 @@ impl NodeManager {
         for conn in conns {
             self.commands.push_back(Command::CloseConnection {
                 conn,
-                code: ConnectionErrorCode::NodeStopping,
+                code: CloseReason::Stopping.code(),
             });
         }
         self.conns.clear();

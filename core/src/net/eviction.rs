@@ -13,7 +13,7 @@ use quinn_proto::VarInt;
 use super::app::AppEvent;
 use super::connection::ConnState;
 use super::node::Node;
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::manager::{ConnId, Event};
 
 impl Node {
@@ -52,7 +52,7 @@ impl Node {
     /// gone; it stops counting against any admission bound.
     fn evict(&mut self, id: ConnId) {
         let now = self.now;
-        let code = ConnectionErrorCode::LimitExceeded;
+        let code = CloseReason::Evicted.code();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };

@@ -23,7 +23,7 @@ use super::connection::QuicConn;
 use super::node::Node;
 use super::protocol::{Header, Protocol, parse_header};
 use super::timers::NetTimer;
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::manager::{ConnId, Event, PeerRequestId, RequestId, RpcFailure, StreamId};
 use crate::wire::{self, DecodeError, Frame};
 
@@ -589,7 +589,7 @@ impl Node {
     /// A peer broke the framing or sent too much: the stream is stopped
     /// and reset (whichever of its sides this node has).
     pub(super) fn reject_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
-        let code = VarInt::from_u32(ConnectionErrorCode::ProtocolViolation.code());
+        let code = VarInt::from_u32(CloseReason::ProtocolViolation.code().code());
         self.abandon_stream(id, stream, code);
     }
 
