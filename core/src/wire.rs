@@ -388,6 +388,36 @@ mod tests {
     }
 
     #[test]
+    fn a_garbage_response_says_it_was_a_response_and_why() {
+        // An enum tag no Response has.
+        let error = decode_response(&[WIRE_VERSION, 100], LIMIT).unwrap_err();
+        assert_eq!(
+            error,
+            DecodeError::Malformed {
+                what: "response",
+                source: postcard::Error::DeserializeBadEnum,
+            }
+        );
+        assert!(error.to_string().starts_with("malformed response: "), "{error}");
+        // Cut short inside a NodeId.
+        let bytes = encode(
+            &Response::ClosestNodes {
+                active: vec![NodeId::from_bytes([2; 32])],
+                contacts: Vec::new(),
+            },
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(
+            decode_response(&bytes[..10], LIMIT),
+            Err(DecodeError::Malformed {
+                what: "response",
+                source: postcard::Error::DeserializeUnexpectedEnd,
+            })
+        );
+    }
+
+    #[test]
     fn oversized_lists_are_refused() {
         let response = Response::ClosestNodes {
             active: vec![NodeId::from_bytes([2; 32]); MAX_CLOSEST + 1],

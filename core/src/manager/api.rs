@@ -454,6 +454,10 @@ pub enum OpError {
     /// The manager has no signing key.
     #[error("this node manager has no signing key")]
     CannotSign,
+    /// `request`: the peer's response did not decode (what was wrong with
+    /// it is the [`DecodeError`]).
+    #[error("the peer's response is invalid: {0}")]
+    InvalidResponse(DecodeError),
     /// A request was refused by the peer.
     #[error("the peer refused the request: {0:?}")]
     Refused(crate::wire::RefusalReason),

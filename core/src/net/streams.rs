@@ -497,6 +497,11 @@ impl Node {
             return;
         }
         if too_big {
+            // More than two frames' worth buffered: the frame in front
+            // announced a length over the limit, which is why it failed.
+            if let Some(Err(error)) = self.take_frame(id, stream) {
+                self.fail_request(id, stream, error);
+            }
             self.reject_stream(id, stream);
             return;
         }
