@@ -395,10 +395,14 @@ mod tests {
             error,
             DecodeError::Malformed {
                 what: "response",
-                source: postcard::Error::DeserializeBadEnum,
+                // serde's derive reports an unknown variant as a custom error.
+                source: postcard::Error::SerdeDeCustom,
             }
         );
-        assert!(error.to_string().starts_with("malformed response: "), "{error}");
+        assert!(
+            error.to_string().starts_with("malformed response: "),
+            "{error}"
+        );
         // Cut short inside a NodeId.
         let bytes = encode(
             &Response::ClosestNodes {

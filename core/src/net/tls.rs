@@ -87,6 +87,7 @@ impl NodeCertificate {
 
 /// Why a certificate carries no NodeId.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CertificateKeyError {
     /// The bytes are not one DER X.509 certificate.
     #[error("the certificate is not a well-formed X.509 certificate")]
