@@ -23,6 +23,9 @@ pub enum ConnectionErrorCode {
     LimitExceeded = 5,
     /// The node is stopping.
     NodeStopping = 6,
+    /// A dial-back proved the peer's address; the peer's own connection
+    /// carries the traffic, so this second one is not kept.
+    DialBackDone = 7,
 }
 
 /// Spec: `ConnectionErrorReason`: the text of a [`ConnectionErrorCode`].
@@ -30,13 +33,14 @@ pub type ConnectionErrorReason = &'static str;
 
 impl ConnectionErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ConnectionErrorCode; 6] = [
+    pub const ALL: [ConnectionErrorCode; 7] = [
         Self::ForceClose,
         Self::IdleTimeout,
         Self::PeerIdMismatch,
         Self::ProtocolViolation,
         Self::LimitExceeded,
         Self::NodeStopping,
+        Self::DialBackDone,
     ];
 
     /// The number sent as the QUIC application error code.
@@ -53,6 +57,7 @@ impl ConnectionErrorCode {
             Self::ProtocolViolation => "peer sent a malformed or unexpected message",
             Self::LimitExceeded => "a connection, stream or rate limit was reached",
             Self::NodeStopping => "node is stopping",
+            Self::DialBackDone => "dial-back verified the address; the connection is not needed",
         }
     }
 
@@ -93,11 +98,14 @@ pub enum CloseReason {
     ProtocolViolation,
     /// This node is stopping.
     Stopping,
+    /// A dial-back proved the peer's address; the peer's own connection
+    /// carries the traffic.
+    DialBackDone,
 }
 
 impl CloseReason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         Self::Destroyed,
         Self::Idle,
         Self::WrongNodeId,
@@ -106,6 +114,7 @@ impl CloseReason {
         Self::Evicted,
         Self::ProtocolViolation,
         Self::Stopping,
+        Self::DialBackDone,
     ];
 
     /// The application close code sent for this reason.
@@ -117,6 +126,7 @@ impl CloseReason {
             Self::ConnectionLimit | Self::Evicted => ConnectionErrorCode::LimitExceeded,
             Self::ProtocolViolation => ConnectionErrorCode::ProtocolViolation,
             Self::Stopping => ConnectionErrorCode::NodeStopping,
+            Self::DialBackDone => ConnectionErrorCode::DialBackDone,
         }
     }
 }
@@ -132,6 +142,7 @@ impl fmt::Display for CloseReason {
             Self::Evicted => "an idle inbound connection made room for a dial",
             Self::ProtocolViolation => "the peer sent a malformed or unexpected frame",
             Self::Stopping => "the node is stopping",
+            Self::DialBackDone => "a dial-back verified the address",
         };
         write!(f, "{text} (code {})", self.code().code())
     }
@@ -160,6 +171,7 @@ mod tests {
             (R::Evicted, C::LimitExceeded),
             (R::ProtocolViolation, C::ProtocolViolation),
             (R::Stopping, C::NodeStopping),
+            (R::DialBackDone, C::DialBackDone),
         ];
         assert_eq!(
             table.map(|(r, _)| r),
