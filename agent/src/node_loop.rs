@@ -68,7 +68,26 @@ pub fn resolved(
         resolve,
         result: result
             .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<IpAddr>>())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| {
+                tracing::debug!(%resolve, "resolution failed: {e}");
+                resolve_error_kind(&e)
+            }),
+    }
+}
+
+/// The kind of a resolver failure. The standard library reports a
+/// `getaddrinfo` failure other than a system error (an unknown name, no
+/// answer from the DNS) without an OS error and with a kind that stable
+/// Rust cannot name; the name was not found, so it is `NotFound`.
+fn resolve_error_kind(error: &std::io::Error) -> std::io::ErrorKind {
+    match error.raw_os_error() {
+        Some(_) => error.kind(),
+        None if error.kind() == std::io::ErrorKind::Other
+            || error.kind().to_string() == "uncategorized error" =>
+        {
+            std::io::ErrorKind::NotFound
+        }
+        None => error.kind(),
     }
 }
 

@@ -64,7 +64,7 @@ impl StoreThread {
                                     );
                                     DriverEvent::StoreFailed {
                                         batch,
-                                        error: e.to_string(),
+                                        error: e.kind(),
                                     }
                                 }
                             };

@@ -292,6 +292,7 @@ pub fn io_error(e: StreamError) -> io::Error {
         StreamError::Stopped(_) => io::ErrorKind::BrokenPipe,
         StreamError::Closed(_) => io::ErrorKind::NotConnected,
         StreamError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+        _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)
 }

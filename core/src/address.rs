@@ -18,6 +18,7 @@ pub struct Hostname(Box<str>);
 
 /// Why a text is not a [`Hostname`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HostnameError {
     /// Empty text.
     #[error("hostname is empty")]
@@ -179,6 +180,7 @@ impl fmt::Display for NodeAddress {
 
 /// Why a text is not a [`NodeAddress`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeAddressParseError {
     /// No `:port` at the end.
     #[error("address {text:?} has no port (expected host:port)")]

@@ -214,6 +214,7 @@ impl Default for Config {
 
 /// A [`Config`] value that cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// A value outside its allowed range.
     #[error("config field `{field}` is {value}, allowed {min}..={max}")]

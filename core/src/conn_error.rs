@@ -1,4 +1,5 @@
-//! [`ConnectionErrorCode`]: why a connection was closed, as a QUIC application close code.
+//! [`ConnectionErrorCode`]: why a connection was closed, as a QUIC application close code,
+//! and [`CloseReason`]: why this node closes one, the only mapping to the code it sends.
 
 use std::fmt;
 
@@ -72,9 +73,123 @@ impl fmt::Display for ConnectionErrorCode {
     }
 }
 
+/// Why this node closes a connection (or gives up a peer's stream).
+///
+/// Every place that closes a connection or resets a stream for a reason
+/// names its reason here; [`CloseReason::code`] is the one mapping from
+/// reasons to the [`ConnectionErrorCode`] the peer receives.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The connection is destroyed on request (the spec's `destroy`).
+    Destroyed,
+    /// No use of the connection within its time to live.
+    Idle,
+    /// The peer's certificate is not the NodeId that was dialled (or it
+    /// presented none).
+    WrongNodeId,
+    /// The peer presented this node's own NodeId.
+    OwnNodeId,
+    /// `max_connections`, or an admission bound per source, was reached.
+    ConnectionLimit,
+    /// An idle inbound connection gives its slot to this node's own dial.
+    Evicted,
+    /// The peer sent a malformed, oversized or unexpected frame.
+    ProtocolViolation,
+    /// This node is stopping.
+    Stopping,
+    /// A dial-back proved the peer's address; the peer's own connection
+    /// carries the traffic.
+    DialBackDone,
+}
+
+impl CloseReason {
+    /// Every reason, for tests and documentation.
+    pub const ALL: [CloseReason; 9] = [
+        Self::Destroyed,
+        Self::Idle,
+        Self::WrongNodeId,
+        Self::OwnNodeId,
+        Self::ConnectionLimit,
+        Self::Evicted,
+        Self::ProtocolViolation,
+        Self::Stopping,
+        Self::DialBackDone,
+    ];
+
+    /// The application close code sent for this reason.
+    pub const fn code(self) -> ConnectionErrorCode {
+        match self {
+            Self::Destroyed => ConnectionErrorCode::ForceClose,
+            Self::Idle => ConnectionErrorCode::IdleTimeout,
+            Self::WrongNodeId | Self::OwnNodeId => ConnectionErrorCode::PeerIdMismatch,
+            Self::ConnectionLimit | Self::Evicted => ConnectionErrorCode::LimitExceeded,
+            Self::ProtocolViolation => ConnectionErrorCode::ProtocolViolation,
+            Self::Stopping => ConnectionErrorCode::NodeStopping,
+            Self::DialBackDone => ConnectionErrorCode::DialBackDone,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Self::Destroyed => "the connection was destroyed",
+            Self::Idle => "the connection was idle past its time to live",
+            Self::WrongNodeId => "the peer is not the NodeId dialled",
+            Self::OwnNodeId => "the peer presented this node's own NodeId",
+            Self::ConnectionLimit => "a connection limit was reached",
+            Self::Evicted => "an idle inbound connection made room for a dial",
+            Self::ProtocolViolation => "the peer sent a malformed or unexpected frame",
+            Self::Stopping => "the node is stopping",
+            Self::DialBackDone => "a dial-back verified the address",
+        };
+        write!(f, "{text} (code {})", self.code().code())
+    }
+}
+
+impl From<CloseReason> for ConnectionErrorCode {
+    fn from(reason: CloseReason) -> Self {
+        reason.code()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_close_reason_sends_its_code() {
+        use CloseReason as R;
+        use ConnectionErrorCode as C;
+        let table = [
+            (R::Destroyed, C::ForceClose),
+            (R::Idle, C::IdleTimeout),
+            (R::WrongNodeId, C::PeerIdMismatch),
+            (R::OwnNodeId, C::PeerIdMismatch),
+            (R::ConnectionLimit, C::LimitExceeded),
+            (R::Evicted, C::LimitExceeded),
+            (R::ProtocolViolation, C::ProtocolViolation),
+            (R::Stopping, C::NodeStopping),
+            (R::DialBackDone, C::DialBackDone),
+        ];
+        assert_eq!(
+            table.map(|(r, _)| r),
+            CloseReason::ALL,
+            "the table lists every reason"
+        );
+        for (reason, code) in table {
+            assert_eq!(reason.code(), code, "{reason:?}");
+            assert_eq!(ConnectionErrorCode::from(reason), code);
+        }
+        // Every code is sent for some reason.
+        for code in ConnectionErrorCode::ALL {
+            assert!(
+                CloseReason::ALL.iter().any(|r| r.code() == code),
+                "{code:?} is never sent"
+            );
+        }
+    }
 
     #[test]
     fn force_close_matches_the_original() {

@@ -109,6 +109,7 @@ pub struct NodeContact {
 
 /// Why a [`NodeContact`] from outside was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeContactError {
     /// More addresses than [`NodeContact::MAX_ADDRESSES`].
     #[error("a contact holds at most {max} addresses, found {found}", max = NodeContact::MAX_ADDRESSES)]

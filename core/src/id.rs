@@ -203,6 +203,7 @@ impl fmt::Debug for NodeId {
 
 /// Why a text or byte string is not a [`NodeId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeIdParseError {
     /// The text is empty.
     #[error("NodeId is empty")]

@@ -78,7 +78,7 @@ pub use address::{
 };
 pub use bucket::{BucketEntry, PendingNode};
 pub use config::{Config, ConfigError, MdnsConfig};
-pub use conn_error::{ConnectionErrorCode, ConnectionErrorReason};
+pub use conn_error::{CloseReason, ConnectionErrorCode, ConnectionErrorReason};
 pub use contact::{
     ContactMode, NodeAddressScope, NodeAddressScopes, NodeContact, NodeContactAddressData,
     NodeContactError, UnixSeconds,
@@ -99,7 +99,7 @@ pub use manager::{
 };
 pub use seed::{SeedNodes, SeedNodesParseError};
 pub use store::{
-    ContactRecord, GraphSnapshot, PendingRecord, Snapshot, StoreOp, TaskKey, TaskPayload,
-    TaskRecord,
+    ContactRecord, GraphSnapshot, PendingRecord, Snapshot, StoreErrorKind, StoreOp, TaskKey,
+    TaskPayload, TaskRecord,
 };
 pub use time::{Now, TimeSource};

@@ -16,6 +16,7 @@ pub struct SeedNodes(Vec<(NodeId, NodeAddress)>);
 /// Why a seed-node list did not parse. Each variant names the entry (its
 /// position from 0 and its text).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SeedNodesParseError {
     /// An entry without `@`.
     #[error("seed node {index} ({entry:?}) must be nodeid@host:port")]

@@ -13,6 +13,40 @@ use crate::contact::{NodeContact, NodeContactAddressData};
 use crate::graph::NodeGraphSpace;
 use crate::id::{BucketIndex, NodeId};
 
+/// What kind of failure the store met, as the manager learns it
+/// ([`crate::Event::StoreFailed`]) and an operation reports it
+/// ([`crate::OpError::Store`]).
+///
+/// A kind, not the store's own error: the core does not know the database
+/// (keynode-store maps LMDB's errors to these), and the kind is `Clone` so
+/// that it travels in events. The store's full error, with its path and
+/// source, is logged where it happens.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The database reached its configured size (LMDB's map size).
+    #[error("the store is full (its map size is reached)")]
+    MapFull,
+    /// An operating-system I/O error.
+    #[error("I/O error in the store: {0}")]
+    Io(std::io::ErrorKind),
+    /// The database or one of its records is damaged.
+    #[error("the store is corrupted")]
+    Corrupted,
+    /// A record could not be encoded (a bug: records are plain data).
+    #[error("a record could not be encoded for the store")]
+    Encode,
+    /// The store was written by a keynode with another layout.
+    #[error("the store was written by an incompatible keynode")]
+    Incompatible,
+    /// The store is closed or its thread has ended.
+    #[error("the store is closed")]
+    Closed,
+    /// Another database error (a bad key, a reader table full, ...).
+    #[error("the database refused the write")]
+    Database,
+}
+
 /// One change to persisted state. A list of them is applied atomically.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum StoreOp {

@@ -161,7 +161,7 @@ pub enum Frame {
 
 /// Decodes a [`Frame`], checking its lists against their bounds.
 pub fn decode_frame(bytes: &[u8], limit: usize) -> Result<Frame, DecodeError> {
-    let frame: Frame = decode(bytes, limit)?;
+    let frame: Frame = decode("frame", bytes, limit)?;
     if let Frame::Response(response) = &frame {
         check_response_bounds(response)?;
     }
@@ -185,11 +185,12 @@ fn check_response_bounds(response: &Response) -> Result<(), DecodeError> {
 
 /// Decodes a [`ClaimMessage`].
 pub fn decode_claim_message(bytes: &[u8], limit: usize) -> Result<ClaimMessage, DecodeError> {
-    decode(bytes, limit)
+    decode("claim message", bytes, limit)
 }
 
 /// Why bytes are not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Larger than the configured limit; not even looked at.
     #[error("message of {size} bytes exceeds the limit of {limit}")]
@@ -205,9 +206,17 @@ pub enum DecodeError {
         /// The version in the message.
         found: u8,
     },
-    /// Not a valid encoding.
-    #[error("malformed message: {0}")]
-    Malformed(String),
+    /// No bytes at all (not even the version).
+    #[error("empty message: no version byte")]
+    Empty,
+    /// Not a valid postcard encoding of the message expected.
+    #[error("malformed {what}: {source}")]
+    Malformed {
+        /// What was being decoded (`"request"`, `"frame"`, ...).
+        what: &'static str,
+        /// Why postcard refused it.
+        source: postcard::Error,
+    },
     /// Bytes after the message.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
@@ -226,6 +235,7 @@ pub enum DecodeError {
 
 /// Why a message could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// Larger than the limit once encoded.
     #[error("encoded message of {size} bytes exceeds the limit of {limit}")]
@@ -237,7 +247,7 @@ pub enum EncodeError {
     },
     /// Postcard failed (a bug: messages are plain data).
     #[error("cannot encode message: {0}")]
-    Postcard(String),
+    Postcard(postcard::Error),
 }
 
 /// Encodes `body` as a [`Message`] of the current version.
@@ -246,7 +256,7 @@ pub fn encode<T: Serialize>(body: &T, limit: usize) -> Result<Vec<u8>, EncodeErr
         version: WIRE_VERSION,
         body,
     })
-    .map_err(|e| EncodeError::Postcard(e.to_string()))?;
+    .map_err(EncodeError::Postcard)?;
     if bytes.len() > limit {
         return Err(EncodeError::TooLarge {
             size: bytes.len(),
@@ -258,17 +268,18 @@ pub fn encode<T: Serialize>(body: &T, limit: usize) -> Result<Vec<u8>, EncodeErr
 
 /// Decodes a [`Request`].
 pub fn decode_request(bytes: &[u8], limit: usize) -> Result<Request, DecodeError> {
-    decode(bytes, limit)
+    decode("request", bytes, limit)
 }
 
 /// Decodes a [`Response`], checking its lists against [`MAX_CLOSEST`].
 pub fn decode_response(bytes: &[u8], limit: usize) -> Result<Response, DecodeError> {
-    let response: Response = decode(bytes, limit)?;
+    let response: Response = decode("response", bytes, limit)?;
     check_response_bounds(&response)?;
     Ok(response)
 }
 
 fn decode<T: Serialize + for<'de> Deserialize<'de>>(
+    what: &'static str,
     bytes: &[u8],
     limit: usize,
 ) -> Result<T, DecodeError> {
@@ -283,17 +294,16 @@ fn decode<T: Serialize + for<'de> Deserialize<'de>>(
     match bytes.first() {
         Some(&WIRE_VERSION) => {}
         Some(&found) => return Err(DecodeError::UnsupportedVersion { found }),
-        None => return Err(DecodeError::Malformed("empty message".into())),
+        None => return Err(DecodeError::Empty),
     }
-    let (message, rest): (Message<T>, _) =
-        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let malformed = |source| DecodeError::Malformed { what, source };
+    let (message, rest): (Message<T>, _) = postcard::take_from_bytes(bytes).map_err(malformed)?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }
     // Postcard accepts some non-minimal varints; a message must re-encode to
     // the same bytes, so that what is signed is what is meant.
-    let again =
-        postcard::to_allocvec(&message).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let again = postcard::to_allocvec(&message).map_err(malformed)?;
     if again != bytes {
         return Err(DecodeError::NotCanonical);
     }
@@ -358,11 +368,14 @@ mod tests {
         );
         assert!(matches!(
             decode_request(&[], LIMIT),
-            Err(DecodeError::Malformed(_))
+            Err(DecodeError::Empty)
         ));
         assert!(matches!(
             decode_request(&[WIRE_VERSION, 200], LIMIT),
-            Err(DecodeError::Malformed(_))
+            Err(DecodeError::Malformed {
+                what: "request",
+                ..
+            })
         ));
         // A non-minimal varint for the enum tag (1 written as 0x81 0x00).
         let canonical = encode(&request, LIMIT).unwrap();
@@ -371,6 +384,40 @@ mod tests {
         assert_eq!(
             decode_request(&padded, LIMIT),
             Err(DecodeError::NotCanonical)
+        );
+    }
+
+    #[test]
+    fn a_garbage_response_says_it_was_a_response_and_why() {
+        // An enum tag no Response has.
+        let error = decode_response(&[WIRE_VERSION, 100], LIMIT).unwrap_err();
+        assert_eq!(
+            error,
+            DecodeError::Malformed {
+                what: "response",
+                // serde's derive reports an unknown variant as a custom error.
+                source: postcard::Error::SerdeDeCustom,
+            }
+        );
+        assert!(
+            error.to_string().starts_with("malformed response: "),
+            "{error}"
+        );
+        // Cut short inside a NodeId.
+        let bytes = encode(
+            &Response::ClosestNodes {
+                active: vec![NodeId::from_bytes([2; 32])],
+                contacts: Vec::new(),
+            },
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(
+            decode_response(&bytes[..10], LIMIT),
+            Err(DecodeError::Malformed {
+                what: "response",
+                source: postcard::Error::DeserializeUnexpectedEnd,
+            })
         );
     }
 

@@ -20,7 +20,7 @@ use common::{Script, addr, id};
 use keynode_core::{
     ApiError, AttemptId, BucketIndex, Command, Config, ConnId, ConnectFailure, ContactMode, Event,
     NodeAddress, NodeAddressScopes, NodeContactAddressData, NodeEvent, NodeId, OpError, OpId,
-    OpValue, Output, StoreBatch, StoreOp, TaskKey, Timer,
+    OpValue, Output, StoreBatch, StoreErrorKind, StoreOp, TaskKey, Timer,
 };
 
 const FAR: BucketIndex = BucketIndex::FARTHEST;
@@ -300,7 +300,7 @@ fn fail(s: &mut Script, batches: Vec<StoreBatch>) {
     for batch in batches {
         s.handle(Event::StoreFailed {
             batch: batch.id,
-            error: "disk full".to_owned(),
+            error: StoreErrorKind::MapFull,
         });
     }
 }
@@ -324,7 +324,7 @@ fn is_gc_batch(b: &StoreBatch) -> bool {
 }
 
 fn is_store_error(result: Option<Result<OpValue, OpError>>) -> bool {
-    matches!(result, Some(Err(OpError::Store(e))) if e == "disk full")
+    matches!(result, Some(Err(OpError::Store(e))) if e == StoreErrorKind::MapFull)
 }
 
 // ===== 1. set_node scenarios =====

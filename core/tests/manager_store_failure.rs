@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Script, addr};
 use keynode_core::{
     BucketIndex, Config, ContactMode, Event, NodeAddress, NodeAddressScopes,
-    NodeContactAddressData, NodeEvent, NodeId, OpError, OpId, Output, StoreBatch,
+    NodeContactAddressData, NodeEvent, NodeId, OpError, OpId, Output, StoreBatch, StoreErrorKind,
 };
 
 fn quiet(k: usize) -> Config {
@@ -61,7 +61,7 @@ fn held(s: &mut Script) -> Vec<StoreBatch> {
 fn fail(s: &mut Script, batch: &StoreBatch) {
     s.handle(Event::StoreFailed {
         batch: batch.id,
-        error: "MDB_MAP_FULL".to_owned(),
+        error: StoreErrorKind::MapFull,
     });
 }
 
@@ -88,7 +88,10 @@ fn a_failed_set_node_leaves_no_contact_behind() {
     assert_eq!(contacts(&s), vec![far(1)], "in memory while in flight");
     let batches = held(&mut s);
     fail(&mut s, &batches[0]);
-    assert!(matches!(s.done(op), Some(Err(OpError::Store(_)))));
+    assert!(matches!(
+        s.done(op),
+        Some(Err(OpError::Store(StoreErrorKind::MapFull)))
+    ));
     assert!(contacts(&s).is_empty(), "a failed batch is undone");
     assert!(
         s.outputs.iter().any(|o| matches!(
@@ -134,7 +137,10 @@ fn a_failed_eviction_is_undone() {
     assert_eq!(contacts(&s), vec![far(2), far(3)]);
     let batches = held(&mut s);
     fail(&mut s, &batches[0]);
-    assert!(matches!(s.done(op), Some(Err(OpError::Store(_)))));
+    assert!(matches!(
+        s.done(op),
+        Some(Err(OpError::Store(StoreErrorKind::MapFull)))
+    ));
     assert_eq!(
         contacts(&s),
         vec![far(1), far(2)],

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Net, addr, id};
-use keynode_core::{Config, NodeAddress, NodeId, OpError, OpValue, SeedNodes, TaskKey, Timer};
+use keynode_core::{
+    Config, ConnectFailure, NodeAddress, NodeId, OpError, OpValue, SeedNodes, TaskKey, Timer,
+};
 
 const STEPS: u64 = 200_000;
 
@@ -134,7 +136,7 @@ fn all_seeds_down_lists_each_failure() {
             let mut named: Vec<NodeId> = failures.iter().map(|f| f.node_id).collect();
             named.sort();
             assert_eq!(named, vec![id(1), id(2), id(9)]);
-            assert!(failures.iter().all(|f| f.reason.contains("timed out")));
+            assert!(failures.iter().all(|f| f.reason == ConnectFailure::Timeout));
             let message = OpError::SeedsUnreachable(failures).to_string();
             assert!(message.contains(&id(9).to_string()), "{message}");
         }

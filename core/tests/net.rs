@@ -300,3 +300,77 @@ fn a_punch_towards_a_connected_address_sends_and_holds_nothing() {
         "b punched towards a connected peer: {from_b:?}"
     );
 }
+
+/// A response the asker cannot decode (here: larger than its
+/// `max_message_size`) fails the request with why, not as "not connected".
+#[test]
+fn an_undecodable_response_says_why() {
+    use keynode_core::wire::{DecodeError, Request};
+    use keynode_core::{NodeAddressScopes, NodeContactAddressData, OpError};
+
+    let mut net = DatagramNet::new();
+    let mut small = datagram_net::config();
+    small.max_message_size = 1024;
+    let _asker = net.add_with(1, small, NetConfig::default());
+    let answerer = net.add(2);
+    // The answerer knows twenty nodes at long hostnames: its answer to a
+    // lookup is well over 1 KiB.
+    for n in 0..20u8 {
+        let mut id = [n + 1; 32];
+        id[0] = 0x80;
+        let op = net.call(
+            2,
+            UserCall::SetNode {
+                node_id: NodeId::from_bytes(id),
+                address: NodeAddress::new(
+                    keynode_core::Host::Name(
+                        format!("node{n}-{}.example", "x".repeat(50))
+                            .parse()
+                            .unwrap(),
+                    ),
+                    4000,
+                ),
+                data: NodeContactAddressData {
+                    mode: ContactMode::Direct,
+                    connected_time: 1,
+                    scopes: NodeAddressScopes::GLOBAL,
+                },
+                block: false,
+                force: true,
+                connect_timeout: None,
+            },
+        );
+        assert_eq!(net.wait(2, op), Ok(OpValue::Unit));
+    }
+    let op = net.call(
+        1,
+        UserCall::PingNodeAddress {
+            node_id: answerer,
+            address: NodeAddress::from(address(2)),
+            connect_timeout: None,
+        },
+    );
+    assert_eq!(net.wait(1, op), Ok(OpValue::Reachable(true)));
+    let (conn, _, _) = net
+        .manager(1)
+        .connections()
+        .into_iter()
+        .find(|(_, peer, _)| *peer == answerer)
+        .expect("connected to the answerer");
+    let op = net.call(
+        1,
+        UserCall::Request {
+            conn,
+            body: Request::ClosestNodes {
+                target: NodeId::from_bytes([7; 32]),
+            },
+        },
+    );
+    match net.wait(1, op) {
+        Err(OpError::InvalidResponse(DecodeError::TooLarge { size, limit })) => {
+            assert_eq!(limit, 1024);
+            assert!(size > limit);
+        }
+        other => panic!("expected an invalid response, got {other:?}"),
+    }
+}

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use keynode_core::{
     BucketIndex, ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData, NodeId,
+    OpError, StoreErrorKind,
 };
 use keynode_tokio::{Agent, AgentConfig, SetNodeOptions};
 
@@ -38,7 +39,12 @@ fn contains(graph: &[(BucketIndex, keynode_core::NodeBucket)], node: &NodeId) ->
         .any(|(_, bucket)| bucket.iter().any(|(n, _)| n == node))
 }
 
-async fn set(agent: &Agent, node: NodeId, port: u16, force: bool) -> bool {
+async fn try_set(
+    agent: &Agent,
+    node: NodeId,
+    port: u16,
+    force: bool,
+) -> Result<(), keynode_tokio::AgentError> {
     agent
         .set_node(
             node,
@@ -47,7 +53,10 @@ async fn set(agent: &Agent, node: NodeId, port: u16, force: bool) -> bool {
             SetNodeOptions::default().force(force),
         )
         .await
-        .is_ok()
+}
+
+async fn set(agent: &Agent, node: NodeId, port: u16, force: bool) -> bool {
+    try_set(agent, node, port, force).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +76,15 @@ async fn a_full_store_leaves_memory_equal_to_what_committed() {
         for bucket in 8..255u8 {
             let node = in_bucket(own, bucket, n);
             let port = 2000 + u16::from(bucket) * 20 + u16::from(n);
-            if !set(&agent, node, port, false).await {
+            if let Err(error) = try_set(&agent, node, port, false).await {
+                // The store's failure reaches the caller as its kind.
+                assert!(
+                    matches!(
+                        error,
+                        keynode_tokio::AgentError::Op(OpError::Store(StoreErrorKind::MapFull))
+                    ),
+                    "{error}"
+                );
                 refused = Some(node);
                 break 'fill;
             }

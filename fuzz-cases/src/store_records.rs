@@ -156,7 +156,7 @@ fn start_manager(store: &mut Store, snapshot: Snapshot) {
                     Ok(()) => Event::StoreCommitted(batch.id),
                     Err(e) => Event::StoreFailed {
                         batch: batch.id,
-                        error: e.to_string(),
+                        error: e.kind(),
                     },
                 };
                 manager.handle(now, event);

@@ -185,7 +185,7 @@ impl Answer {
                 return Err(match f % 3 {
                     0 => RpcFailure::Timeout,
                     1 => RpcFailure::ConnectionClosed,
-                    _ => RpcFailure::InvalidResponse("fuzz".into()),
+                    _ => RpcFailure::InvalidResponse(keynode_core::wire::DecodeError::Empty),
                 });
             }
         })
@@ -476,8 +476,13 @@ impl Harness {
                         1 => ConnectFailure::WrongNodeId {
                             found: POOL[usize::from(failure) % POOL.len()],
                         },
-                        2 => ConnectFailure::Resolve("fuzz".into()),
-                        _ => ConnectFailure::Transport("fuzz".into()),
+                        2 => ConnectFailure::Resolve {
+                            hostname: "fuzz.invalid"
+                                .parse::<Hostname>()
+                                .expect("a valid hostname"),
+                            kind: std::io::ErrorKind::NotFound,
+                        },
+                        _ => ConnectFailure::NoPeerCertificate,
                     };
                     self.handle(Event::ConnectFailed { attempt, failure });
                 }
@@ -525,7 +530,7 @@ impl Harness {
                 if let Some(batch) = pick(&mut self.batches, i) {
                     self.handle(Event::StoreFailed {
                         batch,
-                        error: "fuzz".into(),
+                        error: keynode_core::StoreErrorKind::MapFull,
                     });
                 }
             }
@@ -534,7 +539,7 @@ impl Harness {
                     let result = if ok {
                         Ok(vec![IpAddr::from([10, 0, 1, resolve.0 as u8])])
                     } else {
-                        Err("fuzz".into())
+                        Err(std::io::ErrorKind::NotFound)
                     };
                     self.handle(Event::Resolved { resolve, result });
                 }

@@ -25,8 +25,8 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, MdbError, RoTxn, RwTxn};
 use keynode_core::claims::SignedClaim;
 use keynode_core::{
-    ContactRecord, GraphSnapshot, NODE_ID_LEN, NodeGraphSpace, NodeId, PendingRecord, Snapshot,
-    StoreOp, TaskKey, TaskRecord,
+    ContactRecord, GraphSnapshot, NODE_ID_LEN, NodeGraphSpace, NodeId, NodeIdParseError,
+    PendingRecord, Snapshot, StoreErrorKind, StoreOp, TaskKey, TaskRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -108,14 +108,14 @@ pub enum StoreError {
         map_size: usize,
     },
     /// A record could not be decoded: the store is damaged.
-    #[error("store at {path} has a corrupt {what} record: {detail}")]
+    #[error("store at {path} has a corrupt {what} record: {problem}")]
     Corrupt {
         /// The directory.
         path: PathBuf,
         /// Which kind of record.
         what: &'static str,
         /// What is wrong with it.
-        detail: String,
+        problem: CorruptRecord,
     },
     /// A record could not be encoded (a bug: records are plain data).
     #[error("cannot encode a {what} record: {source}")]
@@ -133,6 +133,71 @@ pub enum StoreError {
         /// The error.
         source: heed::Error,
     },
+}
+
+/// What is wrong with a damaged record ([`StoreError::Corrupt`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptRecord {
+    /// The value is not the postcard encoding of the record.
+    #[error("its value does not decode: {0}")]
+    Decode(postcard::Error),
+    /// The value decodes with bytes left over.
+    #[error("{0} trailing bytes after its value")]
+    TrailingBytes(usize),
+    /// A fixed-size key or value of the wrong size.
+    #[error("{found} bytes where {expected} were expected")]
+    WrongLength {
+        /// Its size.
+        found: usize,
+        /// The size it must have.
+        expected: usize,
+    },
+    /// A key or value that should be a NodeId is not one.
+    #[error("not a NodeId: {0}")]
+    NodeId(NodeIdParseError),
+    /// A key or value this build does not know.
+    #[error("unknown key or value {0:?}")]
+    Unknown(Vec<u8>),
+    /// The active space has no recorded owner.
+    #[error("no owner is recorded for the active space {0:?}")]
+    MissingOwner(NodeGraphSpace),
+}
+
+impl StoreError {
+    /// What kind of failure this is, as the core learns it
+    /// ([`keynode_core::Event::StoreFailed`]): the core does not know LMDB.
+    pub fn kind(&self) -> StoreErrorKind {
+        match self {
+            Self::CreateDir { source, .. } => StoreErrorKind::Io(source.kind()),
+            Self::AlreadyOpen { .. } => StoreErrorKind::Io(io::ErrorKind::ResourceBusy),
+            Self::SchemaMismatch { .. } => StoreErrorKind::Incompatible,
+            Self::MapFull { .. } => StoreErrorKind::MapFull,
+            Self::Corrupt { .. } => StoreErrorKind::Corrupted,
+            Self::Encode { .. } => StoreErrorKind::Encode,
+            Self::Lmdb { source, .. } => lmdb_kind(source),
+        }
+    }
+}
+
+/// The kind of an LMDB failure: damage, a full map, I/O, or the database
+/// refusing the operation.
+fn lmdb_kind(error: &heed::Error) -> StoreErrorKind {
+    match error {
+        heed::Error::Io(e) => StoreErrorKind::Io(e.kind()),
+        heed::Error::Mdb(MdbError::MapFull) => StoreErrorKind::MapFull,
+        heed::Error::Mdb(
+            MdbError::PageNotFound
+            | MdbError::Corrupted
+            | MdbError::Panic
+            | MdbError::Invalid
+            | MdbError::VersionMismatch,
+        )
+        | heed::Error::Decoding(_) => StoreErrorKind::Corrupted,
+        heed::Error::Encoding(_) => StoreErrorKind::Encode,
+        heed::Error::EnvAlreadyOpened => StoreErrorKind::Io(io::ErrorKind::ResourceBusy),
+        heed::Error::Mdb(_) => StoreErrorKind::Database,
+    }
 }
 
 /// The persisted state of one node, in one LMDB environment.
@@ -217,7 +282,10 @@ impl Store {
                     .map_err(|_| StoreError::Corrupt {
                         path: path.clone(),
                         what: "schema version",
-                        detail: format!("{} bytes, expected 4", bytes.len()),
+                        problem: CorruptRecord::WrongLength {
+                            found: bytes.len(),
+                            expected: 4,
+                        },
                     })?;
                 if found != SCHEMA_VERSION {
                     return Err(StoreError::SchemaMismatch {
@@ -371,7 +439,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.claims.iter(&txn).map_err(|e| self.lmdb_error(e))? {
             let (_, value) = item.map_err(|e| self.lmdb_error(e))?;
-            out.push(decode(value).map_err(|detail| self.corrupt("claim", detail))?);
+            out.push(decode(value).map_err(|problem| self.corrupt("claim", problem))?);
         }
         Ok(out)
     }
@@ -383,7 +451,7 @@ impl Store {
             let (key, _) = item.map_err(|e| self.lmdb_error(e))?;
             let (a, b) = key.split_at(key.len().min(NODE_ID_LEN));
             let pair = NodeId::try_from_slice(a).and_then(|a| Ok((a, NodeId::try_from_slice(b)?)));
-            out.push(pair.map_err(|e| self.corrupt("gestalt link", e.to_string()))?);
+            out.push(pair.map_err(|e| self.corrupt("gestalt link", CorruptRecord::NodeId(e)))?);
         }
         Ok(out)
     }
@@ -399,7 +467,7 @@ impl Store {
             let (key, _) = item.map_err(|e| self.lmdb_error(e))?;
             out.push(
                 NodeId::try_from_slice(key)
-                    .map_err(|e| self.corrupt("claim permission", e.to_string()))?,
+                    .map_err(|e| self.corrupt("claim permission", CorruptRecord::NodeId(e)))?,
             );
         }
         Ok(out)
@@ -414,8 +482,8 @@ impl Store {
             let key = <[u8; 2]>::try_from(key)
                 .ok()
                 .and_then(TaskKey::from_bytes)
-                .ok_or_else(|| self.corrupt("task", format!("key {key:?}")))?;
-            let record = decode(value).map_err(|detail| self.corrupt("task", detail))?;
+                .ok_or_else(|| self.corrupt("task", CorruptRecord::Unknown(key.to_vec())))?;
+            let record = decode(value).map_err(|problem| self.corrupt("task", problem))?;
             out.push((key, record));
         }
         Ok(out)
@@ -435,14 +503,14 @@ impl Store {
             [n] => NodeGraphSpace::from_u8(*n),
             _ => None,
         }
-        .ok_or_else(|| self.corrupt("active space", format!("value {space:?}")))?;
+        .ok_or_else(|| self.corrupt("active space", CorruptRecord::Unknown(space.to_vec())))?;
         let own = self
             .meta
             .get(&txn, owner_key(space))
             .map_err(|e| self.lmdb_error(e))?
-            .ok_or_else(|| self.corrupt("space owner", format!("no owner for space {space:?}")))?;
-        let own =
-            NodeId::try_from_slice(own).map_err(|e| self.corrupt("space owner", e.to_string()))?;
+            .ok_or_else(|| self.corrupt("space owner", CorruptRecord::MissingOwner(space)))?;
+        let own = NodeId::try_from_slice(own)
+            .map_err(|e| self.corrupt("space owner", CorruptRecord::NodeId(e)))?;
         Ok(Some(GraphSnapshot {
             space,
             own,
@@ -465,18 +533,18 @@ impl Store {
         for item in iter {
             let (key, value) = item.map_err(|e| self.lmdb_error(e))?;
             let node_id = NodeId::try_from_slice(&key[1..])
-                .map_err(|e| self.corrupt(what, format!("key: {e}")))?;
-            let record = decode(value).map_err(|detail| self.corrupt(what, detail))?;
+                .map_err(|e| self.corrupt(what, CorruptRecord::NodeId(e)))?;
+            let record = decode(value).map_err(|problem| self.corrupt(what, problem))?;
             out.push((node_id, record));
         }
         Ok(out)
     }
 
-    fn corrupt(&self, what: &'static str, detail: String) -> StoreError {
+    fn corrupt(&self, what: &'static str, problem: CorruptRecord) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
             what,
-            detail,
+            problem,
         }
     }
 
@@ -580,10 +648,10 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreE
 }
 
 /// Decodes a whole record: trailing bytes are corruption, not padding.
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CorruptRecord> {
     match postcard::take_from_bytes(bytes) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
-        Err(e) => Err(e.to_string()),
+        Ok((_, rest)) => Err(CorruptRecord::TrailingBytes(rest.len())),
+        Err(e) => Err(CorruptRecord::Decode(e)),
     }
 }

@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use heed::types::Bytes;
 use keynode_core::{
     Config, ContactMode, ContactRecord, NodeAddress, NodeAddressScopes, NodeContact,
-    NodeContactAddressData, NodeGraph, NodeGraphSpace, NodeId, StoreOp, TaskKey, TaskPayload,
-    TaskRecord,
+    NodeContactAddressData, NodeGraph, NodeGraphSpace, NodeId, NodeIdParseError, StoreErrorKind,
+    StoreOp, TaskKey, TaskPayload, TaskRecord,
 };
-use keynode_store::{SCHEMA_VERSION, Store, StoreError, StoreOptions};
+use keynode_store::{CorruptRecord, SCHEMA_VERSION, Store, StoreError, StoreOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -387,4 +387,78 @@ fn a_store_of_another_schema_version_is_refused() {
         }
         other => panic!("expected SchemaMismatch, got {other:?}"),
     }
+}
+
+/// Writes `records` (table, key, value) into the store at `path` with heed
+/// directly, as a damaged disk or another program would leave them.
+fn write_raw(path: &std::path::Path, records: &[(&str, &[u8], &[u8])]) {
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .max_dbs(8)
+            .map_size(1 << 20)
+            .open(path)
+            .unwrap()
+    };
+    let txn = env.write_txn().unwrap();
+    env.create_databases_and_commit(txn, |opener, txn| -> heed::Result<_> {
+        for (table, key, value) in records {
+            let db = opener.create_database::<Bytes, Bytes>(txn, Some(table))?;
+            db.put(txn, key, value)?;
+        }
+        Ok(heed::CommitOrAbort::<(), ()>::Commit(()))
+    })
+    .unwrap();
+    env.prepare_for_closing().wait();
+}
+
+#[test]
+fn a_damaged_record_is_reported_by_load_with_what_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = NodeId::from_bytes([1; 32]);
+    let mut store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    store
+        .apply(
+            &NodeGraph::new(own, &Config::default())
+                .unwrap()
+                .persist_all(),
+        )
+        .unwrap();
+    store.close();
+    let mut key = vec![NodeGraphSpace::Zero.as_u8()];
+    key.extend_from_slice(&[2; 32]);
+    write_raw(dir.path(), &[("contacts", &key, &[0xff, 0xff, 0xff])]);
+
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let error = store.load().unwrap_err();
+    match &error {
+        StoreError::Corrupt {
+            what: "contact",
+            problem: CorruptRecord::Decode(_),
+            ..
+        } => {}
+        other => panic!("expected a corrupt contact, got {other:?}"),
+    }
+    assert_eq!(error.kind(), StoreErrorKind::Corrupted);
+    assert!(
+        error.to_string().contains("corrupt contact record"),
+        "{error}"
+    );
+    store.close();
+
+    // A claim permission whose key is not a NodeId.
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path(), &StoreOptions::default())
+        .unwrap()
+        .close();
+    write_raw(dir.path(), &[("permissions", &[7; 5], &[])]);
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    match store.load() {
+        Err(StoreError::Corrupt {
+            what: "claim permission",
+            problem: CorruptRecord::NodeId(NodeIdParseError::WrongByteLength { found: 5 }),
+            ..
+        }) => {}
+        other => panic!("expected a corrupt claim permission, got {other:?}"),
+    }
+    store.close();
 }

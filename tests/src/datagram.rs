@@ -221,7 +221,8 @@ impl DatagramLevel {
                     host,
                     Packet::Local(DriverEvent::Resolved {
                         resolve,
-                        result: Err("the simulation has no DNS".to_owned()),
+                        // The simulation has no DNS: no name is found.
+                        result: Err(std::io::ErrorKind::NotFound),
                     }),
                 ),
                 // No LAN in the simulation: mDNS finds nothing.

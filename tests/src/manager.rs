@@ -540,7 +540,8 @@ impl Driver for Pump<'_, '_, '_> {
     }
 
     fn resolve(&mut self, host: HostId, resolve: ResolveId, _: Hostname) {
-        let result = Err("the simulation has no DNS".to_owned());
+        // The simulation has no DNS: no name is found.
+        let result = Err(std::io::ErrorKind::NotFound);
         let resolved = Msg::Local(Event::Resolved { resolve, result });
         self.ctx.schedule(Duration::ZERO, host, resolved);
     }

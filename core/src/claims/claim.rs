@@ -151,7 +151,13 @@ pub struct SignedClaim {
 pub enum ClaimError {
     /// The payload does not decode.
     #[error("claim does not decode: {0}")]
-    Malformed(String),
+    Malformed(postcard::Error),
+    /// Bytes after the claim in its payload.
+    #[error("claim payload has {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// The claim could not be encoded (a bug: claims are plain data).
+    #[error("cannot encode the claim: {0}")]
+    Encode(postcard::Error),
     /// The payload is not the canonical encoding of its claim.
     #[error("claim is not in canonical encoding")]
     NotCanonical,
@@ -284,8 +290,7 @@ impl VerifiedClaim {
 impl SignedClaim {
     /// Encodes `claim` and signs it with `key`.
     pub fn sign(claim: &Claim, key: &KeyPair) -> Result<Self, ClaimError> {
-        let payload =
-            postcard::to_allocvec(claim).map_err(|e| ClaimError::Malformed(e.to_string()))?;
+        let payload = postcard::to_allocvec(claim).map_err(ClaimError::Encode)?;
         if payload.len() > MAX_CLAIM_SIZE {
             return Err(ClaimError::TooLarge);
         }
@@ -313,19 +318,15 @@ impl SignedClaim {
         if self.payload.len() > MAX_CLAIM_SIZE {
             return Err(ClaimError::TooLarge);
         }
-        let (claim, rest): (Claim, _) = postcard::take_from_bytes(&self.payload)
-            .map_err(|e| ClaimError::Malformed(e.to_string()))?;
+        let (claim, rest): (Claim, _) =
+            postcard::take_from_bytes(&self.payload).map_err(ClaimError::Malformed)?;
         if !rest.is_empty() {
-            return Err(ClaimError::Malformed(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
+            return Err(ClaimError::TrailingBytes(rest.len()));
         }
         if claim.version != CLAIM_VERSION {
             return Err(ClaimError::UnsupportedVersion(claim.version));
         }
-        let again =
-            postcard::to_allocvec(&claim).map_err(|e| ClaimError::Malformed(e.to_string()))?;
+        let again = postcard::to_allocvec(&claim).map_err(ClaimError::Encode)?;
         if again != self.payload {
             return Err(ClaimError::NotCanonical);
         }
@@ -447,7 +448,10 @@ mod tests {
         let mut padded = signed.clone();
         padded.payload.push(0);
         padded.signatures = vec![(a.node_id(), a.sign(&padded.payload))];
-        assert!(matches!(padded.verify(&[]), Err(ClaimError::Malformed(_))));
+        assert!(matches!(
+            padded.verify(&[]),
+            Err(ClaimError::TrailingBytes(1))
+        ));
         // A non-minimal varint (seq 0 written as 0x80 0x00) decodes to the
         // same claim but is not its canonical encoding: refused.
         let claim = signed.decode().unwrap();

@@ -95,6 +95,7 @@ pub struct GraphUpdate {
 
 /// Why a contact was not set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SetContactError {
     /// A node is never in its own table.
     #[error("{node_id} is this node's own NodeId")]

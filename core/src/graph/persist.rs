@@ -11,6 +11,7 @@ use crate::store::{ContactRecord, GraphSnapshot, PendingRecord, StoreOp};
 
 /// Why a snapshot could not be restored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// The snapshot holds the own NodeId as a contact or pending node.
     #[error("snapshot lists the own NodeId {0} as a contact")]

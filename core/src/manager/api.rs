@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use crate::address::{Hostname, NodeAddress};
 use crate::claims::{ChainRejection, ClaimError, SignedClaim};
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::{CloseReason, ConnectionErrorCode};
 use crate::contact::{ContactMode, NodeContactAddressData};
+use crate::graph::SnapshotError;
 use crate::id::{BucketIndex, NodeId};
-use crate::store::{Snapshot, StoreOp};
-use crate::wire::{ClaimMessage, Request, Response};
+use crate::store::{Snapshot, StoreErrorKind, StoreOp};
+use crate::wire::{ClaimMessage, DecodeError, Request, Response};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -78,8 +79,13 @@ pub enum StreamId {
     Remote(u64),
 }
 
-/// Why a connection attempt failed (reported by the driver).
-#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+/// Why a connection attempt failed: reported by the driver, or decided by
+/// the manager when the connection came up.
+///
+/// Grouped by fault: the peer's identity, name resolution, this node's own
+/// refusal, and the transport (quinn's and rustls's typed errors, wrapped).
+#[derive(Clone, PartialEq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectFailure {
     /// No answer within the timeout.
     #[error("connection attempt timed out")]
@@ -90,26 +96,53 @@ pub enum ConnectFailure {
         /// The NodeId it presented.
         found: NodeId,
     },
+    /// The handshake finished without a peer certificate to check.
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
     /// The hostname did not resolve.
-    #[error("hostname did not resolve: {0}")]
-    Resolve(String),
-    /// Refused, unreachable, TLS failure, or another transport error.
-    #[error("transport error: {0}")]
-    Transport(String),
+    #[error("hostname {hostname} did not resolve: {kind}")]
+    Resolve {
+        /// The name.
+        hostname: Hostname,
+        /// Why the resolver failed (`NotFound` for an unknown name).
+        kind: std::io::ErrorKind,
+    },
+    /// The hostname resolved to no address.
+    #[error("hostname {hostname} resolved to no address")]
+    NoAddresses {
+        /// The name.
+        hostname: Hostname,
+    },
+    /// The connection came up and this node closed it (the connection
+    /// limit, or the peer is this node itself).
+    #[error("this node closed the connection it dialled: {0}")]
+    Declined(CloseReason),
+    /// quinn refused to start the attempt (a bad address, no endpoint
+    /// capacity, ...).
+    #[error("cannot start the QUIC connection: {0}")]
+    Connect(quinn_proto::ConnectError),
+    /// The QUIC connection was lost before it was up: refused, reset,
+    /// closed by the peer, or its TLS handshake failed.
+    #[error("QUIC connection failed: {0}")]
+    Transport(quinn_proto::ConnectionError),
+    /// This node's TLS configuration for the attempt could not be made.
+    #[error("cannot configure TLS for the attempt: {0}")]
+    Tls(crate::net::TlsError),
 }
 
 /// Why a request got no response (reported by the driver).
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RpcFailure {
     /// No response within the timeout.
     #[error("request timed out")]
     Timeout,
     /// The connection closed first.
-    #[error("connection closed")]
+    #[error("connection closed before the response")]
     ConnectionClosed,
-    /// The response did not decode.
+    /// The response did not decode (the stream is reset).
     #[error("invalid response: {0}")]
-    InvalidResponse(String),
+    InvalidResponse(DecodeError),
 }
 
 /// Something that happened, fed to the manager with `handle(now, event)`.
@@ -198,8 +231,8 @@ pub enum Event {
     Resolved {
         /// The resolution.
         resolve: ResolveId,
-        /// The addresses, or why there are none.
-        result: Result<Vec<IpAddr>, String>,
+        /// The addresses, or why the resolver failed.
+        result: Result<Vec<IpAddr>, std::io::ErrorKind>,
     },
     /// A store batch was committed.
     StoreCommitted(BatchId),
@@ -208,7 +241,7 @@ pub enum Event {
         /// The batch.
         batch: BatchId,
         /// Why.
-        error: String,
+        error: StoreErrorKind,
     },
     /// The node's key was renewed: it now has this NodeId.
     KeyRenewed {
@@ -383,18 +416,18 @@ pub enum OpValue {
 }
 
 /// One seed node that could not be reached.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Debug)]
 pub struct SeedFailure {
     /// The seed.
     pub node_id: NodeId,
     /// Its address.
     pub address: NodeAddress,
-    /// Why.
-    pub reason: String,
+    /// Why it could not be reached.
+    pub reason: ConnectFailure,
 }
 
 /// Why an operation failed.
-#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[derive(Clone, PartialEq, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpError {
     /// Cancelled by the caller or by `stop`.
@@ -412,15 +445,19 @@ pub enum OpError {
     /// No seed node answered.
     #[error("no seed node could be reached: {}", list_failures(.0))]
     SeedsUnreachable(Vec<SeedFailure>),
-    /// The store failed to persist the change.
-    #[error("store failed: {0}")]
-    Store(String),
+    /// The store failed to persist the change; nothing of it was written.
+    #[error("the store failed to persist the change: {0}")]
+    Store(StoreErrorKind),
     /// A claim exchange or chain check failed.
     #[error("claim failed: {0}")]
     Claim(ClaimError),
     /// The manager has no signing key.
     #[error("this node manager has no signing key")]
     CannotSign,
+    /// `request`: the peer's response did not decode (what was wrong with
+    /// it is the [`DecodeError`]).
+    #[error("the peer's response is invalid: {0}")]
+    InvalidResponse(DecodeError),
     /// A request was refused by the peer.
     #[error("the peer refused the request: {0:?}")]
     Refused(crate::wire::RefusalReason),
@@ -439,7 +476,7 @@ fn list_failures(failures: &[SeedFailure]) -> String {
 }
 
 /// Why a user command was refused before it started.
-#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[derive(Clone, PartialEq, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
     /// The manager is not started (or is stopped).
@@ -463,9 +500,10 @@ pub enum ApiError {
     /// No such operation.
     #[error("no operation {0}")]
     UnknownOperation(OpId),
-    /// A snapshot that does not restore.
-    #[error("snapshot is invalid: {0}")]
-    BadSnapshot(String),
+    /// The loaded snapshot does not restore; the manager refuses to start
+    /// rather than overwrite the store with an empty graph.
+    #[error("the loaded snapshot does not restore: {0}")]
+    BadSnapshot(SnapshotError),
 }
 
 /// Things the caller may want to know; none needs an answer.
@@ -489,7 +527,7 @@ pub enum NodeEvent {
         /// The batch.
         batch: BatchId,
         /// Why.
-        error: String,
+        error: StoreErrorKind,
     },
     /// The NodeId changed after a key renewal and the graph was rebuilt.
     BucketsReset {

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::address::Hostname;
 use crate::contact::ContactMode;
 use crate::id::NodeId;
 use crate::manager::api::{AttemptId, ResolveId};
@@ -22,12 +23,21 @@ pub(crate) struct Attempt {
     pub(crate) timeout: Duration,
 }
 
+/// A resolution an attempt waits on.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolving {
+    pub(crate) attempt: AttemptId,
+    pub(crate) hostname: Hostname,
+    pub(crate) port: u16,
+}
+
 /// The attempts in flight and the resolutions they wait on.
 #[derive(Debug, Default)]
 pub(crate) struct Dials {
     attempts: BTreeMap<AttemptId, Attempt>,
-    /// A resolution's attempt and the port to dial once it is resolved.
-    resolves: BTreeMap<ResolveId, (AttemptId, u16)>,
+    /// A resolution's attempt and the port to dial once it is resolved
+    /// (and the name, for the failure if it does not resolve).
+    resolves: BTreeMap<ResolveId, Resolving>,
 }
 
 impl Dials {
@@ -44,13 +54,13 @@ impl Dials {
         self.attempts.remove(&id)
     }
 
-    /// `attempt` waits for `resolve`, then dials `port`.
-    pub(crate) fn resolving(&mut self, resolve: ResolveId, attempt: AttemptId, port: u16) {
-        self.resolves.insert(resolve, (attempt, port));
+    /// An attempt waits for `resolve`, then dials its port.
+    pub(crate) fn resolving(&mut self, resolve: ResolveId, resolving: Resolving) {
+        self.resolves.insert(resolve, resolving);
     }
 
-    /// The resolution arrived: its attempt and port.
-    pub(crate) fn resolved(&mut self, resolve: ResolveId) -> Option<(AttemptId, u16)> {
+    /// The resolution arrived: what waited on it.
+    pub(crate) fn resolved(&mut self, resolve: ResolveId) -> Option<Resolving> {
         self.resolves.remove(&resolve)
     }
 

@@ -9,14 +9,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::dials::Attempt;
+use super::dials::{Attempt, Resolving};
 use super::waits::Wait;
 use super::{
     AttemptId, Command, ConnId, ConnectFailure, Input, LeaseId, NodeManager, OpId, Parent,
     RequestId, ResolveId, RunState, Timer,
 };
 use crate::address::{Host, NodeAddress};
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::contact::{ContactMode, NodeAddressScopes, NodeContactAddressData};
 use crate::id::NodeId;
 use crate::manager::conns::Conn;
@@ -46,7 +46,14 @@ impl NodeManager {
             Host::Ip(ip) => self.connect(attempt, SocketAddr::new(*ip, address.port)),
             Host::Name(hostname) => {
                 let resolve = ResolveId(self.fresh_id());
-                self.dials.resolving(resolve, attempt, address.port);
+                self.dials.resolving(
+                    resolve,
+                    Resolving {
+                        attempt,
+                        hostname: hostname.clone(),
+                        port: address.port,
+                    },
+                );
                 self.commands.push_back(Command::Resolve {
                     resolve,
                     hostname: hostname.clone(),
@@ -73,19 +80,24 @@ impl NodeManager {
     pub(super) fn on_resolved(
         &mut self,
         resolve: ResolveId,
-        result: Result<Vec<std::net::IpAddr>, String>,
+        result: Result<Vec<std::net::IpAddr>, std::io::ErrorKind>,
     ) {
-        let Some((attempt, port)) = self.dials.resolved(resolve) else {
+        let Some(Resolving {
+            attempt,
+            hostname,
+            port,
+        }) = self.dials.resolved(resolve)
+        else {
             self.stats.stale_events += 1;
             return;
         };
         // The first address is tried; the resolver orders them by preference.
         match result.map(|ips| ips.first().copied()) {
             Ok(Some(ip)) => self.connect(attempt, SocketAddr::new(ip, port)),
-            Ok(None) => {
-                self.on_connect_failed(attempt, ConnectFailure::Resolve("no addresses".to_owned()))
+            Ok(None) => self.on_connect_failed(attempt, ConnectFailure::NoAddresses { hostname }),
+            Err(kind) => {
+                self.on_connect_failed(attempt, ConnectFailure::Resolve { hostname, kind })
             }
-            Err(e) => self.on_connect_failed(attempt, ConnectFailure::Resolve(e)),
         }
     }
 
@@ -115,7 +127,7 @@ impl NodeManager {
             if a.node_id != peer {
                 self.commands.push_back(Command::CloseConnection {
                     conn,
-                    code: ConnectionErrorCode::PeerIdMismatch,
+                    code: CloseReason::WrongNodeId.code(),
                 });
                 self.input_wait(
                     Wait::Attempt(*id),
@@ -129,19 +141,21 @@ impl NodeManager {
         }
         if peer == self.graph.own_node_id() || self.conns.len() >= self.config.max_connections {
             self.stats.connections_refused += 1;
-            let code = if peer == self.graph.own_node_id() {
-                ConnectionErrorCode::PeerIdMismatch
+            let reason = if peer == self.graph.own_node_id() {
+                CloseReason::OwnNodeId
             } else {
-                ConnectionErrorCode::LimitExceeded
+                CloseReason::ConnectionLimit
             };
-            self.commands
-                .push_back(Command::CloseConnection { conn, code });
+            self.commands.push_back(Command::CloseConnection {
+                conn,
+                code: reason.code(),
+            });
             if let Some((id, _)) = attempt {
                 self.input_wait(
                     Wait::Attempt(id),
                     Input::ConnectFailed {
                         attempt: id,
-                        failure: ConnectFailure::Transport(code.reason().to_owned()),
+                        failure: ConnectFailure::Declined(reason),
                     },
                 );
             }
@@ -253,7 +267,7 @@ impl NodeManager {
             }
             self.commands.push_back(Command::CloseConnection {
                 conn,
-                code: ConnectionErrorCode::IdleTimeout,
+                code: CloseReason::Idle.code(),
             });
         }
     }

@@ -131,6 +131,9 @@ impl NodeManager {
             (_, Input::Response { result, .. }) => Step::Done(match result {
                 Ok(response) => Ok(OpValue::Response(response)),
                 Err(super::RpcFailure::Timeout) => Err(OpError::Timeout),
+                Err(super::RpcFailure::InvalidResponse(error)) => {
+                    Err(OpError::InvalidResponse(error))
+                }
                 Err(_) => Err(OpError::Refused(crate::wire::RefusalReason::NotConnected)),
             }),
             (_, Input::Deadline) => Step::Done(Err(OpError::Timeout)),

@@ -108,7 +108,7 @@ pub use timers::Timer;
 
 use crate::claims::{Identity, Sigchain};
 use crate::config::{Config, ConfigError};
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::graph::{NodeBucket, NodeGraph};
 use crate::id::{BucketIndex, NodeId};
 use crate::store::{StoreOp, TaskKey, TaskRecord};
@@ -154,6 +154,12 @@ pub struct Stats {
     /// Inbound peers not dialled back: `max_dial_backs` were in flight, or
     /// as many for their network as it may hold contacts in a bucket.
     pub dial_backs_skipped: u64,
+    /// Snapshots refused: one that does not restore (then `start` fails
+    /// with [`ApiError::BadSnapshot`]), or one that arrived after `start`.
+    pub snapshots_refused: u64,
+    /// Claims of a loaded snapshot left out of the sigchain because they no
+    /// longer verify (the rest of the chain is kept).
+    pub snapshot_claims_skipped: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +201,9 @@ pub struct NodeManager {
     dial_backs: std::collections::BTreeMap<NodeId, Option<crate::ip_group::IpGroup>>,
     /// What the store holds of the graph, to undo a failed batch.
     committed: committed::CommittedGraph,
+    /// Why the loaded snapshot did not restore: `start` refuses with it,
+    /// rather than run on (and persist over the store) an empty graph.
+    snapshot_error: Option<crate::graph::SnapshotError>,
 }
 
 impl NodeManager {
@@ -235,6 +244,7 @@ impl NodeManager {
             graph_persisted: false,
             dial_backs: std::collections::BTreeMap::new(),
             committed: committed::CommittedGraph::default(),
+            snapshot_error: None,
         })
     }
 
@@ -323,10 +333,17 @@ impl NodeManager {
             return;
         }
         match event {
-            Event::SnapshotLoaded(snapshot) => {
-                // Refused after start: the graph in memory is the truth then.
-                let _ignored = self.load_snapshot(snapshot);
-            }
+            Event::SnapshotLoaded(snapshot) => match self.load_snapshot(snapshot) {
+                Ok(()) => self.snapshot_error = None,
+                Err(error) => {
+                    self.stats.snapshots_refused += 1;
+                    // After start the graph in memory is the truth and the
+                    // snapshot is only counted; before, `start` reports it.
+                    if let ApiError::BadSnapshot(error) = error {
+                        self.snapshot_error = Some(error);
+                    }
+                }
+            },
             Event::ConnectionUp {
                 conn,
                 peer,
@@ -383,10 +400,7 @@ impl NodeManager {
                 if let Some(store_holds) = self.committed.failed(batch) {
                     self.roll_back_graph(store_holds);
                 }
-                self.emit_event(NodeEvent::StoreFailed {
-                    batch,
-                    error: error.clone(),
-                });
+                self.emit_event(NodeEvent::StoreFailed { batch, error });
                 self.on_batch(batch, Err(error));
             }
             Event::KeyRenewed { node_id } => self.on_new_node_id(node_id),
@@ -463,8 +477,8 @@ impl NodeManager {
         if let Some(graph) = snapshot.graph {
             self.graph_persisted = true;
             let own = self.graph.own_node_id();
-            let (restored, trim) = NodeGraph::restore(graph, &self.config)
-                .map_err(|e| ApiError::BadSnapshot(e.to_string()))?;
+            let (restored, trim) =
+                NodeGraph::restore(graph, &self.config).map_err(ApiError::BadSnapshot)?;
             self.graph = restored;
             if !trim.is_empty() {
                 let _batch = self.store(trim, None);
@@ -477,7 +491,8 @@ impl NodeManager {
         }
         self.tasks = snapshot.tasks.into_iter().collect();
         // Claims that no longer verify are left out of the chain in memory.
-        let (chain, _rejected) = Sigchain::restore(self.graph.own_node_id(), snapshot.claims);
+        let (chain, rejected) = Sigchain::restore(self.graph.own_node_id(), snapshot.claims);
+        self.stats.snapshot_claims_skipped += rejected.len() as u64;
         self.claims.sigchain = chain;
         for (a, b) in snapshot.gestalt_links {
             let _new = self.claims.gestalt.link(a, b);
@@ -494,13 +509,17 @@ impl NodeManager {
     /// one whose address the peer is known at, is recorded with
     /// `set_node(peer, address, { mode, now, [global] }, block = true)`;
     /// other inbound peers are dialled back first (see the module docs).
-    /// Ends when the tasks it wrote are committed.
+    /// Ends when the tasks it wrote are committed. Refused with
+    /// [`ApiError::BadSnapshot`] if the loaded snapshot did not restore.
     pub fn start(&mut self, now: Now) -> Result<OpId, ApiError> {
         self.advance_clock(now);
         match self.state {
             RunState::Running => return Err(ApiError::AlreadyRunning),
             RunState::Stopped => return Err(ApiError::NotRunning),
             RunState::Created => {}
+        }
+        if let Some(error) = &self.snapshot_error {
+            return Err(ApiError::BadSnapshot(error.clone()));
         }
         self.state = RunState::Running;
         // Persisted tasks resume at their due time (now if it passed).
@@ -550,7 +569,7 @@ impl NodeManager {
         for conn in conns {
             self.commands.push_back(Command::CloseConnection {
                 conn,
-                code: ConnectionErrorCode::NodeStopping,
+                code: CloseReason::Stopping.code(),
             });
         }
         self.conns.clear();
@@ -643,7 +662,7 @@ impl NodeManager {
         }
     }
 
-    fn on_batch(&mut self, batch: BatchId, result: Result<(), String>) {
+    fn on_batch(&mut self, batch: BatchId, result: Result<(), crate::store::StoreErrorKind>) {
         // A batch nobody waits for is no news; one whose operation ended
         // is stale.
         if let Some(op) = self.waits.take(Wait::Batch(batch)) {

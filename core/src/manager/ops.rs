@@ -55,7 +55,7 @@ pub(super) enum Input {
         result: Result<OpValue, OpError>,
     },
     Committed {
-        result: Result<(), String>,
+        result: Result<(), crate::store::StoreErrorKind>,
     },
     Stream {
         message: crate::wire::ClaimMessage,

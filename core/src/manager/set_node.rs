@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{AttemptId, Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, Step, Timer};
 use crate::address::NodeAddress;
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::contact::{ContactMode, NodeContactAddressData};
 use crate::graph::{Change, SetContactError};
 use crate::id::NodeId;
@@ -422,7 +422,7 @@ impl NodeManager {
         self.timers.cancel(Timer::ConnIdle(conn));
         self.commands.push_back(Command::CloseConnection {
             conn,
-            code: ConnectionErrorCode::DialBackDone,
+            code: CloseReason::DialBackDone.code(),
         });
     }
 

@@ -105,7 +105,7 @@ impl NodeManager {
                     op.failures.push(SeedFailure {
                         node_id: *node_id,
                         address: address.clone(),
-                        reason: failure.to_string(),
+                        reason: failure,
                     });
                 }
             }

@@ -167,6 +167,7 @@ impl Refusal {
 
 /// What went wrong with a stream operation.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamError {
     /// Nothing can be read, or nothing more written, now: an
     /// [`AppEvent::Readable`] or [`AppEvent::Writable`] tells when to retry.
@@ -207,6 +208,7 @@ impl StreamError {
 
 /// Why a stream could not be opened.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The connection is not up (lost, closing, or never known).
     #[error("connection {0:?} is not up")]
@@ -224,6 +226,7 @@ pub enum OpenError {
 
 /// Why a datagram could not be sent.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DatagramError {
     /// The connection is not up.
     #[error("connection {0:?} is not up")]

@@ -16,7 +16,7 @@ use super::node::Node;
 use super::streams::{Role, Stream, flush};
 use super::timers::NetTimer;
 use super::tls::{ExpectNodeId, node_id_of};
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::id::NodeId;
 use crate::manager::{AttemptId, ConnId, ConnectFailure, Event, LeaseId};
 
@@ -288,7 +288,7 @@ impl Node {
         );
         if inbound && !self.admission.came_up(&self.net, id) {
             // An unvalidated handshake from a source over its bound.
-            self.close_with(id, ConnectionErrorCode::LimitExceeded);
+            self.close_with(id, CloseReason::ConnectionLimit);
             return;
         }
         if !inbound {
@@ -341,7 +341,7 @@ impl Node {
                 );
             }
             found => {
-                let code = ConnectionErrorCode::PeerIdMismatch;
+                let code = CloseReason::WrongNodeId.code();
                 c.conn.close(
                     now.mono,
                     VarInt::from_u32(code.code()),
@@ -351,7 +351,7 @@ impl Node {
                 if let Some(attempt) = attempt {
                     let failure = match found {
                         Some(found) => ConnectFailure::WrongNodeId { found },
-                        None => ConnectFailure::Transport("no peer certificate".to_owned()),
+                        None => ConnectFailure::NoPeerCertificate,
                     };
                     self.manager
                         .handle(now, Event::ConnectFailed { attempt, failure });
@@ -377,7 +377,7 @@ impl Node {
                     Some(found) if found != expected => ConnectFailure::WrongNodeId { found },
                     _ => match reason {
                         ConnectionError::TimedOut => ConnectFailure::Timeout,
-                        other => ConnectFailure::Transport(other.to_string()),
+                        other => ConnectFailure::Transport(other),
                     },
                 };
                 self.manager
@@ -394,7 +394,8 @@ impl Node {
     }
 
     /// Closes a connection that is not up (the manager does not know it).
-    fn close_with(&mut self, id: ConnId, code: ConnectionErrorCode) {
+    fn close_with(&mut self, id: ConnId, reason: CloseReason) {
+        let code = reason.code();
         let now = self.now;
         if let Some(c) = self.conns.get_mut(&id) {
             c.conn.close(

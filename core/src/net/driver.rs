@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::address::Hostname;
 use crate::manager::{BatchId, LeaseId, NodeEvent, OpError, OpId, OpValue, ResolveId, StoreBatch};
-use crate::store::Snapshot;
+use crate::store::{Snapshot, StoreErrorKind};
 
 /// A UDP datagram to send, or several of one size to one destination.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -54,15 +54,16 @@ pub enum DriverEvent<'a> {
     StoreFailed {
         /// The batch.
         batch: BatchId,
-        /// Why.
-        error: String,
+        /// Why (the kind; the driver logs the store's own error).
+        error: StoreErrorKind,
     },
     /// A [`NetCommand::Resolve`] ended.
     Resolved {
         /// The resolution.
         resolve: ResolveId,
-        /// The addresses, or why there are none.
-        result: Result<Vec<IpAddr>, String>,
+        /// The addresses, or why the resolver failed (`NotFound` for a
+        /// name that does not exist).
+        result: Result<Vec<IpAddr>, std::io::ErrorKind>,
     },
     /// A use of a connection (from `acquire_connection`) ended.
     ConnectionReleased {

@@ -13,7 +13,7 @@ use quinn_proto::VarInt;
 use super::app::AppEvent;
 use super::connection::ConnState;
 use super::node::Node;
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::{CloseReason, ConnectionErrorCode};
 use crate::manager::{ConnId, Event};
 
 impl Node {
@@ -52,7 +52,7 @@ impl Node {
     /// gone; it stops counting against any admission bound.
     fn evict(&mut self, id: ConnId) {
         self.admission.evicted(id);
-        self.close_up(id, ConnectionErrorCode::LimitExceeded);
+        self.close_up(id, CloseReason::Evicted.code());
     }
 
     /// Closes a connection that is up: its streams fail, the application

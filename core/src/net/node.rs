@@ -175,6 +175,7 @@ impl Default for NetConfig {
 
 /// Why a [`Node`] could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetError {
     /// The manager's configuration is invalid.
     #[error(transparent)]
@@ -275,8 +276,8 @@ impl Node {
             .cid_generator(move || Box::new(SeededCids(ChaCha8Rng::from_seed(cid_seed))));
         let clock = EventClock::default();
         clock.set(now.unix_ms);
-        let tls = QuicServerConfig::try_from(server_config(&cert, &clock)?)
-            .map_err(|e| TlsError::Quic(e.to_string()))?;
+        let tls =
+            QuicServerConfig::try_from(server_config(&cert, &clock)?).map_err(TlsError::from)?;
         let mut endpoint_seed = [0u8; 32];
         rng.fill_bytes(&mut endpoint_seed);
         let mut token_seed = [0u8; 64];
@@ -333,7 +334,7 @@ impl Node {
         let key = KeyPair::from_seed(secret).map_err(|_| NetError::Key)?;
         let cert = NodeCertificate::new(secret)?;
         let tls = QuicServerConfig::try_from(server_config(&cert, &self.clock)?)
-            .map_err(|e| TlsError::Quic(e.to_string()))?;
+            .map_err(TlsError::from)?;
         let server = server(tls, &self.net, &self.token_key);
         self.endpoint.set_server_config(Some(Arc::new(server)));
         self.cert = cert;
@@ -826,19 +827,18 @@ impl Node {
     ) {
         let now = self.now;
         let config = client_config(&self.cert, node_id, &self.clock).and_then(|(tls, verifier)| {
-            let quic =
-                QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+            let quic = QuicClientConfig::try_from(tls).map_err(TlsError::from)?;
             let mut client = ClientConfig::new(Arc::new(quic));
             client.transport_config(Arc::new(transport(&self.net)));
             Ok((client, verifier))
         });
         let result = config
-            .map_err(|e| e.to_string())
+            .map_err(ConnectFailure::Tls)
             .and_then(|(client, verifier)| {
                 self.endpoint
                     .connect(now.mono, client, address, "keynode")
                     .map(|c| (c, verifier))
-                    .map_err(|e| e.to_string())
+                    .map_err(ConnectFailure::Connect)
             });
         match result {
             Ok(((handle, conn), verifier)) => {
@@ -854,13 +854,9 @@ impl Node {
                 self.timers
                     .set(NetTimer::ConnectDeadline(id), now.mono + timeout);
             }
-            Err(e) => self.manager.handle(
-                now,
-                Event::ConnectFailed {
-                    attempt,
-                    failure: ConnectFailure::Transport(e),
-                },
-            ),
+            Err(failure) => self
+                .manager
+                .handle(now, Event::ConnectFailed { attempt, failure }),
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct Protocol(Bytes);
 
 /// Why a protocol name was refused.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// The name is empty.
     #[error("a protocol name cannot be empty")]

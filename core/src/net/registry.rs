@@ -57,6 +57,7 @@ impl ProtocolOptions {
 
 /// Why a protocol could not be registered.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegisterError {
     /// It is registered already.
     #[error("protocol {0} is registered already")]

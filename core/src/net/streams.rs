@@ -23,7 +23,7 @@ use super::connection::QuicConn;
 use super::node::Node;
 use super::protocol::{Header, Protocol, parse_header};
 use super::timers::NetTimer;
-use crate::conn_error::ConnectionErrorCode;
+use crate::conn_error::CloseReason;
 use crate::manager::{ConnId, Event, PeerRequestId, RequestId, RpcFailure, StreamId};
 use crate::wire::{self, DecodeError, Frame};
 
@@ -497,13 +497,19 @@ impl Node {
             return;
         }
         if too_big {
+            // More than two frames' worth buffered: the frame in front
+            // announced a length over the limit, which is why it failed.
+            if let Some(Err(error)) = self.take_frame(id, stream) {
+                self.fail_request(id, stream, error);
+            }
             self.reject_stream(id, stream);
             return;
         }
         while let Some(frame) = self.take_frame(id, stream) {
             match frame {
                 Ok(frame) => self.on_frame(id, stream, frame),
-                Err(_) => {
+                Err(error) => {
+                    self.fail_request(id, stream, error);
                     self.reject_stream(id, stream);
                     return;
                 }
@@ -561,10 +567,34 @@ impl Node {
         Some(wire::decode_frame(&frame, max))
     }
 
+    /// If `stream` carries one of this node's requests, the request fails
+    /// with why its response did not decode (rather than the "connection
+    /// closed" that resetting the stream would report).
+    fn fail_request(&mut self, id: ConnId, stream: quinn_proto::StreamId, error: DecodeError) {
+        let role = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.streams.get(&stream))
+            .map(|s| s.role);
+        if let Some(Role::Request(request)) = role
+            && self.requests.remove(&request).is_some()
+        {
+            self.timers.cancel(NetTimer::Request(request));
+            let now = self.now;
+            self.manager.handle(
+                now,
+                Event::ResponseReceived {
+                    request,
+                    result: Err(RpcFailure::InvalidResponse(error)),
+                },
+            );
+        }
+    }
+
     /// A peer broke the framing or sent too much: the stream is stopped
     /// and reset (whichever of its sides this node has).
     pub(super) fn reject_stream(&mut self, id: ConnId, stream: quinn_proto::StreamId) {
-        let code = VarInt::from_u32(ConnectionErrorCode::ProtocolViolation.code());
+        let code = VarInt::from_u32(CloseReason::ProtocolViolation.code().code());
         self.abandon_stream(id, stream, code);
     }
 

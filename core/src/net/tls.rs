@@ -33,18 +33,28 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
-/// Why TLS could not be set up.
-#[derive(Debug, thiserror::Error)]
+/// Why this node's TLS could not be set up (a local fault: nothing a peer
+/// sent causes it).
+#[derive(Clone, PartialEq, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
-    /// The certificate could not be made.
+    /// rcgen could not make the node's self-signed certificate.
     #[error("cannot make the node certificate: {0}")]
-    Certificate(String),
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
+    Certificate(rcgen::Error),
+    /// rustls refused the node's client or server configuration.
+    #[error("rustls refused the node's TLS configuration: {0}")]
     Config(#[from] rustls::Error),
-    /// The QUIC layer refused the TLS configuration.
-    #[error("QUIC TLS configuration: {0}")]
-    Quic(String),
+    /// quinn refused the TLS configuration: it has no TLS 1.3 cipher suite
+    /// that QUIC can protect its initial packets with (quinn's
+    /// `NoInitialCipherSuite`, which carries nothing more).
+    #[error("QUIC refused the TLS configuration: no initial cipher suite")]
+    NoInitialCipherSuite,
+}
+
+impl From<quinn_proto::crypto::rustls::NoInitialCipherSuite> for TlsError {
+    fn from(_: quinn_proto::crypto::rustls::NoInitialCipherSuite) -> Self {
+        Self::NoInitialCipherSuite
+    }
 }
 
 /// The node's certificate and private key.
@@ -60,13 +70,10 @@ impl NodeCertificate {
     pub fn new(seed: &[u8; 32]) -> Result<Self, TlsError> {
         let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
         pkcs8.extend_from_slice(seed);
-        let key = rcgen::KeyPair::try_from(pkcs8.as_slice())
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let key = rcgen::KeyPair::try_from(pkcs8.as_slice()).map_err(TlsError::Certificate)?;
         let params = rcgen::CertificateParams::new(vec!["keynode".to_owned()])
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
-        let certificate = params
-            .self_signed(&key)
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+            .map_err(TlsError::Certificate)?;
+        let certificate = params.self_signed(&key).map_err(TlsError::Certificate)?;
         Ok(Self {
             certificate: certificate.der().clone(),
             key: pkcs8,
@@ -80,6 +87,7 @@ impl NodeCertificate {
 
 /// Why a certificate carries no NodeId.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CertificateKeyError {
     /// The bytes are not one DER X.509 certificate.
     #[error("the certificate is not a well-formed X.509 certificate")]

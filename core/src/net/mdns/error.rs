@@ -12,6 +12,7 @@ use crate::MdnsConfig;
 
 /// Why the mDNS service could not be built or could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MdnsError {
     /// [`MdnsConfig::groups`] is empty.
     #[error("mDNS needs at least one multicast group")]
