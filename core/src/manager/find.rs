@@ -295,6 +295,7 @@ impl NodeManager {
                     op.requested(request);
                 }
                 Next::Punch { address, timeout } => {
+                    self.metrics.punches_tried += 1;
                     self.commands
                         .push_back(Command::HolePunch { address, timeout });
                 }

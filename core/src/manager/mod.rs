@@ -80,6 +80,7 @@ mod gc;
 mod lifecycle;
 mod lookup;
 mod maintenance;
+mod observations;
 mod ops;
 mod running;
 mod serve;
@@ -102,6 +103,7 @@ pub use api::{
 };
 pub use call::UserCall;
 pub use find::{FindOptions, Strategies};
+pub use observations::Observation;
 pub use timers::Timer;
 
 use crate::claims::{Identity, Sigchain};
@@ -193,6 +195,10 @@ pub struct NodeManager {
     dial_backs: std::collections::BTreeMap<NodeId, Option<crate::ip_group::IpGroup>>,
     /// What the store holds of the graph, to undo a failed batch.
     committed: committed::CommittedGraph,
+    /// Counted, never read for a decision.
+    metrics: crate::metrics::Metrics,
+    /// What happened, for a watcher; never read for a decision.
+    observations: observations::Observations,
 }
 
 impl NodeManager {
@@ -233,6 +239,8 @@ impl NodeManager {
             graph_persisted: false,
             dial_backs: std::collections::BTreeMap::new(),
             committed: committed::CommittedGraph::default(),
+            metrics: crate::metrics::Metrics::default(),
+            observations: observations::Observations::default(),
         })
     }
 
@@ -256,6 +264,25 @@ impl NodeManager {
     /// Counters of dropped and refused things.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Connections, lookups, requests and punches counted so far.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The oldest [`Observation`] not yet taken. Draining them is
+    /// optional: undrained, they stop being queued at
+    /// `max_queued_events` (and are counted as dropped).
+    pub fn poll_observation(&mut self) -> Option<Observation> {
+        self.observations.pop()
+    }
+
+    /// Queues an observation for a watcher (bounded, counted when full).
+    fn observe(&mut self, o: Observation) {
+        if !self.observations.push(o, self.config.max_queued_events) {
+            self.metrics.observations_dropped += 1;
+        }
     }
 
     /// Whether `start` ran and `stop` did not.
@@ -436,6 +463,7 @@ impl NodeManager {
         if node_id == self.graph.own_node_id() {
             return;
         }
+        self.observe(Observation::KeyRenewed { node_id });
         if self
             .claims
             .key
@@ -638,6 +666,7 @@ impl NodeManager {
         self.graph = graph;
         for node_id in gone {
             self.emit_event(NodeEvent::ContactRemoved { node_id });
+            self.observe(Observation::ContactRemoved { node_id });
         }
     }
 
