@@ -53,6 +53,10 @@ pub struct AgentConfig {
     /// Datagrams held per connection and protocol until read; the oldest
     /// are dropped beyond it. Default 256.
     pub max_queued_datagrams: usize,
+    /// Events [`Agent::events`] holds for a subscriber that has not read
+    /// them; a subscriber further behind is told how many it missed.
+    /// Default 1024.
+    pub max_buffered_events: usize,
 }
 
 impl AgentConfig {
@@ -68,6 +72,7 @@ impl AgentConfig {
             map_size: StoreOptions::default().map_size,
             mdns_interface: std::net::Ipv4Addr::LOCALHOST,
             max_queued_datagrams: 256,
+            max_buffered_events: 1024,
         }
     }
 }
@@ -169,7 +174,7 @@ pub(crate) enum Call {
 #[derive(Clone)]
 pub struct Agent {
     calls: mpsc::UnboundedSender<Call>,
-    shared: Shared,
+    pub(crate) shared: Shared,
     sleep: Sleep,
     node_id: Arc<std::sync::Mutex<NodeId>>,
     local_addr: SocketAddr,
@@ -379,7 +384,11 @@ impl Agent {
             None => None,
         };
         let (calls_tx, calls_rx) = mpsc::unbounded();
-        let shared = Shared::new(node, Readiness::new(config.max_queued_datagrams));
+        let shared = Shared::new(
+            node,
+            Readiness::new(config.max_queued_datagrams),
+            crate::events::EventHub::new(config.max_buffered_events),
+        );
         let agent = Agent {
             calls: calls_tx,
             shared: shared.clone(),

@@ -16,7 +16,9 @@
 
 mod agent;
 mod deadline;
+mod events;
 mod listener;
+mod metrics;
 mod node_loop;
 mod open;
 mod readiness;
@@ -30,12 +32,14 @@ pub use agent::{
     Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, Sleep, WithConnOptions,
     create_data_dir, load_or_create_key, now,
 };
+pub use events::{AgentEvent, DropCounts, Events, EventsLagged};
 pub use keynode_core::net::Transmit;
 pub use keynode_core::net::{
     DatagramError, OpenError, Protocol, ProtocolError, ProtocolOptions, Refusal, RegisterError,
     StreamError, StreamHandle, StreamTables,
 };
 pub use listener::{IncomingStream, Listener};
+pub use metrics::{METRICS_CONTENT_TYPE, METRICS_PREFIX, MetricsSnapshot};
 pub use node_loop::{AgentLoop, Input, Inputs, RECEIVE_BATCH, StopReply, resolved};
 pub use readiness::ReadinessTables;
 pub use stream::{ReadToEndError, RecvStream, SendStream, io_error};

@@ -245,6 +245,7 @@ impl AgentLoop {
                 } => resolve(id, hostname, self.events()),
             }
         }
+        self.shared.lock().publish_events();
     }
 
     /// When the node next wants [`AgentLoop::handle_timeout`].
@@ -351,6 +352,7 @@ impl AgentLoop {
     /// finds the port free (a restart on a fixed port binds it again).
     pub fn finish(mut self) -> StopReply {
         self.store.close();
+        self.shared.lock().close_events();
         drop(self.lock.take());
         for (_, reply) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(AgentError::Stopped));

@@ -13,12 +13,15 @@ use std::task::Waker;
 
 use keynode_core::net::{AppEvent, Node};
 
+use crate::events::EventHub;
 use crate::readiness::Readiness;
 
 /// The node and the wakers of everything waiting on it.
 pub(crate) struct State {
     pub(crate) node: Node,
     pub(crate) ready: Readiness,
+    /// Where the node's observations go to [`crate::Agent::events`].
+    pub(crate) events: EventHub,
     /// Set by a handle that changed the node: the loop must drain it.
     dirty: bool,
     loop_waker: Option<Waker>,
@@ -29,10 +32,11 @@ pub(crate) struct State {
 pub(crate) struct Shared(Arc<Mutex<State>>);
 
 impl Shared {
-    pub(crate) fn new(node: Node, ready: Readiness) -> Self {
+    pub(crate) fn new(node: Node, ready: Readiness, events: EventHub) -> Self {
         Self(Arc::new(Mutex::new(State {
             node,
             ready,
+            events,
             dirty: false,
             loop_waker: None,
         })))

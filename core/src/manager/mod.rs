@@ -271,6 +271,11 @@ impl NodeManager {
         &self.metrics
     }
 
+    /// The metrics, for the net layer's counts (stream bytes).
+    pub(crate) fn metrics_mut(&mut self) -> &mut crate::metrics::Metrics {
+        &mut self.metrics
+    }
+
     /// The oldest [`Observation`] not yet taken. Draining them is
     /// optional: undrained, they stop being queued at
     /// `max_queued_events` (and are counted as dropped).

@@ -189,6 +189,9 @@ impl SignalRelay {
 impl NodeManager {
     /// Answers a peer's request on connection `conn`.
     pub(super) fn serve(&mut self, conn: ConnId, request: PeerRequestId, body: Request) {
+        self.metrics
+            .requests_served
+            .inc(crate::metrics::RequestKind::of(&body));
         let response = self.answer(conn, body);
         self.stats.requests_served += 1;
         self.commands.push_back(Command::SendResponse {
