@@ -251,6 +251,7 @@ impl NodeManager {
                     self.stats.signals_rate_limited += 1;
                     return Response::Refused(RefusalReason::RateLimited);
                 }
+                self.metrics.punches_tried += 1;
                 self.commands.push_back(Command::HolePunch {
                     address: source_address,
                     timeout: self.config.connection_connect_timeout,
