@@ -61,6 +61,10 @@ pub struct AgentConfig {
     /// Calls of the handles queued for the loop or running in the node at
     /// once; one more is refused with [`AgentError::Busy`]. Default 1024.
     pub max_queued_calls: usize,
+    /// Events [`Agent::events`] holds for a subscriber that has not read
+    /// them; a subscriber further behind is told how many it missed.
+    /// Default 1024.
+    pub max_buffered_events: usize,
 }
 
 impl AgentConfig {
@@ -77,6 +81,7 @@ impl AgentConfig {
             mdns_interface: std::net::Ipv4Addr::LOCALHOST,
             max_queued_datagrams: 256,
             max_queued_calls: 1024,
+            max_buffered_events: 1024,
         }
     }
 }
@@ -107,7 +112,7 @@ impl WithConnOptions {
 #[derive(Clone)]
 pub struct Agent {
     calls: Calls,
-    shared: Shared,
+    pub(crate) shared: Shared,
     sleep: Sleep,
     node_id: Arc<std::sync::Mutex<NodeId>>,
     local_addr: SocketAddr,
@@ -298,7 +303,11 @@ impl Agent {
             None => None,
         };
         let (calls, calls_rx) = Calls::new(config.max_queued_calls);
-        let shared = Shared::new(node, Readiness::new(config.max_queued_datagrams));
+        let shared = Shared::new(
+            node,
+            Readiness::new(config.max_queued_datagrams),
+            crate::events::EventHub::new(config.max_buffered_events),
+        );
         let agent = Agent {
             calls,
             shared: shared.clone(),

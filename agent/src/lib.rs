@@ -20,7 +20,9 @@ mod call;
 pub mod control;
 mod deadline;
 mod error;
+mod events;
 mod listener;
+mod metrics;
 mod node_loop;
 mod open;
 mod options;
@@ -42,12 +44,14 @@ pub use agent::{
     load_or_create_key,
 };
 pub use error::{AgentError, SetupError};
+pub use events::{AgentEvent, DropCounts, Events, EventsLagged};
 pub use keynode_core::net::Transmit;
 pub use keynode_core::net::{
     DatagramError, OpenError, Protocol, ProtocolError, ProtocolOptions, Refusal, RegisterError,
     StreamError, StreamHandle, StreamTables,
 };
 pub use listener::{IncomingStream, Listener};
+pub use metrics::{METRICS_CONTENT_TYPE, METRICS_PREFIX, MetricsSnapshot};
 pub use node_loop::{AgentLoop, Input, Inputs, RECEIVE_BATCH, StopReply, resolved};
 pub use options::{
     ChainOptions, ClaimOptions, FindOptions, PingOptions, SetNodeOptions, SyncOptions,

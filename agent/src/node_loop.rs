@@ -269,6 +269,7 @@ impl AgentLoop {
                 } => resolve(id, hostname, self.events()),
             }
         }
+        self.shared.lock().publish_events();
     }
 
     /// When the node next wants [`AgentLoop::handle_timeout`].
@@ -386,6 +387,7 @@ impl AgentLoop {
     /// finds the port free (a restart on a fixed port binds it again).
     pub fn finish(mut self) -> StopReply {
         self.store.close();
+        self.shared.lock().close_events();
         drop(self.lock.take());
         self.pending.fail_all();
         StopReply(self.stopping.take().flatten())

@@ -13,6 +13,7 @@ use std::task::Waker;
 
 use keynode_core::net::{AppEvent, Node};
 
+use crate::events::EventHub;
 use crate::readiness::Readiness;
 
 /// The node and the wakers of everything waiting on it.
@@ -23,6 +24,8 @@ pub(crate) struct State {
     pub(crate) waiting_calls: usize,
     /// Set once the agent was stopped: reads say so.
     pub(crate) stopped: bool,
+    /// Where the node's observations go to [`crate::Agent::events`].
+    pub(crate) events: EventHub,
     /// Set by a handle that changed the node: the loop must drain it.
     dirty: bool,
     loop_waker: Option<Waker>,
@@ -33,12 +36,13 @@ pub(crate) struct State {
 pub(crate) struct Shared(Arc<Mutex<State>>);
 
 impl Shared {
-    pub(crate) fn new(node: Node, ready: Readiness) -> Self {
+    pub(crate) fn new(node: Node, ready: Readiness, events: EventHub) -> Self {
         Self(Arc::new(Mutex::new(State {
             node,
             ready,
             waiting_calls: 0,
             stopped: false,
+            events,
             dirty: false,
             loop_waker: None,
         })))

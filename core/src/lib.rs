@@ -65,6 +65,7 @@ mod graph;
 mod id;
 mod ip_group;
 mod manager;
+pub mod metrics;
 pub mod net;
 mod seed;
 mod store;
@@ -94,8 +95,9 @@ pub use ip_group::{IpGroup, IpGroupLimits};
 pub use manager::InFlight;
 pub use manager::{
     ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, FindOptions, LeaseId,
-    NodeEvent, NodeManager, OpError, OpId, OpValue, Output, PeerRequestId, QueryId, RequestId,
-    ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies, StreamId, Timer, UserCall,
+    NodeEvent, NodeManager, Observation, OpError, OpId, OpValue, Output, PeerRequestId, QueryId,
+    RequestId, ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies, StreamId, Timer,
+    UserCall,
 };
 pub use seed::{SeedNodes, SeedNodesParseError};
 pub use store::{

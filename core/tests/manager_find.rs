@@ -218,6 +218,19 @@ fn signal_wins_when_the_target_is_behind_nat() {
         Some((NodeAddress::from(addr(3)), ContactMode::Signal)),
         "direct dials of a node behind NAT fail; the signal through 2 succeeds"
     );
+    // Counted: 3 punched at the signal, 1's signalled dial came up.
+    let signalled = keynode_core::metrics::ConnKind {
+        mode: ContactMode::Signal,
+        direction: keynode_core::metrics::Direction::Outbound,
+    };
+    let m1 = net.peers[&id(1)].node.metrics();
+    assert_eq!(m1.punches_succeeded, 1);
+    assert_eq!(m1.connections_opened.get(signalled), 1);
+    assert!(net.peers[&id(3)].node.metrics().punches_tried >= 1);
+    assert_eq!(
+        m1.lookups.get(keynode_core::metrics::LookupOutcome::Found),
+        1
+    );
 
     // With the direct strategy alone it cannot be reached.
     let mut again = net_behind_nat();

@@ -336,6 +336,7 @@ impl NodeManager {
         }
         let own = self.graph.own_node_id();
         ops.extend(self.claims.gestalt.link(own, other));
+        self.observe(crate::manager::Observation::ClaimLinked { node_id: other });
         Ok(ops)
     }
 

@@ -21,6 +21,8 @@ pub(crate) struct Attempt {
     pub(crate) node_id: NodeId,
     pub(crate) mode: ContactMode,
     pub(crate) timeout: Duration,
+    /// When it was asked for: for the time-to-connect metric only.
+    pub(crate) started: std::time::Instant,
 }
 
 /// A resolution an attempt waits on.

@@ -233,6 +233,7 @@ impl NodeManager {
     pub(super) fn step_find(&mut self, id: OpId, mut op: Box<FindNode>, input: Input) -> Step {
         match input {
             Input::Start => {
+                op.started = Some(self.now.mono);
                 if op.on_start(&self.conns) {
                     self.seed_candidates(&mut op);
                 }
@@ -295,6 +296,7 @@ impl NodeManager {
                     op.requested(request);
                 }
                 Next::Punch { address, timeout } => {
+                    self.metrics.punches_tried += 1;
                     self.commands
                         .push_back(Command::HolePunch { address, timeout });
                 }
@@ -305,12 +307,31 @@ impl NodeManager {
                     op.querying(child.ok());
                 }
                 Next::Wait => return None,
-                Next::Done(Outcome::Found(address, data)) => {
-                    return Some(Ok(OpValue::Found(Some((address, data)))));
+                Next::Done(outcome) => {
+                    self.count_lookup(op, &outcome);
+                    return Some(match outcome {
+                        Outcome::Found(address, data) => Ok(OpValue::Found(Some((address, data)))),
+                        Outcome::NotFound => Ok(OpValue::Found(None)),
+                        Outcome::Timeout => Err(OpError::Timeout),
+                    });
                 }
-                Next::Done(Outcome::NotFound) => return Some(Ok(OpValue::Found(None))),
-                Next::Done(Outcome::Timeout) => return Some(Err(OpError::Timeout)),
             }
+        }
+    }
+
+    /// Counts a lookup's end: its outcome, the nodes it contacted, its time.
+    fn count_lookup(&mut self, op: &FindNode, outcome: &Outcome) {
+        use crate::metrics::LookupOutcome;
+        let label = match outcome {
+            Outcome::Found(..) => LookupOutcome::Found,
+            Outcome::NotFound => LookupOutcome::NotFound,
+            Outcome::Timeout => LookupOutcome::Timeout,
+        };
+        self.metrics.lookups.inc(label);
+        self.metrics.lookup_hops.observe(op.contacted() as f64);
+        if let Some(started) = op.started {
+            let elapsed = self.now.mono.saturating_duration_since(started);
+            self.metrics.lookup_duration.observe_duration(elapsed);
         }
     }
 

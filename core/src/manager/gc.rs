@@ -17,6 +17,7 @@ use super::{Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, Step, Ti
 use crate::graph::{Change, SetContactError};
 use crate::id::{BucketIndex, NodeId};
 use crate::manager::api::{ApiError, NodeEvent};
+use crate::manager::observations::Observation;
 use crate::store::{StoreOp, TaskKey, TaskPayload};
 use crate::time::Now;
 
@@ -271,6 +272,7 @@ impl NodeManager {
             if unchanged {
                 ops.extend(self.graph.unset(node_id).ops);
                 self.emit_event(NodeEvent::ContactRemoved { node_id: *node_id });
+                self.observe(Observation::ContactEvicted { node_id: *node_id });
             }
         }
         let taken = self.graph.take_pending(bucket);
@@ -283,6 +285,10 @@ impl NodeManager {
                     Ok(update) => {
                         ops.extend(update.ops);
                         self.emit_event(NodeEvent::ContactSet {
+                            node_id: node.node_id,
+                            bucket,
+                        });
+                        self.observe(Observation::ContactAdded {
                             node_id: node.node_id,
                             bucket,
                         });

@@ -20,6 +20,8 @@ use crate::conn_error::CloseReason;
 use crate::contact::{ContactMode, NodeAddressScopes, NodeContactAddressData};
 use crate::id::NodeId;
 use crate::manager::conns::Conn;
+use crate::manager::observations::Observation;
+use crate::metrics::{ConnKind, Direction, HandshakeFailure};
 use crate::wire::Request;
 
 impl NodeManager {
@@ -39,6 +41,7 @@ impl NodeManager {
                 node_id,
                 mode,
                 timeout,
+                started: self.now.mono,
             },
         );
         self.waits.register(Wait::Attempt(attempt), op);
@@ -102,6 +105,9 @@ impl NodeManager {
     }
 
     pub(super) fn on_connect_failed(&mut self, attempt: AttemptId, failure: ConnectFailure) {
+        if self.dials.get(attempt).is_some() {
+            self.count_handshake_failure(&failure);
+        }
         match self.dials.remove(attempt) {
             Some(_) => self.input_wait(
                 Wait::Attempt(attempt),
@@ -129,6 +135,9 @@ impl NodeManager {
                     conn,
                     code: CloseReason::WrongNodeId.code(),
                 });
+                self.metrics
+                    .handshakes_failed
+                    .inc(HandshakeFailure::WrongNodeId);
                 self.input_wait(
                     Wait::Attempt(*id),
                     Input::ConnectFailed {
@@ -151,6 +160,9 @@ impl NodeManager {
                 code: reason.code(),
             });
             if let Some((id, _)) = attempt {
+                self.metrics
+                    .handshakes_failed
+                    .inc(HandshakeFailure::Refused);
                 self.input_wait(
                     Wait::Attempt(id),
                     Input::ConnectFailed {
@@ -164,6 +176,27 @@ impl NodeManager {
         let mode = attempt
             .as_ref()
             .map_or(ContactMode::Direct, |(_, a)| a.mode);
+        let direction = if attempt.is_some() {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        self.metrics
+            .connections_opened
+            .inc(ConnKind { mode, direction });
+        if let Some((_, a)) = &attempt {
+            let elapsed = self.now.mono.saturating_duration_since(a.started);
+            self.metrics.time_to_connect.observe_duration(elapsed);
+            if mode == ContactMode::Signal {
+                self.metrics.punches_succeeded += 1;
+            }
+        }
+        self.observe(Observation::ConnectionUp {
+            node_id: peer,
+            remote,
+            mode,
+            direction,
+        });
         // Before this one is in the table: a dialled connection already up.
         let dialled_before = self.conns.has_outbound(&peer);
         self.conns.insert(
@@ -215,6 +248,7 @@ impl NodeManager {
 
     pub(super) fn on_connection_closed(&mut self, conn: ConnId) {
         if let Some(closed) = self.conns.remove(conn) {
+            self.observe_closed(&closed);
             self.timers.cancel(Timer::ConnIdle(conn));
             // Another connection to the node may now be its primary one, with
             // the primary's longer time to live.
@@ -223,6 +257,37 @@ impl NodeManager {
             }
             self.forget_signal_source(&closed.peer);
         }
+    }
+
+    /// Counts a kept connection's end and tells a watcher.
+    fn observe_closed(&mut self, closed: &Conn) {
+        let direction = if closed.dialled {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        let mode = closed.mode;
+        self.metrics
+            .connections_closed
+            .inc(ConnKind { mode, direction });
+        self.observe(Observation::ConnectionDown {
+            node_id: closed.peer,
+            remote: closed.remote,
+            mode,
+            direction,
+        });
+    }
+
+    fn count_handshake_failure(&mut self, failure: &ConnectFailure) {
+        let reason = match failure {
+            ConnectFailure::Timeout => HandshakeFailure::Timeout,
+            ConnectFailure::WrongNodeId { .. } => HandshakeFailure::WrongNodeId,
+            ConnectFailure::Resolve { .. } | ConnectFailure::NoAddresses { .. } => {
+                HandshakeFailure::Resolve
+            }
+            _ => HandshakeFailure::Transport,
+        };
+        self.metrics.handshakes_failed.inc(reason);
     }
 
     /// A node with no connection left to us sends us no signal requests:
@@ -263,6 +328,7 @@ impl NodeManager {
     pub(super) fn on_idle(&mut self, conn: ConnId) {
         if self.conns.get(conn).is_some_and(|c| c.leases == 0) {
             if let Some(closed) = self.conns.remove(conn) {
+                self.observe_closed(&closed);
                 self.forget_signal_source(&closed.peer);
             }
             self.commands.push_back(Command::CloseConnection {

@@ -81,6 +81,7 @@ mod in_flight;
 mod lifecycle;
 mod lookup;
 mod maintenance;
+mod observations;
 mod ops;
 mod running;
 mod serve;
@@ -104,6 +105,7 @@ pub use api::{
 pub use call::UserCall;
 pub use find::{FindOptions, Strategies};
 pub use in_flight::InFlight;
+pub use observations::Observation;
 pub use timers::Timer;
 
 use crate::claims::{Identity, Sigchain};
@@ -204,6 +206,10 @@ pub struct NodeManager {
     /// Why the loaded snapshot did not restore: `start` refuses with it,
     /// rather than run on (and persist over the store) an empty graph.
     snapshot_error: Option<crate::graph::SnapshotError>,
+    /// Counted, never read for a decision.
+    metrics: crate::metrics::Metrics,
+    /// What happened, for a watcher; never read for a decision.
+    observations: observations::Observations,
 }
 
 impl NodeManager {
@@ -245,6 +251,8 @@ impl NodeManager {
             dial_backs: std::collections::BTreeMap::new(),
             committed: committed::CommittedGraph::default(),
             snapshot_error: None,
+            metrics: crate::metrics::Metrics::default(),
+            observations: observations::Observations::default(),
         })
     }
 
@@ -268,6 +276,30 @@ impl NodeManager {
     /// Counters of dropped and refused things.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Connections, lookups, requests and punches counted so far.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The metrics, for the net layer's counts (stream bytes).
+    pub(crate) fn metrics_mut(&mut self) -> &mut crate::metrics::Metrics {
+        &mut self.metrics
+    }
+
+    /// The oldest [`Observation`] not yet taken. Draining them is
+    /// optional: undrained, they stop being queued at
+    /// `max_queued_events` (and are counted as dropped).
+    pub fn poll_observation(&mut self) -> Option<Observation> {
+        self.observations.pop()
+    }
+
+    /// Queues an observation for a watcher (bounded, counted when full).
+    fn observe(&mut self, o: Observation) {
+        if !self.observations.push(o, self.config.max_queued_events) {
+            self.metrics.observations_dropped += 1;
+        }
     }
 
     /// Whether `start` ran and `stop` did not.
@@ -452,6 +484,7 @@ impl NodeManager {
         if node_id == self.graph.own_node_id() {
             return;
         }
+        self.observe(Observation::KeyRenewed { node_id });
         if self
             .claims
             .key
@@ -659,6 +692,7 @@ impl NodeManager {
         self.graph = graph;
         for node_id in gone {
             self.emit_event(NodeEvent::ContactRemoved { node_id });
+            self.observe(Observation::ContactRemoved { node_id });
         }
     }
 

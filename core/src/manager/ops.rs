@@ -262,7 +262,18 @@ impl NodeManager {
             OpKind::Acquire(op) => self.step_acquire(id, op, input),
             OpKind::Refresh(op) => self.step_refresh(id, op, input),
             OpKind::CheckConnections(op) => self.step_check_connections(id, op, input),
-            OpKind::Sync(op) => self.step_sync(id, op, input),
+            OpKind::Sync(op) => {
+                let step = self.step_sync(id, op, input);
+                if let Step::Done(result) = &step {
+                    self.observe(match result {
+                        Ok(_) => crate::manager::Observation::SyncFinished,
+                        Err(error) => crate::manager::Observation::SyncFailed {
+                            error: error.clone(),
+                        },
+                    });
+                }
+                step
+            }
             OpKind::ClaimNode(op) => self.step_claim_node(id, op, input),
             OpKind::HandleClaim(op) => self.step_handle_claim(id, op, input),
             OpKind::ChainData(op) => self.step_chain_data(id, op, input),

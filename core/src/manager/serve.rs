@@ -189,6 +189,9 @@ impl SignalRelay {
 impl NodeManager {
     /// Answers a peer's request on connection `conn`.
     pub(super) fn serve(&mut self, conn: ConnId, request: PeerRequestId, body: Request) {
+        self.metrics
+            .requests_served
+            .inc(crate::metrics::RequestKind::of(&body));
         let response = self.answer(conn, body);
         self.stats.requests_served += 1;
         self.commands.push_back(Command::SendResponse {
@@ -248,6 +251,7 @@ impl NodeManager {
                     self.stats.signals_rate_limited += 1;
                     return Response::Refused(RefusalReason::RateLimited);
                 }
+                self.metrics.punches_tried += 1;
                 self.commands.push_back(Command::HolePunch {
                     address: source_address,
                     timeout: self.config.connection_connect_timeout,

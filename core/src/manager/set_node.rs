@@ -11,6 +11,7 @@ use crate::contact::{ContactMode, NodeContactAddressData};
 use crate::graph::{Change, SetContactError};
 use crate::id::NodeId;
 use crate::manager::api::{ApiError, Command, ConnId, NodeEvent};
+use crate::manager::observations::Observation;
 use crate::store::{StoreOp, TaskKey, TaskPayload, TaskRecord};
 use crate::time::Now;
 
@@ -148,10 +149,22 @@ impl NodeManager {
                     Ok(update) => {
                         if let Change::Replaced { evicted } = update.change {
                             self.emit_event(NodeEvent::ContactRemoved { node_id: evicted });
+                            self.observe(Observation::ContactEvicted { node_id: evicted });
                         }
                         self.emit_event(NodeEvent::ContactSet {
                             node_id: op.node_id,
                             bucket,
+                        });
+                        self.observe(if update.change == Change::Updated {
+                            Observation::ContactUpdated {
+                                node_id: op.node_id,
+                                bucket,
+                            }
+                        } else {
+                            Observation::ContactAdded {
+                                node_id: op.node_id,
+                                bucket,
+                            }
                         });
                         ops.extend(update.ops);
                         ops.extend(self.push_refresh_back(bucket));
@@ -161,7 +174,13 @@ impl NodeManager {
                             .graph
                             .add_pending(op.node_id, op.address.clone(), op.data)
                         {
-                            Ok(update) => ops.extend(update.ops),
+                            Ok(update) => {
+                                ops.extend(update.ops);
+                                self.observe(Observation::ContactPending {
+                                    node_id: op.node_id,
+                                    bucket,
+                                });
+                            }
                             Err(SetContactError::IpGroupFull { group, .. }) => {
                                 self.stats.ip_group_refused += 1;
                                 return Step::Done(Err(OpError::IpGroupFull(group)));
@@ -222,6 +241,7 @@ impl NodeManager {
         let update = self.graph.unset(&node_id);
         if matches!(update.change, Change::Removed { contact: true, .. }) {
             self.emit_event(NodeEvent::ContactRemoved { node_id });
+            self.observe(Observation::ContactRemoved { node_id });
         }
         let op = self.spawn(OpKind::StoreWait(OpValue::Unit), Parent::Caller, None)?;
         self.store(update.ops, Some(op));

@@ -416,7 +416,13 @@ impl Node {
             }
         }
         match c.conn.send_stream(id).write(data) {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.manager
+                    .metrics_mut()
+                    .stream_bytes
+                    .add(crate::metrics::Flow::Sent, n as u64);
+                Ok(n)
+            }
             Err(quinn_proto::WriteError::Blocked) => Err(StreamError::Blocked),
             Err(quinn_proto::WriteError::Stopped(code)) => {
                 self.advance(now.now());
@@ -470,6 +476,12 @@ impl Node {
             Err(_) => Err(StreamError::Closed(stream)),
         };
         self.credit_due |= credit_due;
+        if let Ok(Some(bytes)) = &result {
+            self.manager
+                .metrics_mut()
+                .stream_bytes
+                .add(crate::metrics::Flow::Received, bytes.len() as u64);
+        }
         match result {
             Ok(Some(_)) | Err(StreamError::Blocked) => {}
             Ok(None) | Err(_) => {

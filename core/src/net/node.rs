@@ -370,6 +370,12 @@ impl Node {
         self.requests.len()
     }
 
+    /// The oldest observation (an agent event) not yet taken; see
+    /// [`NodeManager::poll_observation`].
+    pub fn poll_observation(&mut self) -> Option<crate::Observation> {
+        self.manager.poll_observation()
+    }
+
     /// The connections up, with their peers.
     pub fn connection_count(&self) -> usize {
         self.conns.values().filter(|c| c.is_up()).count()

@@ -227,6 +227,8 @@ pub(crate) struct Lookup {
     /// The candidate whose [`Next`] was handed out, its id not reported yet.
     starting: Option<(NodeId, Pending)>,
     over: Option<Over>,
+    /// When it started, for the lookup-duration metric only.
+    pub(crate) started: Option<std::time::Instant>,
 }
 
 impl Lookup {
@@ -246,7 +248,13 @@ impl Lookup {
             follow_up: None,
             starting: None,
             over: None,
+            started: None,
         }
+    }
+
+    /// How many nodes it has contacted (asked, or dialled for).
+    pub(crate) fn contacted(&self) -> usize {
+        self.contacted
     }
 
     /// The NodeId looked for now (a bucket refresh's lookup turns to other targets).
