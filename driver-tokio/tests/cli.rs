@@ -130,6 +130,24 @@ fn two_agents_are_driven_through_their_control_sockets() {
         "{table}"
     );
 
+    // Its own NodeId is not added, and says so.
+    let own = keynode(&["nodes", "add", "--data-dir", a.dir(), &a.node_id, &b.addr]);
+    assert!(!own.status.success(), "nodes add <own id>: {own:?}");
+    assert!(
+        own.stderr.contains("own NodeId") && own.stderr.contains("ignored"),
+        "{own:?}"
+    );
+    assert!(!own.stdout.contains("added"), "{own:?}");
+    let all = json(&["nodes", "getall", "--data-dir", a.dir()]);
+    assert!(
+        !contacts(&all).iter().any(|(id, _)| *id == a.node_id),
+        "{all}"
+    );
+    // A NodeId in upper case (multibase base32hexupper) is the same node.
+    let upper = b.node_id.to_uppercase();
+    assert!(upper.starts_with('V'));
+    ok(&["nodes", "ping", "--data-dir", a.dir(), &upper]);
+
     // find and ping.
     let found = json(&["nodes", "find", "--data-dir", a.dir(), &b.node_id]);
     assert_eq!(found["reply"], "found");

@@ -44,6 +44,16 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
             force,
             block,
         } => {
+            // The core skips its own NodeId without a word (spec setNode);
+            // a user who typed it is told nothing was stored.
+            if node_id == agent.node_id() {
+                return Err(ControlError::new(
+                    ErrorKind::Failed,
+                    format!(
+                        "ignored: {node_id} is this agent's own NodeId, not a contact of its graph"
+                    ),
+                ));
+            }
             let data = NodeContactAddressData {
                 mode: ContactMode::Direct,
                 connected_time: crate::now().unix_secs(),
