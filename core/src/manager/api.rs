@@ -496,6 +496,17 @@ pub enum NodeEvent {
         /// The new NodeId.
         node_id: NodeId,
     },
+    /// A background `sync_node_graph` (started with `blocking: false`)
+    /// failed: the node has not joined. With `retry_in`, the sync task runs
+    /// again after that delay (`Config::sync_retry_*`).
+    SyncFailed {
+        /// Why: for unreachable seeds, each seed and its failure.
+        error: OpError,
+        /// Failed background syncs in a row, this one included.
+        attempt: u32,
+        /// When the next attempt runs; `None` once the attempts are spent.
+        retry_in: Option<Duration>,
+    },
     /// The manager stopped; nothing follows.
     Stopped,
 }

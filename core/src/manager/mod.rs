@@ -77,6 +77,7 @@ mod conns;
 mod dials;
 mod find;
 mod gc;
+mod join;
 mod lifecycle;
 mod lookup;
 mod maintenance;
@@ -102,6 +103,7 @@ pub use api::{
 };
 pub use call::UserCall;
 pub use find::{FindOptions, Strategies};
+pub use join::JoinStatus;
 pub use timers::Timer;
 
 use crate::claims::{Identity, Sigchain};
@@ -193,6 +195,8 @@ pub struct NodeManager {
     dial_backs: std::collections::BTreeMap<NodeId, Option<crate::ip_group::IpGroup>>,
     /// What the store holds of the graph, to undo a failed batch.
     committed: committed::CommittedGraph,
+    /// Whether the node joined, and the background sync's retries.
+    join: join::JoinState,
 }
 
 impl NodeManager {
@@ -233,6 +237,7 @@ impl NodeManager {
             graph_persisted: false,
             dial_backs: std::collections::BTreeMap::new(),
             committed: committed::CommittedGraph::default(),
+            join: join::JoinState::default(),
         })
     }
 
