@@ -11,6 +11,7 @@
 pub mod control;
 pub mod demo;
 mod run;
+pub mod start_options;
 
 pub use keynode_agent::{
     Agent, AgentConfig, AgentError, Connection, IncomingStream, Listener, OP_TIMEOUT, Protocol,

@@ -1,7 +1,6 @@
 //! The `keynode` command.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use keynode_tokio::control::{
     Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
+use keynode_tokio::start_options::StartOptions;
 
 #[derive(Parser)]
 #[command(
@@ -83,19 +83,13 @@ enum AgentCommand {
         /// Where its key, database and control socket live.
         #[arg(long)]
         data_dir: PathBuf,
-        /// The UDP address to listen on.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        bind: SocketAddr,
-        /// Seed nodes: nodeid@host:port;...
-        #[arg(long, default_value = "")]
-        seed_nodes: String,
-        /// Milliseconds a control client has to send each request line
-        /// before it is answered `timeout` and disconnected.
-        #[arg(long, default_value_t = 5000)]
-        control_request_timeout_ms: u64,
-        /// Control connections served at once; more are answered `busy`.
-        #[arg(long, default_value_t = keynode_tokio::control::MAX_CLIENTS)]
-        control_max_clients: usize,
+        /// A TOML file of these options: each flag below is a key of the
+        /// same name (e.g. `map-size = 1073741824`, `mdns = true`); a flag
+        /// given here overrides the file's key.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        options: Box<StartOptions>,
     },
     /// The NodeId and address of a running agent.
     Status {
@@ -302,17 +296,26 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             command:
                 AgentCommand::Start {
                     data_dir,
-                    bind,
-                    seed_nodes,
-                    control_request_timeout_ms,
-                    control_max_clients,
+                    config,
+                    options,
                 },
         } => {
-            let limits = ControlLimits {
-                max_clients: control_max_clients.max(1),
-                request_timeout: Duration::from_millis(control_request_timeout_ms.max(1)),
+            let options = match config {
+                Some(path) => (*options).or(StartOptions::load(&path)?),
+                None => *options,
             };
-            start_agent(data_dir, bind, &seed_nodes, limits).await
+            let limits = ControlLimits {
+                max_clients: options
+                    .control_max_clients
+                    .unwrap_or(keynode_tokio::control::MAX_CLIENTS)
+                    .max(1),
+                request_timeout: Duration::from_millis(
+                    options.control_request_timeout_ms.unwrap_or(5000).max(1),
+                ),
+            };
+            let seeds = options.seeds()?;
+            let config = options.agent_config(data_dir)?;
+            start_agent(config, seeds, limits).await
         }
         Top::Agent {
             command: AgentCommand::Status { client },
@@ -647,18 +650,16 @@ fn ago(unix_secs: u64) -> String {
 /// starts (so a second agent on the same directory is refused before it
 /// opens the store) and removed when the agent stops.
 async fn start_agent(
-    data_dir: PathBuf,
-    bind: SocketAddr,
-    seed_nodes: &str,
+    config: AgentConfig,
+    seeds: SeedNodes,
     limits: ControlLimits,
 ) -> Result<ExitCode, BoxError> {
-    let seeds: SeedNodes = seed_nodes.parse()?;
     // Registered before anything is printed, so that a signal sent as soon
     // as the start line is read stops the agent cleanly.
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let socket = ControlSocket::bind(&data_dir)?;
-    let agent = match keynode_tokio::start(AgentConfig::new(data_dir, bind)).await {
+    let socket = ControlSocket::bind(&config.data_dir)?;
+    let agent = match keynode_tokio::start(config).await {
         Ok(agent) => agent,
         Err(e) => {
             socket.remove();

@@ -117,6 +117,18 @@ pub fn start_agent_in(
     bind: &str,
     seeds: Option<&str>,
 ) -> AgentProc {
+    start_agent_with(netns, dir, bind, seeds, &[])
+}
+
+/// [`start_agent_in`] with `extra` arguments after the others (more
+/// options of `agent start`, e.g. `--config FILE`).
+pub fn start_agent_with(
+    netns: Option<&str>,
+    dir: &Path,
+    bind: &str,
+    seeds: Option<&str>,
+    extra: &[&str],
+) -> AgentProc {
     let log = dir.with_extension("log");
     let stderr = File::options()
         .create(true)
@@ -137,6 +149,7 @@ pub fn start_agent_in(
     if let Some(seeds) = seeds {
         command.args(["--seed-nodes", seeds]);
     }
+    command.args(extra);
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
