@@ -611,6 +611,18 @@ impl Agent {
         self.read(|m| m.connections()).await
     }
 
+    /// Whether the agent has joined the network through its seed nodes,
+    /// how its background syncs fared, and how many contacts and
+    /// connections it holds.
+    pub async fn status(&self) -> Result<crate::AgentStatus, AgentError> {
+        self.read(|m| crate::AgentStatus {
+            join: m.join_status(),
+            contacts: m.graph().len(),
+            connections: m.connections().len(),
+        })
+        .await
+    }
+
     /// Spec `claimNode`.
     pub async fn claim_node(&self, node_id: NodeId) -> Result<(), AgentError> {
         self.op(UserCall::ClaimNode {

@@ -16,6 +16,7 @@
 
 mod agent;
 mod deadline;
+mod joining;
 mod listener;
 mod node_loop;
 mod open;
@@ -30,6 +31,7 @@ pub use agent::{
     Agent, AgentConfig, AgentError, Connection, OP_TIMEOUT, Opened, Sleep, WithConnOptions,
     create_data_dir, load_or_create_key, now,
 };
+pub use joining::AgentStatus;
 pub use keynode_core::net::Transmit;
 pub use keynode_core::net::{
     DatagramError, OpenError, Protocol, ProtocolError, ProtocolOptions, Refusal, RegisterError,

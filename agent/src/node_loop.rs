@@ -199,7 +199,7 @@ impl AgentLoop {
                         let _ = reply.send(result.map_err(AgentError::Op));
                     }
                 }
-                NetCommand::Event(event) => tracing::debug!(?event, "node event"),
+                NetCommand::Event(event) => crate::joining::log_event(&event),
                 NetCommand::App(_) => {}
             }
         }

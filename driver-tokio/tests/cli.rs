@@ -165,6 +165,16 @@ fn two_agents_are_driven_through_their_control_sockets() {
         "{connections}"
     );
 
+    // agent status: not joined (no sync ran), the contact and the connection.
+    let status = json(&["agent", "status", "--data-dir", a.dir()]);
+    assert_eq!(status["joined"], false, "{status}");
+    assert_eq!(status["contacts"], 1, "{status}");
+    assert!(status["connections"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status["last_sync_error"], Value::Null, "{status}");
+    let text = ok(&["agent", "status", "--data-dir", a.dir()]);
+    assert!(text.contains("not joined the network"), "{text}");
+    assert!(text.contains("1 contacts"), "{text}");
+
     // A node nobody knows: find and ping fail with a message.
     let nobody = NodeId::from_bytes([7; 32]).to_string();
     for command in ["find", "ping"] {

@@ -325,10 +325,34 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     node_id,
                     address,
                     data_dir,
-                } => Ok(format!(
-                    "{node_id} listening on {address} (data in {})",
-                    data_dir.display()
-                )),
+                    joined,
+                    contacts,
+                    connections,
+                    failed_sync_attempts,
+                    last_sync_error,
+                    sync_retry_in_ms,
+                } => {
+                    let mut text = format!(
+                        "{node_id} listening on {address} (data in {})\n",
+                        data_dir.display()
+                    );
+                    text += if *joined {
+                        "joined the network"
+                    } else {
+                        "not joined the network"
+                    };
+                    text += &format!("\n{contacts} contacts, {connections} connections");
+                    if let Some(error) = last_sync_error {
+                        text += &format!(
+                            "\nlast sync failed ({failed_sync_attempts} attempts): {error}"
+                        );
+                        text += &match sync_retry_in_ms {
+                            Some(ms) => format!("\nnext attempt {ms} ms after the last"),
+                            None => "\nno further attempt scheduled".to_owned(),
+                        };
+                    }
+                    Ok(text)
+                }
                 _ => Err(unexpected(reply)),
             })
             .await
