@@ -368,3 +368,28 @@ async fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped() 
         Err(AgentError::Stopped)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_mdns_group_is_refused_at_start_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AgentConfig::new(dir.path().join("v6"), loopback());
+    config.config.mdns = Some(keynode_core::MdnsConfig {
+        groups: vec![
+            std::net::IpAddr::from([224, 0, 0, 250]),
+            "ff02::fa17".parse().unwrap(),
+        ],
+        port: 40_000 + (std::process::id() % 20_000) as u16,
+    });
+    match keynode_tokio::start(config).await {
+        Err(AgentError::Socket { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput);
+            let message = source.to_string();
+            assert!(
+                message.contains("ff02::fa17") && message.contains("IPv4 only"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("expected the IPv6 group to be refused, got {other}"),
+        Ok(_) => panic!("an agent started with an IPv6 mDNS group its socket cannot join"),
+    }
+}
