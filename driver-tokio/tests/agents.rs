@@ -187,6 +187,23 @@ async fn the_demo_with_defaults_succeeds() {
     assert_eq!(report.transfer_ok, report.transfers, "{report:?}");
     assert!(report.transfer_mib_s.is_some(), "{report:?}");
     assert_eq!(report.failures, 0, "{report:?}");
+    assert_eq!(report.mdns_queries, 0, "mDNS is off by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_with_mdns_finds_every_agent_by_mdns() {
+    let options = DemoOptions {
+        nodes: 4,
+        progress: false,
+        transfer_bytes: 0,
+        // A port of this test's own, so that parallel runs do not hear each other.
+        mdns_port: Some(40_000 + (std::process::id() % 20_000) as u16 + 1),
+        ..DemoOptions::default()
+    };
+    let report = demo::run(options).await.unwrap();
+    assert_eq!(report.mdns_queries, 4, "{report:?}");
+    assert_eq!(report.mdns_ok, 4, "{report:?}");
+    assert_eq!(report.failures, 0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,10 @@ enum Top {
         /// KiB each agent sends to another's echo and gets back (0: none).
         #[arg(long, default_value_t = 1024)]
         transfer_kib: usize,
+        /// Turn mDNS on, on this port (group 224.0.0.250 on loopback):
+        /// every agent announces itself and looks another up by mDNS.
+        #[arg(long)]
+        mdns_port: Option<u16>,
     },
     /// Run an agent, or ask a running one for its status.
     Agent {
@@ -272,6 +276,7 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             json,
             seed,
             transfer_kib,
+            mdns_port,
         } => {
             let report = demo::run(DemoOptions {
                 nodes,
@@ -279,6 +284,7 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 seed,
                 transfer_bytes: transfer_kib.saturating_mul(1024),
                 progress: !json,
+                mdns_port,
             })
             .await?;
             if json {
