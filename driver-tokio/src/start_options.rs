@@ -8,6 +8,7 @@
 //! seed-nodes = "v0123...@seed.example:1314"
 //! map-size = 1073741824
 //! max-connections = 512
+//! sync-retry-max-delay-ms = 30000
 //! mdns = true
 //! mdns-groups = ["224.0.0.250"]
 //! mdns-port = 64023
@@ -16,6 +17,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use keynode_core::{MdnsConfig, SeedNodes, SeedNodesParseError};
@@ -54,6 +56,18 @@ pub struct StartOptions {
     /// Inbound connections from one /24 (IPv4) or /48 (IPv6).
     #[arg(long)]
     pub max_inbound_per_prefix: Option<usize>,
+    /// Milliseconds after a failed background sync (no seed answered)
+    /// before it runs again; doubling after each failure [default: 1000].
+    #[arg(long)]
+    pub sync_retry_initial_delay_ms: Option<u64>,
+    /// The longest delay between two attempts of a background sync, in
+    /// milliseconds [default: 60000].
+    #[arg(long)]
+    pub sync_retry_max_delay_ms: Option<u64>,
+    /// Retries of a failed background sync before the agent gives up; 0
+    /// never retries [default: 100].
+    #[arg(long)]
+    pub sync_retry_attempts: Option<u32>,
     /// Milliseconds a control client has to send each request line before
     /// it is answered `timeout` and disconnected [default: 5000].
     #[arg(long)]
@@ -140,6 +154,13 @@ impl StartOptions {
             max_handshakes: self.max_handshakes.or(file.max_handshakes),
             max_inbound_per_ip: self.max_inbound_per_ip.or(file.max_inbound_per_ip),
             max_inbound_per_prefix: self.max_inbound_per_prefix.or(file.max_inbound_per_prefix),
+            sync_retry_initial_delay_ms: self
+                .sync_retry_initial_delay_ms
+                .or(file.sync_retry_initial_delay_ms),
+            sync_retry_max_delay_ms: self
+                .sync_retry_max_delay_ms
+                .or(file.sync_retry_max_delay_ms),
+            sync_retry_attempts: self.sync_retry_attempts.or(file.sync_retry_attempts),
             control_request_timeout_ms: self
                 .control_request_timeout_ms
                 .or(file.control_request_timeout_ms),
@@ -177,6 +198,15 @@ impl StartOptions {
         }
         if let Some(max) = self.max_inbound_per_prefix {
             config.net.max_inbound_per_prefix = max;
+        }
+        if let Some(ms) = self.sync_retry_initial_delay_ms {
+            config.config.sync_retry_initial_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.sync_retry_max_delay_ms {
+            config.config.sync_retry_max_delay = Duration::from_millis(ms);
+        }
+        if let Some(attempts) = self.sync_retry_attempts {
+            config.config.sync_retry_attempts = attempts;
         }
         let mdns_settings =
             self.mdns_groups.is_some() || self.mdns_port.is_some() || self.mdns_interface.is_some();
@@ -222,6 +252,9 @@ mod tests {
             max-handshakes = 9
             max-inbound-per-ip = 3
             max-inbound-per-prefix = 5
+            sync-retry-initial-delay-ms = 250
+            sync-retry-max-delay-ms = 4000
+            sync-retry-attempts = 7
             mdns = true
             mdns-groups = ["224.0.0.251"]
             mdns-port = 5353
@@ -236,6 +269,12 @@ mod tests {
         assert_eq!(config.net.max_handshakes, 9);
         assert_eq!(config.net.max_inbound_per_ip, 3);
         assert_eq!(config.net.max_inbound_per_prefix, 5);
+        assert_eq!(
+            config.config.sync_retry_initial_delay,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.config.sync_retry_max_delay, Duration::from_secs(4));
+        assert_eq!(config.config.sync_retry_attempts, 7);
         assert_eq!(
             config.config.mdns,
             Some(MdnsConfig {
