@@ -95,7 +95,8 @@ pub struct Config {
     pub sync_retry_max_delay: Duration,
     /// How many times a failed background sync is retried before the node
     /// gives up (until the next `sync_node_graph` or restart); zero never
-    /// retries. Default 100 (with the default delays, about 1 h 40 min).
+    /// retries. Default 100 (with the default delays, the delays alone add up
+    /// to about 95 min).
     pub sync_retry_attempts: u32,
     /// Idle time to live of a connection that is not a node's primary one. Default 60 s.
     pub connection_idle_ttl: Duration,
