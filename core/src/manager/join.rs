@@ -94,7 +94,8 @@ impl NodeManager {
                     ..JoinStatus::default()
                 };
             }
-            // A stop or a newer sync task ends it: nothing to retry.
+            // Cancelled by `stop` (a restart loads the persisted task) or
+            // by its caller: nothing to retry.
             Err(OpError::Cancelled) => {}
             Err(error) => {
                 self.join.status.last_error = Some(error.clone());
@@ -109,6 +110,8 @@ impl NodeManager {
                 self.join.status.failed_attempts =
                     self.join.status.failed_attempts.saturating_add(1);
                 let attempt = self.join.status.failed_attempts;
+                // A sync task scheduled meanwhile (a newer non-blocking
+                // sync) is the next attempt: it is not replaced.
                 let retry_in = (attempt <= self.config.sync_retry_attempts
                     && !self.tasks.contains_key(TaskKey::SyncNodeGraph))
                 .then(|| sync_retry_delay(&self.config, attempt));
