@@ -22,6 +22,9 @@ pub enum ConnectionErrorCode {
     LimitExceeded = 5,
     /// The node is stopping.
     NodeStopping = 6,
+    /// A dial-back proved the peer's address; the peer's own connection
+    /// carries the traffic, so this second one is not kept.
+    DialBackDone = 7,
 }
 
 /// Spec: `ConnectionErrorReason`: the text of a [`ConnectionErrorCode`].
@@ -29,13 +32,14 @@ pub type ConnectionErrorReason = &'static str;
 
 impl ConnectionErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ConnectionErrorCode; 6] = [
+    pub const ALL: [ConnectionErrorCode; 7] = [
         Self::ForceClose,
         Self::IdleTimeout,
         Self::PeerIdMismatch,
         Self::ProtocolViolation,
         Self::LimitExceeded,
         Self::NodeStopping,
+        Self::DialBackDone,
     ];
 
     /// The number sent as the QUIC application error code.
@@ -52,6 +56,7 @@ impl ConnectionErrorCode {
             Self::ProtocolViolation => "peer sent a malformed or unexpected message",
             Self::LimitExceeded => "a connection, stream or rate limit was reached",
             Self::NodeStopping => "node is stopping",
+            Self::DialBackDone => "dial-back verified the address; the connection is not needed",
         }
     }
 

@@ -168,6 +168,9 @@ fn one_ip_and_one_prefix_hold_a_bounded_share_of_the_inbound_connections() {
         up += usize::from(ping(&mut net, at, victim, v));
     }
     assert_eq!(up, limits.max_inbound_per_ip);
+    // The dial-backs that proved the peers' addresses are closed (and
+    // drained) once they have: one connection per inbound peer is left.
+    net.run_for(Duration::from_secs(2));
     let node = &net.hosts[&v].node;
     assert_eq!(node.connection_count(), limits.max_inbound_per_ip);
     let stats = node.admission_stats();
@@ -218,6 +221,7 @@ fn our_own_dials_are_served_at_the_connection_limit() {
         let peer = add_at(&mut net, at, 20 + n, config(), NetConfig::default());
         assert!(ping(&mut net, v, peer, at), "our dial {n} at the limit");
     }
+    net.run_for(Duration::from_secs(2));
     let node = &net.hosts[&v].node;
     assert!(node.connection_count() <= 6);
     assert_eq!(node.admission_stats().evicted, 1);

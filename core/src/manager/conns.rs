@@ -52,6 +52,11 @@ impl ConnTable {
         Some(conn)
     }
 
+    /// How many connections to `peer` are up.
+    pub(crate) fn count_to(&self, peer: &NodeId) -> usize {
+        self.by_peer.get(peer).map_or(0, BTreeSet::len)
+    }
+
     /// The node's primary connection: the one with the smallest id.
     pub(crate) fn primary(&self, peer: &NodeId) -> Option<(ConnId, &Conn)> {
         let id = *self.by_peer.get(peer)?.first()?;

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use super::{AttemptId, Input, NodeManager, OpError, OpId, OpKind, OpValue, Parent, Step, Timer};
 use crate::address::NodeAddress;
+use crate::conn_error::ConnectionErrorCode;
 use crate::contact::{ContactMode, NodeContactAddressData};
 use crate::graph::{Change, SetContactError};
 use crate::id::NodeId;
-use crate::manager::api::{ApiError, NodeEvent};
+use crate::manager::api::{ApiError, Command, ConnId, NodeEvent};
 use crate::store::{StoreOp, TaskKey, TaskPayload, TaskRecord};
 use crate::time::Now;
 
@@ -386,15 +387,43 @@ impl NodeManager {
         }
     }
 
+    /// A dial-back is a ping of the peer's address; once its connection is
+    /// up (and the peer recorded, see `on_connection_up`) that connection
+    /// is closed if the peer's own inbound one is still there and nothing
+    /// uses the dial-back's: otherwise every inbound peer would cost two
+    /// connections, and inbound peers could fill the outbound slots kept
+    /// for this node's own dials (`NetConfig::reserved_outbound`).
     pub(super) fn step_dial_back(&mut self, id: OpId, op: PingAddress, input: Input) -> Step {
         let peer = op.node_id;
+        let connected = match input {
+            Input::Connected { conn, .. } => Some(conn),
+            _ => None,
+        };
         match self.step_ping_address(id, op, input) {
             Step::Continue(OpKind::PingAddress(op)) => Step::Continue(OpKind::DialBack(op)),
             other => {
                 self.dial_backs.remove(&peer);
+                if let Some(conn) = connected {
+                    self.close_dial_back(conn);
+                }
                 other
             }
         }
+    }
+
+    fn close_dial_back(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(conn) else {
+            return;
+        };
+        if c.leases > 0 || self.conns.count_to(&c.peer) < 2 {
+            return;
+        }
+        self.conns.remove(conn);
+        self.timers.cancel(Timer::ConnIdle(conn));
+        self.commands.push_back(Command::CloseConnection {
+            conn,
+            code: ConnectionErrorCode::DialBackDone,
+        });
     }
 
     pub(super) fn step_ping_address(

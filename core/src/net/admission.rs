@@ -123,8 +123,9 @@ enum Kind {
     Outbound,
     /// Outbound, up.
     OutboundUp,
-    /// Closed by the node to make room, draining: counts nothing.
-    Evicted,
+    /// Closed by the node (to make room, idle, a finished dial-back),
+    /// draining: counts nothing.
+    Closing,
 }
 
 /// Counts of one source IP.
@@ -252,10 +253,19 @@ impl Admission {
     /// An inbound connection was closed to make room: it counts nothing
     /// while it drains.
     pub(super) fn evicted(&mut self, id: ConnId) {
-        if let Some((ip, Kind::Inbound)) = self.kinds.get(&id).copied() {
+        if let Some((_, Kind::Inbound)) = self.kinds.get(&id) {
             self.stats.evicted += 1;
+            self.closing(id);
+        }
+    }
+
+    /// A connection this node closed: it counts nothing while it drains.
+    pub(super) fn closing(&mut self, id: ConnId) {
+        if let Some(&(ip, kind)) = self.kinds.get(&id)
+            && kind != Kind::Closing
+        {
             self.remove(id);
-            self.kinds.insert(id, (ip, Kind::Evicted));
+            self.kinds.insert(id, (ip, Kind::Closing));
         }
     }
 
@@ -295,7 +305,7 @@ impl Admission {
                 Kind::Unvalidated => of_ip.unvalidated = of_ip.unvalidated.saturating_sub(1),
                 Kind::Validated => of_ip.validated = of_ip.validated.saturating_sub(1),
                 Kind::Inbound => of_ip.inbound = of_ip.inbound.saturating_sub(1),
-                Kind::Outbound | Kind::OutboundUp | Kind::Evicted => {}
+                Kind::Outbound | Kind::OutboundUp | Kind::Closing => {}
             }
             if of_ip.unvalidated + of_ip.validated + of_ip.inbound == 0 {
                 self.by_ip.remove(&ip);
@@ -319,14 +329,14 @@ impl Admission {
                 self.outbound = self.outbound.saturating_sub(1);
                 self.outbound_up = self.outbound_up.saturating_sub(1);
             }
-            Kind::Evicted => {}
+            Kind::Closing => {}
         }
     }
 
     fn add(&mut self, id: ConnId, ip: IpAddr, kind: Kind) {
         self.kinds.insert(id, (ip, kind));
         let of_ip = match kind {
-            Kind::Outbound | Kind::OutboundUp | Kind::Evicted => None,
+            Kind::Outbound | Kind::OutboundUp | Kind::Closing => None,
             _ => Some(self.by_ip.entry(ip).or_default()),
         };
         if let Some(of_ip) = of_ip {
@@ -348,7 +358,7 @@ impl Admission {
                 self.outbound += 1;
                 self.outbound_up += 1;
             }
-            Kind::Evicted => {}
+            Kind::Closing => {}
         }
     }
 

@@ -292,9 +292,16 @@ impl Node {
             return;
         }
         if !inbound {
-            if self.up_count() >= self.max_connections {
+            if self.up_count() >= self.max_connections && !self.peer_has_another(id) {
                 // Our own dial at the limit: room is made by closing the
-                // least useful inbound connection, not by refusing it.
+                // least useful inbound connection, not by refusing it. Not
+                // for a second connection to a node already connected (the
+                // manager's dial-back of an inbound peer): that one would
+                // evict its own peer's inbound connection, or another's, and
+                // so turn inbound peers into outbound ones past every
+                // inbound bound. The manager closes it once it has proved
+                // the address; until then the node holds at most
+                // `Config::max_dial_backs` over its limit.
                 self.evict_inbound();
             }
             self.admission.dialed_up(id);
@@ -397,6 +404,19 @@ impl Node {
             );
             c.state = ConnState::Closing;
         }
+    }
+
+    /// Whether the node dialled by outbound connection `id` already has
+    /// another connection up (a scan: only at the connection limit).
+    fn peer_has_another(&self, id: ConnId) -> bool {
+        let Some(ConnState::Dialing { expected, .. }) = self.conns.get(&id).map(|c| &c.state)
+        else {
+            return false;
+        };
+        let expected = *expected;
+        self.conns
+            .iter()
+            .any(|(other, c)| *other != id && c.peer() == Some(expected))
     }
 
     /// Connections up, inbound and outbound.

@@ -51,8 +51,16 @@ impl Node {
     /// Closes an inbound connection that is up and tells the manager it is
     /// gone; it stops counting against any admission bound.
     fn evict(&mut self, id: ConnId) {
+        self.admission.evicted(id);
+        self.close_up(id, ConnectionErrorCode::LimitExceeded);
+    }
+
+    /// Closes a connection that is up: its streams fail, the application
+    /// and the manager are told it is gone, and it counts against no
+    /// admission bound while it drains (a closed connection is no use, so
+    /// it must not keep a slot another peer or our own dial could have).
+    pub(super) fn close_up(&mut self, id: ConnId, code: ConnectionErrorCode) {
         let now = self.now;
-        let code = ConnectionErrorCode::LimitExceeded;
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -62,7 +70,7 @@ impl Node {
             bytes::Bytes::from_static(code.reason().as_bytes()),
         );
         c.state = ConnState::Closing;
-        self.admission.evicted(id);
+        self.admission.closing(id);
         self.fail_streams(id);
         self.app_ready(AppEvent::ConnectionLost { conn: id });
         self.manager

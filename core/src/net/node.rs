@@ -760,7 +760,9 @@ impl Node {
                 }
             }
             Command::CloseConnection { conn, code } => {
-                if let Some(c) = self.conns.get_mut(&conn) {
+                if self.conns.get(&conn).is_some_and(|c| c.is_up()) {
+                    self.close_up(conn, code);
+                } else if let Some(c) = self.conns.get_mut(&conn) {
                     c.conn.close(
                         now.mono,
                         VarInt::from_u32(code.code()),
