@@ -560,6 +560,17 @@ impl Agent {
         self.manager(|m| m.connections())
     }
 
+    /// Whether the agent has joined the network through its seed nodes,
+    /// how its background syncs fared, and how many contacts and
+    /// connections it holds.
+    pub async fn status(&self) -> Result<crate::AgentStatus, AgentError> {
+        self.manager(|m| crate::AgentStatus {
+            join: m.join_status(),
+            contacts: m.graph().len(),
+            connections: m.connections().len(),
+        })
+    }
+
     /// Spec `claimNode`: links `node_id` and this node on both sigchains.
     pub async fn claim_node(
         &self,

@@ -21,6 +21,7 @@ pub mod control;
 mod deadline;
 mod error;
 mod events;
+mod joining;
 mod listener;
 mod metrics;
 mod node_loop;
@@ -45,6 +46,7 @@ pub use agent::{
 };
 pub use error::{AgentError, SetupError};
 pub use events::{AgentEvent, DropCounts, Events, EventsLagged};
+pub use joining::AgentStatus;
 pub use keynode_core::net::Transmit;
 pub use keynode_core::net::{
     DatagramError, OpenError, Protocol, ProtocolError, ProtocolOptions, Refusal, RegisterError,

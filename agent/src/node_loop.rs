@@ -223,7 +223,7 @@ impl AgentLoop {
                         }
                     }
                 }
-                NetCommand::Event(event) => tracing::debug!(?event, "node event"),
+                NetCommand::Event(event) => crate::joining::log_event(&event),
                 NetCommand::App(_) => {}
             }
         }

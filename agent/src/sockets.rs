@@ -17,7 +17,8 @@ pub(crate) fn quic_socket(bind: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// The mDNS socket: the mDNS port, shared with other agents on the host
-/// (SO_REUSEADDR/SO_REUSEPORT), joined to the IPv4 groups on `interface`,
+/// (SO_REUSEADDR/SO_REUSEPORT), joined to the groups on `interface` (an
+/// IPv6 group is an `InvalidInput` error: the socket is IPv4),
 /// multicasting from it with loopback on (so that agents on one host hear
 /// each other).
 pub(crate) fn mdns_socket(
@@ -31,8 +32,17 @@ pub(crate) fn mdns_socket(
     socket.set_reuse_port(true)?;
     socket.bind(&SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, config.port)).into())?;
     for group in &config.groups {
-        if let std::net::IpAddr::V4(group) = group {
-            socket.join_multicast_v4(group, &interface)?;
+        match group {
+            std::net::IpAddr::V4(group) => socket.join_multicast_v4(group, &interface)?,
+            // An IPv4 socket cannot join it: refused, not silently dropped.
+            std::net::IpAddr::V6(group) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "mDNS group {group} is IPv6, and the agent's mDNS socket is IPv4 only: give IPv4 groups (e.g. 224.0.0.250)"
+                    ),
+                ));
+            }
         }
     }
     socket.set_multicast_if_v4(&interface)?;

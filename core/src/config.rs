@@ -87,6 +87,17 @@ pub struct Config {
     pub max_dial_backs: usize,
     /// Seed nodes contacted at once by `sync_node_graph`. Default 3.
     pub sync_concurrency: usize,
+    /// How long after a failed background `sync_node_graph` (no seed
+    /// answered) it runs again; the delay doubles after each failure up to
+    /// `sync_retry_max_delay`. Default 1 s.
+    pub sync_retry_initial_delay: Duration,
+    /// The longest delay between two attempts of a background sync. Default 60 s.
+    pub sync_retry_max_delay: Duration,
+    /// How many times a failed background sync is retried before the node
+    /// gives up (until the next `sync_node_graph` or restart); zero never
+    /// retries. Default 100 (with the default delays, the delays alone add up
+    /// to about 95 min).
+    pub sync_retry_attempts: u32,
     /// Idle time to live of a connection that is not a node's primary one. Default 60 s.
     pub connection_idle_ttl: Duration,
     /// Extra time to live of a primary connection to a node in bucket 0,
@@ -188,6 +199,9 @@ impl Default for Config {
             ip_group_limits: IpGroupLimits::default(),
             max_dial_backs: 64,
             sync_concurrency: 3,
+            sync_retry_initial_delay: Duration::from_secs(1),
+            sync_retry_max_delay: Duration::from_secs(60),
+            sync_retry_attempts: 100,
             connection_idle_ttl: Duration::from_secs(60),
             connection_primary_ttl_bonus: Duration::from_secs(2 * 3600),
             max_connections: 1024,
@@ -264,6 +278,12 @@ impl Config {
         check_range("gc_concurrency", self.gc_concurrency, 1, 256)?;
         check_range("sync_concurrency", self.sync_concurrency, 1, 256)?;
         check_range(
+            "sync_retry_attempts",
+            self.sync_retry_attempts as usize,
+            0,
+            1 << 20,
+        )?;
+        check_range(
             "bucket_diversity_bits",
             usize::from(self.bucket_diversity_bits),
             0,
@@ -331,6 +351,8 @@ impl Config {
                 self.connection_primary_ttl_bonus,
             ),
             ("gc_contact_fresh", self.gc_contact_fresh),
+            ("sync_retry_initial_delay", self.sync_retry_initial_delay),
+            ("sync_retry_max_delay", self.sync_retry_max_delay),
         ] {
             if delay > Self::MAX_DELAY {
                 return Err(ConfigError::OutOfRange {

@@ -16,6 +16,11 @@ pub const NODE_ID_TEXT_LEN: usize = 1 + 52;
 /// The multibase prefix of lowercase, unpadded base32hex.
 const MULTIBASE_PREFIX: char = 'v';
 
+/// The multibase prefix of uppercase, unpadded base32hex (`base32hexupper`):
+/// the same key in capitals, accepted on input (a NodeId copied through
+/// something that upper-cases it); output is always lowercase.
+const MULTIBASE_PREFIX_UPPER: char = 'V';
+
 /// Length of the base32hex digits of the text form.
 const DIGITS_LEN: usize = NODE_ID_TEXT_LEN - 1;
 
@@ -23,7 +28,8 @@ const DIGITS_LEN: usize = NODE_ID_TEXT_LEN - 1;
 ///
 /// Spec: `NodeId`. Its text form ([`NodeIdEncoded`] in the spec) is multibase
 /// base32hex, lowercase, unpadded, prefixed with `v`; `Display` and `FromStr`
-/// convert between the two. Ordering is by bytes, so sorted collections of
+/// convert between the two. `FromStr` also takes the multibase
+/// `base32hexupper` form (`V` and uppercase digits) of the same key. Ordering is by bytes, so sorted collections of
 /// `NodeId`s are deterministic.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeId([u8; NODE_ID_LEN]);
@@ -208,8 +214,11 @@ pub enum NodeIdParseError {
     /// The text is empty.
     #[error("NodeId is empty")]
     Empty,
-    /// The text does not start with the multibase prefix `v`.
-    #[error("NodeId must start with the multibase prefix 'v' (base32hex), found {found:?}")]
+    /// The text starts with neither multibase prefix `v` (base32hex) nor
+    /// `V` (base32hexupper).
+    #[error(
+        "NodeId must start with the multibase prefix 'v' (base32hex) or 'V' (base32hexupper), found {found:?}"
+    )]
     WrongPrefix {
         /// The first character of the text.
         found: char,
@@ -222,7 +231,9 @@ pub enum NodeIdParseError {
         /// The length of the text in characters.
         found: usize,
     },
-    /// A character outside lowercase base32hex (`0-9a-v`).
+    /// A character outside the prefix's alphabet: lowercase base32hex
+    /// (`0-9a-v`) after `v`, uppercase (`0-9A-V`) after `V`; one text does
+    /// not mix cases.
     #[error("NodeId has an invalid character {character:?} at position {position}")]
     BadCharacter {
         /// Position in the text, counting the prefix as 0.
@@ -250,9 +261,11 @@ impl FromStr for NodeId {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut chars = text.chars();
         let first = chars.next().ok_or(NodeIdParseError::Empty)?;
-        if first != MULTIBASE_PREFIX {
-            return Err(NodeIdParseError::WrongPrefix { found: first });
-        }
+        let upper = match first {
+            MULTIBASE_PREFIX => false,
+            MULTIBASE_PREFIX_UPPER => true,
+            found => return Err(NodeIdParseError::WrongPrefix { found }),
+        };
         let found = text.chars().count();
         if found != NODE_ID_TEXT_LEN {
             return Err(NodeIdParseError::WrongLength {
@@ -263,7 +276,12 @@ impl FromStr for NodeId {
         // All characters are checked here so that errors name the character,
         // and so that a multi-byte character never reaches the byte decoder.
         for (position, character) in text.char_indices().skip(1) {
-            if !matches!(character, '0'..='9' | 'a'..='v') {
+            let in_alphabet = if upper {
+                matches!(character, '0'..='9' | 'A'..='V')
+            } else {
+                matches!(character, '0'..='9' | 'a'..='v')
+            };
+            if !in_alphabet {
                 return Err(NodeIdParseError::BadCharacter {
                     position,
                     character,
@@ -443,6 +461,27 @@ mod tests {
     }
 
     #[test]
+    fn upper_case_text_is_the_same_node() {
+        // Multibase 'V' is base32hexupper: the same key in capitals.
+        for bytes in [[0u8; 32], [7; 32], [0xff; 32]] {
+            let id = NodeId::from_bytes(bytes);
+            let upper = id.to_string().to_uppercase();
+            assert!(upper.starts_with('V'));
+            assert_eq!(upper.parse::<NodeId>(), Ok(id));
+            // Printed back in the canonical, lowercase form.
+            assert_eq!(
+                upper.parse::<NodeId>().map(|id| id.to_string()),
+                Ok(id.to_string())
+            );
+        }
+        // Non-canonical trailing bits are refused in capitals too.
+        assert_eq!(
+            format!("V{}1", "0".repeat(51)).parse::<NodeId>(),
+            Err(NodeIdParseError::NonCanonical { character: '1' })
+        );
+    }
+
+    #[test]
     fn parse_errors_are_specific() {
         let good = NodeId::from_bytes([7; 32]).to_string();
         assert_eq!("".parse::<NodeId>(), Err(NodeIdParseError::Empty));
@@ -457,9 +496,16 @@ mod tests {
                 found: 40
             })
         );
-        let upper = format!("v{}", good[1..].to_uppercase());
+        // Uppercase digits after the lowercase prefix, and lowercase after
+        // the uppercase one: mixed cases are not multibase.
+        let upper_digits = format!("v{}", good[1..].to_uppercase());
         assert!(matches!(
-            upper.parse::<NodeId>(),
+            upper_digits.parse::<NodeId>(),
+            Err(NodeIdParseError::BadCharacter { position: _, .. })
+        ));
+        let lower_digits = format!("V{}", &good[1..]);
+        assert!(matches!(
+            lower_digits.parse::<NodeId>(),
             Err(NodeIdParseError::BadCharacter { position: _, .. })
         ));
         let mut bad = good.clone();

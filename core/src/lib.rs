@@ -94,10 +94,10 @@ pub use id::{
 pub use ip_group::{IpGroup, IpGroupLimits};
 pub use manager::InFlight;
 pub use manager::{
-    ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, FindOptions, LeaseId,
-    NodeEvent, NodeManager, Observation, OpError, OpId, OpValue, Output, PeerRequestId, QueryId,
-    RequestId, ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies, StreamId, Timer,
-    UserCall,
+    ApiError, AttemptId, BatchId, Command, ConnId, ConnectFailure, Event, FindOptions, JoinStatus,
+    LeaseId, NodeEvent, NodeManager, Observation, OpError, OpId, OpValue, Output, PeerRequestId,
+    QueryId, RequestId, ResolveId, RpcFailure, SeedFailure, Stats, StoreBatch, Strategies,
+    StreamId, Timer, UserCall,
 };
 pub use seed::{SeedNodes, SeedNodesParseError};
 pub use store::{

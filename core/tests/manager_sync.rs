@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{Net, addr, id};
 use keynode_core::{
-    Config, ConnectFailure, NodeAddress, NodeId, OpError, OpValue, SeedNodes, TaskKey, Timer,
+    Config, ConnectFailure, NodeAddress, NodeEvent, NodeId, OpError, OpValue, Output, SeedNodes,
+    TaskKey, Timer,
 };
 
 const STEPS: u64 = 200_000;
@@ -192,6 +193,139 @@ fn non_blocking_sync_schedules_one_task() {
     assert!(net.node(id(3)).graph().contains(&id(2)));
     assert!(
         net.node(id(3))
+            .tasks()
+            .all(|(k, _)| k != TaskKey::SyncNodeGraph)
+    );
+}
+
+#[test]
+fn a_background_sync_whose_seeds_are_down_retries_with_backoff_until_it_joins() {
+    let mut net = Net::new(common::t0());
+    let mut joiner = config();
+    joiner.sync_retry_initial_delay = Duration::from_secs(1);
+    joiner.sync_retry_max_delay = Duration::from_secs(4);
+    joiner.sync_retry_attempts = 5;
+    net.add(id(1), addr(1), config());
+    net.add(id(2), addr(2), joiner.clone());
+    net.set_offline(id(1), true);
+    let op = net.call(id(2), |n, now| {
+        n.sync_node_graph(now, &seeds(&[1]), Some(Duration::from_secs(2)), false)
+            .unwrap()
+    });
+    assert_eq!(net.done(id(2), op), Some(Ok(OpValue::Unit)));
+    assert!(!net.node(id(2)).join_status().joined);
+
+    // Four failures: each names the seed, and the next attempt waits 1, 2,
+    // 4, 4 s (doubling, capped at the maximum).
+    let mut failures: Vec<(u32, Option<Duration>, std::time::Instant)> = Vec::new();
+    let mut seen = 0;
+    for _ in 0..STEPS {
+        if failures.len() == 4 {
+            break;
+        }
+        net.step();
+        let outputs = &net.peers[&id(2)].outputs;
+        for output in &outputs[seen..] {
+            if let Output::Event(NodeEvent::SyncFailed {
+                error,
+                attempt,
+                retry_in,
+            }) = output
+            {
+                match error {
+                    OpError::SeedsUnreachable(seeds) => {
+                        assert_eq!(seeds.len(), 1);
+                        assert_eq!(seeds[0].node_id, id(1));
+                    }
+                    other => panic!("expected SeedsUnreachable, got {other:?}"),
+                }
+                failures.push((*attempt, *retry_in, net.now.mono));
+            }
+        }
+        seen = outputs.len();
+    }
+    let schedule: Vec<(u32, Option<Duration>)> =
+        failures.iter().map(|(a, r, _)| (*a, *r)).collect();
+    let secs = |s| Some(Duration::from_secs(s));
+    assert_eq!(
+        schedule,
+        vec![(1, secs(1)), (2, secs(2)), (3, secs(4)), (4, secs(4))]
+    );
+    // Each attempt waited its delay, then its 2 s connection timeout.
+    for pair in failures.windows(2) {
+        let (_, retry_in, at) = pair[0];
+        let (_, _, next) = pair[1];
+        assert_eq!(
+            next - at,
+            retry_in.unwrap() + Duration::from_secs(2),
+            "{failures:?}"
+        );
+    }
+    let status = net.node(id(2)).join_status();
+    assert!(!status.joined);
+    assert_eq!(status.failed_attempts, 4);
+    assert!(matches!(
+        status.last_error,
+        Some(OpError::SeedsUnreachable(_))
+    ));
+    assert_eq!(status.retry_in, secs(4));
+
+    // The seed comes up: the fifth attempt joins by itself.
+    net.set_offline(id(1), false);
+    for _ in 0..STEPS {
+        if net.node(id(2)).join_status().joined {
+            break;
+        }
+        net.step();
+    }
+    let status = net.node(id(2)).join_status();
+    assert!(status.joined, "{status:?}");
+    assert_eq!(status.failed_attempts, 0);
+    assert_eq!(status.last_error, None);
+    assert!(net.node(id(2)).graph().contains(&id(1)));
+    assert!(
+        net.node(id(2))
+            .tasks()
+            .all(|(k, _)| k != TaskKey::SyncNodeGraph),
+        "no retry left once joined"
+    );
+}
+
+#[test]
+fn a_background_sync_gives_up_after_its_attempts() {
+    let mut net = Net::new(common::t0());
+    let mut joiner = config();
+    joiner.sync_retry_initial_delay = Duration::from_millis(100);
+    joiner.sync_retry_max_delay = Duration::from_millis(100);
+    joiner.sync_retry_attempts = 2;
+    net.add(id(2), addr(2), joiner);
+    let _op = net.call(id(2), |n, now| {
+        n.sync_node_graph(now, &seeds(&[1]), Some(Duration::from_secs(1)), false)
+            .unwrap()
+    });
+    for _ in 0..STEPS {
+        if !net.step() {
+            break;
+        }
+    }
+    let attempts: Vec<(u32, Option<Duration>)> = net.peers[&id(2)]
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(NodeEvent::SyncFailed {
+                attempt, retry_in, ..
+            }) => Some((*attempt, *retry_in)),
+            _ => None,
+        })
+        .collect();
+    let ms = Some(Duration::from_millis(100));
+    // The first try and two retries; the last says none follows.
+    assert_eq!(attempts, vec![(1, ms), (2, ms), (3, None)]);
+    let status = net.node(id(2)).join_status();
+    assert!(!status.joined);
+    assert_eq!(status.retry_in, None);
+    assert!(
+        net.node(id(2))
             .tasks()
             .all(|(k, _)| k != TaskKey::SyncNodeGraph)
     );

@@ -32,6 +32,10 @@ pub struct DemoOptions {
     pub transfer_bytes: usize,
     /// Show a progress bar.
     pub progress: bool,
+    /// mDNS on this port (group 224.0.0.250 on loopback): every agent
+    /// announces itself, and each looks another up by mDNS alone.
+    /// `None`: no mDNS.
+    pub mdns_port: Option<u16>,
 }
 
 impl Default for DemoOptions {
@@ -42,6 +46,7 @@ impl Default for DemoOptions {
             seed: 1,
             transfer_bytes: 1 << 20,
             progress: true,
+            mdns_port: None,
         }
     }
 }
@@ -59,6 +64,10 @@ pub struct DemoReport {
     pub pings_ok: usize,
     /// Claims cross-signed.
     pub claims_ok: usize,
+    /// mDNS queries made (one an agent, with `mdns_port`).
+    pub mdns_queries: usize,
+    /// mDNS queries answered with the agent's address.
+    pub mdns_ok: usize,
     /// Median lookup time, milliseconds (`None`: no lookup succeeded).
     pub find_p50_ms: Option<f64>,
     /// 99th percentile lookup time, milliseconds.
@@ -114,7 +123,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     })?;
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let transfers_per_node = usize::from(options.transfer_bytes > 0);
-    let steps = (options.nodes * (2 + options.finds_per_node + 2 + transfers_per_node)) as u64;
+    let mdns_per_node = usize::from(options.mdns_port.is_some());
+    let steps = (options.nodes
+        * (2 + options.finds_per_node + 2 + transfers_per_node + mdns_per_node))
+        as u64;
     let bar = if options.progress {
         let bar = ProgressBar::new(steps);
         bar.set_style(
@@ -133,7 +145,14 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     let mut agents: Vec<Agent> = Vec::with_capacity(options.nodes);
     let mut echoes = Vec::with_capacity(options.nodes);
     for i in 0..options.nodes {
-        let config = AgentConfig::new(root.path().join(format!("agent-{i}")), loopback);
+        let mut config = AgentConfig::new(root.path().join(format!("agent-{i}")), loopback);
+        if let Some(port) = options.mdns_port {
+            config.config.mdns = Some(keynode_core::MdnsConfig {
+                groups: vec![std::net::IpAddr::from([224, 0, 0, 250])],
+                port,
+            });
+            config.mdns_interface = std::net::Ipv4Addr::LOCALHOST;
+        }
         let agent = crate::start(config).await?;
         let listener = agent.accept(echo_protocol.clone(), ProtocolOptions::default())?;
         echoes.push(tokio::spawn(echo::serve(listener)));
@@ -169,6 +188,25 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
         let j = rng.random_range(0..n - 1);
         if j >= i { j + 1 } else { j }
     };
+
+    if options.mdns_port.is_some() {
+        bar.set_message("mDNS");
+        for (i, agent) in agents.iter().enumerate() {
+            let j = other(i, &mut rng);
+            let Some(target) = agents.get(j).filter(|_| j != i) else {
+                continue;
+            };
+            report.mdns_queries += 1;
+            match agent.query_mdns(target.node_id()).await {
+                Ok(found) if found.contains(&target.local_addr()) => report.mdns_ok += 1,
+                Ok(found) => report.fail(format!(
+                    "agent {i} looked agent {j} up by mDNS and heard {found:?}"
+                )),
+                Err(e) => report.fail(format!("agent {i} querying mDNS for agent {j}: {e}")),
+            }
+            bar.inc(1);
+        }
+    }
 
     bar.set_message("finding");
     let mut latencies = Vec::new();
@@ -309,6 +347,8 @@ impl DemoReport {
             ("finds_ok", self.finds_ok.to_string()),
             ("pings_ok", self.pings_ok.to_string()),
             ("claims_ok", self.claims_ok.to_string()),
+            ("mdns_queries", self.mdns_queries.to_string()),
+            ("mdns_ok", self.mdns_ok.to_string()),
             ("find_p50_ms", ms(self.find_p50_ms)),
             ("find_p99_ms", ms(self.find_p99_ms)),
             ("finds_cold", self.finds_cold.to_string()),

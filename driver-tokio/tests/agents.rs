@@ -198,6 +198,23 @@ async fn the_demo_with_defaults_succeeds() {
     assert_eq!(report.transfer_ok, report.transfers, "{report:?}");
     assert!(report.transfer_mib_s.is_some(), "{report:?}");
     assert_eq!(report.failures, 0, "{report:?}");
+    assert_eq!(report.mdns_queries, 0, "mDNS is off by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_with_mdns_finds_every_agent_by_mdns() {
+    let options = DemoOptions {
+        nodes: 4,
+        progress: false,
+        transfer_bytes: 0,
+        // A port of this test's own, so that parallel runs do not hear each other.
+        mdns_port: Some(40_000 + (std::process::id() % 20_000) as u16 + 1),
+        ..DemoOptions::default()
+    };
+    let report = demo::run(options).await.unwrap();
+    assert_eq!(report.mdns_queries, 4, "{report:?}");
+    assert_eq!(report.mdns_ok, 4, "{report:?}");
+    assert_eq!(report.failures, 0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,4 +330,29 @@ async fn agents_start_work_and_stop_on_a_current_thread_runtime() {
     );
     b.stop().await.unwrap();
     a.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_mdns_group_is_refused_at_start_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AgentConfig::new(dir.path().join("v6"), loopback());
+    config.config.mdns = Some(keynode_core::MdnsConfig {
+        groups: vec![
+            std::net::IpAddr::from([224, 0, 0, 250]),
+            "ff02::fa17".parse().unwrap(),
+        ],
+        port: 40_000 + (std::process::id() % 20_000) as u16,
+    });
+    match keynode_tokio::start(config).await {
+        Err(AgentError::Setup(keynode_tokio::SetupError::Socket { source, .. })) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput);
+            let message = source.to_string();
+            assert!(
+                message.contains("ff02::fa17") && message.contains("IPv4 only"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("expected the IPv6 group to be refused, got {other}"),
+        Ok(_) => panic!("an agent started with an IPv6 mDNS group its socket cannot join"),
+    }
 }

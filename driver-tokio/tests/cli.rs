@@ -26,7 +26,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{AgentProc, WAIT, json, keynode, ok, start_agent};
+use common::{AgentProc, WAIT, json, keynode, ok, start_agent, start_agent_with};
 
 /// The (node id, address) pairs of a `nodes getall --json` answer.
 fn contacts(all: &Value) -> BTreeSet<(String, String)> {
@@ -130,6 +130,24 @@ fn two_agents_are_driven_through_their_control_sockets() {
         "{table}"
     );
 
+    // Its own NodeId is not added, and says so.
+    let own = keynode(&["nodes", "add", "--data-dir", a.dir(), &a.node_id, &b.addr]);
+    assert!(!own.status.success(), "nodes add <own id>: {own:?}");
+    assert!(
+        own.stderr.contains("own NodeId") && own.stderr.contains("ignored"),
+        "{own:?}"
+    );
+    assert!(!own.stdout.contains("added"), "{own:?}");
+    let all = json(&["nodes", "getall", "--data-dir", a.dir()]);
+    assert!(
+        !contacts(&all).iter().any(|(id, _)| *id == a.node_id),
+        "{all}"
+    );
+    // A NodeId in upper case (multibase base32hexupper) is the same node.
+    let upper = b.node_id.to_uppercase();
+    assert!(upper.starts_with('V'));
+    ok(&["nodes", "ping", "--data-dir", a.dir(), &upper]);
+
     // find and ping.
     let found = json(&["nodes", "find", "--data-dir", a.dir(), &b.node_id]);
     assert_eq!(found["reply"], "found");
@@ -146,6 +164,16 @@ fn two_agents_are_driven_through_their_control_sockets() {
             .any(|c| c["node_id"] == b.node_id.as_str()),
         "{connections}"
     );
+
+    // agent status: not joined (no sync ran), the contact and the connection.
+    let status = json(&["agent", "status", "--data-dir", a.dir()]);
+    assert_eq!(status["joined"], false, "{status}");
+    assert_eq!(status["contacts"], 1, "{status}");
+    assert!(status["connections"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status["last_sync_error"], Value::Null, "{status}");
+    let text = ok(&["agent", "status", "--data-dir", a.dir()]);
+    assert!(text.contains("not joined the network"), "{text}");
+    assert!(text.contains("1 contacts"), "{text}");
 
     // A node nobody knows: find and ping fail with a message.
     let nobody = NodeId::from_bytes([7; 32]).to_string();
@@ -505,4 +533,65 @@ fn an_agent_killed_with_sigkill_mid_stream_loses_nothing_it_acknowledged_and_reo
     for helper in helpers {
         helper.stop_with("TERM");
     }
+}
+
+/// `keynode agent status --json` of `agent` once `done` holds (polled, at
+/// most [`WAIT`]).
+fn status_until(agent: &AgentProc, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = json(&["agent", "status", "--data-dir", agent.dir()]);
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still {status} after {WAIT:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_agent_whose_seed_is_down_says_so_and_joins_by_itself_once_the_seed_is_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The seed: started once for its key and port, then stopped.
+    let seed_dir = tmp.path().join("seed");
+    let seed = start_agent(&seed_dir);
+    let (seed_id, seed_addr) = (seed.node_id.clone(), seed.addr.clone());
+    seed.stop_with("TERM");
+
+    let a_dir = tmp.path().join("a");
+    let seeds = format!("{seed_id}@{seed_addr}");
+    let retries = [
+        "--sync-retry-initial-delay-ms",
+        "100",
+        "--sync-retry-max-delay-ms",
+        "500",
+    ];
+    let a = start_agent_with(None, &a_dir, "127.0.0.1:0", Some(&seeds), &retries);
+
+    // Not joined, and status says why.
+    let status = status_until(&a, |s| s["last_sync_error"].is_string());
+    assert_eq!(status["joined"], false, "{status}");
+    let error = status["last_sync_error"].as_str().expect("error");
+    assert!(error.contains(&seed_id), "{status}");
+    let text = ok(&["agent", "status", "--data-dir", a.dir()]);
+    assert!(text.contains("not joined the network"), "{text}");
+    assert!(text.contains(&seed_id), "{text}");
+    // Its log (stderr) warns, naming the seed and its error.
+    let log = std::fs::read_to_string(a_dir.with_extension("log")).expect("log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&seed_id) && l.contains("unreachable")),
+        "{log}"
+    );
+
+    // The seed comes up late, where it was: the agent joins by itself.
+    let seed = start_agent_with(None, &seed_dir, &seed_addr, None, &[]);
+    assert_eq!(seed.node_id, seed_id);
+    let status = status_until(&a, |s| s["joined"] == true);
+    assert_eq!(status["last_sync_error"], Value::Null, "{status}");
+    assert!(status["contacts"].as_u64() >= Some(1), "{status}");
+    let text = ok(&["agent", "status", "--data-dir", a.dir()]);
+    assert!(text.contains("\njoined the network"), "{text}");
+    a.stop_with("TERM");
+    seed.stop_with("TERM");
 }

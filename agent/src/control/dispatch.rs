@@ -33,17 +33,39 @@ pub(super) fn parse_line(line: &[u8]) -> Result<Request, ControlError> {
 
 async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError> {
     Ok(match request {
-        Request::Status => Reply::Status {
-            node_id: agent.node_id(),
-            address: agent.local_addr(),
-            data_dir: agent.data_dir().to_path_buf(),
-        },
+        Request::Status => {
+            let status = agent.status().await?;
+            Reply::Status {
+                node_id: agent.node_id(),
+                address: agent.local_addr(),
+                data_dir: agent.data_dir().to_path_buf(),
+                joined: status.join.joined,
+                contacts: status.contacts,
+                connections: status.connections,
+                failed_sync_attempts: status.join.failed_attempts,
+                last_sync_error: status.join.last_error.map(|e| e.to_string()),
+                sync_retry_in_ms: status
+                    .join
+                    .retry_in
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            }
+        }
         Request::SetNode {
             node_id,
             address,
             force,
             block,
         } => {
+            // The core skips its own NodeId without a word (spec setNode);
+            // a user who typed it is told nothing was stored.
+            if node_id == agent.node_id() {
+                return Err(ControlError::new(
+                    ErrorKind::Failed,
+                    format!(
+                        "ignored: {node_id} is this agent's own NodeId, not a contact of its graph"
+                    ),
+                ));
+            }
             let data = NodeContactAddressData {
                 mode: ContactMode::Direct,
                 connected_time: unix_secs(),

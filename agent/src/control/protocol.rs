@@ -125,6 +125,24 @@ pub enum Reply {
         address: SocketAddr,
         /// Its data directory.
         data_dir: PathBuf,
+        /// Whether a sync reached a seed node.
+        #[serde(default)]
+        joined: bool,
+        /// Contacts in its node graph.
+        #[serde(default)]
+        contacts: usize,
+        /// Connections up.
+        #[serde(default)]
+        connections: usize,
+        /// Background syncs that failed since the last that succeeded.
+        #[serde(default)]
+        failed_sync_attempts: u32,
+        /// Why the last sync failed, if none succeeded since.
+        #[serde(default)]
+        last_sync_error: Option<String>,
+        /// Milliseconds after the last failure the next sync runs, if one is scheduled.
+        #[serde(default)]
+        sync_retry_in_ms: Option<u64>,
     },
     /// The request was carried out (set, allow, claim).
     Done,

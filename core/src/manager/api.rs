@@ -507,7 +507,7 @@ pub enum ApiError {
 }
 
 /// Things the caller may want to know; none needs an answer.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Debug)]
 pub enum NodeEvent {
     /// A contact was added to or updated in the graph.
     ContactSet {
@@ -533,6 +533,17 @@ pub enum NodeEvent {
     BucketsReset {
         /// The new NodeId.
         node_id: NodeId,
+    },
+    /// A background `sync_node_graph` (started with `blocking: false`)
+    /// failed: the node has not joined. With `retry_in`, the sync task runs
+    /// again after that delay (`Config::sync_retry_*`).
+    SyncFailed {
+        /// Why: for unreachable seeds, each seed and its failure.
+        error: OpError,
+        /// Failed background syncs in a row, this one included.
+        attempt: u32,
+        /// When the next attempt runs; `None` once the attempts are spent.
+        retry_in: Option<Duration>,
     },
     /// The manager stopped; nothing follows.
     Stopped,

@@ -410,7 +410,10 @@ impl NodeManager {
                 }) = record.map(|r| r.payload)
                 {
                     let timeout = Duration::from_millis(connect_timeout_ms);
-                    let _op = self.spawn_sync(seeds, timeout, false, Parent::Internal);
+                    if let Ok(op) = self.spawn_sync(seeds.clone(), timeout, false, Parent::Internal)
+                    {
+                        self.sync_started_in_background(op, seeds, connect_timeout_ms);
+                    }
                 }
             }
         }

@@ -78,6 +78,7 @@ mod dials;
 mod find;
 mod gc;
 mod in_flight;
+mod join;
 mod lifecycle;
 mod lookup;
 mod maintenance;
@@ -105,6 +106,7 @@ pub use api::{
 pub use call::UserCall;
 pub use find::{FindOptions, Strategies};
 pub use in_flight::InFlight;
+pub use join::JoinStatus;
 pub use observations::Observation;
 pub use timers::Timer;
 
@@ -210,6 +212,8 @@ pub struct NodeManager {
     metrics: crate::metrics::Metrics,
     /// What happened, for a watcher; never read for a decision.
     observations: observations::Observations,
+    /// Whether the node joined, and the background sync's retries.
+    join: join::JoinState,
 }
 
 impl NodeManager {
@@ -253,6 +257,7 @@ impl NodeManager {
             snapshot_error: None,
             metrics: crate::metrics::Metrics::default(),
             observations: observations::Observations::default(),
+            join: join::JoinState::default(),
         })
     }
 

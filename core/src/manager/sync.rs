@@ -92,7 +92,15 @@ impl NodeManager {
         self.spawn(OpKind::Sync(Box::new(op)), parent, None)
     }
 
-    pub(super) fn step_sync(&mut self, id: OpId, mut op: Box<SyncOp>, input: Input) -> Step {
+    pub(super) fn step_sync(&mut self, id: OpId, op: Box<SyncOp>, input: Input) -> Step {
+        let step = self.step_sync_phases(id, op, input);
+        if let Step::Done(result) = &step {
+            self.sync_ended(id, result);
+        }
+        step
+    }
+
+    fn step_sync_phases(&mut self, id: OpId, mut op: Box<SyncOp>, input: Input) -> Step {
         match input {
             Input::Start if op.seeds.is_empty() => return Step::Done(Err(OpError::NoSeedNodes)),
             Input::Connected { attempt, .. } if op.in_flight.remove(&attempt).is_some() => {

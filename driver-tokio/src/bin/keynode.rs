@@ -1,7 +1,6 @@
 //! The `keynode` command.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use keynode_tokio::control::{
     AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, Reply, Request, Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
+use keynode_tokio::start_options::StartOptions;
 use keynode_tokio::{AgentConfig, SyncOptions};
 
 #[derive(Parser)]
@@ -45,6 +45,10 @@ enum Top {
         /// KiB each agent sends to another's echo and gets back (0: none).
         #[arg(long, default_value_t = 1024)]
         transfer_kib: usize,
+        /// Turn mDNS on, on this port (group 224.0.0.250 on loopback):
+        /// every agent announces itself and looks another up by mDNS.
+        #[arg(long)]
+        mdns_port: Option<u16>,
     },
     /// Run an agent, or ask a running one for its status.
     Agent {
@@ -82,19 +86,13 @@ enum AgentCommand {
         /// Where its key, database and control socket live.
         #[arg(long)]
         data_dir: PathBuf,
-        /// The UDP address to listen on.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        bind: SocketAddr,
-        /// Seed nodes: nodeid@host:port;...
-        #[arg(long, default_value = "")]
-        seed_nodes: String,
-        /// Milliseconds a control client has to send each request line
-        /// before it is answered `timeout` and disconnected.
-        #[arg(long, default_value_t = 5000)]
-        control_request_timeout_ms: u64,
-        /// Control connections served at once; more are answered `busy`.
-        #[arg(long, default_value_t = keynode_tokio::control::MAX_CLIENTS)]
-        control_max_clients: usize,
+        /// A TOML file of these options: each flag below is a key of the
+        /// same name (e.g. `map-size = 1073741824`, `mdns = true`); a flag
+        /// given here overrides the file's key.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        options: Box<StartOptions>,
         /// The async runtime the agent (its loop and its control socket)
         /// runs on; the command itself waits for signals on tokio.
         #[arg(long, value_enum, default_value_t = RuntimeName::Tokio)]
@@ -290,6 +288,7 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             json,
             seed,
             transfer_kib,
+            mdns_port,
         } => {
             let report = demo::run(DemoOptions {
                 nodes,
@@ -297,6 +296,7 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 seed,
                 transfer_bytes: transfer_kib.saturating_mul(1024),
                 progress: !json,
+                mdns_port,
             })
             .await?;
             if json {
@@ -314,24 +314,31 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             command:
                 AgentCommand::Start {
                     data_dir,
-                    bind,
-                    seed_nodes,
-                    control_request_timeout_ms,
-                    control_max_clients,
+                    config,
+                    options,
                     runtime,
                 },
         } => {
-            let limits = ControlLimits {
-                max_clients: control_max_clients.max(1),
-                request_timeout: Duration::from_millis(control_request_timeout_ms.max(1)),
+            let options = match config {
+                Some(path) => (*options).or(StartOptions::load(&path)?),
+                None => *options,
             };
+            let limits = ControlLimits {
+                max_clients: options
+                    .control_max_clients
+                    .unwrap_or(keynode_tokio::control::MAX_CLIENTS)
+                    .max(1),
+                request_timeout: Duration::from_millis(
+                    options.control_request_timeout_ms.unwrap_or(5000).max(1),
+                ),
+            };
+            let seeds = options.seeds()?;
+            let config = options.agent_config(data_dir)?;
             match runtime {
                 RuntimeName::Tokio => {
-                    start_agent::<keynode_tokio::Tokio>(data_dir, bind, &seed_nodes, limits).await
+                    start_agent::<keynode_tokio::Tokio>(config, seeds, limits).await
                 }
-                RuntimeName::Smol => {
-                    start_agent::<keynode_smol::Smol>(data_dir, bind, &seed_nodes, limits).await
-                }
+                RuntimeName::Smol => start_agent::<keynode_smol::Smol>(config, seeds, limits).await,
             }
         }
         Top::Agent {
@@ -342,10 +349,34 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     node_id,
                     address,
                     data_dir,
-                } => Ok(format!(
-                    "{node_id} listening on {address} (data in {})",
-                    data_dir.display()
-                )),
+                    joined,
+                    contacts,
+                    connections,
+                    failed_sync_attempts,
+                    last_sync_error,
+                    sync_retry_in_ms,
+                } => {
+                    let mut text = format!(
+                        "{node_id} listening on {address} (data in {})\n",
+                        data_dir.display()
+                    );
+                    text += if *joined {
+                        "joined the network"
+                    } else {
+                        "not joined the network"
+                    };
+                    text += &format!("\n{contacts} contacts, {connections} connections");
+                    if let Some(error) = last_sync_error {
+                        text += &format!(
+                            "\nlast sync failed ({failed_sync_attempts} attempts): {error}"
+                        );
+                        text += &match sync_retry_in_ms {
+                            Some(ms) => format!("\nnext attempt {ms} ms after the last"),
+                            None => "\nno further attempt scheduled".to_owned(),
+                        };
+                    }
+                    Ok(text)
+                }
                 _ => Err(unexpected(reply)),
             })
             .await
@@ -670,18 +701,16 @@ fn ago(unix_secs: u64) -> String {
 /// opens the store) and removed when the agent stops. The agent and the
 /// socket's server run on `R`; the handle works from any runtime.
 async fn start_agent<R: keynode_agent::Runtime>(
-    data_dir: PathBuf,
-    bind: SocketAddr,
-    seed_nodes: &str,
+    config: AgentConfig,
+    seeds: SeedNodes,
     limits: ControlLimits,
 ) -> Result<ExitCode, BoxError> {
-    let seeds: SeedNodes = seed_nodes.parse()?;
     // Registered before anything is printed, so that a signal sent as soon
     // as the start line is read stops the agent cleanly.
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let socket = keynode_agent::control::ControlSocket::<R>::bind(&data_dir)?;
-    let agent = match keynode_agent::start::<R>(AgentConfig::new(data_dir, bind)).await {
+    let socket = keynode_agent::control::ControlSocket::<R>::bind(&config.data_dir)?;
+    let agent = match keynode_agent::start::<R>(config).await {
         Ok(agent) => agent,
         Err(e) => {
             socket.remove();

@@ -120,7 +120,8 @@ pub fn start_agent_in(
     start_agent_with(netns, dir, bind, seeds, &[])
 }
 
-/// [`start_agent_in`], with `extra` arguments for `keynode agent start`.
+/// [`start_agent_in`] with `extra` arguments after the others (more
+/// options of `agent start`, e.g. `--config FILE`).
 pub fn start_agent_with(
     netns: Option<&str>,
     dir: &Path,
