@@ -205,9 +205,12 @@ fn full_bucket_with_the_oldest_dead_replaces_it() {
     assert_buckets_within_k(&sim);
 }
 
-/// How many connections node `a` attempts while a newcomer joins its full
-/// bucket, ten minutes after the bucket's contacts last connected (their
-/// connections have idled out).
+/// How many connections node `a` attempts to its bucket's contacts while a
+/// newcomer joins its full bucket, ten minutes after the contacts last
+/// connected (their connections have idled out). The newcomer connected
+/// in, so `a` first dials it back to prove its address (one connection,
+/// see "Who becomes a contact" in the manager's docs); that one is not a
+/// ping of the bucket and is left out.
 fn pings_for_a_newcomer(gc_contact_fresh: Duration) -> u64 {
     let mut config = small_buckets();
     config.gc_contact_fresh = gc_contact_fresh;
@@ -219,7 +222,8 @@ fn pings_for_a_newcomer(gc_contact_fresh: Duration) -> u64 {
     join(&mut sim, n[2], &[a]);
     assert!(!contains(&sim, a, n[2]), "no room: the newcomer is dropped");
     assert!(contains(&sim, a, n[0]) && contains(&sim, a, n[1]));
-    sim.level.node(a).unwrap().stats().connects - before
+    let dial_back = 1;
+    sim.level.node(a).unwrap().stats().connects - before - dial_back
 }
 
 #[test]
