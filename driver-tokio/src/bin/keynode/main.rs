@@ -1,6 +1,7 @@
 //! The `keynode` command.
 
 mod metrics_http;
+mod start_options;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,8 +14,8 @@ use keynode_tokio::control::{
     AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, Reply, Request, Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
-use keynode_tokio::start_options::StartOptions;
 use keynode_tokio::{AgentConfig, SyncOptions};
+use start_options::StartOptions;
 
 #[derive(Parser)]
 #[command(

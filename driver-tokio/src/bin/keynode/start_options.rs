@@ -24,7 +24,7 @@ use clap::Args;
 use keynode_core::{MdnsConfig, SeedNodes, SeedNodesParseError};
 use serde::Deserialize;
 
-use crate::AgentConfig;
+use keynode_tokio::AgentConfig;
 
 /// The mDNS group used when mDNS is on and no groups are given (the
 /// original's IPv4 group; the agent's mDNS socket is IPv4).
