@@ -69,6 +69,15 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// An agent in `data_dir` bound to `bind`, with default settings.
+    ///
+    /// ```
+    /// use keynode_agent::AgentConfig;
+    ///
+    /// let mut config = AgentConfig::new("/var/lib/keynode", "127.0.0.1:0".parse()?);
+    /// assert!(config.net.exempt_loopback); // every peer on loopback shares one IP
+    /// config.max_queued_calls = 64;
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
     pub fn new(data_dir: impl Into<PathBuf>, bind: SocketAddr) -> Self {
         let mut net = NetConfig::default();
         net.exempt_loopback = bind.ip().is_loopback();
@@ -101,6 +110,15 @@ pub struct WithConnOptions {
 
 impl WithConnOptions {
     /// With a time limit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keynode_agent::WithConnOptions;
+    ///
+    /// let options = WithConnOptions::timeout(Duration::from_secs(10));
+    /// assert_eq!(options.timeout, Some(Duration::from_secs(10)));
+    /// assert_eq!(WithConnOptions::default().timeout, None); // no limit
+    /// ```
     pub fn timeout(timeout: Duration) -> Self {
         Self {
             timeout: Some(timeout),
@@ -147,6 +165,17 @@ pub(crate) fn now() -> Now {
 
 /// The node's secret key: 32 bytes in `data_dir/node.key` (mode 0600),
 /// made from OS randomness on first start.
+///
+/// ```
+/// use keynode_agent::{create_data_dir, load_or_create_key};
+///
+/// let dir = std::env::temp_dir().join(format!("keynode-doc-key-{}", std::process::id()));
+/// create_data_dir(&dir)?;
+/// let key = load_or_create_key(&dir)?; // made on first use
+/// assert_eq!(load_or_create_key(&dir)?, key); // then kept
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], AgentError> {
     let path = data_dir.join("node.key");
     let err = |source| AgentError::data_dir(&path, source);
@@ -170,6 +199,19 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32], AgentError> {
 /// holds the node's secret key and its control socket. Its missing parents
 /// are created with the usual mode (the umask's); a directory that exists
 /// already is left as it is.
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+/// use keynode_agent::create_data_dir;
+///
+/// let base = std::env::temp_dir().join(format!("keynode-doc-dir-{}", std::process::id()));
+/// let dir = base.join("node");
+/// create_data_dir(&dir)?;
+/// assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
+/// create_data_dir(&dir)?; // there already: left as it is
+/// # std::fs::remove_dir_all(&base)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -253,6 +295,20 @@ impl Agent {
     /// opens. A driver then runs [`Opened::node_loop`] on its runtime and
     /// awaits [`Agent::start_manager`]; `keynode_tokio::start` and
     /// `keynode_smol::start` do both.
+    ///
+    /// ```no_run
+    /// # fn f<R: keynode_agent::Runtime>() -> Result<(), keynode_agent::AgentError> {
+    /// use std::sync::Arc;
+    /// use keynode_agent::{Agent, AgentConfig, Opened, Sleep};
+    ///
+    /// let config = AgentConfig::new("/var/lib/keynode", ([0, 0, 0, 0], 1314).into());
+    /// // The agent owns no timer: its runtime `R` lends one.
+    /// let sleep: Sleep = Arc::new(|d| Box::pin(keynode_agent::sleep::<R>(d)));
+    /// let Opened { agent, node_loop, socket, .. } = Agent::open(config, sleep)?;
+    /// // ... register `socket` with R, run `node_loop` on it, `agent.start_manager()`.
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(config: AgentConfig, sleep: Sleep) -> Result<Opened, AgentError> {
         create_data_dir(&config.data_dir)
             .map_err(|source| AgentError::data_dir(&config.data_dir, source))?;
@@ -335,11 +391,26 @@ impl Agent {
 
     /// Starts the node manager (spec `start`): returns once it has started
     /// and its start batch is committed. Needs [`Opened::node_loop`] running.
+    ///
+    /// ```no_run
+    /// # async fn f(opened: keynode_agent::Opened) -> Result<(), keynode_agent::AgentError> {
+    /// let keynode_agent::Opened { agent, node_loop, .. } = opened;
+    /// // ... the driver runs `node_loop` on its runtime, then:
+    /// agent.start_manager().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start_manager(&self) -> Result<(), AgentError> {
         self.op(UserCall::Start, Reply::Unit, None).await
     }
 
     /// The node's NodeId (the current one, after a key renewal).
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// println!("I am {}", agent.node_id());
+    /// # }
+    /// ```
     pub fn node_id(&self) -> NodeId {
         match self.node_id.lock() {
             Ok(id) => *id,
@@ -350,6 +421,16 @@ impl Agent {
     /// Makes a new key (kept in the data directory, replacing the old one),
     /// moves every contact to its bucket under the new NodeId, and returns
     /// it. Working connections stay up until they close.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+    /// let old = agent.node_id();
+    /// let new = agent.renew_key().await?;
+    /// assert_ne!(old, new);
+    /// assert_eq!(agent.node_id(), new);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn renew_key(&self) -> Result<NodeId, AgentError> {
         let secret = random_bytes()
             .map_err(|source| AgentError::data_dir(self.data_dir.as_path(), source))?;
@@ -366,11 +447,25 @@ impl Agent {
     }
 
     /// The socket address the agent listens on.
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// // What another node puts in its seed-node list to join through this one.
+    /// let address = keynode_core::NodeAddress::from(agent.local_addr());
+    /// println!("{}@{address}", agent.node_id());
+    /// # }
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// The data directory.
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// let key_file = agent.data_dir().join("node.key");
+    /// # }
+    /// ```
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -427,6 +522,15 @@ impl Agent {
 
     /// The tasks the node has scheduled (bucket refreshes, the connection
     /// check), in key order: they are kept across restarts.
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// use keynode_core::TaskKey;
+    /// let tasks = agent.scheduled_tasks();
+    /// let refreshes = tasks.iter().filter(|t| matches!(t, TaskKey::RefreshBucket(_)));
+    /// println!("{} bucket refreshes scheduled", refreshes.count());
+    /// # }
+    /// ```
     pub fn scheduled_tasks(&self) -> Vec<keynode_core::TaskKey> {
         let state = self.shared.lock();
         state
@@ -438,16 +542,47 @@ impl Agent {
     }
 
     /// mDNS's counters, when mDNS is on.
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// if let Some(mdns) = agent.mdns_stats() {
+    ///     println!("{} mDNS datagrams received", mdns.datagrams_received);
+    /// }
+    /// # }
+    /// ```
     pub fn mdns_stats(&self) -> Option<keynode_core::net::mdns::MdnsStats> {
         self.shared.lock().node.mdns_stats()
     }
 
     /// The application streams' counters (streams opened, refused, ...).
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// let stats = agent.app_stats();
+    /// println!("{} streams of unknown protocols refused", stats.refused_unknown_protocol);
+    /// # }
+    /// ```
     pub fn app_stats(&self) -> keynode_core::net::AppStats {
         self.shared.lock().node.app_stats()
     }
 
     /// Spec `findNode`: where `node_id` was reached, or `None`.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// use std::time::Duration;
+    /// use keynode_agent::{AgentError, FindOptions};
+    ///
+    /// let options = FindOptions::default().with_timeout(Duration::from_secs(10));
+    /// match agent.find_node(node_id, options).await {
+    ///     Ok(Some((address, _))) => println!("{node_id} is at {address}"),
+    ///     Ok(None) => println!("{node_id} was not found"),
+    ///     Err(AgentError::Timeout(after)) => println!("gave up after {after:?}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn find_node(
         &self,
         node_id: NodeId,
@@ -461,6 +596,21 @@ impl Agent {
     }
 
     /// Spec `findNodeByMDNS`: `node_id` found on the local network.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId, cancel: futures::channel::oneshot::Receiver<()>) -> Result<(), keynode_agent::AgentError> {
+    /// use futures::future::{Either, select};
+    /// use keynode_agent::FindOptions;
+    ///
+    /// let lookup = Box::pin(agent.find_node_by_mdns(node_id, FindOptions::default()));
+    /// match select(lookup, cancel).await {
+    ///     Either::Left((found, _)) => println!("{:?}", found?),
+    ///     // The lookup's future is dropped here: that cancels it in the node.
+    ///     Either::Right((_, lookup)) => drop(lookup),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn find_node_by_mdns(
         &self,
         node_id: NodeId,
@@ -475,6 +625,15 @@ impl Agent {
 
     /// Spec `queryMDNS`: the addresses at which `node_id` answered on the
     /// local network within the config's mDNS time.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// for address in agent.query_mdns(node_id).await? {
+    ///     println!("{node_id} answered from {address}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn query_mdns(&self, node_id: NodeId) -> Result<Vec<SocketAddr>, AgentError> {
         let call = UserCall::QueryMdns {
             node_id,
@@ -484,6 +643,19 @@ impl Agent {
     }
 
     /// Spec `pingNode`: finds `node_id` and checks that it answers.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// use std::time::Duration;
+    /// use keynode_agent::PingOptions;
+    ///
+    /// let options = PingOptions::default().with_timeout(Duration::from_secs(5));
+    /// if let Some((address, _)) = agent.ping_node(node_id, options).await? {
+    ///     println!("{node_id} answers at {address}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn ping_node(
         &self,
         node_id: NodeId,
@@ -500,6 +672,18 @@ impl Agent {
     }
 
     /// Spec `pingNodeAddress`: whether `node_id` answers at `address`.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// use keynode_agent::PingOptions;
+    /// use keynode_core::NodeAddress;
+    ///
+    /// let address = NodeAddress::from(std::net::SocketAddr::from(([192, 0, 2, 7], 1314)));
+    /// let up = agent.ping_node_address(node_id, address, PingOptions::default()).await?;
+    /// println!("{node_id} is {}", if up { "up" } else { "down" });
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn ping_node_address(
         &self,
         node_id: NodeId,
@@ -515,6 +699,22 @@ impl Agent {
     }
 
     /// Spec `setNode`: adds or updates `node_id` in the graph.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// use keynode_agent::SetNodeOptions;
+    /// use keynode_core::{ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData};
+    ///
+    /// let address = NodeAddress::from(std::net::SocketAddr::from(([192, 0, 2, 7], 1314)));
+    /// let data = NodeContactAddressData {
+    ///     mode: ContactMode::Direct,
+    ///     connected_time: 1_700_000_000,
+    ///     scopes: NodeAddressScopes::GLOBAL,
+    /// };
+    /// agent.set_node(node_id, address, data, SetNodeOptions::default().force(true)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set_node(
         &self,
         node_id: NodeId,
@@ -534,17 +734,44 @@ impl Agent {
     }
 
     /// Spec `unsetNode`: removes `node_id` from the graph.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// agent.unset_node(node_id).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn unset_node(&self, node_id: NodeId) -> Result<(), AgentError> {
         self.op(UserCall::UnsetNode { node_id }, Reply::Unit, None)
             .await
     }
 
     /// Spec `getBucket`.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+    /// use keynode_core::BucketIndex;
+    ///
+    /// for (node_id, contact) in agent.get_bucket(BucketIndex::FARTHEST).await? {
+    ///     println!("{node_id}: {contact:?}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_bucket(&self, bucket: BucketIndex) -> Result<NodeBucket, AgentError> {
         self.manager(|m| m.get_bucket(bucket))
     }
 
     /// Every contact of the graph, by bucket.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+    /// for (bucket, nodes) in agent.get_all().await? {
+    ///     println!("bucket {}: {} nodes", bucket.get(), nodes.len());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_all(&self) -> Result<Vec<(BucketIndex, NodeBucket)>, AgentError> {
         self.manager(|m| {
             let graph = m.graph();
@@ -556,6 +783,15 @@ impl Agent {
     }
 
     /// The connections up: id, peer, address.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+    /// for (conn, peer, address) in agent.connections().await? {
+    ///     println!("{conn:?}: {peer} at {address}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connections(&self) -> Result<Vec<(ConnId, NodeId, SocketAddr)>, AgentError> {
         self.manager(|m| m.connections())
     }
@@ -563,6 +799,17 @@ impl Agent {
     /// Whether the agent has joined the network through its seed nodes,
     /// how its background syncs fared, and how many contacts and
     /// connections it holds.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+    /// let status = agent.status().await?;
+    /// if !status.join.joined {
+    ///     eprintln!("not joined: {:?}", status.join.last_error);
+    /// }
+    /// println!("{} contacts, {} connections", status.contacts, status.connections);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn status(&self) -> Result<crate::AgentStatus, AgentError> {
         self.manager(|m| crate::AgentStatus {
             join: m.join_status(),
@@ -572,6 +819,18 @@ impl Agent {
     }
 
     /// Spec `claimNode`: links `node_id` and this node on both sigchains.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// use std::time::Duration;
+    /// use keynode_agent::ClaimOptions;
+    ///
+    /// // `node_id` called `allow_claims_from(<this node's id>, true)` first.
+    /// let options = ClaimOptions::default().with_timeout(Duration::from_secs(30));
+    /// agent.claim_node(node_id, options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn claim_node(
         &self,
         node_id: NodeId,
@@ -585,6 +844,13 @@ impl Agent {
     }
 
     /// Allows `node_id` to claim this node.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// agent.allow_claims_from(node_id, true).await?; // `node_id` may claim this node now
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn allow_claims_from(
         &self,
         node_id: NodeId,
@@ -600,6 +866,16 @@ impl Agent {
 
     /// Spec `requestChainData`: the claims of `node_id`'s sigchain that
     /// verified.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// use keynode_agent::ChainOptions;
+    ///
+    /// let claims = agent.request_chain_data(node_id, ChainOptions::default()).await?;
+    /// println!("{node_id} has {} verified claims", claims.len());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn request_chain_data(
         &self,
         node_id: NodeId,
@@ -614,11 +890,31 @@ impl Agent {
     }
 
     /// The own sigchain.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+    /// let claims = agent.sigchain().await?;
+    /// println!("{} claims on this node's sigchain", claims.len());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn sigchain(&self) -> Result<Vec<SignedClaim>, AgentError> {
         self.manager(|m| m.sigchain())
     }
 
     /// Spec `syncNodeGraph`: joins the network through `seeds`.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), Box<dyn std::error::Error>> {
+    /// use keynode_agent::SyncOptions;
+    /// use keynode_core::SeedNodes;
+    ///
+    /// // `nodeid@host:port;nodeid@host:port`
+    /// let seeds: SeedNodes = std::env::var("KEYNODE_SEED_NODES")?.parse()?;
+    /// agent.sync_node_graph(seeds, SyncOptions::default().blocking(true)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn sync_node_graph(
         &self,
         seeds: SeedNodes,
@@ -634,6 +930,15 @@ impl Agent {
 
     /// Spec `acquireConnection`: a use of a connection to `node_id`,
     /// released when the returned value (and every clone) is dropped.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId) -> Result<(), keynode_agent::AgentError> {
+    /// let conn = agent.acquire_connection(node_id).await?;
+    /// assert_eq!(conn.peer(), node_id);
+    /// drop(conn); // the use is released
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn acquire_connection(&self, node_id: NodeId) -> Result<Connection, AgentError> {
         let call = UserCall::AcquireConnection {
             node_id,
@@ -651,6 +956,24 @@ impl Agent {
     /// Spec `withConnF`: runs `f` on a pooled connection to `node_id`, on
     /// which it opens streams of its protocols; the connection is released
     /// when `f` ends, fails, is dropped, or its time runs out.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId, protocol: keynode_agent::Protocol) -> Result<(), keynode_agent::AgentError> {
+    /// use std::time::Duration;
+    /// use keynode_agent::{AgentError, WithConnOptions};
+    ///
+    /// let options = WithConnOptions::timeout(Duration::from_secs(10));
+    /// let reply = agent
+    ///     .with_conn_f(node_id, options, |conn| async move {
+    ///         let (mut send, mut recv) = conn.open_bi(&protocol).await?;
+    ///         send.write_all(b"ping").await?;
+    ///         send.finish()?;
+    ///         Ok::<_, AgentError>(recv.read_chunk(1024).await?)
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn with_conn_f<T, F, Fut>(
         &self,
         node_id: NodeId,
@@ -681,6 +1004,28 @@ impl Agent {
     /// connection to `node_id`. The connection is released when the stream
     /// ends or is dropped; when its time runs out the stream yields
     /// `Err(Timeout)` and ends.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, node_id: keynode_core::NodeId, protocol: keynode_agent::Protocol) -> Result<(), keynode_agent::AgentError> {
+    /// use std::time::Duration;
+    /// use futures::StreamExt;
+    /// use keynode_agent::WithConnOptions;
+    ///
+    /// let options = WithConnOptions::timeout(Duration::from_secs(60));
+    /// let mut datagrams = agent
+    ///     .with_conn_g(node_id, options, move |conn| {
+    ///         futures::stream::unfold(conn, move |conn| {
+    ///             let protocol = protocol.clone();
+    ///             async move { Some((conn.read_datagram(&protocol).await, conn)) }
+    ///         })
+    ///     })
+    ///     .await?;
+    /// while let Some(datagram) = datagrams.next().await {
+    ///     println!("{:?}", datagram??); // outer: the time limit; inner: the read
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn with_conn_g<T, G, S>(
         &self,
         node_id: NodeId,
@@ -709,6 +1054,17 @@ impl Agent {
 
     /// Listens on `protocol`: its inbound streams (and datagrams) are
     /// accepted while the returned [`Listener`] lives; dropping it stops.
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) -> Result<(), Box<dyn std::error::Error>> {
+    /// use keynode_agent::{Protocol, ProtocolOptions};
+    ///
+    /// let protocol = Protocol::try_from("myapp/echo/1")?;
+    /// let listener = agent.accept(protocol, ProtocolOptions::default())?;
+    /// // ... serve its streams; dropping `listener` stops accepting them.
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn accept(
         &self,
         protocol: Protocol,
@@ -726,6 +1082,13 @@ impl Agent {
     /// What the node and the agent hold for operations under way: to
     /// check that an ended, dropped or timed-out call leaves nothing
     /// behind.
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// let left = agent.in_flight();
+    /// println!("{} operations, {} leases", left.operations, left.leases);
+    /// # }
+    /// ```
     pub fn in_flight(&self) -> InFlight {
         let state = self.shared.lock();
         let manager = state.node.manager_ref().in_flight();
@@ -740,18 +1103,42 @@ impl Agent {
 
     /// The node's admission counters and connection-table sizes (see
     /// [`keynode_core::net::AdmissionStats`]).
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// let stats = agent.admission_stats();
+    /// println!("{} handshakes refused", stats.refused_handshakes);
+    /// # }
+    /// ```
     pub fn admission_stats(&self) -> keynode_core::net::AdmissionStats {
         self.shared.lock().node.admission_stats()
     }
 
     /// The sizes of the stream tables (the node's and the agent's), to
     /// check that streams leave them when they end.
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// let (node, handles) = agent.stream_tables();
+    /// println!("{} streams open, {} readers waiting", node.streams, handles.readers);
+    /// # }
+    /// ```
     pub fn stream_tables(&self) -> (StreamTables, ReadinessTables) {
         let state = self.shared.lock();
         (state.node.stream_tables(), state.ready.tables())
     }
 
     /// Stops the node: operations end, the store is flushed and closed.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+    /// use keynode_agent::AgentError;
+    ///
+    /// agent.stop().await?;
+    /// assert!(matches!(agent.status().await, Err(AgentError::Stopped)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn stop(&self) -> Result<(), AgentError> {
         let (tx, rx) = oneshot::channel();
         self.calls.send(Call::Stop(tx))?;
@@ -799,16 +1186,43 @@ impl Drop for Lease {
 
 impl Connection {
     /// The peer.
+    ///
+    /// ```no_run
+    /// # fn f(conn: keynode_agent::Connection) {
+    /// println!("connected to {}", conn.peer());
+    /// # }
+    /// ```
     pub fn peer(&self) -> NodeId {
         self.0.peer
     }
 
     /// The connection's id.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, conn: keynode_agent::Connection) -> Result<(), keynode_agent::AgentError> {
+    /// let up = agent.connections().await?;
+    /// assert!(up.iter().any(|(id, _, _)| *id == conn.id()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn id(&self) -> ConnId {
         self.0.conn
     }
 
     /// Sends a keynode request on this connection and waits for the response.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, conn: keynode_agent::Connection) -> Result<(), keynode_agent::AgentError> {
+    /// use keynode_core::wire::{Request, Response};
+    ///
+    /// let target = agent.node_id();
+    /// match conn.request(Request::ClosestNodes { target }).await? {
+    ///     Response::ClosestNodes { active, .. } => println!("{} nodes near", active.len()),
+    ///     other => println!("unexpected: {other:?}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn request(&self, body: Request) -> Result<Response, AgentError> {
         let conn = self.0.conn;
         let call = UserCall::Request { conn, body };
@@ -817,6 +1231,16 @@ impl Connection {
 
     /// Opens a bidirectional stream of `protocol`, waiting while the peer's
     /// limit of open streams is reached. Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: keynode_agent::Connection, protocol: keynode_agent::Protocol) -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut send, mut recv) = conn.open_bi(&protocol).await?;
+    /// send.write_all(b"hello").await?;
+    /// send.finish()?;
+    /// let reply = recv.read_to_end(64 * 1024).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open_bi(
         &self,
         protocol: &Protocol,
@@ -831,6 +1255,15 @@ impl Connection {
 
     /// Opens a unidirectional stream of `protocol`, waiting while the
     /// peer's limit of open streams is reached. Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: keynode_agent::Connection, protocol: keynode_agent::Protocol) -> Result<(), keynode_agent::AgentError> {
+    /// let mut send = conn.open_uni(&protocol).await?;
+    /// send.write_all(b"a log line\n").await?;
+    /// drop(send); // finishes the stream
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open_uni(&self, protocol: &Protocol) -> Result<SendStream, AgentError> {
         let stream = self.open(protocol, StreamDir::Uni).await?;
         Ok(SendStream::new(
@@ -850,6 +1283,13 @@ impl Connection {
     }
 
     /// Sends an unreliable datagram of `protocol`.
+    ///
+    /// ```no_run
+    /// # async fn f(conn: keynode_agent::Connection, protocol: keynode_agent::Protocol) -> Result<(), keynode_agent::AgentError> {
+    /// conn.send_datagram(&protocol, b"ping")?; // may be lost: nothing is resent
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send_datagram(&self, protocol: &Protocol, payload: &[u8]) -> Result<(), AgentError> {
         let mut state = self.0.agent.shared.lock();
         state
@@ -861,6 +1301,18 @@ impl Connection {
 
     /// The largest datagram payload of `protocol` the connection takes now
     /// (`None`: the peer takes no datagrams).
+    ///
+    /// ```no_run
+    /// # async fn f(conn: keynode_agent::Connection, protocol: keynode_agent::Protocol) -> Result<(), keynode_agent::AgentError> {
+    /// let payload = vec![0u8; 1500];
+    /// match conn.max_datagram_size(&protocol) {
+    ///     Some(max) if payload.len() <= max => conn.send_datagram(&protocol, &payload)?,
+    ///     // Too big for a datagram (or none taken): a stream carries it.
+    ///     _ => conn.open_uni(&protocol).await?.write_all(&payload).await?,
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn max_datagram_size(&self, protocol: &Protocol) -> Option<usize> {
         self.0
             .agent
@@ -873,6 +1325,18 @@ impl Connection {
     /// The next datagram of `protocol` from this connection's peer. Only
     /// datagrams of a protocol this agent listens on ([`Agent::accept`])
     /// are kept. Cancel-safe.
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent, conn: keynode_agent::Connection, protocol: keynode_agent::Protocol) -> Result<(), keynode_agent::AgentError> {
+    /// use keynode_agent::ProtocolOptions;
+    ///
+    /// // Datagrams of `protocol` are kept only while it is listened on.
+    /// let _listener = agent.accept(protocol.clone(), ProtocolOptions::default())?;
+    /// let datagram = conn.read_datagram(&protocol).await?;
+    /// println!("{} bytes from {}", datagram.len(), conn.peer());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn read_datagram(&self, protocol: &Protocol) -> Result<Bytes, AgentError> {
         let shared = &self.0.agent.shared;
         let conn = self.0.conn;

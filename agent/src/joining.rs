@@ -5,6 +5,16 @@ use keynode_core::{JoinStatus, NodeEvent, OpError};
 
 /// Whether the agent has joined the network, and what it holds: what
 /// [`Agent::status`](crate::Agent::status) returns.
+///
+/// ```no_run
+/// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+/// let status = agent.status().await?;
+/// if let Some(delay) = status.join.retry_in {
+///     println!("{} syncs failed; next in {delay:?}", status.join.failed_attempts);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct AgentStatus {

@@ -14,6 +14,20 @@ use crate::shared::Shared;
 use crate::stream::{RecvStream, SendStream};
 
 /// A stream a peer opened.
+///
+/// [`Listener::accept`] hands it out; take its halves out to serve it.
+///
+/// ```no_run
+/// # async fn f(mut listener: keynode_agent::Listener) -> Result<(), keynode_agent::AgentError> {
+/// let incoming = listener.accept().await;
+/// println!("{} opened a stream of {}", incoming.peer, incoming.protocol);
+/// let Some(mut send) = incoming.send else {
+///     return Ok(()); // unidirectional: nothing to answer on
+/// };
+/// send.write_all(b"ok").await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct IncomingStream {
     /// Who opened it (proven by the connection's handshake).
     pub peer: NodeId,
@@ -29,6 +43,19 @@ pub struct IncomingStream {
 
 /// The inbound streams of a protocol; a `futures::Stream` of
 /// [`IncomingStream`]s that never ends while the agent runs.
+///
+/// ```no_run
+/// # async fn f(listener: keynode_agent::Listener) {
+/// use futures::StreamExt;
+///
+/// // Up to 16 streams served at once, each read to its end.
+/// listener
+///     .for_each_concurrent(16, |mut incoming| async move {
+///         let _ = incoming.recv.read_to_end(64 * 1024).await;
+///     })
+///     .await;
+/// # }
+/// ```
 pub struct Listener {
     shared: Shared,
     protocol: Protocol,
@@ -40,11 +67,30 @@ impl Listener {
     }
 
     /// The protocol.
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) -> Result<(), Box<dyn std::error::Error>> {
+    /// use keynode_agent::{Protocol, ProtocolOptions};
+    ///
+    /// let protocol = Protocol::try_from("myapp/echo/1")?;
+    /// let listener = agent.accept(protocol.clone(), ProtocolOptions::default())?;
+    /// assert_eq!(listener.protocol(), &protocol);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn protocol(&self) -> &Protocol {
         &self.protocol
     }
 
     /// The next inbound stream, or waits for one.
+    ///
+    /// ```no_run
+    /// # async fn f(mut listener: keynode_agent::Listener) {
+    /// // What `accept` does: poll until a peer opens a stream.
+    /// let incoming = std::future::poll_fn(|cx| listener.poll_accept(cx)).await;
+    /// println!("{} opened a stream", incoming.peer);
+    /// # }
+    /// ```
     pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<IncomingStream> {
         let pending = {
             let mut state = self.shared.lock();
@@ -63,6 +109,17 @@ impl Listener {
     }
 
     /// The next inbound stream.
+    ///
+    /// ```no_run
+    /// # async fn f(mut listener: keynode_agent::Listener) -> Result<(), keynode_agent::AgentError> {
+    /// let mut incoming = listener.accept().await;
+    /// let request = incoming.recv.read_chunk(1024).await?;
+    /// if let (Some(send), Some(request)) = (incoming.send.as_mut(), request) {
+    ///     send.write_all(&request).await?; // an echo
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn accept(&mut self) -> IncomingStream {
         std::future::poll_fn(|cx| self.poll_accept(cx)).await
     }

@@ -51,6 +51,16 @@ impl MetricsSnapshot {
     }
 
     /// Each drop or refusal by reason (the `dropped_total` family).
+    ///
+    /// ```no_run
+    /// # fn f(agent: keynode_agent::Agent) {
+    /// for (reason, count) in agent.metrics().drops() {
+    ///     if count > 0 {
+    ///         println!("{reason}: {count}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn drops(&self) -> [(&'static str, u64); 18] {
         let (s, a) = (&self.stats, &self.admission);
         [

@@ -9,7 +9,51 @@ use std::time::Duration;
 
 use keynode_core::claims::ClaimId;
 
+/// The `with_timeout` builder, the same on every options struct: one
+/// definition, so that the time limit means one thing everywhere. Each
+/// struct's copy gets its own doc example (and so its own doctest).
+macro_rules! with_timeout {
+    ($($options:ident),+ $(,)?) => {$(
+        impl $options {
+            /// With the time limit `timeout`.
+            ///
+            /// ```
+            /// use std::time::Duration;
+            #[doc = concat!("use keynode_agent::", stringify!($options), ";")]
+            ///
+            #[doc = concat!("let options = ", stringify!($options), "::default().with_timeout(Duration::from_secs(5));")]
+            /// assert_eq!(options.timeout, Some(Duration::from_secs(5)));
+            #[doc = concat!("assert_eq!(", stringify!($options), "::default().timeout, None);")]
+            /// ```
+            pub fn with_timeout(mut self, timeout: Duration) -> Self {
+                self.timeout = Some(timeout);
+                self
+            }
+        }
+    )+};
+}
+
+with_timeout!(
+    FindOptions,
+    SetNodeOptions,
+    SyncOptions,
+    PingOptions,
+    ClaimOptions,
+    ChainOptions,
+);
+
 /// Options of `find_node` and `find_node_by_mdns`.
+///
+/// Fields without a builder are set directly (the struct is
+/// `#[non_exhaustive]`, so it starts from `default()`):
+///
+/// ```
+/// use keynode_agent::FindOptions;
+///
+/// let mut options = FindOptions::default();
+/// options.concurrency_limit = Some(5);
+/// assert_eq!(options.limit, None); // the config's
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FindOptions {
@@ -24,12 +68,6 @@ pub struct FindOptions {
 }
 
 impl FindOptions {
-    /// With the time limit `timeout`.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
     /// The node's options of the lookup.
     pub(crate) fn lookup(self) -> keynode_core::FindOptions {
         keynode_core::FindOptions {
@@ -57,20 +95,28 @@ pub struct SetNodeOptions {
 
 impl SetNodeOptions {
     /// With `block` set.
+    ///
+    /// ```
+    /// use keynode_agent::SetNodeOptions;
+    ///
+    /// let options = SetNodeOptions::default().block(true);
+    /// assert!(options.block && !options.force);
+    /// ```
     pub fn block(mut self, block: bool) -> Self {
         self.block = block;
         self
     }
 
     /// With `force` set.
+    ///
+    /// ```
+    /// use keynode_agent::SetNodeOptions;
+    ///
+    /// let options = SetNodeOptions::default().force(true);
+    /// assert!(options.force && !options.block);
+    /// ```
     pub fn force(mut self, force: bool) -> Self {
         self.force = force;
-        self
-    }
-
-    /// With the time limit `timeout`.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
         self
     }
 }
@@ -90,14 +136,19 @@ pub struct SyncOptions {
 
 impl SyncOptions {
     /// With `blocking` set.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keynode_agent::SyncOptions;
+    ///
+    /// let options = SyncOptions::default()
+    ///     .blocking(true)
+    ///     .with_timeout(Duration::from_secs(30));
+    /// assert!(options.blocking);
+    /// assert_eq!(options.connect_timeout, None); // the config's
+    /// ```
     pub fn blocking(mut self, blocking: bool) -> Self {
         self.blocking = blocking;
-        self
-    }
-
-    /// With the time limit `timeout`.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
         self
     }
 }
@@ -110,28 +161,12 @@ pub struct PingOptions {
     pub timeout: Option<Duration>,
 }
 
-impl PingOptions {
-    /// With the time limit `timeout`.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-}
-
 /// Options of `claim_node`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClaimOptions {
     /// The claim's time; `None`: the config's `claim_timeout`.
     pub timeout: Option<Duration>,
-}
-
-impl ClaimOptions {
-    /// With the time limit `timeout`.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
 }
 
 /// Options of `request_chain_data`.
@@ -148,14 +183,18 @@ pub struct ChainOptions {
 
 impl ChainOptions {
     /// From claim `from` on.
+    ///
+    /// ```
+    /// use keynode_agent::ChainOptions;
+    /// use keynode_core::claims::ClaimId;
+    ///
+    /// let last_seen = ClaimId([7; 16]);
+    /// let options = ChainOptions::default().from(last_seen);
+    /// assert_eq!(options.from, Some(last_seen));
+    /// assert_eq!(options.limit, None); // the config's `max_chain_page`
+    /// ```
     pub fn from(mut self, from: ClaimId) -> Self {
         self.from = Some(from);
-        self
-    }
-
-    /// With the time limit `timeout`.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
         self
     }
 }

@@ -25,6 +25,20 @@ use crate::now;
 use crate::shared::Shared;
 
 /// The sending side of a stream.
+///
+/// Besides its own methods (with typed [`StreamError`]s), it is a
+/// `futures::io::AsyncWrite` (and tokio's, with the `tokio` feature), whose
+/// errors are [`io_error`]s.
+///
+/// ```no_run
+/// # async fn f(mut send: keynode_agent::SendStream) -> std::io::Result<()> {
+/// use futures::io::AsyncWriteExt;
+///
+/// futures::io::copy(&b"hello"[..], &mut send).await?;
+/// send.close().await?; // finishes the stream
+/// # Ok(())
+/// # }
+/// ```
 pub struct SendStream {
     shared: Shared,
     stream: StreamHandle,
@@ -34,6 +48,22 @@ pub struct SendStream {
 }
 
 /// The receiving side of a stream.
+///
+/// Besides its own methods (with typed [`StreamError`]s), it is a
+/// `futures::io::AsyncRead` (and tokio's, with the `tokio` feature), whose
+/// errors are [`io_error`]s.
+///
+/// ```no_run
+/// # async fn f(mut recv: keynode_agent::RecvStream) -> std::io::Result<()> {
+/// use futures::io::AsyncReadExt;
+///
+/// let mut magic = [0u8; 4];
+/// recv.read_exact(&mut magic).await?;
+/// let mut rest = String::new();
+/// (&mut recv).take(1024).read_to_string(&mut rest).await?; // 1 KiB at most
+/// # Ok(())
+/// # }
+/// ```
 pub struct RecvStream {
     shared: Shared,
     stream: StreamHandle,
@@ -53,17 +83,39 @@ impl SendStream {
     }
 
     /// The stream.
+    ///
+    /// ```no_run
+    /// # fn f(send: keynode_agent::SendStream) {
+    /// let stream = send.handle();
+    /// println!("{stream:?} on connection {:?}", stream.conn());
+    /// # }
+    /// ```
     pub fn handle(&self) -> StreamHandle {
         self.stream
     }
 
     /// The peer at the other end.
+    ///
+    /// ```no_run
+    /// # fn f(send: keynode_agent::SendStream) {
+    /// println!("writing to {}", send.peer());
+    /// # }
+    /// ```
     pub fn peer(&self) -> NodeId {
         self.peer
     }
 
     /// Writes what flow control allows of `buf` (at least one byte), or
     /// waits until something fits.
+    ///
+    /// ```no_run
+    /// # async fn f(mut send: keynode_agent::SendStream) -> Result<(), keynode_agent::AgentError> {
+    /// // What `write` does: poll until flow control lets something in.
+    /// let n = std::future::poll_fn(|cx| send.poll_write(cx, b"hello")).await?;
+    /// assert!(n >= 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -90,11 +142,30 @@ impl SendStream {
     }
 
     /// Writes what flow control allows of `buf`, waiting until something fits.
+    ///
+    /// ```no_run
+    /// # async fn f(mut send: keynode_agent::SendStream) -> Result<(), keynode_agent::AgentError> {
+    /// let mut buf: &[u8] = b"a message longer than the window";
+    /// while !buf.is_empty() {
+    ///     let n = send.write(buf).await?; // what fits now
+    ///     buf = &buf[n..];
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn write(&mut self, buf: &[u8]) -> Result<usize, StreamError> {
         std::future::poll_fn(|cx| self.poll_write(cx, buf)).await
     }
 
     /// Writes all of `buf`.
+    ///
+    /// ```no_run
+    /// # async fn f(mut send: keynode_agent::SendStream) -> Result<(), keynode_agent::AgentError> {
+    /// send.write_all(b"hello").await?;
+    /// send.finish()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), StreamError> {
         while !buf.is_empty() {
             let n = self.write(buf).await?;
@@ -104,6 +175,15 @@ impl SendStream {
     }
 
     /// Finishes the stream: the peer reads what was written, then its end.
+    ///
+    /// ```no_run
+    /// # async fn f(mut send: keynode_agent::SendStream) -> Result<(), keynode_agent::AgentError> {
+    /// send.write_all(b"request").await?;
+    /// send.finish()?; // the peer reads "request", then the end
+    /// assert!(send.finish().is_err()); // done already
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn finish(&mut self) -> Result<(), StreamError> {
         if self.done {
             return Err(StreamError::Closed(self.stream));
@@ -118,6 +198,14 @@ impl SendStream {
 
     /// Abandons the stream with an application error `code`: the peer's
     /// reads fail with [`StreamError::Reset`].
+    ///
+    /// ```no_run
+    /// # async fn f(mut send: keynode_agent::SendStream) -> Result<(), keynode_agent::AgentError> {
+    /// const CANCELLED: u32 = 1;
+    /// send.reset(CANCELLED)?; // the peer's reads fail with `StreamError::Reset(1)`
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn reset(&mut self, code: u32) -> Result<(), StreamError> {
         if self.done {
             return Err(StreamError::Closed(self.stream));
@@ -151,17 +239,41 @@ impl RecvStream {
     }
 
     /// The stream.
+    ///
+    /// ```no_run
+    /// # fn f(recv: keynode_agent::RecvStream) {
+    /// let stream = recv.handle();
+    /// println!("{stream:?} on connection {:?}", stream.conn());
+    /// # }
+    /// ```
     pub fn handle(&self) -> StreamHandle {
         self.stream
     }
 
     /// The peer at the other end.
+    ///
+    /// ```no_run
+    /// # fn f(recv: keynode_agent::RecvStream) {
+    /// println!("reading from {}", recv.peer());
+    /// # }
+    /// ```
     pub fn peer(&self) -> NodeId {
         self.peer
     }
 
     /// The next chunk of up to `max` bytes in order, `None` at the end, or
     /// waits for data.
+    ///
+    /// ```no_run
+    /// # async fn f(mut recv: keynode_agent::RecvStream) -> Result<(), keynode_agent::AgentError> {
+    /// // What `read_chunk` does: poll until data or the end arrives.
+    /// let chunk = std::future::poll_fn(|cx| recv.poll_read_chunk(cx, 1024)).await?;
+    /// if chunk.is_none() {
+    ///     println!("the peer finished the stream");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
@@ -202,16 +314,47 @@ impl RecvStream {
     }
 
     /// The next chunk of up to `max` bytes, `None` at the end.
+    ///
+    /// ```no_run
+    /// # async fn f(mut recv: keynode_agent::RecvStream) -> Result<(), keynode_agent::AgentError> {
+    /// while let Some(chunk) = recv.read_chunk(64 * 1024).await? {
+    ///     println!("{} bytes", chunk.len());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamError> {
         std::future::poll_fn(|cx| self.poll_read_chunk(cx, max)).await
     }
 
     /// Reads into `buf`: the bytes read, 0 at the end.
+    ///
+    /// ```no_run
+    /// # async fn f(mut recv: keynode_agent::RecvStream) -> Result<(), keynode_agent::AgentError> {
+    /// let mut buf = [0u8; 1024];
+    /// let n = recv.read(&mut buf).await?;
+    /// println!("{:?}", &buf[..n]); // n == 0: the end
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, StreamError> {
         std::future::poll_fn(|cx| poll_read_into(self, cx, buf)).await
     }
 
     /// Reads to the end, at most `limit` bytes (more is an error).
+    ///
+    /// ```no_run
+    /// # async fn f(mut recv: keynode_agent::RecvStream) -> Result<(), keynode_agent::AgentError> {
+    /// use keynode_agent::ReadToEndError;
+    ///
+    /// match recv.read_to_end(64 * 1024).await {
+    ///     Ok(bytes) => println!("{} bytes", bytes.len()),
+    ///     Err(ReadToEndError::TooLong { limit }) => eprintln!("over {limit} bytes: stopped"),
+    ///     Err(ReadToEndError::Stream(e)) => return Err(e.into()),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, ReadToEndError> {
         let mut out = Vec::new();
         while let Some(chunk) = self.read_chunk(64 * 1024).await? {
@@ -225,6 +368,14 @@ impl RecvStream {
     }
 
     /// Stops reading: the peer's writes fail with [`StreamError::Stopped`].
+    ///
+    /// ```no_run
+    /// # async fn f(mut recv: keynode_agent::RecvStream) -> Result<(), keynode_agent::AgentError> {
+    /// const NOT_INTERESTED: u32 = 1;
+    /// recv.stop(NOT_INTERESTED)?; // the peer's writes fail with `StreamError::Stopped(1)`
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stop(&mut self, code: u32) -> Result<(), StreamError> {
         if self.done {
             return Err(StreamError::Closed(self.stream));
@@ -285,6 +436,16 @@ impl Drop for RecvStream {
 
 /// A stream failure as an I/O error of a fitting kind, the
 /// [`StreamError`] as its source.
+///
+/// ```
+/// use std::io::ErrorKind;
+/// use keynode_agent::{StreamError, io_error};
+///
+/// let e = io_error(StreamError::Reset(7));
+/// assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+/// let source = e.get_ref().and_then(|s| s.downcast_ref::<StreamError>());
+/// assert!(matches!(source, Some(StreamError::Reset(7))));
+/// ```
 pub fn io_error(e: StreamError) -> io::Error {
     let kind = match e {
         StreamError::Blocked => io::ErrorKind::WouldBlock,

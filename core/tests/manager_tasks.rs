@@ -132,6 +132,7 @@ fn restart(old: &Script, config: Config, own: NodeId, now: Now) -> Script {
         hold_store: false,
         held: Vec::new(),
         log: Vec::new(),
+        observations: Vec::new(),
     };
     let snapshot = s.store.snapshot();
     s.handle(Event::SnapshotLoaded(snapshot));

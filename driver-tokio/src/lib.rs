@@ -12,7 +12,6 @@
 pub mod control;
 pub mod demo;
 mod runtime;
-pub mod start_options;
 
 pub use keynode_agent::{
     Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, Connection, FindOptions, Found,

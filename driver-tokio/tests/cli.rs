@@ -26,7 +26,10 @@ use serde_json::Value;
 
 mod common;
 
-use common::{AgentProc, WAIT, json, keynode, ok, start_agent, start_agent_with};
+use common::{
+    AgentProc, WAIT, json, keynode, ok, promtool_check, sample, sample_if_any, start_agent,
+    start_agent_with,
+};
 
 /// The (node id, address) pairs of a `nodes getall --json` answer.
 fn contacts(all: &Value) -> BTreeSet<(String, String)> {
@@ -594,4 +597,120 @@ fn an_agent_whose_seed_is_down_says_so_and_joins_by_itself_once_the_seed_is_up()
     assert!(text.contains("\njoined the network"), "{text}");
     a.stop_with("TERM");
     seed.stop_with("TERM");
+}
+
+/// One HTTP/1.1 request to `addr`, answered and closed by the server:
+/// the status line, the headers (lower-case names) and the body.
+fn http(addr: &str, method: &str, path: &str) -> (String, Vec<(String, String)>, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("the answer, then close");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("").to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// A TCP port free on loopback a moment ago.
+fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn agent_metrics_and_the_metrics_endpoint_pass_promtool_and_count_a_ping() {
+    const INBOUND: &str = "keynode_connections_opened_total{mode=\"direct\",direction=\"inbound\"}";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let endpoint = format!("127.0.0.1:{}", free_tcp_port());
+    let a = start_agent_with(
+        None,
+        &tmp.path().join("a"),
+        "127.0.0.1:0",
+        None,
+        &["--metrics-addr", &endpoint],
+    );
+    let b = start_agent(&tmp.path().join("b"));
+
+    // Before anything happened: valid text, no inbound connection.
+    let before = ok(&["agent", "metrics", "--data-dir", a.dir()]);
+    promtool_check(&before);
+    assert_eq!(sample_if_any(&before, INBOUND).unwrap_or(0), 0, "{before}");
+    assert_eq!(sample(&before, "keynode_contacts"), 0, "{before}");
+
+    // b adds a and pings it: a counts one inbound direct connection.
+    ok(&["nodes", "add", "--data-dir", b.dir(), &a.node_id, &a.addr]);
+    ok(&["nodes", "ping", "--data-dir", b.dir(), &a.node_id]);
+    let after = ok(&["agent", "metrics", "--data-dir", a.dir()]);
+    promtool_check(&after);
+    assert_eq!(sample(&after, INBOUND), 1, "{after}");
+    let b_text = ok(&["agent", "metrics", "--data-dir", b.dir()]);
+    assert_eq!(
+        sample(
+            &b_text,
+            "keynode_connections_opened_total{mode=\"direct\",direction=\"outbound\"}"
+        ),
+        1,
+        "{b_text}"
+    );
+    assert_eq!(sample(&b_text, "keynode_contacts"), 1, "{b_text}");
+
+    // The same counts over HTTP, with the Prometheus content type.
+    let (status, headers, body) = http(&endpoint, "GET", "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{headers:?}");
+    let content_type = headers.iter().find(|(k, _)| k == "content-type");
+    assert!(
+        content_type.is_some_and(|(_, v)| v.starts_with("text/plain; version=0.0.4")),
+        "{headers:?}"
+    );
+    promtool_check(&body);
+    assert_eq!(sample(&body, INBOUND), 1, "{body}");
+    // HEAD: the head alone; elsewhere 404; other methods 405.
+    let (status, headers, body) = http(&endpoint, "HEAD", "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(headers.iter().any(|(k, _)| k == "content-length"));
+    assert_eq!(body, "");
+    assert_eq!(http(&endpoint, "GET", "/").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        http(&endpoint, "POST", "/metrics").0,
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+
+    // The endpoint is off by default: b serves none, and a's port is
+    // released when it stops.
+    a.stop_with("TERM");
+    assert!(
+        std::net::TcpStream::connect(&endpoint).is_err(),
+        "closed with the agent"
+    );
+    b.stop_with("TERM");
+}
+
+#[test]
+fn a_metrics_address_that_cannot_be_bound_stops_the_start_with_its_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tmp.path().join("a");
+    let out = keynode(&[
+        "agent",
+        "start",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--metrics-addr",
+        &addr,
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("metrics address {addr}")),
+        "{out:?}"
+    );
 }

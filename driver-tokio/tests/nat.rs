@@ -22,7 +22,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{AgentProc, WAIT, json, keynode, start_agent_in};
+use common::{AgentProc, WAIT, json, keynode, ok, promtool_check, sample, start_agent_in};
 use serde_json::Value;
 
 /// Runs `program args...`, which must succeed.
@@ -339,4 +339,30 @@ fn agents_behind_two_nats_reach_each_other_by_signal_and_hole_punching() {
     assert_eq!(found["address"]["mode"], "Signal", "{found}");
     assert_eq!(connection_to(a, b), Some(b_mapped));
     assert_eq!(connection_to(b, a), Some(Network::mapped(a, "10.0.2.2")));
+    // `agent metrics` counts it: a's punch came up as its one outbound
+    // signal connection, and b punched back (its side of the same hole).
+    let a_metrics = ok(&["agent", "metrics", "--data-dir", a.dir()]);
+    promtool_check(&a_metrics);
+    assert!(
+        sample(&a_metrics, "keynode_punches_tried_total") >= 1,
+        "{a_metrics}"
+    );
+    assert_eq!(
+        sample(&a_metrics, "keynode_punches_succeeded_total"),
+        1,
+        "{a_metrics}"
+    );
+    assert_eq!(
+        sample(
+            &a_metrics,
+            "keynode_connections_opened_total{mode=\"signal\",direction=\"outbound\"}"
+        ),
+        1,
+        "{a_metrics}"
+    );
+    let b_metrics = ok(&["agent", "metrics", "--data-dir", b.dir()]);
+    assert!(
+        sample(&b_metrics, "keynode_punches_tried_total") >= 1,
+        "{b_metrics}"
+    );
 }

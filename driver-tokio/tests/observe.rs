@@ -11,6 +11,10 @@ use keynode_core::metrics::{ConnKind, Direction, LookupOutcome};
 use keynode_core::{ContactMode, NodeAddress, SeedNodes};
 use keynode_tokio::{Agent, AgentConfig};
 
+mod common;
+
+use common::{promtool_check, sample};
+
 fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
 }
@@ -27,49 +31,6 @@ async fn start(dir: &std::path::Path, name: &str) -> Agent {
 
 fn seeds(agent: &Agent) -> SeedNodes {
     SeedNodes::new([(agent.node_id(), NodeAddress::from(agent.local_addr()))])
-}
-
-/// `promtool check metrics` on `text`: run when promtool is installed;
-/// when it is not, the check is skipped unless `KEYNODE_PROMTOOL=require`.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let required = std::env::var("KEYNODE_PROMTOOL").is_ok_and(|v| v == "require");
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if !required => {
-            eprintln!("promtool not run ({e}): set KEYNODE_PROMTOOL=require to fail instead");
-            return;
-        }
-        Err(e) => panic!("KEYNODE_PROMTOOL=require but promtool did not start: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The value of the sample `line_start` (a name with its labels) in `text`.
-fn sample(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 /// After a join and a find (so that the counters are not all zero), each

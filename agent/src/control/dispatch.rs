@@ -148,6 +148,9 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
                 "a pipe needs a control socket connection, which it takes over",
             ));
         }
+        Request::Metrics => Reply::Metrics {
+            text: agent.metrics_text(),
+        },
         Request::RenewKey => {
             let old_node_id = agent.node_id();
             let node_id = agent.renew_key().await?;

@@ -72,6 +72,9 @@ pub enum Request {
     },
     /// A new key: the agent's NodeId changes.
     RenewKey,
+    /// The agent's metrics in the Prometheus text exposition format
+    /// ([`Agent::metrics_text`](crate::Agent::metrics_text)).
+    Metrics,
     /// Listens on `protocol` and serves its first inbound stream as a pipe:
     /// answered by [`Reply::PipeListening`] at once, by [`Reply::PipeOpen`]
     /// when a peer opens the stream, then the connection is the pipe (the
@@ -191,6 +194,13 @@ pub enum Reply {
     PipeOpen {
         /// The node at the other end.
         peer: NodeId,
+    },
+    /// For [`Request::Metrics`].
+    Metrics {
+        /// The Prometheus text exposition format, ending `# EOF`
+        /// ([`METRICS_CONTENT_TYPE`](crate::METRICS_CONTENT_TYPE) is its
+        /// content type over HTTP).
+        text: String,
     },
     /// The pipe's last line: both directions ended cleanly.
     PipeClosed {

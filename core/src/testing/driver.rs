@@ -11,7 +11,8 @@ use std::time::Duration;
 use crate::wire::{ClaimMessage, Request, Response};
 use crate::{
     AttemptId, Command, ConnId, ConnectionErrorCode, ContactMode, Event, Hostname, NodeId,
-    NodeManager, Now, Output, PeerRequestId, QueryId, RequestId, ResolveId, StoreBatch, StreamId,
+    NodeManager, Now, Observation, Output, PeerRequestId, QueryId, RequestId, ResolveId,
+    StoreBatch, StreamId,
 };
 
 /// A [`Command::Connect`]: open a connection to `address`, expecting `node_id`.
@@ -95,6 +96,13 @@ pub trait Driver {
 
     /// Sees every command before it is carried out (traces, logs).
     fn observe(&mut self, _host: Self::Host, _command: &Command) {}
+
+    /// Takes one of the manager's [`Observation`]s (what an agent turns
+    /// into events); by default it is dropped. [`drain`] takes them all,
+    /// as the agent's loop does, so that a simulated node does not hold
+    /// `Config::max_queued_events` of them that no one reads. Observations
+    /// cause nothing, so this hook must not feed the manager events.
+    fn observation(&mut self, _host: Self::Host, _observation: Observation) {}
 
     /// A result or event for the caller.
     fn output(&mut self, host: Self::Host, output: Output);
@@ -182,6 +190,7 @@ pub fn drain<D: Driver + ?Sized>(driver: &mut D, host: D::Host) {
             return;
         };
         let Some(command) = node.poll() else {
+            take_observations(driver, host);
             return;
         };
         driver.observe(host, &command);
@@ -191,6 +200,19 @@ pub fn drain<D: Driver + ?Sized>(driver: &mut D, host: D::Host) {
         "livelock: the manager's poll did not run dry after {} commands",
         D::MAX_COMMANDS
     );
+}
+
+/// Hands each queued observation to [`Driver::observation`].
+fn take_observations<D: Driver + ?Sized>(driver: &mut D, host: D::Host) {
+    loop {
+        let Some(node) = driver.manager(host) else {
+            return;
+        };
+        let Some(observation) = node.poll_observation() else {
+            return;
+        };
+        driver.observation(host, observation);
+    }
 }
 
 /// Hands one command to its hook.

@@ -8,8 +8,8 @@ use super::driver::{self, Connect, Driver, Outgoing};
 use super::{ModelStore, seed};
 use crate::wire::Response;
 use crate::{
-    Command, Config, ConnId, ConnectionErrorCode, Event, NodeId, NodeManager, Now, OpError, OpId,
-    OpValue, Output, PeerRequestId, StoreBatch,
+    Command, Config, ConnId, ConnectionErrorCode, Event, NodeId, NodeManager, Now, Observation,
+    OpError, OpId, OpValue, Output, PeerRequestId, StoreBatch,
 };
 
 /// One manager driven by hand. Store batches are committed at once unless
@@ -30,6 +30,9 @@ pub struct Script {
     pub held: Vec<StoreBatch>,
     /// Every command, in order.
     pub log: Vec<Command>,
+    /// Every observation the manager made, in order (what an agent would
+    /// turn into events).
+    pub observations: Vec<Observation>,
 }
 
 impl Script {
@@ -44,6 +47,7 @@ impl Script {
             hold_store: false,
             held: Vec::new(),
             log: Vec::new(),
+            observations: Vec::new(),
         }
     }
 
@@ -114,6 +118,10 @@ impl Driver for Script {
 
     fn now(&self) -> Now {
         self.now
+    }
+
+    fn observation(&mut self, _: (), observation: Observation) {
+        self.observations.push(observation);
     }
 
     fn observe(&mut self, _: (), command: &Command) {

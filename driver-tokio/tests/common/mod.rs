@@ -261,3 +261,52 @@ pub fn json(args: &[&str]) -> Value {
     assert_eq!(stdout.lines().count(), 1, "one line of JSON: {stdout:?}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
 }
+
+/// `promtool check metrics` on `text`: run when promtool is installed;
+/// when it is not, the check is skipped unless `KEYNODE_PROMTOOL=require`.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let required = std::env::var("KEYNODE_PROMTOOL").is_ok_and(|v| v == "require");
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if !required => {
+            eprintln!("promtool not run ({e}): set KEYNODE_PROMTOOL=require to fail instead");
+            return;
+        }
+        Err(e) => panic!("KEYNODE_PROMTOOL=require but promtool did not start: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of the sample `line_start` (a name with its labels) in `text`.
+pub fn sample(text: &str, line_start: &str) -> u64 {
+    sample_if_any(text, line_start).unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+}
+
+/// The value of the sample `line_start` in `text`, if it has one.
+pub fn sample_if_any(text: &str, line_start: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' '))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("{line_start} {v}: {e}"))
+        })
+}

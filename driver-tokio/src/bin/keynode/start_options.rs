@@ -13,6 +13,7 @@
 //! mdns-groups = ["224.0.0.250"]
 //! mdns-port = 64023
 //! mdns-interface = "192.168.1.10"
+//! metrics-addr = "127.0.0.1:9464"
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,7 +24,7 @@ use clap::Args;
 use keynode_core::{MdnsConfig, SeedNodes, SeedNodesParseError};
 use serde::Deserialize;
 
-use crate::AgentConfig;
+use keynode_tokio::AgentConfig;
 
 /// The mDNS group used when mDNS is on and no groups are given (the
 /// original's IPv4 group; the agent's mDNS socket is IPv4).
@@ -90,6 +91,11 @@ pub struct StartOptions {
     /// when bound to 0.0.0.0 [default: 127.0.0.1].
     #[arg(long)]
     pub mdns_interface: Option<Ipv4Addr>,
+    /// Serve the agent's metrics over HTTP at `http://ADDR/metrics`, in
+    /// the Prometheus text format (off by default; anyone who can reach
+    /// ADDR can read them, so keep it on loopback or a private network).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Why the options do not make an agent's configuration.
@@ -169,6 +175,7 @@ impl StartOptions {
             mdns_groups: self.mdns_groups.or(file.mdns_groups),
             mdns_port: self.mdns_port.or(file.mdns_port),
             mdns_interface: self.mdns_interface.or(file.mdns_interface),
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
         }
     }
 
@@ -259,9 +266,11 @@ mod tests {
             mdns-groups = ["224.0.0.251"]
             mdns-port = 5353
             mdns-interface = "127.0.0.1"
+            metrics-addr = "127.0.0.1:9464"
             "#,
         )
         .unwrap();
+        assert_eq!(file.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         let config = file.agent_config(PathBuf::from("d")).unwrap();
         assert_eq!(config.bind, "127.0.0.1:4000".parse().unwrap());
         assert_eq!(config.map_size, 33554432);

@@ -1,5 +1,8 @@
 //! The `keynode` command.
 
+mod metrics_http;
+mod start_options;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,8 +14,8 @@ use keynode_tokio::control::{
     AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, Reply, Request, Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
-use keynode_tokio::start_options::StartOptions;
 use keynode_tokio::{AgentConfig, SyncOptions};
+use start_options::StartOptions;
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +103,12 @@ enum AgentCommand {
     },
     /// The NodeId and address of a running agent.
     Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A running agent's metrics, in the Prometheus text exposition
+    /// format (what `agent start --metrics-addr` serves over HTTP).
+    Metrics {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -334,11 +343,14 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             };
             let seeds = options.seeds()?;
             let config = options.agent_config(data_dir)?;
+            let metrics = options.metrics_addr;
             match runtime {
                 RuntimeName::Tokio => {
-                    start_agent::<keynode_tokio::Tokio>(config, seeds, limits).await
+                    start_agent::<keynode_tokio::Tokio>(config, seeds, limits, metrics).await
                 }
-                RuntimeName::Smol => start_agent::<keynode_smol::Smol>(config, seeds, limits).await,
+                RuntimeName::Smol => {
+                    start_agent::<keynode_smol::Smol>(config, seeds, limits, metrics).await
+                }
             }
         }
         Top::Agent {
@@ -377,6 +389,16 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     }
                     Ok(text)
                 }
+                _ => Err(unexpected(reply)),
+            })
+            .await
+        }
+        Top::Agent {
+            command: AgentCommand::Metrics { client },
+        } => {
+            command(&client, Request::Metrics, |reply| match reply {
+                // `command` ends the text with a newline of its own.
+                Reply::Metrics { text } => Ok(text.trim_end().to_owned()),
                 _ => Err(unexpected(reply)),
             })
             .await
@@ -704,6 +726,7 @@ async fn start_agent<R: keynode_agent::Runtime>(
     config: AgentConfig,
     seeds: SeedNodes,
     limits: ControlLimits,
+    metrics_addr: Option<std::net::SocketAddr>,
 ) -> Result<ExitCode, BoxError> {
     // Registered before anything is printed, so that a signal sent as soon
     // as the start line is read stops the agent cleanly.
@@ -719,6 +742,16 @@ async fn start_agent<R: keynode_agent::Runtime>(
     };
     let outcome = async {
         let server = socket.serve_with(agent.clone(), limits)?;
+        // Bound before the start line, so that a test (or a supervisor)
+        // that has read it can scrape at once; a bad address stops here.
+        let _metrics = match metrics_addr {
+            Some(addr) => {
+                let metrics = metrics_http::MetricsServer::bind(addr, agent.clone()).await?;
+                tracing::info!("serving metrics on http://{}/metrics", metrics.local_addr());
+                Some(metrics)
+            }
+            None => None,
+        };
         {
             let mut out = std::io::stdout().lock();
             writeln!(
