@@ -7,41 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Net, addr, id};
-use keynode_core::{
-    Config, ContactMode, FindOptions, InFlight, NodeAddress, NodeAddressScopes,
-    NodeContactAddressData, OpError, OpValue,
-};
-
-const STEPS: u64 = 100_000;
-
-fn quiet_config() -> Config {
-    // No background refresh or connection check: only the test's calls run.
-    let mut config = Config::default();
-    config.refresh_bucket_delay = Duration::ZERO;
-    config.retry_connections_delay = Duration::ZERO;
-    config
-}
+use common::{Net, STEPS, id, know, network};
+use keynode_core::{FindOptions, InFlight, OpError};
 
 /// Nodes 1..=n, each knowing the next: a lookup from 1 walks the chain.
 fn chain(n: u8) -> Net {
-    let mut net = Net::new(common::t0());
-    for i in 1..=n {
-        net.add(id(i), addr(i.into()), quiet_config());
-    }
+    let mut net = network(n);
     net.latency = Duration::from_millis(20);
     for i in 1..n {
-        let data = NodeContactAddressData {
-            mode: ContactMode::Direct,
-            connected_time: 1,
-            scopes: NodeAddressScopes::GLOBAL,
-        };
-        let to = NodeAddress::from(addr((i + 1).into()));
-        let op = net.call(id(i), |m, now| {
-            m.set_node(now, id(i + 1), to, data, false, true, None)
-                .unwrap()
-        });
-        assert_eq!(net.run_until_done(id(i), op, STEPS), Ok(OpValue::Unit));
+        know(&mut net, i, i + 1);
     }
     net
 }

@@ -7,52 +7,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Net, Script, addr, connects, id};
+use common::{Net, STEPS, Script, addr, connects, id, know, network, quiet_config};
 use keynode_core::{
     Command, Config, ContactMode, Event, FindOptions, MdnsConfig, NodeAddress, NodeAddressScopes,
     NodeContactAddressData, NodeId, OpError, OpValue,
 };
-
-const STEPS: u64 = 100_000;
-
-fn quiet_config() -> Config {
-    // No background refresh or connection check: the tests drive everything.
-    let mut config = Config::default();
-    config.refresh_bucket_delay = Duration::ZERO;
-    config.retry_connections_delay = Duration::ZERO;
-    config
-}
-
-/// A network of nodes 1..=n at addresses 1..=n.
-fn network(n: u8) -> Net {
-    let mut net = Net::new(common::t0());
-    for i in 1..=n {
-        net.add(id(i), addr(i.into()), quiet_config());
-    }
-    net
-}
-
-/// `from` learns `to`'s address (no connection).
-fn know(net: &mut Net, from: u8, to: u8) {
-    let data = NodeContactAddressData {
-        mode: ContactMode::Direct,
-        connected_time: 1,
-        scopes: NodeAddressScopes::GLOBAL,
-    };
-    let op = net.call(id(from), |n, now| {
-        n.set_node(
-            now,
-            id(to),
-            NodeAddress::from(addr(to.into())),
-            data,
-            false,
-            true,
-            None,
-        )
-        .unwrap()
-    });
-    assert_eq!(net.run_until_done(id(from), op, STEPS), Ok(OpValue::Unit));
-}
 
 fn find(net: &mut Net, from: u8, target: NodeId, options: FindOptions) -> Result<OpValue, OpError> {
     let op = net.call(id(from), |n, now| {

@@ -1,16 +1,16 @@
-//! Agents on smol, on loopback, with real UDP sockets, QUIC and LMDB
-//! directories; and a smol agent and a tokio agent talking to each other.
+//! A smol agent and a tokio agent talking to each other, on loopback with
+//! real UDP sockets, QUIC and LMDB directories: what no single runtime's
+//! run of the conformance suite shows.
 //!
 //! What every runtime must do alike (sync, find, ping, claim, chain data,
-//! restart, mDNS, stop while operations run) is in the conformance suite,
-//! `tests/conformance.rs`; this file holds what is this driver's own.
+//! key renewal, restart, mDNS, stop, `with_conn_*`) is in the conformance
+//! suite, `tests/conformance.rs`.
 
 use std::net::SocketAddr;
 
 use keynode_core::{NodeAddress, SeedNodes};
 use keynode_smol::{
-    Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, FindOptions, PingOptions,
-    SetupError, SyncOptions,
+    Agent, AgentConfig, ChainOptions, ClaimOptions, FindOptions, PingOptions, SyncOptions,
 };
 
 fn loopback() -> SocketAddr {
@@ -102,95 +102,5 @@ fn a_smol_agent_and_a_tokio_agent_find_ping_and_claim_each_other() {
         for agent in &agents {
             agent.stop().await.unwrap();
         }
-    });
-}
-
-#[test]
-fn a_seed_named_by_hostname_is_resolved_and_joined() {
-    smol::block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let seed = start(dir.path(), "seed").await;
-        let newcomer = start(dir.path(), "newcomer").await;
-        let by_name: SeedNodes =
-            format!("{}@localhost:{}", seed.node_id(), seed.local_addr().port())
-                .parse()
-                .unwrap();
-        newcomer
-            .sync_node_graph(by_name, SyncOptions::default().blocking(true))
-            .await
-            .unwrap();
-        let found = newcomer
-            .find_node(seed.node_id(), FindOptions::default())
-            .await
-            .unwrap();
-        assert!(
-            found.is_some(),
-            "the seed, resolved from localhost, is found"
-        );
-        assert!(
-            newcomer
-                .connections()
-                .await
-                .unwrap()
-                .iter()
-                .any(|(_, peer, at)| *peer == seed.node_id() && *at == seed.local_addr()),
-            "connected to the seed at the address localhost resolved to"
-        );
-        newcomer.stop().await.unwrap();
-        seed.stop().await.unwrap();
-    });
-}
-
-/// `stop` returns once the agent's sockets are closed, so an agent on a
-/// fixed port restarts on it at once.
-#[test]
-fn a_stopped_smol_agent_restarts_at_once_on_its_port() {
-    smol::block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let first = start(dir.path(), "a").await;
-        let (at, id) = (first.local_addr(), first.node_id());
-        first.stop().await.unwrap();
-        for round in 0..30 {
-            let again = keynode_smol::start(AgentConfig::new(dir.path().join("a"), at))
-                .await
-                .unwrap_or_else(|e| panic!("restart {round} on {at}: {e}"));
-            assert_eq!((again.local_addr(), again.node_id()), (at, id));
-            again.stop().await.unwrap();
-        }
-    });
-}
-
-/// With every handle gone the agent stops by itself: its store is closed
-/// and its directory freed for the next agent.
-#[test]
-fn dropping_every_handle_stops_the_agent_and_frees_its_directory() {
-    smol::block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let a = start(dir.path(), "a").await;
-        let id = a.node_id();
-        let copy = a.clone();
-        drop(a);
-        assert_eq!(
-            copy.get_all().await.unwrap(),
-            Vec::new(),
-            "a clone keeps it running"
-        );
-        drop(copy);
-        // The loop notices on its own time: retry while the directory is busy.
-        let mut busy = 0;
-        let again = loop {
-            match keynode_smol::start(config(dir.path(), "a")).await {
-                Ok(again) => break again,
-                Err(AgentError::Setup(SetupError::DataDir { source, .. }))
-                    if source.kind() == std::io::ErrorKind::WouldBlock && busy < 1000 =>
-                {
-                    busy += 1;
-                    smol::Timer::after(std::time::Duration::from_millis(5)).await;
-                }
-                Err(e) => panic!("the directory stays busy ({busy} tries): {e}"),
-            }
-        };
-        assert_eq!(again.node_id(), id);
-        again.stop().await.unwrap();
     });
 }

@@ -1,13 +1,16 @@
-//! The node manager through the agent: joining through a seed, finding,
-//! pinging, claiming and fetching chains; restarting from the data
-//! directory; mDNS on loopback; stopping while an operation runs.
+//! The node manager through the agent: joining through a seed (named by
+//! address or by host name), finding, pinging, claiming and fetching
+//! chains; a peer's key checked; renewing the key; restarting from the
+//! data directory and on the same port; mDNS on loopback and its
+//! configuration checked; stopping while an operation runs, and when the
+//! last handle goes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use keynode_agent::{
-    Agent, AgentError, ChainOptions, ClaimOptions, FindOptions, PingOptions, SetupError,
-    SyncOptions,
+    Agent, AgentConfig, AgentError, ChainOptions, ClaimOptions, FindOptions, PingOptions,
+    SetupError, SyncOptions,
 };
 use keynode_core::claims::KeyPair;
 use keynode_core::{NodeAddress, SeedNodes};
@@ -82,15 +85,187 @@ pub fn agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_c
     });
 }
 
+/// Twenty agents join through the first one; then each finds every other
+/// at its address.
+pub fn twenty_agents_sync_through_one_seed_and_find_each_other<R: Runtime>() {
+    run::<R>(Duration::from_secs(300), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut agents = Vec::new();
+        for i in 0..20 {
+            agents.push(start::<R>(dir.path(), &format!("a{i}"), |_| {}).await);
+        }
+        let seed = seeds(&agents[0]);
+        for agent in agents.iter().skip(1) {
+            agent
+                .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
+                .await
+                .expect("synced through the seed");
+        }
+        for (i, from) in agents.iter().enumerate() {
+            for (j, to) in agents.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let found = from
+                    .find_node(to.node_id(), FindOptions::default())
+                    .await
+                    .expect("find_node");
+                let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
+                assert_eq!(address, NodeAddress::from(to.local_addr()));
+            }
+        }
+        stop_all(&agents.iter().collect::<Vec<_>>()).await;
+    });
+}
+
+/// A seed given as `NodeId@localhost:port` is resolved, joined, found,
+/// and connected to at the address the name resolved to.
+pub fn a_seed_named_by_hostname_is_resolved_and_joined<R: Runtime>() {
+    run::<R>(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let seed = start::<R>(dir.path(), "seed", |_| {}).await;
+        let newcomer = start::<R>(dir.path(), "newcomer", |_| {}).await;
+        let by_name: SeedNodes =
+            format!("{}@localhost:{}", seed.node_id(), seed.local_addr().port())
+                .parse()
+                .expect("a seed named by host name");
+        newcomer
+            .sync_node_graph(by_name, SyncOptions::default().blocking(true))
+            .await
+            .expect("synced through the seed");
+        let found = newcomer
+            .find_node(seed.node_id(), FindOptions::default())
+            .await
+            .expect("find_node");
+        assert!(
+            found.is_some(),
+            "the seed, resolved from localhost, is found"
+        );
+        assert!(
+            newcomer
+                .connections()
+                .await
+                .expect("the agent runs")
+                .iter()
+                .any(|(_, peer, at)| *peer == seed.node_id() && *at == seed.local_addr()),
+            "connected to the seed at the address localhost resolved to"
+        );
+        stop_all(&[&newcomer, &seed]).await;
+    });
+}
+
+/// A ping of an address expecting another node's key there fails, and
+/// leaves no connection to that node; the right key at the same address
+/// answers.
+pub fn a_wrong_certificate_key_is_refused<R: Runtime>() {
+    run::<R>(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let a = start::<R>(dir.path(), "a", |_| {}).await;
+        let b = start::<R>(dir.path(), "b", |_| {}).await;
+        let impostor = KeyPair::from_seed(&[42; 32]).expect("a key").node_id();
+        let at_b = NodeAddress::from(b.local_addr());
+        assert!(
+            !a.ping_node_address(impostor, at_b.clone(), PingOptions::default())
+                .await
+                .expect("ping_node_address"),
+            "b's address does not answer for another key"
+        );
+        assert!(
+            a.ping_node_address(b.node_id(), at_b, PingOptions::default())
+                .await
+                .expect("ping_node_address"),
+            "b's address answers for b's key"
+        );
+        assert!(
+            !connected_to(&a, impostor).await,
+            "no connection to the impostor"
+        );
+        stop_all(&[&a, &b]).await;
+    });
+}
+
+/// After `renew_key`, every contact is in its bucket under the new id and
+/// none is lost; the key file holds the new key; and the other agents
+/// find the agent under its new id, at its address.
+pub fn renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id<R: Runtime>() {
+    run::<R>(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut agents = Vec::new();
+        for i in 0..6 {
+            agents.push(start::<R>(dir.path(), &format!("r{i}"), |_| {}).await);
+        }
+        let seed = seeds(&agents[0]);
+        for agent in agents.iter().skip(1) {
+            agent
+                .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
+                .await
+                .expect("synced through the seed");
+        }
+        let x = &agents[3];
+        let old = x.node_id();
+        let before: usize = x
+            .get_all()
+            .await
+            .expect("get_all")
+            .iter()
+            .map(|(_, b)| b.len())
+            .sum();
+        let new = x.renew_key().await.expect("renew_key");
+        assert_ne!(old, new);
+        assert_eq!(x.node_id(), new);
+        let after = x.get_all().await.expect("get_all");
+        for (bucket, in_bucket) in &after {
+            for (id, _) in in_bucket {
+                assert_eq!(
+                    new.bucket_index(id),
+                    Some(*bucket),
+                    "{id} is in its bucket under the new id"
+                );
+            }
+        }
+        assert_eq!(after.iter().map(|(_, b)| b.len()).sum::<usize>(), before);
+        // The key file holds the new key: a restart keeps the new NodeId.
+        let secret =
+            keynode_agent::load_or_create_key(&dir.path().join("r3")).expect("the key file");
+        assert_eq!(KeyPair::from_seed(&secret).expect("a key").node_id(), new);
+        // The others learn the new NodeId (as x's connections tell them)
+        // and find the agent under it.
+        for (i, other) in agents.iter().enumerate() {
+            if i == 3 {
+                continue;
+            }
+            // Until a lookup finds it (the test's limit bounds the tries).
+            let (address, _) = loop {
+                let found = other
+                    .find_node(new, FindOptions::default())
+                    .await
+                    .expect("find_node");
+                match found {
+                    Some(found) => break found,
+                    None => R::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            assert_eq!(
+                address,
+                NodeAddress::from(x.local_addr()),
+                "agent {i} finds the renewed agent at its address"
+            );
+        }
+        stop_all(&agents.iter().collect::<Vec<_>>()).await;
+    });
+}
+
 /// A data directory serves one agent at a time; a stopped agent's handle
-/// says so; the next agent on the directory has the same id, node graph
-/// and sigchain.
-pub fn a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_and_chain<R: Runtime>() {
+/// says so; the next agent on the directory has the same id, node graph,
+/// sigchain and scheduled tasks.
+pub fn a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_chain_and_tasks<
+    R: Runtime,
+>() {
     run::<R>(Duration::from_secs(120), async {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let a = start::<R>(dir.path(), "a", |_| {}).await;
         let b = start::<R>(dir.path(), "b", |_| {}).await;
-        let second = R::start(keynode_agent::AgentConfig::new(
+        let second = R::start(AgentConfig::new(
             dir.path().join("b"),
             ([127, 0, 0, 1], 0).into(),
         ))
@@ -114,8 +289,14 @@ pub fn a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_and_ch
         let id = b.node_id();
         let graph = b.get_all().await.expect("get_all");
         let chain = b.sigchain().await.expect("sigchain");
+        let tasks = b.scheduled_tasks();
         assert!(!graph.is_empty());
         assert_eq!(chain.len(), 1);
+        assert_eq!(
+            tasks.len(),
+            257,
+            "256 refresh tasks and the connection check"
+        );
         b.stop().await.expect("stopped");
         assert!(
             matches!(b.get_all().await, Err(AgentError::Stopped)),
@@ -126,7 +307,63 @@ pub fn a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_and_ch
         assert_eq!(again.node_id(), id);
         assert_eq!(again.get_all().await.expect("get_all"), graph);
         assert_eq!(again.sigchain().await.expect("sigchain"), chain);
+        assert_eq!(again.scheduled_tasks(), tasks);
         stop_all(&[&again, &a]).await;
+    });
+}
+
+/// `stop` returns once the agent's sockets are closed, so an agent on a
+/// fixed port restarts on it at once, again and again, with its id.
+pub fn a_stopped_agent_restarts_at_once_on_its_port<R: Runtime>() {
+    run::<R>(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let first = start::<R>(dir.path(), "a", |_| {}).await;
+        let (at, id) = (first.local_addr(), first.node_id());
+        first.stop().await.expect("stopped");
+        for round in 0..30 {
+            let again = R::start(AgentConfig::new(dir.path().join("a"), at))
+                .await
+                .unwrap_or_else(|e| panic!("restart {round} on {at}: {e}"));
+            assert_eq!((again.local_addr(), again.node_id()), (at, id));
+            again.stop().await.expect("stopped");
+        }
+    });
+}
+
+/// With every handle gone the agent stops by itself: its store is closed
+/// and its directory freed for the next agent, which has its id.
+pub fn dropping_every_handle_stops_the_agent_and_frees_its_directory<R: Runtime>() {
+    run::<R>(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let a = start::<R>(dir.path(), "a", |_| {}).await;
+        let id = a.node_id();
+        let copy = a.clone();
+        drop(a);
+        assert_eq!(
+            copy.get_all().await.expect("a clone keeps it running"),
+            Vec::new(),
+        );
+        drop(copy);
+        // The loop notices on its own time: retry while the directory is
+        // busy (the test's limit bounds the retries).
+        let again = loop {
+            match R::start(AgentConfig::new(
+                dir.path().join("a"),
+                ([127, 0, 0, 1], 0).into(),
+            ))
+            .await
+            {
+                Ok(again) => break again,
+                Err(AgentError::Setup(SetupError::DataDir { source, .. }))
+                    if source.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    R::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("the directory after the last handle went: {e}"),
+            }
+        };
+        assert_eq!(again.node_id(), id);
+        again.stop().await.expect("stopped");
     });
 }
 
@@ -165,6 +402,34 @@ pub fn two_agents_without_seeds_find_each_other_by_mdns<R: Runtime>() {
             vec![b.local_addr()]
         );
         stop_all(&[a, b]).await;
+    });
+}
+
+/// An IPv6 mDNS group, which the agent's IPv4 mDNS socket cannot join, is
+/// refused at start with an error naming it, not ignored.
+pub fn an_ipv6_mdns_group_is_refused_at_start_not_ignored<R: Runtime>() {
+    run::<R>(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut config = AgentConfig::new(dir.path().join("v6"), ([127, 0, 0, 1], 0).into());
+        config.config.mdns = Some(keynode_core::MdnsConfig {
+            groups: vec![
+                std::net::IpAddr::from([224, 0, 0, 250]),
+                "ff02::fa17".parse().expect("an IPv6 group"),
+            ],
+            port: 40_000 + (std::process::id() % 20_000) as u16,
+        });
+        match R::start(config).await {
+            Err(AgentError::Setup(SetupError::Socket { source, .. })) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput);
+                let message = source.to_string();
+                assert!(
+                    message.contains("ff02::fa17") && message.contains("IPv4 only"),
+                    "{message}"
+                );
+            }
+            Err(other) => panic!("expected the IPv6 group to be refused, got {other}"),
+            Ok(_) => panic!("an agent started with an IPv6 mDNS group its socket cannot join"),
+        }
     });
 }
 

@@ -18,9 +18,14 @@
 //! fails instead of blocking; nothing asserts on speed.
 //!
 //! The cases, one module per area:
-//! - `agents`: sync through a seed, find, ping, claim, chain data; restart
-//!   from the data directory; mDNS; stop while operations run.
-//! - `ops`: cancel on drop, per-call timeouts, the bounded call queue.
+//! - `agents`: sync through a seed (by address or host name), find, ping,
+//!   claim, chain data; a peer's key checked; key renewal; restart from the
+//!   data directory and on its port; mDNS and its configuration; stop
+//!   while operations run, and when the last handle goes.
+//! - `observe`: events in order for a scripted scenario, lag reported to a
+//!   subscriber that does not read, metrics counting the scenario.
+//! - `ops`: cancel on drop, per-call timeouts, the bounded call queue;
+//!   `with_conn_*` giving their connection's use back.
 //! - `streams`: application streams and datagrams (issue 14).
 //!
 //! # Adding a case
@@ -46,6 +51,7 @@ use keynode_agent::{Agent, AgentConfig, AgentError};
 mod harness;
 
 pub mod agents;
+pub mod observe;
 pub mod ops;
 pub mod streams;
 
@@ -72,14 +78,27 @@ macro_rules! conformance_suite {
         $crate::suite::conformance_suite!(@tests $rt:
             agents {
                 agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_chains,
-                a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_and_chain,
+                twenty_agents_sync_through_one_seed_and_find_each_other,
+                a_seed_named_by_hostname_is_resolved_and_joined,
+                a_wrong_certificate_key_is_refused,
+                renew_key_moves_every_contact_and_the_agent_is_found_under_its_new_id,
+                a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_chain_and_tasks,
+                a_stopped_agent_restarts_at_once_on_its_port,
+                dropping_every_handle_stops_the_agent_and_frees_its_directory,
                 two_agents_without_seeds_find_each_other_by_mdns,
+                an_ipv6_mdns_group_is_refused_at_start_not_ignored,
                 a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped,
+            }
+            observe {
+                events_follow_join_find_claim_and_stop_in_order,
+                a_subscriber_that_does_not_read_is_told_how_many_it_missed,
+                metrics_count_connections_lookups_and_closes,
             }
             ops {
                 a_dropped_find_leaves_no_operation_lease_or_slot_behind,
                 a_call_past_its_timeout_ends_typed_and_is_cancelled,
                 a_full_call_queue_refuses_with_busy,
+                with_conn_f_and_g_give_their_use_back_on_success_error_and_drop,
             }
             streams {
                 an_echo_protocol_returns_what_was_sent,

@@ -1,16 +1,20 @@
 //! Cancellation, per-call timeouts and the bounded call queue (issue 16),
 //! on real UDP: a call's future dropped, or past its time, cancels its
-//! operation in the node, and nothing it held is left behind.
+//! operation in the node, and nothing it held is left behind; and
+//! `with_conn_f`/`with_conn_g` give their connection's use back however
+//! they end.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::{Either, select};
-use keynode_agent::{Agent, AgentError, FindOptions, PingOptions, SetNodeOptions};
+use keynode_agent::{Agent, AgentError, FindOptions, PingOptions, SetNodeOptions, WithConnOptions};
+use keynode_core::wire::{Request, Response};
 use keynode_core::{ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData, NodeId};
 
-use super::{Runtime, eventually, run, start, stop_all};
+use super::{Runtime, connect, eventually, leases, run, start, stop_all};
 
 /// Nothing listens there: an attempt waits for its connect timeout.
 fn nowhere() -> NodeAddress {
@@ -145,5 +149,64 @@ pub fn a_full_call_queue_refuses_with_busy<R: Runtime>() {
             .await
             .expect("a slot is free again");
         stop_all(&[&a]).await;
+    });
+}
+
+/// The use of a connection that `with_conn_f` or `with_conn_g` takes is
+/// given back when the closure succeeds, when it fails, and when the
+/// stream `with_conn_g` made is dropped half-way (and held while it lives).
+pub fn with_conn_f_and_g_give_their_use_back_on_success_error_and_drop<R: Runtime>() {
+    run::<R>(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let a = start::<R>(dir.path(), "a", |_| {}).await;
+        let b = start::<R>(dir.path(), "b", |_| {}).await;
+        // b knows a and has a connection to it, unused.
+        drop(connect(&b, &a).await);
+        eventually::<R, _>(|| async { leases(&b).await == 0 }).await;
+        let target = a.node_id();
+
+        // A closure that talks to the peer and succeeds.
+        let answer = b
+            .with_conn_f(target, WithConnOptions::default(), |conn| async move {
+                conn.request(Request::ClosestNodes { target }).await
+            })
+            .await
+            .expect("the request is answered");
+        assert!(
+            matches!(answer, Response::ClosestNodes { .. }),
+            "{answer:?}"
+        );
+        eventually::<R, _>(|| async { leases(&b).await == 0 }).await;
+
+        // A closure that fails.
+        let failed: Result<(), AgentError> = b
+            .with_conn_f(target, WithConnOptions::default(), |_conn| async move {
+                Err::<(), _>(AgentError::Stopped)
+            })
+            .await;
+        assert!(matches!(failed, Err(AgentError::Stopped)), "{failed:?}");
+        eventually::<R, _>(|| async { leases(&b).await == 0 }).await;
+
+        // A stream held, then dropped half-way.
+        let stream = b
+            .with_conn_g(target, WithConnOptions::default(), |conn| {
+                futures::stream::iter(0..3).then(move |i| {
+                    let conn = conn.clone();
+                    async move { (i, conn.peer()) }
+                })
+            })
+            .await
+            .expect("with_conn_g starts");
+        let mut stream = Box::pin(stream);
+        let first = stream
+            .next()
+            .await
+            .expect("a first item")
+            .expect("the first item is the closure's");
+        assert_eq!(first, (0, target));
+        assert_eq!(leases(&b).await, 1, "held while the stream lives");
+        drop(stream);
+        eventually::<R, _>(|| async { leases(&b).await == 0 }).await;
+        stop_all(&[&a, &b]).await;
     });
 }

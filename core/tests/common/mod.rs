@@ -1,5 +1,6 @@
 //! Helpers of the core's integration tests: small names for ids, addresses
-//! and the start time. The harnesses themselves (`Script`, one manager
+//! and the start time, a quiet configuration, and small networks of nodes
+//! that know each other. The harnesses themselves (`Script`, one manager
 //! driven by hand; `Net`, managers on an in-memory network; `ModelStore`)
 //! are the core's simulated driver, `keynode_core::testing`, shared with the
 //! simulator and the fuzz target.
@@ -7,9 +8,12 @@
 #![allow(dead_code, unused_imports, clippy::disallowed_methods)]
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use keynode_core::{Command, NodeId, Now};
+use keynode_core::{
+    Command, Config, ContactMode, NodeAddress, NodeAddressScopes, NodeContactAddressData, NodeId,
+    Now, OpValue,
+};
 
 pub use keynode_core::testing::{ModelStore, Net, Script, seed};
 
@@ -41,4 +45,46 @@ pub fn connects(cmds: &[Command]) -> Vec<(keynode_core::AttemptId, NodeId, Socke
             _ => None,
         })
         .collect()
+}
+
+/// The most steps a test lets a network take to end an operation.
+pub const STEPS: u64 = 100_000;
+
+/// No background refresh or connection check: only the test's calls run.
+pub fn quiet_config() -> Config {
+    let mut config = Config::default();
+    config.refresh_bucket_delay = Duration::ZERO;
+    config.retry_connections_delay = Duration::ZERO;
+    config
+}
+
+/// A network of nodes 1..=n at addresses 1..=n, each with [`quiet_config`].
+pub fn network(n: u8) -> Net {
+    let mut net = Net::new(t0());
+    for i in 1..=n {
+        net.add(id(i), addr(i.into()), quiet_config());
+    }
+    net
+}
+
+/// `from` learns `to`'s address (no connection).
+pub fn know(net: &mut Net, from: u8, to: u8) {
+    let data = NodeContactAddressData {
+        mode: ContactMode::Direct,
+        connected_time: 1,
+        scopes: NodeAddressScopes::GLOBAL,
+    };
+    let op = net.call(id(from), |n, now| {
+        n.set_node(
+            now,
+            id(to),
+            NodeAddress::from(addr(to.into())),
+            data,
+            false,
+            true,
+            None,
+        )
+        .unwrap()
+    });
+    assert_eq!(net.run_until_done(id(from), op, STEPS), Ok(OpValue::Unit));
 }
