@@ -95,3 +95,34 @@ async fn silent_clients_time_out_and_a_real_request_gets_through() {
     server.shutdown();
     agent.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_answers_garbage_is_a_typed_bad_answer_naming_the_agent() {
+    use keynode_tokio::control::BadAnswer;
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    // Not an agent: whatever connects gets a line that is not JSON.
+    let listener =
+        tokio::net::UnixListener::bind(keynode_tokio::control::socket_path(&dir)).unwrap();
+    let fake = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 64];
+        let _ = stream.read(&mut request).await.unwrap();
+        stream.write_all(b"this is not json\n").await.unwrap();
+    });
+    let mut client = Client::connect(&dir).await.unwrap();
+    let error = client.call(&Request::Status).await.unwrap_err();
+    match &error {
+        ClientError::Protocol {
+            dir: named,
+            problem: BadAnswer::Json(_),
+        } => assert_eq!(named, &dir),
+        other => panic!("expected a JSON BadAnswer, got {other:?}"),
+    }
+    assert!(
+        error.to_string().contains(&dir.display().to_string()),
+        "{error}"
+    );
+    fake.await.unwrap();
+}

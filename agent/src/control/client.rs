@@ -39,13 +39,39 @@ pub enum ClientError {
     #[error("the agent in {} closed the connection without answering", .0.display())]
     Closed(PathBuf),
     /// The answer is not a response.
-    #[error("the agent in {} sent an invalid response: {detail}", .dir.display())]
+    #[error("the agent in {} sent an invalid response: {problem}", .dir.display())]
     Protocol {
         /// The data directory.
         dir: PathBuf,
         /// What is wrong.
-        detail: String,
+        problem: BadAnswer,
     },
+}
+
+/// What is wrong with an agent's answer on its control socket.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadAnswer {
+    /// A line past the bound.
+    #[error("a line longer than {max} bytes")]
+    TooLong {
+        /// [`MAX_RESPONSE_SIZE`].
+        max: usize,
+    },
+    /// A line that is not a [`Response`] in JSON.
+    #[error("not a response: {0}")]
+    Json(#[source] serde_json::Error),
+    /// A pipe's chunk header announcing more than a chunk may hold.
+    #[error("a pipe chunk of {len} bytes is longer than {max}")]
+    ChunkTooLong {
+        /// The length announced.
+        len: u64,
+        /// The most a chunk holds.
+        max: usize,
+    },
+    /// A reply of the wrong kind for what was asked.
+    #[error("a reply of the wrong kind: {0:?}")]
+    WrongReply(Box<super::protocol::Reply>),
 }
 
 /// A connection to the control socket of an agent, on the runtime `R`.
@@ -133,12 +159,14 @@ impl<R: Runtime> Client<R> {
             Line::End => Err(ClientError::Closed(self.dir.clone())),
             Line::TooLong => Err(ClientError::Protocol {
                 dir: self.dir.clone(),
-                detail: format!("response longer than {MAX_RESPONSE_SIZE} bytes"),
+                problem: BadAnswer::TooLong {
+                    max: MAX_RESPONSE_SIZE,
+                },
             }),
             Line::Complete => {
                 serde_json::from_slice(&self.line).map_err(|e| ClientError::Protocol {
                     dir: self.dir.clone(),
-                    detail: e.to_string(),
+                    problem: BadAnswer::Json(e),
                 })
             }
         }

@@ -52,7 +52,7 @@ mod protocol;
 mod server;
 mod unix;
 
-pub use client::{Client, ClientError};
+pub use client::{BadAnswer, Client, ClientError};
 pub use dispatch::{handle, handle_line};
 #[doc(hidden)]
 pub use line::{FramedRequest, frame_requests};

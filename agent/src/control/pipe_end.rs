@@ -17,6 +17,7 @@ use futures::io::{
 
 use super::MAX_RESPONSE_SIZE;
 use super::chunks::{Chunk, HEADER_LEN, MAX_CHUNK};
+use super::client::BadAnswer;
 use super::line::{Line, read_line};
 use super::protocol::{ControlError, Reply, Response};
 use super::unix::UnixStream;
@@ -45,12 +46,12 @@ pub enum PipeError {
     #[error("the agent in {} closed the pipe before its end", .0.display())]
     Closed(PathBuf),
     /// The agent's half is not framed as a pipe's.
-    #[error("the agent in {} sent an invalid pipe: {detail}", .dir.display())]
+    #[error("the agent in {} sent an invalid pipe: {problem}", .dir.display())]
     Protocol {
         /// The agent's data directory.
         dir: PathBuf,
         /// What is wrong.
-        detail: String,
+        problem: BadAnswer,
     },
     /// The stream broke (the agent's account: refused, reset, stopped,
     /// connection lost).
@@ -145,9 +146,9 @@ where
         source,
     };
     let closed = || PipeError::Closed(dir.to_path_buf());
-    let invalid = |detail: String| PipeError::Protocol {
+    let invalid = |problem: BadAnswer| PipeError::Protocol {
         dir: dir.to_path_buf(),
-        detail,
+        problem,
     };
     loop {
         let mut header = [0; HEADER_LEN];
@@ -156,7 +157,12 @@ where
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(closed()),
             Err(e) => return Err(socket(e)),
         }
-        let mut left = match Chunk::parse(header).map_err(|e| invalid(e.to_string()))? {
+        let mut left = match Chunk::parse(header).map_err(|e| {
+            invalid(BadAnswer::ChunkTooLong {
+                len: e.0,
+                max: MAX_CHUNK,
+            })
+        })? {
             Chunk::End => break,
             Chunk::Data(len) => len,
         };
@@ -178,15 +184,15 @@ where
         .map_err(socket)?
     {
         Line::End => Err(closed()),
-        Line::TooLong => Err(invalid(format!(
-            "last line longer than {MAX_RESPONSE_SIZE} bytes"
-        ))),
+        Line::TooLong => Err(invalid(BadAnswer::TooLong {
+            max: MAX_RESPONSE_SIZE,
+        })),
         Line::Complete => {
-            match serde_json::from_slice(&line).map_err(|e| invalid(e.to_string()))? {
+            match serde_json::from_slice(&line).map_err(|e| invalid(BadAnswer::Json(e)))? {
                 Response::Ok(Reply::PipeClosed { sent, received }) => {
                     Ok(Carried { sent, received })
                 }
-                Response::Ok(other) => Err(invalid(format!("unexpected last line {other:?}"))),
+                Response::Ok(other) => Err(invalid(BadAnswer::WrongReply(Box::new(other)))),
                 Response::Error(e) => Err(PipeError::Stream(e)),
             }
         }
