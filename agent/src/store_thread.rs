@@ -17,6 +17,42 @@ enum Job {
     Close(std::sync::mpsc::Sender<()>),
 }
 
+/// The most batches one write transaction commits together. A group is
+/// what queued while the previous commit ran, so under load a commit's
+/// cost (its sync above all) is shared by up to this many batches, and no
+/// batch waits behind more than this many others' writes.
+const MAX_GROUP: usize = 256;
+
+/// Commits `group` in one transaction (each batch alone if the group fails)
+/// and reports each batch, in order, only once its data is durable.
+fn commit_group(
+    store: &mut Store,
+    group: &[(BatchId, Vec<StoreOp>)],
+    events: &UnboundedSender<DriverEvent<'static>>,
+) {
+    let batches: Vec<&[StoreOp]> = group.iter().map(|(_, ops)| ops.as_slice()).collect();
+    let results = store.apply_batches(&batches);
+    for ((batch, ops), result) in group.iter().zip(results) {
+        let event = match result {
+            Ok(()) => DriverEvent::StoreCommitted(*batch),
+            Err(e) => {
+                // The manager undoes the batch's graph changes in memory
+                // when it hears of it.
+                tracing::warn!(
+                    ?batch,
+                    ops = ops.len(),
+                    "store batch failed, nothing of it written: {e}"
+                );
+                DriverEvent::StoreFailed {
+                    batch: *batch,
+                    error: e.kind(),
+                }
+            }
+        };
+        let _ = events.unbounded_send(event);
+    }
+}
+
 /// A handle to the store thread.
 pub(crate) struct StoreThread {
     jobs: mpsc::Sender<Job>,
@@ -49,26 +85,26 @@ impl StoreThread {
                         return;
                     }
                 };
-                while let Ok(job) = rx.recv() {
+                let mut next = rx.recv().ok();
+                while let Some(job) = next.take() {
                     match job {
                         Job::Apply(batch, ops) => {
-                            let event = match store.apply(&ops) {
-                                Ok(()) => DriverEvent::StoreCommitted(batch),
-                                Err(e) => {
-                                    // The manager undoes the batch's graph
-                                    // changes in memory when it hears of it.
-                                    tracing::warn!(
-                                        ?batch,
-                                        ops = ops.len(),
-                                        "store batch failed, nothing of it written: {e}"
-                                    );
-                                    DriverEvent::StoreFailed {
-                                        batch,
-                                        error: e.kind(),
+                            // Group commit: every batch already queued
+                            // behind this one (up to MAX_GROUP) goes into
+                            // the same write transaction; a job of another
+                            // kind ends the group and runs after it.
+                            let mut group = vec![(batch, ops)];
+                            while group.len() < MAX_GROUP {
+                                match rx.try_recv() {
+                                    Ok(Job::Apply(batch, ops)) => group.push((batch, ops)),
+                                    Ok(other) => {
+                                        next = Some(other);
+                                        break;
                                     }
+                                    Err(_) => break,
                                 }
-                            };
-                            let _ = events.unbounded_send(event);
+                            }
+                            commit_group(&mut store, &group, &events);
                         }
                         Job::Run(work) => work(),
                         Job::Close(done) => {
@@ -76,6 +112,9 @@ impl StoreThread {
                             let _ = done.send(());
                             return;
                         }
+                    }
+                    if next.is_none() {
+                        next = rx.recv().ok();
                     }
                 }
                 store.close();

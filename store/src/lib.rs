@@ -340,6 +340,33 @@ impl Store {
         txn.commit().map_err(|e| self.lmdb_error(e))
     }
 
+    /// Applies several batches as one group commit: all of them in one
+    /// write transaction (one commit, one sync, however many batches), and
+    /// each batch's result in order. When the group fails (a full map, a
+    /// full disk), nothing of it is written and each batch is applied
+    /// again alone, so that a batch fails only for itself: an LMDB write
+    /// transaction that hit an error cannot go on, so the group cannot skip
+    /// the one that failed and keep the rest.
+    pub fn apply_batches(&mut self, batches: &[&[StoreOp]]) -> Vec<Result<(), StoreError>> {
+        match batches {
+            [] => return Vec::new(),
+            [one] => return vec![self.apply(one)],
+            _ => {}
+        }
+        if self.apply_group(batches).is_ok() {
+            return batches.iter().map(|_| Ok(())).collect();
+        }
+        batches.iter().map(|batch| self.apply(batch)).collect()
+    }
+
+    fn apply_group(&mut self, batches: &[&[StoreOp]]) -> Result<(), StoreError> {
+        let mut txn = self.env.write_txn().map_err(|e| self.lmdb_error(e))?;
+        for op in batches.iter().flat_map(|batch| batch.iter()) {
+            self.apply_one(&mut txn, op)?;
+        }
+        txn.commit().map_err(|e| self.lmdb_error(e))
+    }
+
     fn apply_one(&self, txn: &mut RwTxn<'_>, op: &StoreOp) -> Result<(), StoreError> {
         let err = |e| self.lmdb_error(e);
         match op {

@@ -462,3 +462,75 @@ fn a_damaged_record_is_reported_by_load_with_what_and_why() {
     }
     store.close();
 }
+
+#[test]
+fn a_group_commits_every_batch_and_a_batch_that_does_not_fit_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions::with_map_size(256 * 1024);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let own = NodeId::random(&mut rng);
+    let mut store = Store::open(dir.path(), &options).unwrap();
+    store
+        .apply(
+            &NodeGraph::new(own, &Config::default())
+                .unwrap()
+                .persist_all(),
+        )
+        .unwrap();
+    let put = |id: NodeId, record: ContactRecord| StoreOp::PutContact {
+        space: NodeGraphSpace::Zero,
+        node_id: id,
+        record,
+    };
+    let small = |n: u64| ContactRecord {
+        contact: NodeContact::new(addr(n as u16), data(n)),
+        updated: n,
+    };
+
+    // A group that fits: one commit, every batch reported committed.
+    let fits: Vec<NodeId> = (0..8).map(|_| NodeId::random(&mut rng)).collect();
+    let batches: Vec<Vec<StoreOp>> = fits
+        .iter()
+        .enumerate()
+        .map(|(n, id)| vec![put(*id, small(n as u64))])
+        .collect();
+    let refs: Vec<&[StoreOp]> = batches.iter().map(Vec::as_slice).collect();
+    let results = store.apply_batches(&refs);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    // A group with one batch far larger than the map: that batch fails with
+    // a typed error, the small ones before and after it commit.
+    let (before, after) = (NodeId::random(&mut rng), NodeId::random(&mut rng));
+    let huge: Vec<NodeId> = (0..2000).map(|_| NodeId::random(&mut rng)).collect();
+    let huge_ops: Vec<StoreOp> = huge
+        .iter()
+        .enumerate()
+        .map(|(n, id)| put(*id, big_contact(n as u64)))
+        .collect();
+    let group = [
+        vec![put(before, small(100))],
+        huge_ops,
+        vec![put(after, small(101))],
+    ];
+    let refs: Vec<&[StoreOp]> = group.iter().map(Vec::as_slice).collect();
+    let results = store.apply_batches(&refs);
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(StoreError::MapFull { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    store.close();
+
+    // On disk: exactly what was reported committed.
+    let store = Store::open(dir.path(), &options).unwrap();
+    let snapshot = store.load_graph().unwrap().unwrap();
+    store.close();
+    let on_disk: std::collections::BTreeSet<NodeId> =
+        snapshot.contacts.iter().map(|(id, _)| *id).collect();
+    let mut expected: std::collections::BTreeSet<NodeId> = fits.into_iter().collect();
+    expected.extend([before, after]);
+    assert_eq!(on_disk, expected);
+    assert!(huge.iter().all(|id| !on_disk.contains(id)));
+}

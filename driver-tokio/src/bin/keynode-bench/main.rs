@@ -9,11 +9,16 @@
 //! between two keynode agents and between two plain quinn endpoints (the
 //! baseline: the same quinn-proto, TLS provider and transport limits).
 //! `cargo run --release -p keynode-tokio --bin keynode-bench -- --throughput`
+//!
+//! The store (`--set-nodes N`): forced `set_node` calls persisted per
+//! second, one at a time and `--in-flight K` at once, and a restart.
+//! `cargo run --release -p keynode-tokio --bin keynode-bench -- --set-nodes 5000 --in-flight 64`
 
 mod handshakes;
 mod keynode_pair;
 mod pair;
 mod quinn_pair;
+mod set_nodes;
 mod stats;
 mod streams;
 
@@ -47,6 +52,13 @@ struct Args {
     /// Throughput: bytes of each request (and of its echo).
     #[arg(long, default_value_t = 32)]
     request_bytes: usize,
+    /// Measure the store instead: this many forced `set_node` calls, one
+    /// at a time, then as many again `--in-flight` at once.
+    #[arg(long, conflicts_with = "throughput")]
+    set_nodes: Option<usize>,
+    /// The store: calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
     /// Throughput, for profiling: one transport's one stream alone.
     #[arg(long, requires = "throughput", value_enum)]
     only: Option<streams::Transport>,
@@ -55,7 +67,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> BenchResult<()> {
     let args = Args::parse();
-    let json = if args.throughput {
+    let json = if let Some(calls) = args.set_nodes {
+        serde_json::to_string(&set_nodes::run(calls, args.in_flight).await?)?
+    } else if args.throughput {
         let plan = streams::Plan {
             one_stream_bytes: args.one_stream_mib << 20,
             streams: args.streams,
