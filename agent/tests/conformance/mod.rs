@@ -19,7 +19,8 @@
 //!
 //! The cases, one module per area:
 //! - `agents`: sync through a seed, find, ping, claim, chain data; restart
-//!   from the data directory; mDNS; stop while operations run.
+//!   from the data directory; mDNS; stop while operations run; observed
+//!   addresses and the NAT class.
 //! - `ops`: cancel on drop, per-call timeouts, the bounded call queue.
 //! - `streams`: application streams and datagrams (issue 14).
 //!
@@ -75,6 +76,7 @@ macro_rules! conformance_suite {
                 a_stopped_agent_frees_its_directory_and_restarts_with_its_id_graph_and_chain,
                 two_agents_without_seeds_find_each_other_by_mdns,
                 a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped,
+                an_agent_joined_through_two_peers_reports_its_observed_address_and_public,
             }
             ops {
                 a_dropped_find_leaves_no_operation_lease_or_slot_behind,
