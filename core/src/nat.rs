@@ -7,6 +7,17 @@
 //! [`NatClass`]: the strategy a node picks to be reached (punch, or go
 //! through a relay) follows from it.
 //!
+//! # When it is told
+//!
+//! In the connection's first exchange, not in answers: every connection,
+//! inbound or outbound, carries one at once, whether or not a request
+//! ever goes over it (a node that only accepts connections learns its
+//! address too), the requests and responses keep their encodings (no
+//! version bump; see `wire`'s "Versioning"), and it costs one small
+//! stream per connection instead of bytes in every answer. A path that
+//! changes under a live connection (a NAT rebinding) is not told again:
+//! the next connection is.
+//!
 //! # What is believed
 //!
 //! - An observation is keyed by the observer's IP as this node sees it (the
