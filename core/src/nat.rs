@@ -2,10 +2,10 @@
 //!
 //! Every peer tells the node, once per connection, the address it sees the
 //! node's datagrams come from (`Frame::Observed`, sent by the net layer when
-//! a connection comes up). Those observations are kept per local socket in
-//! an [`ObservedAddresses`] table, and [`classify`] turns them into a
-//! [`NatClass`]: the strategy a node picks to be reached (punch, or go
-//! through a relay) follows from it.
+//! a connection comes up). Those observations are kept per local socket
+//! (the node has one QUIC socket, so one table, in the manager), and
+//! [`classify`] turns them into a [`NatClass`]: the strategy a node picks
+//! to be reached (punch, or go through a relay) follows from it.
 //!
 //! # When it is told
 //!
