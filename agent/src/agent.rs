@@ -338,6 +338,10 @@ impl Agent {
         )?;
         let node_id = node.node_id();
         node.set_max_segments(udp.max_segments());
+        node.set_local_addresses(keynode_core::nat::LocalAddresses::new(
+            local_addr,
+            crate::sockets::route_addresses(local_addr),
+        ));
         node.handle(start, DriverEvent::SnapshotLoaded(snapshot));
         let mdns = match &mdns_config {
             Some(m) => {
@@ -815,6 +819,8 @@ impl Agent {
             join: m.join_status(),
             contacts: m.graph().len(),
             connections: m.connections().len(),
+            observed_addresses: m.observed_addresses(),
+            nat_class: m.nat_class(),
         })
     }
 

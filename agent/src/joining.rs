@@ -1,6 +1,7 @@
 //! Joining made visible: the warnings a failed background sync logs, and
 //! [`AgentStatus`], what `keynode agent status` reports.
 
+use keynode_core::nat::{NatClass, ObservedAddress};
 use keynode_core::{JoinStatus, NodeEvent, OpError};
 
 /// Whether the agent has joined the network, and what it holds: what
@@ -26,6 +27,12 @@ pub struct AgentStatus {
     pub contacts: usize,
     /// Connections up.
     pub connections: usize,
+    /// The addresses peers see this agent's socket at (one observation per
+    /// peer IP, each held while its connection is up), most observers
+    /// first.
+    pub observed_addresses: Vec<ObservedAddress>,
+    /// The NAT class those observations give (see `keynode_core::nat`).
+    pub nat_class: NatClass,
 }
 
 /// Logs a node event: a failed background sync as warnings, one naming

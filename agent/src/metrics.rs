@@ -8,6 +8,7 @@
 
 use keynode_core::Stats;
 use keynode_core::metrics::{Counters, Histogram, LabelSet, Metrics};
+use keynode_core::nat::NatClass;
 use keynode_core::net::AdmissionStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -213,6 +214,34 @@ impl Collector for NodeCollector {
             "stream_bytes",
             "Bytes on application streams, written or read by this node.",
             &m.stream_bytes,
+        )?;
+        let mut class = e.encode_descriptor(
+            "nat_class",
+            "The NAT class the observed addresses give: 1 for the current class.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in NatClass::ALL {
+            let value = i64::from(*c == m.nat_class);
+            class.encode_family(&c.labels())?.encode_gauge(&value)?;
+        }
+        counters(
+            e,
+            "nat_class_changes",
+            "Times the NAT class changed, by the class it changed to.",
+            &m.nat_class_changes,
+        )?;
+        counter(
+            e,
+            "observed_addresses_replaced",
+            "Observed addresses pushed out of the full table by a new observer.",
+            m.observed_addresses_replaced,
+        )?;
+        counter(
+            e,
+            "observed_addresses_refused",
+            "Observed addresses refused (unspecified IP or port 0).",
+            m.observed_addresses_refused,
         )?;
         let mut dropped = e.encode_descriptor(
             "dropped",

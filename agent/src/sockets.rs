@@ -50,3 +50,33 @@ pub(crate) fn mdns_socket(
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
+
+/// For a socket bound to the wildcard: the host's addresses that routes
+/// to the internet leave from (IPv4 and IPv6 for their family), which a
+/// public host's peers see it at. Each is found by connecting a throwaway
+/// UDP socket to a documentation address (RFC 5737, RFC 3849) and reading
+/// the source the kernel picked: nothing is sent, and the kernel only picks
+/// addresses of its own interfaces, so an address found is the host's. A
+/// host with no default route finds none (its NAT class is then never
+/// public: see `keynode_core::nat`). Empty for a socket bound to one
+/// address. Read once, when the agent opens.
+pub(crate) fn route_addresses(bound: SocketAddr) -> Vec<std::net::IpAddr> {
+    if !bound.ip().is_unspecified() {
+        return Vec::new();
+    }
+    let (any, probe): (SocketAddr, SocketAddr) = if bound.is_ipv4() {
+        (([0, 0, 0, 0], 0).into(), ([192, 0, 2, 1], 9).into())
+    } else {
+        (
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            (std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
+        )
+    };
+    UdpSocket::bind(any)
+        .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .into_iter()
+        .collect()
+}

@@ -110,6 +110,10 @@ pub struct Config {
     /// Commands waiting to be polled; past this, the oldest node events (not
     /// operation results, transmissions or store batches) are dropped and counted. Default 65536.
     pub max_queued_events: usize,
+    /// Observations of this node's address kept (one per observer IP, for
+    /// the NAT class; see `keynode_core::nat`); past it, a new observer
+    /// replaces the oldest. Default 32.
+    pub max_observed_addresses: usize,
     /// Signal requests a source may make in a burst (token bucket). Default 20.
     pub signal_rate_capacity: u32,
     /// Tokens a source's signal bucket regains per second. Default 10.
@@ -207,6 +211,7 @@ impl Default for Config {
             max_connections: 1024,
             max_operations: 4096,
             max_queued_events: 65536,
+            max_observed_addresses: 32,
             signal_rate_capacity: 20,
             signal_rate_refill_per_sec: 10,
             max_signal_sources: 1024,
@@ -305,6 +310,12 @@ impl Config {
         check_range("max_connections", self.max_connections, 1, 1 << 20)?;
         check_range("max_operations", self.max_operations, 1, 1 << 20)?;
         check_range("max_queued_events", self.max_queued_events, 16, 1 << 24)?;
+        check_range(
+            "max_observed_addresses",
+            self.max_observed_addresses,
+            3,
+            1 << 12,
+        )?;
         check_range("max_signal_sources", self.max_signal_sources, 1, 1 << 20)?;
         check_range("max_message_size", self.max_message_size, 1024, 16 << 20)?;
         check_range("max_recent_claims", self.max_recent_claims, 1, 1 << 20)?;

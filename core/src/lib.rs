@@ -66,6 +66,7 @@ mod id;
 mod ip_group;
 mod manager;
 pub mod metrics;
+pub mod nat;
 pub mod net;
 mod seed;
 mod store;

@@ -14,6 +14,7 @@ use core::marker::PhantomData;
 use std::time::Duration;
 
 use crate::contact::ContactMode;
+use crate::nat::NatClass;
 
 /// The most values one label set can take (the length of a [`Counters`]).
 pub const MAX_LABEL_VALUES: usize = 8;
@@ -370,6 +371,15 @@ pub struct Metrics {
     /// Observations (agent events) dropped because the queue held
     /// `max_queued_events` (no one drained it).
     pub observations_dropped: u64,
+    /// The NAT class now (a gauge: the last class the observed addresses
+    /// gave).
+    pub nat_class: NatClass,
+    /// Times the NAT class changed, by the class it changed to.
+    pub nat_class_changes: Counters<NatClass>,
+    /// Observed addresses pushed out of the full table by a new observer.
+    pub observed_addresses_replaced: u64,
+    /// Observed addresses refused (unspecified IP or port 0).
+    pub observed_addresses_refused: u64,
 }
 
 impl Default for Metrics {
@@ -387,6 +397,10 @@ impl Default for Metrics {
             requests_served: Counters::default(),
             stream_bytes: Counters::default(),
             observations_dropped: 0,
+            nat_class: NatClass::Unknown,
+            nat_class_changes: Counters::default(),
+            observed_addresses_replaced: 0,
+            observed_addresses_refused: 0,
         }
     }
 }
@@ -408,6 +422,7 @@ mod tests {
         check::<LookupOutcome>();
         check::<RequestKind>();
         check::<Flow>();
+        check::<NatClass>();
     }
 
     #[test]

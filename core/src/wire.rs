@@ -4,6 +4,28 @@
 //! postcard. Decoding checks the size limit first, rejects unknown versions,
 //! rejects trailing bytes, and checks every list against its bound, so a peer
 //! can neither crash a node nor make it allocate without limit.
+//!
+//! # Versioning
+//!
+//! The version byte says how the body is laid out; a decoder refuses every
+//! version but its own, before reading the body. So a change that moves
+//! the encoding of an existing message (a field added to a variant, a
+//! variant reordered) bumps [`WIRE_VERSION`], and a node of the old version
+//! then refuses every message of the new one: such a change needs the two
+//! versions spoken side by side until old nodes are gone. A change that
+//! only *adds* a variant at the end of an enum keeps the version: every
+//! message of the old version encodes, and decodes, to the same bytes as
+//! before, and an old node that receives the new variant fails to decode
+//! that one frame (`Malformed`, an unknown variant) and resets its stream,
+//! nothing more.
+//!
+//! [`Frame::Observed`] is such an addition (version 1 still): it travels
+//! alone on a unidirectional stream a node opens when a connection comes
+//! up. An old peer refuses that stream (it took no unidirectional stream
+//! of keynode's RPC, and would not decode the variant either) and nothing
+//! else: the connection, its requests and its claim exchanges go on as
+//! before, and the new node, which expects nothing back, just hears nothing
+//! about its address from that peer.
 
 use std::net::SocketAddr;
 
@@ -157,6 +179,13 @@ pub enum Frame {
     Response(Response),
     /// A message of the claim exchange.
     Claim(ClaimMessage),
+    /// The address the sender sees the receiver at: the remote address of
+    /// the connection it came on. Each side sends one when a connection
+    /// comes up, alone on a unidirectional stream (see "Versioning").
+    Observed {
+        /// The receiver's address, as the sender sees it.
+        address: SocketAddr,
+    },
 }
 
 /// Decodes a [`Frame`], checking its lists against their bounds.
@@ -343,6 +372,22 @@ mod tests {
         };
         let bytes = encode(&response, LIMIT).unwrap();
         assert_eq!(decode_response(&bytes, LIMIT), Ok(response));
+    }
+
+    #[test]
+    fn an_observed_address_is_an_addition_to_version_1() {
+        let frame = Frame::Observed {
+            address: "198.51.100.7:40000".parse().unwrap(),
+        };
+        let bytes = encode(&frame, LIMIT).unwrap();
+        // The version stays, and the new variant's tag comes after the
+        // three older ones, whose encodings do not move.
+        assert_eq!(bytes[..2], [WIRE_VERSION, 3]);
+        assert_eq!(decode_frame(&bytes, LIMIT), Ok(frame));
+        let request = Frame::Request(Request::Signal {
+            target: NodeId::from_bytes([1; 32]),
+        });
+        assert_eq!(encode(&request, LIMIT).unwrap()[..3], [1, 0, 1]);
     }
 
     #[test]

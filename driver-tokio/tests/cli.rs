@@ -174,9 +174,22 @@ fn two_agents_are_driven_through_their_control_sockets() {
     assert_eq!(status["contacts"], 1, "{status}");
     assert!(status["connections"].as_u64() >= Some(1), "{status}");
     assert_eq!(status["last_sync_error"], Value::Null, "{status}");
+    // b told a where it sees it (a's own address, both on 127.0.0.1): one
+    // observer is not enough for a NAT class.
+    assert_eq!(
+        status["observed_addresses"],
+        serde_json::json!([{ "address": a.addr, "observers": 1 }]),
+        "{status}"
+    );
+    assert_eq!(status["nat_class"], "unknown", "{status}");
     let text = ok(&["agent", "status", "--data-dir", a.dir()]);
     assert!(text.contains("not joined the network"), "{text}");
     assert!(text.contains("1 contacts"), "{text}");
+    assert!(
+        text.contains(&format!("observed at: {} (1 peer)", a.addr)),
+        "{text}"
+    );
+    assert!(text.contains("NAT class: unknown"), "{text}");
 
     // A node nobody knows: find and ping fail with a message.
     let nobody = NodeId::from_bytes([7; 32]).to_string();

@@ -339,6 +339,32 @@ fn agents_behind_two_nats_reach_each_other_by_signal_and_hole_punching() {
     assert_eq!(found["address"]["mode"], "Signal", "{found}");
     assert_eq!(connection_to(a, b), Some(b_mapped));
     assert_eq!(connection_to(b, a), Some(Network::mapped(a, "10.0.2.2")));
+    // Each now has two observers at different IPs (the seed, and the other
+    // through its NAT) that see it at one mapped address, not its own: a
+    // cone NAT (masquerade's mapping does not depend on the destination).
+    for (agent, router) in [(a, "10.0.2.2"), (b, "10.0.3.2")] {
+        let status = until(
+            &["agent", "status", "--data-dir", agent.dir()],
+            "the agent classifies its NAT",
+            |status| status["nat_class"] == "cone",
+        );
+        assert_eq!(
+            status["observed_addresses"],
+            serde_json::json!([{ "address": Network::mapped(agent, router), "observers": 2 }]),
+            "{status}"
+        );
+    }
+    // The seed, bound to its wan address, is seen there by both: public.
+    let status = until(
+        &["agent", "status", "--data-dir", net.seed.dir()],
+        "the seed classifies itself",
+        |status| status["nat_class"] == "public",
+    );
+    assert_eq!(
+        status["observed_addresses"][0]["address"],
+        net.seed.addr.as_str(),
+        "{status}"
+    );
     // `agent metrics` counts it: a's punch came up as its one outbound
     // signal connection, and b punched back (its side of the same hole).
     let a_metrics = ok(&["agent", "metrics", "--data-dir", a.dir()]);

@@ -79,6 +79,9 @@ async fn metrics_text_passes_promtool_and_says_what_the_snapshot_says() {
         snapshot.core.lookups.get(LookupOutcome::Found)
     );
     assert_eq!(sample(&text, "keynode_contacts"), snapshot.contacts as u64);
+    // Its peers all share one IP (127.0.0.1): one observer, no NAT class.
+    assert_eq!(sample(&text, "keynode_nat_class{class=\"unknown\"}"), 1);
+    assert_eq!(sample(&text, "keynode_nat_class{class=\"public\"}"), 0);
     // Each agent has its own registry: a's text counts a's connections.
     let a_text = a.metrics_text();
     promtool_check(&a_text);

@@ -48,6 +48,8 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
                     .join
                     .retry_in
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                observed_addresses: status.observed_addresses,
+                nat_class: status.nat_class,
             }
         }
         Request::SetNode {

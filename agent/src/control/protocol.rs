@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use keynode_core::claims::{ClaimBody, SignedClaim};
+use keynode_core::nat::{NatClass, ObservedAddress};
 use keynode_core::{
     ContactMode, NodeAddress, NodeAddressScopes, NodeContact, NodeContactAddressData, NodeId,
 };
@@ -146,6 +147,12 @@ pub enum Reply {
         /// Milliseconds after the last failure the next sync runs, if one is scheduled.
         #[serde(default)]
         sync_retry_in_ms: Option<u64>,
+        /// The addresses peers see the agent at, most observers first.
+        #[serde(default)]
+        observed_addresses: Vec<ObservedAddress>,
+        /// The NAT class they give.
+        #[serde(default)]
+        nat_class: NatClass,
     },
     /// The request was carried out (set, allow, claim).
     Done,

@@ -463,3 +463,57 @@ pub fn a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped<R: R
         ));
     });
 }
+
+/// An agent that joined through two peers at other IPs (on loopback:
+/// 127.0.0.2 and 127.0.0.3) lists the address they see it at, its own
+/// (127.0.0.1 and its port), and so reports itself public; its metrics say
+/// so too.
+pub fn an_agent_joined_through_two_peers_reports_its_observed_address_and_public<R: Runtime>() {
+    run::<R>(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let p1 = start::<R>(dir.path(), "p1", |c| c.bind = ([127, 0, 0, 2], 0).into()).await;
+        let p2 = start::<R>(dir.path(), "p2", |c| c.bind = ([127, 0, 0, 3], 0).into()).await;
+        let a = start::<R>(dir.path(), "a", |_| {}).await;
+        let before = a.status().await.expect("status");
+        assert_eq!(before.nat_class, keynode_core::nat::NatClass::Unknown);
+        assert!(before.observed_addresses.is_empty(), "{before:?}");
+        let both = SeedNodes::new([
+            (p1.node_id(), NodeAddress::from(p1.local_addr())),
+            (p2.node_id(), NodeAddress::from(p2.local_addr())),
+        ]);
+        a.sync_node_graph(both, SyncOptions::default().blocking(true))
+            .await
+            .expect("synced through the two peers");
+        for peer in [&p1, &p2] {
+            let pinged = a
+                .ping_node(peer.node_id(), PingOptions::default())
+                .await
+                .expect("ping_node");
+            assert!(pinged.is_some(), "the agent reaches {}", peer.local_addr());
+        }
+        eventually::<R, _>(|| async {
+            a.status().await.expect("status").nat_class == keynode_core::nat::NatClass::Public
+        })
+        .await;
+        let status = a.status().await.expect("status");
+        assert_eq!(
+            status.observed_addresses,
+            vec![keynode_core::nat::ObservedAddress {
+                address: a.local_addr(),
+                observers: 2,
+            }],
+            "{status:?}"
+        );
+        assert_eq!(a.local_addr().ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        let metrics = a.metrics();
+        assert_eq!(metrics.core.nat_class, keynode_core::nat::NatClass::Public);
+        assert_eq!(
+            metrics
+                .core
+                .nat_class_changes
+                .get(keynode_core::nat::NatClass::Public),
+            1
+        );
+        stop_all(&[&a, &p1, &p2]).await;
+    });
+}

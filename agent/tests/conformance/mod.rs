@@ -21,7 +21,8 @@
 //! - `agents`: sync through a seed (by address or host name), find, ping,
 //!   claim, chain data; a peer's key checked; key renewal; restart from the
 //!   data directory and on its port; mDNS and its configuration; stop
-//!   while operations run, and when the last handle goes.
+//!   while operations run, and when the last handle goes; observed
+//!   addresses and the NAT class.
 //! - `observe`: events in order for a scripted scenario, lag reported to a
 //!   subscriber that does not read, metrics counting the scenario.
 //! - `ops`: cancel on drop, per-call timeouts, the bounded call queue;
@@ -88,6 +89,7 @@ macro_rules! conformance_suite {
                 two_agents_without_seeds_find_each_other_by_mdns,
                 an_ipv6_mdns_group_is_refused_at_start_not_ignored,
                 a_call_waiting_when_the_agent_stops_ends_and_later_calls_say_stopped,
+                an_agent_joined_through_two_peers_reports_its_observed_address_and_public,
             }
             observe {
                 events_follow_join_find_claim_and_stop_in_order,

@@ -173,6 +173,16 @@ pub enum Event {
         /// Why.
         failure: ConnectFailure,
     },
+    /// The peer of an up connection told the address it sees this node at
+    /// (`Frame::Observed`). Believed for that connection only: it counts
+    /// towards the NAT class (keyed by the connection's remote IP) until
+    /// the connection closes.
+    AddressObserved {
+        /// The connection it came on.
+        conn: ConnId,
+        /// This node's address as the peer sees it.
+        observed: SocketAddr,
+    },
     /// A connection closed (either side, or idle).
     ConnectionClosed {
         /// The connection.

@@ -249,6 +249,7 @@ impl NodeManager {
     pub(super) fn on_connection_closed(&mut self, conn: ConnId) {
         if let Some(closed) = self.conns.remove(conn) {
             self.observe_closed(&closed);
+            self.forget_observation(conn);
             self.timers.cancel(Timer::ConnIdle(conn));
             // Another connection to the node may now be its primary one, with
             // the primary's longer time to live.

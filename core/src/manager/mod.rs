@@ -82,6 +82,7 @@ mod join;
 mod lifecycle;
 mod lookup;
 mod maintenance;
+mod nat;
 mod observations;
 mod ops;
 mod running;
@@ -214,6 +215,8 @@ pub struct NodeManager {
     observations: observations::Observations,
     /// Whether the node joined, and the background sync's retries.
     join: join::JoinState,
+    /// The addresses peers observe this node's socket at, and its NAT class.
+    observed: crate::nat::ObservedAddresses,
 }
 
 impl NodeManager {
@@ -232,6 +235,7 @@ impl NodeManager {
         let own = identity.node_id();
         let graph = NodeGraph::new(own, &config)?;
         let relay = SignalRelay::new(&config);
+        let observed = crate::nat::ObservedAddresses::new(config.max_observed_addresses);
         Ok(Self {
             config,
             graph,
@@ -258,6 +262,7 @@ impl NodeManager {
             metrics: crate::metrics::Metrics::default(),
             observations: observations::Observations::default(),
             join: join::JoinState::default(),
+            observed,
         })
     }
 
@@ -390,6 +395,7 @@ impl NodeManager {
             Event::ConnectFailed { attempt, failure } => {
                 self.on_connect_failed(attempt, failure);
             }
+            Event::AddressObserved { conn, observed } => self.on_address_observed(conn, observed),
             Event::ConnectionClosed { conn } => self.on_connection_closed(conn),
             Event::ConnectionReleased { lease } => self.on_released(lease),
             Event::RequestReceived {

@@ -13,6 +13,7 @@ use crate::contact::ContactMode;
 use crate::id::{BucketIndex, NodeId};
 use crate::manager::OpError;
 use crate::metrics::Direction;
+use crate::nat::NatClass;
 
 /// Something that happened in the node.
 #[derive(Clone, PartialEq, Debug)]
@@ -81,6 +82,16 @@ pub enum Observation {
     KeyRenewed {
         /// The new NodeId.
         node_id: NodeId,
+    },
+    /// The node's NAT class changed, as its peers' observations of its
+    /// address were re-evaluated (see `keynode_core::nat`).
+    NatClassChanged {
+        /// The class before.
+        previous: NatClass,
+        /// The class now.
+        class: NatClass,
+        /// The address most observers see this node at, if any.
+        observed: Option<SocketAddr>,
     },
     /// A `sync_node_graph` ended well.
     SyncFinished,

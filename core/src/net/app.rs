@@ -789,11 +789,8 @@ impl Node {
         protocol: Protocol,
     ) -> bool {
         if protocol == Protocol::rpc() {
-            // On a unidirectional stream no answer could go back.
-            if id.dir() == Dir::Uni {
-                self.reject_stream(conn, id);
-                return false;
-            }
+            // On a unidirectional stream no answer could go back: its one
+            // frame may only be an observed address (checked when it comes).
             if let Some(s) = self
                 .conns
                 .get_mut(&conn)

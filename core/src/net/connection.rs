@@ -339,6 +339,9 @@ impl Node {
                         attempt,
                     },
                 );
+                // The first thing on the connection: where this node sees
+                // the peer (its NAT classification rests on such words).
+                self.tell_observed(id);
             }
             found => {
                 let code = CloseReason::WrongNodeId.code();

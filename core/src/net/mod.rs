@@ -22,7 +22,10 @@
 //!   closing, each with its own data) and how it moves along;
 //! - `streams.rs`: length-prefixed framing of [`crate::wire`] messages and
 //!   routing of each stream by its role (its header not yet read, our
-//!   request, a peer's request, a claim exchange, an application's stream);
+//!   request, a peer's request, a claim exchange, an application's stream,
+//!   the observed address each side tells the other, alone on a
+//!   unidirectional stream, when a connection comes up: see
+//!   [`crate::nat`] for why then and what is believed);
 //! - `protocol.rs`: [`Protocol`] names and the header that opens every
 //!   stream and datagram with one; `registry.rs`: the protocols a node
 //!   serves and their caps on inbound streams;

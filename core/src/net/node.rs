@@ -350,6 +350,14 @@ impl Node {
         self.announced = addresses;
     }
 
+    /// Tells the node its QUIC socket's own addresses (the bound address,
+    /// and for a socket bound to the wildcard the host's interface
+    /// addresses the driver knows), for the NAT class: an observed address
+    /// among them is public (see [`crate::nat`]).
+    pub fn set_local_addresses(&mut self, local: crate::nat::LocalAddresses) {
+        self.manager.set_local_addresses(local);
+    }
+
     /// mDNS counters, while mDNS runs.
     pub fn mdns_stats(&self) -> Option<super::mdns::MdnsStats> {
         self.mdns.as_ref().map(MdnsService::stats)

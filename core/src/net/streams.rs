@@ -47,6 +47,12 @@ pub(super) enum Role {
     Answered,
     /// A claim exchange.
     Claim(StreamId),
+    /// Ours, unidirectional: what we tell the peer once (its observed
+    /// address); it goes once written.
+    Told,
+    /// The peer's unidirectional stream that told us our observed address:
+    /// nothing more may come on it.
+    Observed,
 }
 
 /// A stream's role and its buffers.
@@ -122,6 +128,25 @@ impl Node {
         c.streams.insert(stream, s);
         self.send_frame(conn, stream, &frame, finish);
         Some(stream)
+    }
+
+    /// Tells the peer of an up connection the address this node sees it
+    /// at, on a unidirectional stream of its own (see `wire`'s
+    /// "Versioning": an old peer resets that stream and nothing else).
+    pub(super) fn tell_observed(&mut self, conn: ConnId) {
+        let Some(c) = self.up_conn(conn) else {
+            return;
+        };
+        let address = c.conn.remote_address();
+        // No uni stream credit: the peer hears nothing of its address.
+        let Some(stream) = c.conn.streams().open(Dir::Uni) else {
+            return;
+        };
+        let mut s = Stream::new(Role::Told);
+        s.send = Protocol::rpc().header();
+        c.streams.insert(stream, s);
+        self.send_frame(conn, stream, &Frame::Observed { address }, true);
+        self.after_flush(conn, stream);
     }
 
     pub(super) fn send_frame(
@@ -235,7 +260,8 @@ impl Node {
             Role::Serve(peer_request) => {
                 self.peer_requests.remove(&peer_request);
             }
-            Role::Header | Role::Rpc | Role::App | Role::Answered => {}
+            Role::Header | Role::Rpc | Role::App | Role::Answered | Role::Told | Role::Observed => {
+            }
         }
     }
 
@@ -265,6 +291,10 @@ impl Node {
                 // The request's end may not have been read yet: stopping
                 // frees quinn's side of it too.
                 let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+                self.remove_stream(conn, stream);
+            }
+            // Ours to send only (unidirectional): written and finished.
+            Role::Told if s.send.is_empty() => {
                 self.remove_stream(conn, stream);
             }
             Role::App => self.app_flushed(conn, stream),
@@ -322,9 +352,11 @@ impl Node {
             .and_then(|c| c.streams.get(&stream))
             .is_some_and(|s| match s.role {
                 Role::Header | Role::Rpc => true,
-                Role::Request(_) | Role::Serve(_) | Role::Claim(_) => !s.recv.is_empty(),
+                Role::Request(_) | Role::Serve(_) | Role::Claim(_) | Role::Observed => {
+                    !s.recv.is_empty()
+                }
                 // Not read by the net layer (or no longer).
-                Role::App | Role::Answered => false,
+                Role::App | Role::Answered | Role::Told => false,
             })
     }
 
@@ -352,11 +384,11 @@ impl Node {
             Some(Role::App) => self.app_ready(AppEvent::Readable(StreamHandle::new(id, stream))),
             Some(Role::Header) if self.read_header(id, stream) => self.read_frames(id, stream),
             Some(Role::Header) => {}
-            Some(Role::Rpc | Role::Request(_) | Role::Serve(_) | Role::Claim(_)) => {
-                self.read_frames(id, stream)
-            }
-            // Whatever follows the request is not read.
-            Some(Role::Answered) => {}
+            Some(
+                Role::Rpc | Role::Request(_) | Role::Serve(_) | Role::Claim(_) | Role::Observed,
+            ) => self.read_frames(id, stream),
+            // Whatever follows the request is not read; ours to send only.
+            Some(Role::Answered | Role::Told) => {}
         }
         self.arm_frame_deadline(id, stream);
     }
@@ -530,16 +562,20 @@ impl Node {
             // Ended in the middle of a frame, or before its first:
             // nothing will be answered on it. Reset, so that quinn frees
             // our half as well.
-            Role::Rpc | Role::Request(_) | Role::Serve(_) | Role::Claim(_) if cut_short => {
+            Role::Rpc | Role::Request(_) | Role::Serve(_) | Role::Claim(_) | Role::Observed
+                if cut_short =>
+            {
                 self.app_stats.frames_cut_short += 1;
                 self.reject_stream(id, stream);
             }
             Role::Rpc => self.reject_stream(id, stream),
+            // Told what it had to tell.
+            Role::Observed => self.close_stream(id, stream),
             // Our request was finished when sent: the stream is done.
             Role::Request(_) => self.close_stream(id, stream),
             Role::Claim(_) => self.end_claim_stream(id, stream),
             // We answer first.
-            Role::Serve(_) | Role::Header | Role::App | Role::Answered => {}
+            Role::Serve(_) | Role::Header | Role::App | Role::Answered | Role::Told => {}
         }
     }
 
@@ -628,6 +664,10 @@ impl Node {
         else {
             return;
         };
+        if stream.dir() == Dir::Uni && !matches!(frame, Frame::Observed { .. }) {
+            // No answer could go back on it: only a word to take in.
+            return self.reject_stream(id, stream);
+        }
         match (role, frame) {
             (Role::Rpc, Frame::Request(body)) => {
                 let request = PeerRequestId(self.fresh_id());
@@ -682,16 +722,28 @@ impl Node {
                     },
                 );
             }
-            // A response nobody asked for, a second request, a request or
-            // response inside a claim exchange, anything after our answer.
-            (Role::Rpc, Frame::Response(_))
-            | (Role::Request(_), Frame::Request(_) | Frame::Claim(_))
-            | (Role::Serve(_), Frame::Request(_) | Frame::Response(_) | Frame::Claim(_))
-            | (Role::Claim(_), Frame::Request(_) | Frame::Response(_)) => {
-                self.reject_stream(id, stream)
+            // Alone on a unidirectional stream: the peer's word about our
+            // address, believed for this connection only.
+            (Role::Rpc, Frame::Observed { address }) if stream.dir() == Dir::Uni => {
+                self.set_role(id, stream, Role::Observed);
+                self.manager.handle(
+                    now,
+                    Event::AddressObserved {
+                        conn: id,
+                        observed: address,
+                    },
+                );
             }
+            // A response nobody asked for, a second request, a request or
+            // response inside a claim exchange, anything after our answer,
+            // an observation anywhere but alone on a unidirectional stream.
+            (Role::Rpc, Frame::Response(_) | Frame::Observed { .. })
+            | (Role::Request(_), Frame::Request(_) | Frame::Claim(_) | Frame::Observed { .. })
+            | (Role::Serve(_), _)
+            | (Role::Claim(_), Frame::Request(_) | Frame::Response(_) | Frame::Observed { .. })
+            | (Role::Observed, _) => self.reject_stream(id, stream),
             // Frames are read from RPC streams only.
-            (Role::Header | Role::App | Role::Answered, _) => {}
+            (Role::Header | Role::App | Role::Answered | Role::Told, _) => {}
         }
     }
 

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use keynode_core::nat::NatClass;
 use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
 use keynode_tokio::control::{
     AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, Reply, Request, Response,
@@ -367,6 +368,8 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     failed_sync_attempts,
                     last_sync_error,
                     sync_retry_in_ms,
+                    observed_addresses,
+                    nat_class,
                 } => {
                     let mut text = format!(
                         "{node_id} listening on {address} (data in {})\n",
@@ -378,6 +381,7 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                         "not joined the network"
                     };
                     text += &format!("\n{contacts} contacts, {connections} connections");
+                    text += &observed_text(observed_addresses, *nat_class);
                     if let Some(error) = last_sync_error {
                         text += &format!(
                             "\nlast sync failed ({failed_sync_attempts} attempts): {error}"
@@ -821,4 +825,22 @@ impl<T: tokio::io::AsyncWrite + Unpin> futures::io::AsyncWrite for Compat<T> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
+}
+
+/// The status lines about observed addresses and the NAT class.
+fn observed_text(observed: &[keynode_core::nat::ObservedAddress], class: NatClass) -> String {
+    let mut text = if observed.is_empty() {
+        "\nobserved at: no address yet".to_owned()
+    } else {
+        let list: Vec<String> = observed
+            .iter()
+            .map(|o| {
+                let peers = if o.observers == 1 { "peer" } else { "peers" };
+                format!("{} ({} {peers})", o.address, o.observers)
+            })
+            .collect();
+        format!("\nobserved at: {}", list.join(", "))
+    };
+    text += &format!("\nNAT class: {class}");
+    text
 }
