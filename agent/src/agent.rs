@@ -65,6 +65,10 @@ pub struct AgentConfig {
     /// them; a subscriber further behind is told how many it missed.
     /// Default 1024.
     pub max_buffered_events: usize,
+    /// Store batches one LMDB write transaction commits together (group
+    /// commit): what queued while the previous commit ran, up to this
+    /// many. 1 commits each batch alone. Default 256.
+    pub max_store_group: usize,
 }
 
 impl AgentConfig {
@@ -91,6 +95,7 @@ impl AgentConfig {
             max_queued_datagrams: 256,
             max_queued_calls: 1024,
             max_buffered_events: 1024,
+            max_store_group: 256,
         }
     }
 }
@@ -322,7 +327,12 @@ impl Agent {
         let (events_tx, events_rx) = mpsc::unbounded();
         let store_path = config.data_dir.join("db");
         let options = StoreOptions::with_map_size(config.map_size);
-        let (store, snapshot) = StoreThread::open(store_path, options, events_tx.clone())?;
+        let (store, snapshot) = StoreThread::open(
+            store_path,
+            options,
+            config.max_store_group.max(1),
+            events_tx.clone(),
+        )?;
         let start = now();
         let mdns_config = config.config.mdns.clone();
         let udp =

@@ -17,12 +17,6 @@ enum Job {
     Close(std::sync::mpsc::Sender<()>),
 }
 
-/// The most batches one write transaction commits together. A group is
-/// what queued while the previous commit ran, so under load a commit's
-/// cost (its sync above all) is shared by up to this many batches, and no
-/// batch waits behind more than this many others' writes.
-const MAX_GROUP: usize = 256;
-
 /// Commits `group` in one transaction (each batch alone if the group fails)
 /// and reports each batch, in order, only once its data is durable.
 fn commit_group(
@@ -65,6 +59,7 @@ impl StoreThread {
     pub(crate) fn open(
         path: PathBuf,
         options: StoreOptions,
+        max_group: usize,
         events: UnboundedSender<DriverEvent<'static>>,
     ) -> Result<(Self, Snapshot), StoreError> {
         let (jobs, rx) = mpsc::channel::<Job>();
@@ -90,11 +85,13 @@ impl StoreThread {
                     match job {
                         Job::Apply(batch, ops) => {
                             // Group commit: every batch already queued
-                            // behind this one (up to MAX_GROUP) goes into
-                            // the same write transaction; a job of another
-                            // kind ends the group and runs after it.
+                            // behind this one (up to `max_group`,
+                            // `AgentConfig::max_store_group`) goes into the
+                            // same write transaction, so under load one
+                            // commit's sync is shared by the group; a job of
+                            // another kind ends the group and runs after it.
                             let mut group = vec![(batch, ops)];
-                            while group.len() < MAX_GROUP {
+                            while group.len() < max_group {
                                 match rx.try_recv() {
                                     Ok(Job::Apply(batch, ops)) => group.push((batch, ops)),
                                     Ok(other) => {

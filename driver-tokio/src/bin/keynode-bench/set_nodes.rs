@@ -24,6 +24,9 @@ pub(crate) struct Report {
     one_at_a_time_per_s: f64,
     /// Persisted per second with `in_flight` calls at once.
     in_flight_per_s: f64,
+    /// The same with group commit off (`max_store_group` 1: one write
+    /// transaction per batch, as before group commit), in the same run.
+    in_flight_ungrouped_per_s: f64,
     /// Contacts after both runs (at most `2 * calls`: some NodeIds meet a
     /// full bucket and replace an older contact, forced).
     contacts: usize,
@@ -67,8 +70,15 @@ pub(crate) async fn run(calls: usize, in_flight: usize) -> crate::BenchResult<Re
     config.config.ip_group_limits.exempt_private = true;
     let agent = keynode_tokio::start(config.clone()).await?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let first: Vec<NodeId> = (0..calls).map(|_| NodeId::random(&mut rng)).collect();
-    let second: Vec<NodeId> = (0..calls).map(|_| NodeId::random(&mut rng)).collect();
+    let mut ids = |n| -> Vec<NodeId> { (0..n).map(|_| NodeId::random(&mut rng)).collect() };
+    let (first, second, third) = (ids(calls), ids(calls), ids(calls));
+    // Group commit off first, on its own agent and directory.
+    let mut ungrouped = AgentConfig::new(root.path().join("ungrouped"), loopback);
+    ungrouped.config = config.config.clone();
+    ungrouped.max_store_group = 1;
+    let baseline = keynode_tokio::start(ungrouped).await?;
+    let in_flight_ungrouped_per_s = timed(&baseline, &third, in_flight).await?;
+    baseline.stop().await?;
     let one_at_a_time_per_s = timed(&agent, &first, 1).await?;
     let in_flight_per_s = timed(&agent, &second, in_flight).await?;
     let contacts = agent
@@ -87,6 +97,7 @@ pub(crate) async fn run(calls: usize, in_flight: usize) -> crate::BenchResult<Re
         in_flight,
         one_at_a_time_per_s,
         in_flight_per_s,
+        in_flight_ungrouped_per_s,
         contacts,
         restart_ms,
     })
