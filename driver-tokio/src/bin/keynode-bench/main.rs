@@ -59,6 +59,10 @@ struct Args {
     /// The store: calls in flight at once.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// The store: the bucket size k (at most 1024); larger keeps more
+    /// contacts for the restart figure.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
     /// Throughput, for profiling: one transport's one stream alone.
     #[arg(long, requires = "throughput", value_enum)]
     only: Option<streams::Transport>,
@@ -68,7 +72,7 @@ struct Args {
 async fn main() -> BenchResult<()> {
     let args = Args::parse();
     let json = if let Some(calls) = args.set_nodes {
-        serde_json::to_string(&set_nodes::run(calls, args.in_flight).await?)?
+        serde_json::to_string(&set_nodes::run(calls, args.in_flight, args.k).await?)?
     } else if args.throughput {
         let plan = streams::Plan {
             one_stream_bytes: args.one_stream_mib << 20,

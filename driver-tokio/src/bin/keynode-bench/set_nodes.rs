@@ -20,6 +20,8 @@ pub(crate) struct Report {
     calls: usize,
     /// Calls in flight at once in the second run.
     in_flight: usize,
+    /// The bucket size.
+    k: usize,
     /// Persisted per second, one call at a time.
     one_at_a_time_per_s: f64,
     /// Persisted per second with `in_flight` calls at once.
@@ -30,7 +32,8 @@ pub(crate) struct Report {
     /// Contacts after both runs (at most `2 * calls`: some NodeIds meet a
     /// full bucket and replace an older contact, forced).
     contacts: usize,
-    /// Restart of the agent on its directory: start to ready, ms.
+    /// Restart of the agent on its directory with those contacts: start to
+    /// ready (LMDB opened, every record loaded, the graph restored), ms.
     restart_ms: f64,
 }
 
@@ -60,7 +63,9 @@ async fn timed(agent: &Agent, ids: &[NodeId], in_flight: usize) -> crate::BenchR
     Ok(ids.len() as f64 / t.elapsed().as_secs_f64())
 }
 
-pub(crate) async fn run(calls: usize, in_flight: usize) -> crate::BenchResult<Report> {
+/// `k`: the bucket size (`Config::k`); a large one keeps more of the
+/// contacts, for the restart's figure.
+pub(crate) async fn run(calls: usize, in_flight: usize, k: usize) -> crate::BenchResult<Report> {
     let root = tempfile::tempdir_in(std::env::current_dir()?)?;
     let dir = root.path().join("agent");
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -68,6 +73,8 @@ pub(crate) async fn run(calls: usize, in_flight: usize) -> crate::BenchResult<Re
     // A bench of the store, not of the table's diversity rule: the
     // addresses are private (10/8), which this lets in.
     config.config.ip_group_limits.exempt_private = true;
+    config.config.k = k;
+    config.config.max_lookup_candidates = config.config.max_lookup_candidates.max(k);
     let agent = keynode_tokio::start(config.clone()).await?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut ids = |n| -> Vec<NodeId> { (0..n).map(|_| NodeId::random(&mut rng)).collect() };
@@ -95,6 +102,7 @@ pub(crate) async fn run(calls: usize, in_flight: usize) -> crate::BenchResult<Re
     Ok(Report {
         calls,
         in_flight,
+        k,
         one_at_a_time_per_s,
         in_flight_per_s,
         in_flight_ungrouped_per_s,
