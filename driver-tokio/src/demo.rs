@@ -93,6 +93,13 @@ pub struct DemoReport {
     pub failures: usize,
     /// Wall time of the whole demo, seconds.
     pub wall_s: f64,
+    /// Wall time of the joins (each agent but the seed syncing its graph
+    /// through the seed, blocking, one after another), seconds.
+    pub joins_s: f64,
+    /// One join's time, median, ms.
+    pub join_p50_ms: Option<f64>,
+    /// The slowest join, ms.
+    pub join_max_ms: Option<f64>,
     /// What failed, for the log (not part of the JSON report).
     #[serde(skip)]
     pub errors: Vec<String>,
@@ -169,15 +176,23 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, AgentError> {
     let seeds = SeedNodes::new([(seed.node_id(), NodeAddress::from(seed.local_addr()))]);
 
     bar.set_message("syncing");
+    let joins = Instant::now();
+    let mut join_ms = Vec::with_capacity(agents.len());
     for agent in agents.iter().skip(1) {
+        let join = Instant::now();
         if let Err(e) = agent
             .sync_node_graph(seeds.clone(), SyncOptions::default().blocking(true))
             .await
         {
             report.fail(format!("sync of {} failed: {e}", agent.node_id()));
         }
+        join_ms.push(join.elapsed().as_secs_f64() * 1000.0);
         bar.inc(1);
     }
+    report.joins_s = joins.elapsed().as_secs_f64();
+    join_ms.sort_by(f64::total_cmp);
+    report.join_p50_ms = percentile(&join_ms, 50.0);
+    report.join_max_ms = join_ms.last().copied();
 
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let n = agents.len();
@@ -362,6 +377,9 @@ impl DemoReport {
                     .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
             ),
             ("failures", self.failures.to_string()),
+            ("joins_s", format!("{:.2}", self.joins_s)),
+            ("join_p50_ms", ms(self.join_p50_ms)),
+            ("join_max_ms", ms(self.join_max_ms)),
             ("wall_s", format!("{:.2}", self.wall_s)),
         ];
         let mut out = String::new();
