@@ -234,13 +234,13 @@ impl Collector for NodeCollector {
         counter(
             e,
             "observed_addresses_replaced",
-            "Observed addresses pushed out of the full table by a new observer.",
+            "Observed addresses that replaced one of the same observer network.",
             m.observed_addresses_replaced,
         )?;
         counter(
             e,
             "observed_addresses_refused",
-            "Observed addresses refused (unspecified IP or port 0).",
+            "Observed addresses refused (repeated, table full, or not an address of this node).",
             m.observed_addresses_refused,
         )?;
         let mut dropped = e.encode_descriptor(

@@ -376,9 +376,12 @@ pub struct Metrics {
     pub nat_class: NatClass,
     /// Times the NAT class changed, by the class it changed to.
     pub nat_class_changes: Counters<NatClass>,
-    /// Observed addresses pushed out of the full table by a new observer.
+    /// Observed addresses that replaced an earlier one of the same
+    /// observer network (a newer connection from it).
     pub observed_addresses_replaced: u64,
-    /// Observed addresses refused (unspecified IP or port 0).
+    /// Observed addresses refused: a second one on a connection, a full
+    /// table, an unspecified, multicast or broadcast address or port 0, a
+    /// loopback address from a remote peer.
     pub observed_addresses_refused: u64,
 }
 

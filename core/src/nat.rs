@@ -218,8 +218,6 @@ pub fn classify(observations: &[Observed], local: &LocalAddresses) -> NatClass {
 struct Entry {
     address: SocketAddr,
     conn: ConnId,
-    /// When it came, in arrival order: the oldest goes first.
-    seq: u64,
 }
 
 /// The observations of one local socket: at most `limit`, one per
@@ -229,8 +227,43 @@ pub(crate) struct ObservedAddresses {
     local: LocalAddresses,
     by_observer: BTreeMap<IpAddr, Entry>,
     limit: usize,
-    next_seq: u64,
     class: NatClass,
+    /// The connections that have given their observation.
+    spoken: std::collections::BTreeSet<ConnId>,
+}
+
+/// What [`ObservedAddresses::insert`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Insert {
+    /// A new observer's entry.
+    Added,
+    /// The observer's earlier entry (another connection from its network)
+    /// replaced.
+    Replaced,
+    /// Refused: the table is full.
+    Full,
+}
+
+/// Whom an observation counts for: the observer's network, its /24
+/// (IPv4) or /48 (IPv6), as the routing table counts addresses
+/// (`ip_group`), since one host can hold many addresses of one network;
+/// loopback addresses stand for themselves (processes of this host).
+pub(crate) fn observer_key(ip: IpAddr) -> IpAddr {
+    let ip = ip.to_canonical();
+    if ip.is_loopback() {
+        return ip;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[6..].fill(0);
+            IpAddr::from(o)
+        }
+    }
 }
 
 impl ObservedAddresses {
@@ -239,8 +272,8 @@ impl ObservedAddresses {
             local: LocalAddresses::default(),
             by_observer: BTreeMap::new(),
             limit: limit.max(1),
-            next_seq: 0,
             class: NatClass::Unknown,
+            spoken: std::collections::BTreeSet::new(),
         }
     }
 
@@ -254,30 +287,34 @@ impl ObservedAddresses {
         self.local = local;
     }
 
-    /// Records `observer`'s observation, made on `conn`; true if an older
-    /// observation by another observer was pushed out to make room.
-    pub(crate) fn insert(&mut self, observer: IpAddr, address: SocketAddr, conn: ConnId) -> bool {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let mut evicted = false;
-        if !self.by_observer.contains_key(&observer) && self.by_observer.len() >= self.limit {
-            let oldest = self
-                .by_observer
-                .iter()
-                .min_by_key(|(_, e)| e.seq)
-                .map(|(ip, _)| *ip);
-            if let Some(oldest) = oldest {
-                self.by_observer.remove(&oldest);
-                evicted = true;
-            }
+    /// Whether `conn` has already given its observation: a connection
+    /// speaks once (a peer that could repeat itself could flap the class
+    /// and flood the event queue with its changes).
+    pub(crate) fn has_spoken(&self, conn: ConnId) -> bool {
+        self.spoken.contains(&conn)
+    }
+
+    /// Records `observer`'s observation, made on `conn` (see [`Insert`]).
+    /// A full table refuses a new observer rather than pushing out an
+    /// older one: the oldest entries are the long-lived connections
+    /// (seeds), which a newcomer with many addresses must not displace.
+    pub(crate) fn insert(&mut self, observer: IpAddr, address: SocketAddr, conn: ConnId) -> Insert {
+        let known = self.by_observer.contains_key(&observer);
+        if !known && self.by_observer.len() >= self.limit {
+            return Insert::Full;
         }
-        self.by_observer
-            .insert(observer, Entry { address, conn, seq });
-        evicted
+        self.spoken.insert(conn);
+        self.by_observer.insert(observer, Entry { address, conn });
+        if known {
+            Insert::Replaced
+        } else {
+            Insert::Added
+        }
     }
 
     /// Forgets what came on `conn` (it closed).
     pub(crate) fn forget_conn(&mut self, conn: ConnId) {
+        self.spoken.remove(&conn);
         self.by_observer.retain(|_, e| e.conn != conn);
     }
 
@@ -425,15 +462,28 @@ mod tests {
     }
 
     #[test]
+    fn an_observer_counts_for_its_network_and_loopback_for_itself() {
+        let key = |s: &str| observer_key(s.parse().unwrap());
+        assert_eq!(key("203.0.113.1"), key("203.0.113.200"));
+        assert_ne!(key("203.0.113.1"), key("203.0.114.1"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:ffff::9"));
+        assert_ne!(key("2001:db8:1::1"), key("2001:db8:2::1"));
+        assert_eq!(key("::ffff:203.0.113.5"), key("203.0.113.1"));
+        assert_ne!(key("127.0.0.2"), key("127.0.0.3"));
+    }
+
+    #[test]
     fn the_table_is_bounded_per_observer_and_tied_to_connections() {
         let mut table = ObservedAddresses::new(2);
         let at: SocketAddr = "198.51.100.7:40000".parse().unwrap();
         let ip = |n| IpAddr::from([203, 0, 113, n]);
         // One observer, however often it speaks, holds one entry.
-        for _ in 0..5 {
-            assert!(!table.insert(ip(1), at, ConnId(1)));
+        assert_eq!(table.insert(ip(1), at, ConnId(1)), Insert::Added);
+        for _ in 0..4 {
+            assert_eq!(table.insert(ip(1), at, ConnId(1)), Insert::Replaced);
         }
-        assert!(!table.insert(ip(2), at, ConnId(2)));
+        assert!(table.has_spoken(ConnId(1)));
+        assert_eq!(table.insert(ip(2), at, ConnId(2)), Insert::Added);
         assert_eq!(
             table.reclassify(),
             Some((NatClass::Unknown, NatClass::Cone))
@@ -445,12 +495,15 @@ mod tests {
                 observers: 2
             }]
         );
-        // A third observer pushes out the oldest.
-        assert!(table.insert(ip(3), at, ConnId(3)));
+        // A third observer finds the table full: refused, the older
+        // observers stay.
+        assert_eq!(table.insert(ip(3), at, ConnId(3)), Insert::Full);
         assert_eq!(table.by_observer.len(), 2);
-        assert!(!table.by_observer.contains_key(&ip(1)));
-        // Its connection closed: the observation goes.
-        table.forget_conn(ConnId(3));
+        assert!(table.by_observer.contains_key(&ip(1)));
+        assert!(!table.has_spoken(ConnId(3)));
+        // A connection closed: its observation goes.
+        table.forget_conn(ConnId(2));
+        assert!(!table.has_spoken(ConnId(2)));
         assert_eq!(
             table.reclassify(),
             Some((NatClass::Cone, NatClass::Unknown))

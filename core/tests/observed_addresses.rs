@@ -60,8 +60,9 @@ fn two_peers_tell_a_node_its_address_over_quic_and_it_is_public() {
     }
 }
 
+/// Peer `n`'s address: a /24 of its own (observers count per network).
 fn remote(n: u8) -> SocketAddr {
-    SocketAddr::from(([203, 0, 113, n], 1314))
+    SocketAddr::from(([203, 0, n, 1], 1314))
 }
 
 #[test]
@@ -120,4 +121,80 @@ fn observations_count_per_connection_and_leave_with_it() {
             observers: 1
         }]
     );
+}
+
+/// A connection up to peer `n` at `at`.
+fn up(s: &mut Script, n: u8, at: SocketAddr) {
+    s.handle(Event::ConnectionUp {
+        conn: ConnId(u64::from(n)),
+        peer: id(n),
+        remote: at,
+        attempt: None,
+    });
+}
+
+fn observe(s: &mut Script, n: u8, observed: &str) {
+    s.handle(Event::AddressObserved {
+        conn: ConnId(u64::from(n)),
+        observed: observed.parse().unwrap(),
+    });
+}
+
+#[test]
+fn a_hostile_peer_gets_one_word_one_vote_per_network_and_no_loopback_claim() {
+    let mut s = Script::started(t0(), Config::default(), id(0));
+    let wildcard: SocketAddr = "0.0.0.0:1314".parse().unwrap();
+    s.node
+        .set_local_addresses(LocalAddresses::new(wildcard, Vec::new()));
+    // Two honest observers see the NAT's mapping: a cone.
+    up(&mut s, 1, remote(1));
+    observe(&mut s, 1, "198.51.100.7:40000");
+    up(&mut s, 2, remote(2));
+    observe(&mut s, 2, "198.51.100.7:40000");
+    assert_eq!(s.node.nat_class(), NatClass::Cone);
+    let changes = |s: &Script| {
+        s.observations
+            .iter()
+            .filter(|o| matches!(o, Observation::NatClassChanged { .. }))
+            .count()
+    };
+    assert_eq!(changes(&s), 1);
+
+    // A third peer repeats itself on one connection: only its first word
+    // counts, so it cannot flap the class or flood the events.
+    up(&mut s, 3, remote(3));
+    observe(&mut s, 3, "198.51.100.7:40000");
+    for port in 0..50u16 {
+        observe(&mut s, 3, &format!("198.51.100.9:{}", 1000 + port));
+    }
+    assert_eq!(s.node.nat_class(), NatClass::Cone);
+    assert_eq!(changes(&s), 1);
+    assert_eq!(s.node.metrics().observed_addresses_refused, 50);
+
+    // Many connections from one /24 are one observer: three liars there
+    // do not outvote the two honest networks.
+    for n in 10..13u8 {
+        up(&mut s, n, SocketAddr::from(([192, 0, 2, n], 1314)));
+        observe(&mut s, n, "192.0.2.250:5");
+    }
+    assert_eq!(s.node.nat_class(), NatClass::Cone);
+    let liars = s
+        .node
+        .observed_addresses()
+        .into_iter()
+        .find(|a| a.address == "192.0.2.250:5".parse().unwrap())
+        .map(|a| a.observers);
+    assert_eq!(liars, Some(1));
+
+    // A remote peer claiming this node's loopback address (which would
+    // make the wildcard socket look public) is refused.
+    up(&mut s, 20, remote(20));
+    observe(&mut s, 20, "127.0.0.1:1314");
+    assert!(
+        s.node
+            .observed_addresses()
+            .iter()
+            .all(|a| !a.address.ip().is_loopback())
+    );
+    assert_eq!(s.node.nat_class(), NatClass::Cone);
 }

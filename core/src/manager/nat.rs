@@ -1,6 +1,7 @@
 //! The manager's side of observed addresses: a peer's observation is
-//! recorded against the connection it came on (keyed by that connection's
-//! remote IP), dropped when the connection closes, and every change
+//! recorded against the connection it came on, once per connection, keyed
+//! by that connection's remote network (its /24 or /48, a loopback address
+//! alone: [`observer_key`]), dropped when the connection closes, and every change
 //! re-evaluates the NAT class (see [`crate::nat`]); a new class is an
 //! [`Observation::NatClassChanged`] and is counted.
 
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 
 use crate::manager::observations::Observation;
 use crate::manager::{ConnId, NodeManager};
-use crate::nat::{LocalAddresses, NatClass, ObservedAddress};
+use crate::nat::{Insert, LocalAddresses, NatClass, ObservedAddress, observer_key};
 
 impl NodeManager {
     /// The addresses peers observe this node at, most observers first.
@@ -30,19 +31,35 @@ impl NodeManager {
     }
 
     pub(super) fn on_address_observed(&mut self, conn: ConnId, observed: SocketAddr) {
-        // Only a connection the manager keeps speaks for its peer; an
-        // unspecified address or port 0 is no one's address.
+        // Only a connection the manager keeps speaks for its peer.
         let Some(c) = self.conns.get(conn) else {
             self.stats.stale_events += 1;
             return;
         };
-        if observed.ip().is_unspecified() || observed.port() == 0 {
+        let remote = c.remote.ip().to_canonical();
+        let ip = observed.ip().to_canonical();
+        let refused = self.observed.has_spoken(conn)
+            // An unspecified address, port 0, multicast or broadcast is no
+            // one's address.
+            || ip.is_unspecified()
+            || observed.port() == 0
+            || ip.is_multicast()
+            || ip == std::net::IpAddr::from([255, 255, 255, 255])
+            // Only a process on this host sees this node at a loopback
+            // address: a remote peer saying so would make a wildcard
+            // socket look public.
+            || (ip.is_loopback() && !remote.is_loopback());
+        if refused {
             self.metrics.observed_addresses_refused += 1;
             return;
         }
-        let observer = c.remote.ip();
-        if self.observed.insert(observer, observed, conn) {
-            self.metrics.observed_addresses_replaced += 1;
+        match self.observed.insert(observer_key(remote), observed, conn) {
+            Insert::Added => {}
+            Insert::Replaced => self.metrics.observed_addresses_replaced += 1,
+            Insert::Full => {
+                self.metrics.observed_addresses_refused += 1;
+                return;
+            }
         }
         self.reclassify();
     }
