@@ -692,6 +692,11 @@ fn agent_metrics_and_the_metrics_endpoint_pass_promtool_and_count_a_ping() {
     assert!(headers.iter().any(|(k, _)| k == "content-length"));
     assert_eq!(body, "");
     assert_eq!(http(&endpoint, "GET", "/").0, "HTTP/1.1 404 Not Found");
+    let (status, _, body) = http(&endpoint, "HEAD", "/");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 404 Not Found", "")
+    );
     assert_eq!(
         http(&endpoint, "POST", "/metrics").0,
         "HTTP/1.1 405 Method Not Allowed"

@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 
 /// Connections served at once.
 pub const MAX_SCRAPES: usize = 8;
-/// How long a client has to send its request head, and then to take the
-/// answer.
+/// How long a client has, from its connection being taken, to send its
+/// request head and take the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request head read (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -61,7 +61,12 @@ impl Drop for MetricsServer {
 
 async fn serve(listener: TcpListener, agent: Agent) {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
+    // The connections' tasks are owned here, so that aborting `serve` (the
+    // server dropped, the agent stopping) aborts them too.
+    let mut answering = tokio::task::JoinSet::new();
     loop {
+        // Reap the finished ones: at most MAX_SCRAPES are ever held.
+        while answering.try_join_next().is_some() {}
         // Taken before the accept, so that connections beyond the bound
         // wait in the kernel's backlog rather than in our memory.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -77,7 +82,7 @@ async fn serve(listener: TcpListener, agent: Agent) {
             }
         };
         let agent = agent.clone();
-        tokio::spawn(async move {
+        answering.spawn(async move {
             if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &agent)).await {
                 tracing::debug!("metrics endpoint: client too slow: {e}");
             }
@@ -89,7 +94,7 @@ async fn serve(listener: TcpListener, agent: Agent) {
 /// What a request asked for.
 enum Asked {
     Metrics { head_only: bool },
-    NotFound,
+    NotFound { head_only: bool },
     WrongMethod,
     Bad,
     HeadTooLarge,
@@ -106,11 +111,11 @@ async fn answer(mut stream: TcpStream, agent: &Agent) -> io::Result<()> {
             agent.metrics_text(),
             head_only,
         ),
-        Asked::NotFound => (
+        Asked::NotFound { head_only } => (
             "404 Not Found",
             String::new(),
             "not found: try /metrics\n".into(),
-            false,
+            head_only,
         ),
         Asked::WrongMethod => (
             "405 Method Not Allowed",
@@ -162,7 +167,8 @@ async fn read_request(stream: &mut TcpStream) -> io::Result<Option<Asked>> {
                 return Ok(Some(match (request.method.unwrap_or(""), path) {
                     ("GET", "/metrics") => Asked::Metrics { head_only: false },
                     ("HEAD", "/metrics") => Asked::Metrics { head_only: true },
-                    ("GET" | "HEAD", _) => Asked::NotFound,
+                    ("GET", _) => Asked::NotFound { head_only: false },
+                    ("HEAD", _) => Asked::NotFound { head_only: true },
                     _ => Asked::WrongMethod,
                 }));
             }
