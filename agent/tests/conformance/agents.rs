@@ -21,6 +21,54 @@ fn seeds(agent: &Agent) -> SeedNodes {
     SeedNodes::new([(agent.node_id(), NodeAddress::from(agent.local_addr()))])
 }
 
+/// `n` agents started in `dir`, every one but the first joined through it
+/// (a blocking sync).
+async fn joined<R: Runtime>(dir: &std::path::Path, n: usize) -> Vec<Agent> {
+    let mut agents = Vec::new();
+    for i in 0..n {
+        agents.push(start::<R>(dir, &format!("a{i}"), |_| {}).await);
+    }
+    let seed = seeds(&agents[0]);
+    for agent in agents.iter().skip(1) {
+        agent
+            .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
+            .await
+            .expect("synced through the seed");
+    }
+    agents
+}
+
+/// Whether [`each_finds_every_other`] pings what it found as well.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    Too,
+    No,
+}
+
+/// Every agent finds every other at its address (and pings it).
+async fn each_finds_every_other(agents: &[Agent], ping: Ping) {
+    for (i, from) in agents.iter().enumerate() {
+        for (j, to) in agents.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let found = from
+                .find_node(to.node_id(), FindOptions::default())
+                .await
+                .expect("find_node");
+            let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
+            assert_eq!(address, NodeAddress::from(to.local_addr()));
+            if ping == Ping::Too {
+                let pinged = from
+                    .ping_node(to.node_id(), PingOptions::default())
+                    .await
+                    .expect("ping_node");
+                assert!(pinged.is_some(), "agent {i} pings agent {j}");
+            }
+        }
+    }
+}
+
 /// Five agents join through the first one; then each finds and pings every
 /// other, each claims every later one, and each chain, fetched by another
 /// agent and verified there, is the chain its owner holds.
@@ -29,35 +77,8 @@ pub fn agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_c
 >() {
     run::<R>(Duration::from_secs(120), async {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut agents = Vec::new();
-        for i in 0..5 {
-            agents.push(start::<R>(dir.path(), &format!("a{i}"), |_| {}).await);
-        }
-        let seed = seeds(&agents[0]);
-        for agent in agents.iter().skip(1) {
-            agent
-                .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
-                .await
-                .expect("synced through the seed");
-        }
-        for (i, from) in agents.iter().enumerate() {
-            for (j, to) in agents.iter().enumerate() {
-                if i == j {
-                    continue;
-                }
-                let found = from
-                    .find_node(to.node_id(), FindOptions::default())
-                    .await
-                    .expect("find_node");
-                let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
-                assert_eq!(address, NodeAddress::from(to.local_addr()));
-                let pinged = from
-                    .ping_node(to.node_id(), PingOptions::default())
-                    .await
-                    .expect("ping_node");
-                assert!(pinged.is_some(), "agent {i} pings agent {j}");
-            }
-        }
+        let agents = joined::<R>(dir.path(), 5).await;
+        each_finds_every_other(&agents, Ping::Too).await;
         for (i, from) in agents.iter().enumerate() {
             for (j, to) in agents.iter().enumerate().skip(i + 1) {
                 to.allow_claims_from(from.node_id(), true)
@@ -90,30 +111,8 @@ pub fn agents_sync_through_one_seed_then_find_ping_claim_and_fetch_each_others_c
 pub fn twenty_agents_sync_through_one_seed_and_find_each_other<R: Runtime>() {
     run::<R>(Duration::from_secs(300), async {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut agents = Vec::new();
-        for i in 0..20 {
-            agents.push(start::<R>(dir.path(), &format!("a{i}"), |_| {}).await);
-        }
-        let seed = seeds(&agents[0]);
-        for agent in agents.iter().skip(1) {
-            agent
-                .sync_node_graph(seed.clone(), SyncOptions::default().blocking(true))
-                .await
-                .expect("synced through the seed");
-        }
-        for (i, from) in agents.iter().enumerate() {
-            for (j, to) in agents.iter().enumerate() {
-                if i == j {
-                    continue;
-                }
-                let found = from
-                    .find_node(to.node_id(), FindOptions::default())
-                    .await
-                    .expect("find_node");
-                let (address, _) = found.unwrap_or_else(|| panic!("agent {i} finds agent {j}"));
-                assert_eq!(address, NodeAddress::from(to.local_addr()));
-            }
-        }
+        let agents = joined::<R>(dir.path(), 20).await;
+        each_finds_every_other(&agents, Ping::No).await;
         stop_all(&agents.iter().collect::<Vec<_>>()).await;
     });
 }
