@@ -62,6 +62,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ip_group::{IpGroup, group_of_ip};
 use crate::manager::ConnId;
 use crate::metrics::LabelSet;
 
@@ -244,25 +245,27 @@ pub(crate) enum Insert {
     Full,
 }
 
-/// Whom an observation counts for: the observer's network, its /24
-/// (IPv4) or /48 (IPv6), as the routing table counts addresses
-/// (`ip_group`), since one host can hold many addresses of one network;
-/// loopback addresses stand for themselves (processes of this host).
+/// Whom an observation counts for: the observer's network as the routing
+/// table counts it (`ip_group::group_of_ip`: its /24 or /48), since one
+/// host can hold many addresses of one network, written as that network's
+/// first address; a loopback address stands for itself (processes of this
+/// host).
 pub(crate) fn observer_key(ip: IpAddr) -> IpAddr {
     let ip = ip.to_canonical();
     if ip.is_loopback() {
         return ip;
     }
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            IpAddr::from([a, b, c, 0])
+    match group_of_ip(&ip) {
+        IpGroup::V4([a, b, c]) => IpAddr::from([a, b, c, 0]),
+        IpGroup::V6(prefix) => {
+            let mut octets = [0u8; 16];
+            for (o, p) in octets.iter_mut().zip(prefix) {
+                *o = p;
+            }
+            IpAddr::from(octets)
         }
-        IpAddr::V6(v6) => {
-            let mut o = v6.octets();
-            o[6..].fill(0);
-            IpAddr::from(o)
-        }
+        // Not the group of an IP address.
+        IpGroup::Hostname => ip,
     }
 }
 
