@@ -136,13 +136,15 @@ fn big_contact(n: u64) -> ContactRecord {
     }
 }
 
-#[test]
-fn a_batch_is_all_or_nothing_and_a_full_map_is_a_typed_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions::with_map_size(256 * 1024);
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let own = NodeId::random(&mut rng);
-    let mut store = Store::open(dir.path(), &options).unwrap();
+/// A 256 KiB map: a few hundred big contacts fill it.
+fn small_map() -> StoreOptions {
+    StoreOptions::with_map_size(256 * 1024)
+}
+
+/// A store on [`small_map`] in `dir` holding an empty graph of a random own id.
+fn small_store_with_graph(dir: &std::path::Path, rng: &mut ChaCha8Rng) -> Store {
+    let own = NodeId::random(rng);
+    let mut store = Store::open(dir, &small_map()).unwrap();
     store
         .apply(
             &NodeGraph::new(own, &Config::default())
@@ -150,6 +152,14 @@ fn a_batch_is_all_or_nothing_and_a_full_map_is_a_typed_error() {
                 .persist_all(),
         )
         .unwrap();
+    store
+}
+
+#[test]
+fn a_batch_is_all_or_nothing_and_a_full_map_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (options, mut rng) = (small_map(), ChaCha8Rng::seed_from_u64(9));
+    let mut store = small_store_with_graph(dir.path(), &mut rng);
 
     let mut committed: Vec<NodeId> = Vec::new();
     let mut failed: Option<Vec<NodeId>> = None;
@@ -466,17 +476,8 @@ fn a_damaged_record_is_reported_by_load_with_what_and_why() {
 #[test]
 fn a_group_commits_every_batch_and_a_batch_that_does_not_fit_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions::with_map_size(256 * 1024);
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let own = NodeId::random(&mut rng);
-    let mut store = Store::open(dir.path(), &options).unwrap();
-    store
-        .apply(
-            &NodeGraph::new(own, &Config::default())
-                .unwrap()
-                .persist_all(),
-        )
-        .unwrap();
+    let (options, mut rng) = (small_map(), ChaCha8Rng::seed_from_u64(11));
+    let mut store = small_store_with_graph(dir.path(), &mut rng);
     let put = |id: NodeId, record: ContactRecord| StoreOp::PutContact {
         space: NodeGraphSpace::Zero,
         node_id: id,
