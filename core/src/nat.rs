@@ -315,10 +315,12 @@ impl ObservedAddresses {
         }
     }
 
-    /// Forgets what came on `conn` (it closed).
-    pub(crate) fn forget_conn(&mut self, conn: ConnId) {
+    /// Forgets what came on `conn` (it closed); whether an entry went.
+    pub(crate) fn forget_conn(&mut self, conn: ConnId) -> bool {
         self.spoken.remove(&conn);
+        let before = self.by_observer.len();
         self.by_observer.retain(|_, e| e.conn != conn);
+        self.by_observer.len() != before
     }
 
     /// Re-evaluates the class: `Some((previous, new))` if it changed.

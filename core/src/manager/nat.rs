@@ -66,8 +66,11 @@ impl NodeManager {
 
     /// A closed connection's observation goes with it.
     pub(super) fn forget_observation(&mut self, conn: ConnId) {
-        self.observed.forget_conn(conn);
-        self.reclassify();
+        // Most connections' words were replaced or never came: nothing
+        // to re-evaluate then.
+        if self.observed.forget_conn(conn) {
+            self.reclassify();
+        }
     }
 
     fn reclassify(&mut self) {
