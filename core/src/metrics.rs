@@ -306,6 +306,10 @@ pub enum RequestKind {
     SignalFinal,
     /// `ChainData`.
     ChainData,
+    /// `RelayOpen` (we are the relay).
+    RelayOpen,
+    /// `Reserve` (we are the relay).
+    Reserve,
 }
 
 single_label!(
@@ -315,6 +319,8 @@ single_label!(
     (Signal, "signal"),
     (SignalFinal, "signal_final"),
     (ChainData, "chain_data"),
+    (RelayOpen, "relay_open"),
+    (Reserve, "reserve"),
 );
 
 impl RequestKind {
@@ -326,6 +332,8 @@ impl RequestKind {
             Request::Signal { .. } => Self::Signal,
             Request::SignalFinal { .. } => Self::SignalFinal,
             Request::ChainData { .. } => Self::ChainData,
+            Request::RelayOpen { .. } => Self::RelayOpen,
+            Request::Reserve { .. } => Self::Reserve,
         }
     }
 }

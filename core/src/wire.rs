@@ -26,6 +26,11 @@
 //! else: the connection, its requests and its claim exchanges go on as
 //! before, and the new node, which expects nothing back, just hears nothing
 //! about its address from that peer.
+//!
+//! The relay's requests ([`Request::RelayOpen`], [`Request::Reserve`]),
+//! their answers and refusal reasons are such additions too: an old node
+//! asked for them fails to decode the request and resets its stream, which
+//! the asker takes as "no relay here".
 
 use std::net::SocketAddr;
 
@@ -34,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::claims::{AbortReason, ClaimId, SignedClaim};
 use crate::contact::NodeContact;
 use crate::id::NodeId;
+use crate::nat::NatClass;
 
 /// The wire version this build speaks.
 pub const WIRE_VERSION: u8 = 1;
@@ -89,6 +95,18 @@ pub enum Request {
         /// Its address as the signaller sees it.
         source_address: SocketAddr,
     },
+    /// Asks the peer (a relay) to forward datagrams between the requester
+    /// and `target`, which it is connected to (see `net`'s relay docs).
+    RelayOpen {
+        /// The node to reach through the relay.
+        target: NodeId,
+    },
+    /// Asks the peer (a relay) to hold a reservation for the requester,
+    /// which is behind a NAT of class `class`.
+    Reserve {
+        /// The requester's NAT class, told to those who open pairs to it.
+        class: NatClass,
+    },
 }
 
 /// An answer to a [`Request`].
@@ -115,6 +133,18 @@ pub enum Response {
     },
     /// The request was refused.
     Refused(RefusalReason),
+    /// Answer to [`Request::RelayOpen`]: the pair is open.
+    RelayOpened {
+        /// The target's address as the relay sees it.
+        target_address: SocketAddr,
+        /// The NAT class the target told with its reservation, if it holds one.
+        target_class: Option<NatClass>,
+    },
+    /// Answer to [`Request::Reserve`]: reserved for this long.
+    Reserved {
+        /// Seconds until the reservation ends unless renewed.
+        lifetime_secs: u32,
+    },
 }
 
 /// Why a request was refused.
@@ -129,6 +159,13 @@ pub enum RefusalReason {
     /// A `SignalFinal` from a node the target did not dial, or naming an
     /// address no relay could have observed: nothing is punched.
     Unvouched,
+    /// The node does not relay (it is not public, or relaying is off).
+    NotRelaying,
+    /// The relay's pairs or reservations are all taken.
+    RelayFull,
+    /// The requester's or the target's share of the relay is taken (pairs
+    /// per node, reservations per IP).
+    RelayPeerLimit,
 }
 
 /// The messages of the claim exchange, all on one stream opened by the requester.

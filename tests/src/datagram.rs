@@ -369,6 +369,12 @@ impl Sim<DatagramLevel> {
         bytes[16..24].copy_from_slice(b"datagram");
         let quic = self.level.quic.clone();
         let mut node = Node::new(config, quic, &secret, now, bytes).expect("a valid node");
+        // The address its socket is bound to, as an agent tells its node:
+        // a host without a NAT is seen there, and is public.
+        node.set_local_addresses(keynode_core::nat::LocalAddresses::new(
+            Network::listen_address(host),
+            Vec::new(),
+        ));
         let id = node.node_id();
         let start = node
             .call(now, UserCall::Start)

@@ -712,9 +712,10 @@ impl Level for ManagerLevel {
                 ..
             } => {
                 let target = match body {
-                    Request::ClosestNodes { target } | Request::Signal { target } => {
-                        digest_bytes(&target.as_bytes()[..8])
-                    }
+                    Request::ClosestNodes { target }
+                    | Request::Signal { target }
+                    | Request::RelayOpen { target } => digest_bytes(&target.as_bytes()[..8]),
+                    Request::Reserve { class } => 0x5e5e ^ (*class as u64),
                     Request::SignalFinal { source, .. } => digest_bytes(&source.as_bytes()[..8]),
                     Request::ChainData { limit, .. } => u64::from(*limit),
                 };
@@ -732,6 +733,10 @@ impl Level for ManagerLevel {
                     Response::Ack => 1,
                     Response::Refused(_) => 2,
                     Response::ChainData { claims } => 3 ^ ((claims.len() as u64) << 8),
+                    Response::RelayOpened { target_address, .. } => {
+                        4 ^ (u64::from(target_address.port()) << 8)
+                    }
+                    Response::Reserved { lifetime_secs } => 5 ^ (u64::from(*lifetime_secs) << 8),
                 };
                 mix(14 ^ (request.0 << 8) ^ shape)
             }

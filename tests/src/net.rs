@@ -49,8 +49,8 @@ pub enum NatType {
     /// A new mapping (a new public port) per destination; inbound only from
     /// that destination to that port. The address a third node observes is
     /// useless to anyone else, so hole punching fails towards a symmetric
-    /// host unless the other side filters by IP only or not at all; between
-    /// two symmetric hosts only a relay helps (not simulated yet).
+    /// host unless the other side filters by IP only or not at all; there,
+    /// and between two symmetric hosts, a relay connects them.
     Symmetric,
 }
 
@@ -66,7 +66,9 @@ impl NatType {
 
     /// How a finder behind `finder` reaches a target behind `target` that
     /// it learned of through a public node both joined by (and are still
-    /// connected to): through signalling and hole punching, or not at all.
+    /// connected to, and which relays): through signalling and hole
+    /// punching where a punch gets through, through the public node as a
+    /// relay where it cannot.
     /// A lookup asks the node that can signal a candidate before it sends
     /// the candidate anything (a datagram that reaches a connection-tracking
     /// NAT first spoils the punch), so even a target anyone may send to is
@@ -74,15 +76,15 @@ impl NatType {
     /// against.
     pub fn reach(finder: NatType, target: NatType) -> Option<keynode_core::ContactMode> {
         use keynode_core::ContactMode;
-        match (finder, target) {
+        Some(match (finder, target) {
             // Anyone may send to these.
-            (_, NatType::None | NatType::FullCone) => Some(ContactMode::Signal),
+            (_, NatType::None | NatType::FullCone) => ContactMode::Signal,
             // The symmetric target punched from a new port.
-            (_, NatType::Symmetric) => None,
+            (_, NatType::Symmetric) => ContactMode::Relay,
             // The symmetric finder dials from a port the target never saw.
-            (NatType::Symmetric, NatType::PortRestricted) => None,
-            _ => Some(ContactMode::Signal),
-        }
+            (NatType::Symmetric, NatType::PortRestricted) => ContactMode::Relay,
+            _ => ContactMode::Signal,
+        })
     }
 }
 

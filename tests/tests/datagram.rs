@@ -171,10 +171,12 @@ fn reach(finder_nat: NatType, target_nat: NatType) -> Option<ContactMode> {
     let id = sim.level.node_id(target);
     match find(&mut sim, finder, id) {
         Ok(OpValue::Found(Some((at, data)))) => {
-            // Reached at the target's public (NAT) address, on a live connection.
+            // Reached at the target's public (NAT) address (where the
+            // relay sees it, if relayed), on a live connection.
             assert_eq!(
                 Some(target),
-                at.socket_addr().and_then(|a| sim.net.host_of(a))
+                at.socket_addr().and_then(|a| sim.net.host_of(a)),
+                "{finder_nat:?} -> {target_nat:?} at {at}"
             );
             assert!(connected(&sim, finder, target));
             assert!(connected(&sim, target, finder));

@@ -132,11 +132,14 @@ fn reach(finder_nat: NatType, target_nat: NatType) -> Option<ContactMode> {
     }
 }
 
+/// The manager level has no relay (relaying is the net layer's: a manager
+/// alone refuses every relay request), so where the model relays it
+/// finds nothing; `datagram.rs` checks the relayed pairs over QUIC.
 #[test]
 fn nat_traversal_follows_the_nat_types() {
     for finder in NatType::ALL {
         for target in NatType::ALL {
-            let expected = NatType::reach(finder, target);
+            let expected = NatType::reach(finder, target).filter(|m| *m != ContactMode::Relay);
             assert_eq!(
                 reach(finder, target),
                 expected,

@@ -121,6 +121,10 @@ pub enum ConnectFailure {
     /// capacity, ...).
     #[error("cannot start the QUIC connection: {0}")]
     Connect(quinn_proto::ConnectError),
+    /// A relayed attempt had no path: its relay's connection is gone, or
+    /// the node holds `RelayConfig::max_paths` relayed paths already.
+    #[error("no relayed path: the relay's connection is gone or the paths are all taken")]
+    NoRelayPath,
     /// The QUIC connection was lost before it was up: refused, reset,
     /// closed by the peer, or its TLS handshake failed.
     #[error("QUIC connection failed: {0}")]
@@ -275,6 +279,19 @@ pub enum Command {
         address: SocketAddr,
         /// How the address was learned (direct, or after a signal).
         mode: ContactMode,
+        /// Give up after this long.
+        timeout: Duration,
+    },
+    /// Open a QUIC connection to `node_id` through the relay on connection
+    /// `via` (at a mapped address of the net layer's; see `net`'s relay
+    /// docs). Answered as [`Command::Connect`] is.
+    ConnectRelayed {
+        /// The attempt.
+        attempt: AttemptId,
+        /// The node expected.
+        node_id: NodeId,
+        /// The connection to the relay.
+        via: ConnId,
         /// Give up after this long.
         timeout: Duration,
     },

@@ -18,6 +18,17 @@ pub(crate) struct Conn {
     /// We dialled it (an outbound connection): only such a peer may ask us
     /// to punch (see `serve`), since anyone can connect in with a fresh key.
     pub(crate) dialled: bool,
+    /// Over a relay this node dialled through: the peer's address as the
+    /// relay sees it (`remote` is a mapped address, meaningless outside).
+    pub(crate) relayed_at: Option<SocketAddr>,
+}
+
+impl Conn {
+    /// The peer's address to report: where the relay sees it for a
+    /// relayed connection this node dialled, else the remote address.
+    pub(crate) fn shown_remote(&self) -> SocketAddr {
+        self.relayed_at.unwrap_or(self.remote)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -149,6 +160,7 @@ mod tests {
             mode: ContactMode::Direct,
             leases: 0,
             dialled: false,
+            relayed_at: None,
         }
     }
 

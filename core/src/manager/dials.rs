@@ -21,6 +21,9 @@ pub(crate) struct Attempt {
     pub(crate) node_id: NodeId,
     pub(crate) mode: ContactMode,
     pub(crate) timeout: Duration,
+    /// A relayed attempt: the target's address as the relay sees it
+    /// (recorded as its contact once up, mode `Relay`).
+    pub(crate) relayed_at: Option<std::net::SocketAddr>,
     /// When it was asked for: for the time-to-connect metric only.
     pub(crate) started: std::time::Instant,
 }

@@ -196,6 +196,7 @@ impl NodeManager {
             limit: options.limit.unwrap_or(config.find_node_limit),
             k: config.k,
             max_candidates: config.max_lookup_candidates,
+            own_symmetric: self.nat_class() == crate::nat::NatClass::Symmetric,
             ip_groups: config.ip_group_limits,
         };
         let fill =
@@ -250,6 +251,13 @@ impl NodeManager {
                     Ok(Response::ClosestNodes { active, contacts }) => {
                         Answer::Closest { active, contacts }
                     }
+                    Ok(Response::RelayOpened {
+                        target_address,
+                        target_class,
+                    }) => Answer::RelayOpened {
+                        target_address,
+                        target_class,
+                    },
                     _ => Answer::Failed,
                 };
                 op.on_answer(request, answer, self.graph.own_node_id());
@@ -294,6 +302,19 @@ impl NodeManager {
                 Next::Ask { conn, target } => {
                     let request = self.send_request(id, conn, Request::ClosestNodes { target });
                     op.requested(request);
+                }
+                Next::RelayOpen { conn, target } => {
+                    let request = self.send_request(id, conn, Request::RelayOpen { target });
+                    op.requested(request);
+                }
+                Next::DialRelayed {
+                    node_id,
+                    via,
+                    seen_at,
+                    timeout,
+                } => {
+                    let attempt = self.dial_relayed(id, node_id, via, seen_at, timeout);
+                    op.dialing(attempt);
                 }
                 Next::Punch { address, timeout } => {
                     self.metrics.punches_tried += 1;
@@ -353,7 +374,7 @@ impl NodeManager {
 /// A lookup sees the connection table through [`Peers`] only.
 impl Peers for ConnTable {
     fn primary(&self, node: &NodeId) -> Option<(ConnId, SocketAddr, ContactMode)> {
-        ConnTable::primary(self, node).map(|(id, c)| (id, c.remote, c.mode))
+        ConnTable::primary(self, node).map(|(id, c)| (id, c.shown_remote(), c.mode))
     }
 
     fn is_connected(&self, node: &NodeId) -> bool {

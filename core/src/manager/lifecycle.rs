@@ -41,6 +41,7 @@ impl NodeManager {
                 node_id,
                 mode,
                 timeout,
+                relayed_at: None,
                 started: self.now.mono,
             },
         );
@@ -63,6 +64,38 @@ impl NodeManager {
                 });
             }
         }
+        attempt
+    }
+
+    /// Asks the net layer to connect to `node_id` through the relay on
+    /// connection `via`; `seen_at`: the target's address as the relay saw it.
+    pub(super) fn dial_relayed(
+        &mut self,
+        op: OpId,
+        node_id: NodeId,
+        via: ConnId,
+        seen_at: SocketAddr,
+        timeout: Duration,
+    ) -> AttemptId {
+        let attempt = AttemptId(self.fresh_id());
+        self.dials.insert(
+            attempt,
+            Attempt {
+                node_id,
+                mode: ContactMode::Relay,
+                timeout,
+                relayed_at: Some(seen_at),
+                started: self.now.mono,
+            },
+        );
+        self.waits.register(Wait::Attempt(attempt), op);
+        self.stats.connects += 1;
+        self.commands.push_back(Command::ConnectRelayed {
+            attempt,
+            node_id,
+            via,
+            timeout,
+        });
         attempt
     }
 
@@ -173,9 +206,12 @@ impl NodeManager {
             }
             return;
         }
-        let mode = attempt
-            .as_ref()
-            .map_or(ContactMode::Direct, |(_, a)| a.mode);
+        let relayed = crate::net::is_relayed(&remote);
+        let mode = match &attempt {
+            Some((_, a)) => a.mode,
+            None if relayed => ContactMode::Relay,
+            None => ContactMode::Direct,
+        };
         let direction = if attempt.is_some() {
             Direction::Outbound
         } else {
@@ -207,9 +243,45 @@ impl NodeManager {
                 mode,
                 leases: 0,
                 dialled: attempt.is_some(),
+                relayed_at: attempt.as_ref().and_then(|(_, a)| a.relayed_at),
             },
         );
         self.arm_idle(conn);
+        if relayed {
+            // A mapped address is no address of the peer's: what is
+            // recorded is where the relay saw it (a dialled one's), and an
+            // inbound one is not dialled back (it came through the relay
+            // because nothing else reaches it).
+            if let Some((_, a)) = &attempt
+                && let Some(seen) = a.relayed_at
+            {
+                let data = NodeContactAddressData {
+                    mode,
+                    connected_time: self.now.unix_secs(),
+                    scopes: NodeAddressScopes::GLOBAL,
+                };
+                let _op = self.set_node_inner(
+                    peer,
+                    NodeAddress::from(seen),
+                    data,
+                    true,
+                    false,
+                    None,
+                    Parent::Internal,
+                );
+            }
+            if let Some((id, _)) = attempt {
+                self.input_wait(
+                    Wait::Attempt(id),
+                    Input::Connected {
+                        attempt: id,
+                        conn,
+                        remote,
+                    },
+                );
+            }
+            return;
+        }
         let address = NodeAddress::from(remote);
         let verified = attempt.is_some()
             || self
@@ -357,6 +429,12 @@ impl NodeManager {
 
     /// A use of `conn` for the net layer's application streams, held while
     /// any is open (released with `Event::ConnectionReleased`).
+    /// The primary connection to `node`, if one is up (for the net
+    /// layer's relay).
+    pub(crate) fn primary_conn(&self, node: &NodeId) -> Option<ConnId> {
+        self.conns.primary(node).map(|(id, _)| id)
+    }
+
     pub(crate) fn lease_for_streams(&mut self, conn: ConnId) -> Option<LeaseId> {
         self.lease(conn).map(|(lease, _)| lease)
     }

@@ -39,6 +39,8 @@ impl NodeManager {
         let remote = c.remote.ip().to_canonical();
         let ip = observed.ip().to_canonical();
         let refused = self.observed.has_spoken(conn)
+            // Over a relay the peer sees the relay's path, not ours.
+            || crate::net::is_relayed(&c.remote)
             // An unspecified address, port 0, multicast or broadcast is no
             // one's address.
             || ip.is_unspecified()

@@ -258,6 +258,11 @@ impl NodeManager {
                 });
                 Response::Ack
             }
+            // The net layer answers these (the relay is its); a manager
+            // without one does not relay.
+            Request::RelayOpen { .. } | Request::Reserve { .. } => {
+                Response::Refused(RefusalReason::NotRelaying)
+            }
         }
     }
 

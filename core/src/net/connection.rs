@@ -58,6 +58,8 @@ pub(super) struct QuicConn {
     /// Bytes of headers and frames begun and not yet complete in its
     /// streams' receive buffers.
     pub(super) partial_bytes: usize,
+    /// On a relayed path: the use of the relay's connection it holds.
+    pub(super) relay_lease: Option<LeaseId>,
 }
 
 impl QuicConn {
@@ -74,6 +76,7 @@ impl QuicConn {
             app_streams: 0,
             lease: None,
             partial_bytes: 0,
+            relay_lease: None,
         }
     }
 
@@ -330,6 +333,7 @@ impl Node {
         match peer {
             Some(peer) if expected.is_none_or(|e| e == peer) => {
                 c.state = ConnState::Established { peer };
+                self.relay_conn_up(id, remote);
                 self.manager.handle(
                     now,
                     Event::ConnectionUp {
@@ -435,6 +439,12 @@ impl Node {
         self.fail_streams(id);
         if let Some(c) = self.conns.remove(&id) {
             self.by_handle.remove(&c.handle.0);
+            let remote = c.conn.remote_address();
+            if let Some(lease) = c.relay_lease {
+                self.manager
+                    .handle(self.now, Event::ConnectionReleased { lease });
+            }
+            self.relay_conn_gone(id, remote);
             if c.is_up() {
                 self.app_ready(AppEvent::ConnectionLost { conn: id });
                 self.manager

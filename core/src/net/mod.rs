@@ -33,6 +33,9 @@
 //!   without I/O, readiness as [`AppEvent`]s, each stream a use of its
 //!   connection);
 //! - `punch.rs`: hole punching (opening, holding, punching);
+//! - `relay.rs`: relaying (how a relayed path meets quinn-proto, the
+//!   frames, pairs, reservations and their limits); `relayed.rs`: the node
+//!   as a relay and as a relay's client;
 //! - `timers.rs`: the net layer's deadline table ([`NetTimer`]) and the label
 //!   of the node's next deadline ([`NodeTimer`]);
 //! - `tls.rs`: certificates and verifiers (a NodeId is the certificate's
@@ -61,6 +64,8 @@ mod node;
 mod protocol;
 mod punch;
 mod registry;
+mod relay;
+mod relayed;
 mod streams;
 mod timers;
 mod tls;
@@ -74,5 +79,6 @@ pub use driver::{DriverEvent, NetCommand, Transmit};
 pub use node::{NetConfig, NetError, Node};
 pub use protocol::{MAX_PROTOCOL_LEN, Protocol, ProtocolError, RESERVED_PREFIX};
 pub use registry::{ProtocolOptions, RegisterError};
+pub use relay::{RELAY_HEADER_LEN, RelayConfig, RelayServe, RelayStats, is_relayed};
 pub use timers::{NetTimer, NodeTimer};
 pub use tls::{ALPN, CertificateKeyError, NodeCertificate, TlsError, node_id_of};

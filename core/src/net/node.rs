@@ -25,6 +25,7 @@ use super::driver::{DriverEvent, NetCommand, Transmit};
 use super::mdns::MdnsService;
 use super::punch::Punch;
 use super::registry::Registry;
+use super::relay::is_relayed;
 use super::streams::Role;
 use super::timers::{NetTimer, NetTimers, NodeTimer};
 use super::tls::{EventClock, NodeCertificate, TlsError, client_config, server_config};
@@ -138,6 +139,8 @@ pub struct NetConfig {
     /// Whether loopback sources are exempt from the per-IP and per-prefix
     /// bounds (for many agents on one host). Default false.
     pub exempt_loopback: bool,
+    /// Relaying, as a relay and as its client (see `relay.rs`).
+    pub relay: super::relay::RelayConfig,
 }
 
 impl Default for NetConfig {
@@ -169,6 +172,7 @@ impl Default for NetConfig {
             max_inbound_per_prefix: 32,
             reserved_outbound: 64,
             exempt_loopback: false,
+            relay: super::relay::RelayConfig::default(),
         }
     }
 }
@@ -224,6 +228,13 @@ pub struct Node {
     pub(super) claim_streams: BTreeMap<StreamId, (ConnId, quinn_proto::StreamId)>,
     pub(super) timers: NetTimers,
     pub(super) punches: BTreeMap<SocketAddr, Punch>,
+    /// The relay's pairs and reservations.
+    pub(super) relay: super::relay::RelayServer,
+    /// This node's relayed paths, by mapped address.
+    pub(super) paths: super::relay::RelayPaths,
+    /// Up, direct connections by remote address: where relay frames from
+    /// a relay this node uses come from.
+    pub(super) by_remote: std::collections::BTreeSet<(SocketAddr, ConnId)>,
     /// The application protocols this node serves.
     pub(super) registry: Registry,
     pub(super) app_stats: AppStats,
@@ -274,6 +285,9 @@ impl Node {
         rng.fill_bytes(&mut cid_seed);
         endpoint_config
             .cid_generator(move || Box::new(SeededCids(ChaCha8Rng::from_seed(cid_seed))));
+        // No peer may clear the QUIC fixed bit towards this node: a
+        // datagram with it clear is a relay frame (see `relay.rs`).
+        endpoint_config.grease_quic_bit(false);
         let clock = EventClock::default();
         clock.set(now.unix_ms);
         let tls =
@@ -308,6 +322,9 @@ impl Node {
             claim_streams: BTreeMap::new(),
             timers: NetTimers::default(),
             punches: BTreeMap::new(),
+            relay: super::relay::RelayServer::default(),
+            paths: super::relay::RelayPaths::default(),
+            by_remote: std::collections::BTreeSet::new(),
             registry: Registry::default(),
             app_stats: AppStats::default(),
             out: VecDeque::new(),
@@ -536,6 +553,14 @@ impl Node {
 
     /// A datagram arrived on the node's socket.
     fn handle_datagram(&mut self, from: SocketAddr, bytes: BytesMut) {
+        if let Some(bytes) = self.take_relay_frame(from, bytes) {
+            self.handle_quic(from, bytes);
+        }
+    }
+
+    /// A QUIC datagram from `from` (an address of the socket, or a
+    /// relayed path's mapped address).
+    pub(super) fn handle_quic(&mut self, from: SocketAddr, bytes: BytesMut) {
         let now = self.now;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -625,6 +650,9 @@ impl Node {
     }
 
     pub(super) fn send(&mut self, destination: SocketAddr, contents: Vec<u8>, ttl: Option<u32>) {
+        if is_relayed(&destination) {
+            return self.send_relayed(destination, contents, None);
+        }
         self.out.push_back(NetCommand::Transmit(Transmit {
             destination,
             contents,
@@ -641,11 +669,24 @@ impl Node {
         contents: Vec<u8>,
         segment_size: Option<usize>,
     ) {
+        if is_relayed(&destination) {
+            return self.send_relayed(destination, contents, segment_size);
+        }
         self.out.push_back(NetCommand::Transmit(Transmit {
             destination,
             contents,
             ttl: None,
             segment_size,
+        }));
+    }
+
+    /// A datagram to a socket address, as it is.
+    pub(super) fn send_raw(&mut self, destination: SocketAddr, contents: Vec<u8>) {
+        self.out.push_back(NetCommand::Transmit(Transmit {
+            destination,
+            contents,
+            ttl: None,
+            segment_size: None,
         }));
     }
 
@@ -729,6 +770,12 @@ impl Node {
                 timeout,
                 mode: _,
             } => self.connect(attempt, node_id, address, timeout),
+            Command::ConnectRelayed {
+                attempt,
+                node_id,
+                via,
+                timeout,
+            } => self.connect_relayed(attempt, node_id, via, timeout),
             Command::SendRequest {
                 conn,
                 request,
@@ -832,7 +879,7 @@ impl Node {
         }
     }
 
-    fn connect(
+    pub(super) fn connect(
         &mut self,
         attempt: AttemptId,
         node_id: NodeId,

@@ -138,6 +138,10 @@ impl Node {
             return;
         };
         let address = c.conn.remote_address();
+        if super::relay::is_relayed(&address) {
+            // A mapped address says nothing about the peer's path.
+            return;
+        }
         // No uni stream credit: the peer hears nothing of its address.
         let Some(stream) = c.conn.streams().open(Dir::Uni) else {
             return;
@@ -673,6 +677,9 @@ impl Node {
                 let request = PeerRequestId(self.fresh_id());
                 self.set_role(id, stream, Role::Serve(request));
                 self.peer_requests.insert(request, (id, stream));
+                if let Some(response) = self.serve_relay(id, &body) {
+                    return self.answer(request, &Frame::Response(response));
+                }
                 self.manager.handle(
                     now,
                     Event::RequestReceived {

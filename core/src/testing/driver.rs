@@ -150,6 +150,11 @@ pub trait Driver {
     ) {
     }
 
+    /// A connection through the relay on `via`; by default there are no
+    /// relays (a manager alone answers every relay request with a refusal,
+    /// so this is not asked for), and the attempt is left unanswered.
+    fn connect_relayed(&mut self, _host: Self::Host, _attempt: AttemptId, _via: ConnId) {}
+
     /// Hole-punching packets towards `address`; by default none are sent.
     fn hole_punch(&mut self, _host: Self::Host, _address: SocketAddr, _timeout: Duration) {}
 
@@ -267,6 +272,7 @@ fn carry_out<D: Driver + ?Sized>(driver: &mut D, host: D::Host, command: Command
             finish,
         } => driver.stream_send(host, stream, message, finish),
         Command::HolePunch { address, timeout } => driver.hole_punch(host, address, timeout),
+        Command::ConnectRelayed { attempt, via, .. } => driver.connect_relayed(host, attempt, via),
         Command::MdnsAnnounce {
             node_id,
             groups,

@@ -16,6 +16,7 @@
 //! fill a lookup.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use crate::address::NodeAddress;
 use crate::contact::{NodeContact, NodeContactAddressData};
@@ -41,9 +42,13 @@ pub(super) enum PeerState {
         attempt: AttemptId,
         address: usize,
         via_signal: bool,
+        /// Through a relay: the candidate's address as the relay sees it.
+        via_relay: Option<SocketAddr>,
     },
     /// A node connected to it was asked to signal it.
     Signalling { request: RequestId },
+    /// A node connected to it (`relay`) was asked to relay to it.
+    Relaying { request: RequestId, relay: NodeId },
     /// Connected and asked for its closest nodes.
     Querying { request: RequestId },
     /// It gave its closest nodes.
@@ -57,9 +62,9 @@ impl PeerState {
     fn waits_for(&self) -> Option<Wait> {
         match self {
             Self::Dialing { attempt, .. } => Some(Wait::Attempt(*attempt)),
-            Self::Signalling { request } | Self::Querying { request } => {
-                Some(Wait::Request(*request))
-            }
+            Self::Signalling { request }
+            | Self::Querying { request }
+            | Self::Relaying { request, .. } => Some(Wait::Request(*request)),
             Self::Waiting | Self::Answered | Self::Failed => None,
         }
     }
@@ -78,6 +83,11 @@ pub(super) struct Candidate {
     pub(super) signalled: bool,
     /// A direct dial was tried: not again after a signalled one fails.
     pub(super) dialled: bool,
+    /// How many of `signallers` were asked to relay to it.
+    pub(super) relays_asked: usize,
+    /// A relay that opened a pair to it, and its address as that relay
+    /// sees it: the next relayed dial's.
+    pub(super) relay_ready: Option<(NodeId, SocketAddr)>,
 }
 
 /// The most nodes remembered as able to signal one candidate.
@@ -238,6 +248,8 @@ impl Candidates {
                 state: PeerState::Waiting,
                 signalled: false,
                 dialled: false,
+                relays_asked: 0,
+                relay_ready: None,
             });
         if candidate.addresses.is_empty() && all_distinct_and_few(&addresses) {
             // What the merge below would build, without building it again.

@@ -49,6 +49,9 @@ pub struct Strategies {
     pub signal: bool,
     /// Ask the local network.
     pub mdns: bool,
+    /// Go through a relay (a node connected to the target that relays)
+    /// where neither a direct dial nor a punch gets through.
+    pub relay: bool,
 }
 
 impl Strategies {
@@ -57,24 +60,28 @@ impl Strategies {
         direct: true,
         signal: true,
         mdns: true,
+        relay: true,
     };
     /// Direct only: `find_node_by_direct`.
     pub const DIRECT: Self = Self {
         direct: true,
         signal: false,
         mdns: false,
+        relay: false,
     };
     /// Signal only: `find_node_by_signal`.
     pub const SIGNAL: Self = Self {
         direct: false,
         signal: true,
         mdns: false,
+        relay: false,
     };
     /// mDNS only: `find_node_by_mdns`.
     pub const MDNS: Self = Self {
         direct: false,
         signal: false,
         mdns: true,
+        relay: false,
     };
 }
 
@@ -109,6 +116,10 @@ pub(crate) struct Params {
     pub(crate) max_candidates: usize,
     /// How many candidates one network may give the lookup.
     pub(crate) ip_groups: IpGroupLimits,
+    /// This node's mapping varies by destination (`NatClass::Symmetric`):
+    /// it asks a relay first, and punches only towards a target whose
+    /// relay does not say the target's NAT is one punching cannot cross.
+    pub(crate) own_symmetric: bool,
 }
 
 /// What an event asked for, carried out by the next [`Lookup::next`]
@@ -134,13 +145,29 @@ enum FollowUp {
     },
     /// The signaller could not signal: dial the address we have.
     DialAfterSignal { node_id: NodeId },
+    /// A way failed or a relay answered: through a relay now (a pair
+    /// open, or the next relay to ask), else the next direct address.
+    Relay {
+        node_id: NodeId,
+        next_address: usize,
+    },
+    /// A relay opened a pair, but the target's NAT may be punched: signal
+    /// first (the relayed dial after, if the punch fails).
+    SignalAfterRelay { node_id: NodeId },
 }
 
 /// What a candidate's action becomes once its id is known.
 #[derive(Clone, Copy, Debug)]
 enum Pending {
-    Dial { address: usize, via_signal: bool },
+    Dial {
+        address: usize,
+        via_signal: bool,
+        via_relay: Option<SocketAddr>,
+    },
     Signal,
+    Relay {
+        relay: NodeId,
+    },
     Ask,
 }
 
@@ -184,6 +211,17 @@ pub(crate) enum Next {
     /// Ask the node on `conn` for its closest nodes to `target`; report the
     /// request with [`Lookup::requested`].
     Ask { conn: ConnId, target: NodeId },
+    /// Ask the node on `conn` to relay to `target`; report the request
+    /// with [`Lookup::requested`].
+    RelayOpen { conn: ConnId, target: NodeId },
+    /// Connect to `node_id` through the relay on `via`; `seen_at`: its
+    /// address as the relay sees it. Report the attempt with [`Lookup::dialing`].
+    DialRelayed {
+        node_id: NodeId,
+        via: ConnId,
+        seen_at: SocketAddr,
+        timeout: Duration,
+    },
     /// Punch a hole towards `address` (nothing to report; a [`Next::Dial`] follows).
     Punch {
         address: SocketAddr,
@@ -209,6 +247,12 @@ pub(crate) enum Answer {
     Closest {
         active: Vec<NodeId>,
         contacts: Vec<(NodeId, NodeContact)>,
+    },
+    /// A relay opened a pair to the target, seen at `target_address`, whose
+    /// NAT class is `target_class` if it told the relay.
+    RelayOpened {
+        target_address: SocketAddr,
+        target_class: Option<crate::nat::NatClass>,
     },
     /// An error, a timeout, or an answer of the wrong kind.
     Failed,
@@ -300,14 +344,21 @@ impl Lookup {
         let Some(candidate) = self.candidates.get(&node_id) else {
             return;
         };
-        let PeerState::Dialing { via_signal, .. } = candidate.state else {
+        let PeerState::Dialing {
+            via_signal,
+            via_relay,
+            ..
+        } = candidate.state
+        else {
             return;
         };
         if node_id == self.candidates.target() {
-            let mode = if via_signal {
-                ContactMode::Signal
-            } else {
-                ContactMode::Direct
+            let (mode, remote) = match via_relay {
+                // Reported where the relay sees it: the mapped address
+                // means nothing outside this node.
+                Some(seen_at) => (ContactMode::Relay, seen_at),
+                None if via_signal => (ContactMode::Signal, remote),
+                None => (ContactMode::Direct, remote),
             };
             self.over = Some(Over::Reached {
                 remote,
@@ -333,16 +384,24 @@ impl Lookup {
         let PeerState::Dialing {
             address,
             via_signal,
+            via_relay,
             ..
         } = candidate.state
         else {
             return;
         };
-        // After a signalled dial, the first address we have.
-        let next_address = if via_signal { 0 } else { address + 1 };
-        self.follow_up = Some(FollowUp::Retry {
-            node_id,
-            next_address,
+        self.follow_up = Some(if via_signal || via_relay.is_some() {
+            // A punch or a relay failed: a relay (another one), then the
+            // first address we have.
+            FollowUp::Relay {
+                node_id,
+                next_address: 0,
+            }
+        } else {
+            FollowUp::Retry {
+                node_id,
+                next_address: address + 1,
+            }
         });
     }
 
@@ -355,6 +414,11 @@ impl Lookup {
         let Some(candidate) = self.candidates.get(&node_id) else {
             return;
         };
+        if let PeerState::Relaying { request: r, relay } = candidate.state
+            && r == request
+        {
+            return self.on_relay_answer(node_id, relay, answer);
+        }
         let signalling = match candidate.state {
             PeerState::Signalling { request: r } if r == request => true,
             PeerState::Querying { request: r } if r == request => false,
@@ -378,6 +442,41 @@ impl Lookup {
         }
     }
 
+    /// A relay's answer about a pair to candidate `node_id`.
+    fn on_relay_answer(&mut self, node_id: NodeId, relay: NodeId, answer: Answer) {
+        let Answer::RelayOpened {
+            target_address,
+            target_class,
+        } = answer
+        else {
+            // Refused or failed: the next relay, or the rest.
+            self.follow_up = Some(FollowUp::Relay {
+                node_id,
+                next_address: 0,
+            });
+            return;
+        };
+        let punchable = !matches!(
+            target_class,
+            Some(crate::nat::NatClass::Symmetric | crate::nat::NatClass::Cone)
+        );
+        let signalled = self.candidates.get(&node_id).is_some_and(|c| c.signalled);
+        if let Some(c) = self.candidates.get_mut(&node_id) {
+            c.relay_ready = Some((relay, target_address));
+        }
+        self.follow_up = Some(
+            if self.params.own_symmetric && punchable && !signalled && self.params.strategies.signal
+            {
+                FollowUp::SignalAfterRelay { node_id }
+            } else {
+                FollowUp::Relay {
+                    node_id,
+                    next_address: 0,
+                }
+            },
+        );
+    }
+
     /// The mDNS query `query` ended with `addresses` (none if it failed).
     pub(crate) fn on_mdns(&mut self, query: OpId, addresses: Vec<SocketAddr>) {
         self.mdns.on_answers(query, addresses);
@@ -391,6 +490,7 @@ impl Lookup {
                 Pending::Dial {
                     address,
                     via_signal,
+                    via_relay,
                 },
             )) => self.candidates.set_state(
                 &node_id,
@@ -398,6 +498,7 @@ impl Lookup {
                     attempt,
                     address,
                     via_signal,
+                    via_relay,
                 },
             ),
             None if self.mdns.dialing(attempt) => {}
@@ -415,6 +516,10 @@ impl Lookup {
             Some((node_id, Pending::Ask)) => {
                 self.candidates
                     .set_state(&node_id, PeerState::Querying { request });
+            }
+            Some((node_id, Pending::Relay { relay })) => {
+                self.candidates
+                    .set_state(&node_id, PeerState::Relaying { request, relay });
             }
             other => debug_assert!(false, "a request reported for {other:?}"),
         }
@@ -508,6 +613,7 @@ impl Lookup {
                     Pending::Dial {
                         address: 0,
                         via_signal: true,
+                        via_relay: None,
                     },
                 ));
                 return Some(Next::Dial {
@@ -521,7 +627,24 @@ impl Lookup {
                 node_id,
                 next_address,
             } => (node_id, self.retry(node_id, next_address, peers)),
-            FollowUp::DialAfterSignal { node_id } => (node_id, self.dial_direct(&node_id, 0)),
+            FollowUp::DialAfterSignal { node_id } => (
+                node_id,
+                self.dial_direct(&node_id, 0)
+                    .or_else(|| self.start_relay(&node_id, peers)),
+            ),
+            FollowUp::Relay {
+                node_id,
+                next_address,
+            } => (
+                node_id,
+                self.start_relay(&node_id, peers)
+                    .or_else(|| self.retry(node_id, next_address, peers)),
+            ),
+            FollowUp::SignalAfterRelay { node_id } => (
+                node_id,
+                self.start_signal(&node_id, peers)
+                    .or_else(|| self.start_relay(&node_id, peers)),
+            ),
         };
         if started.is_none() {
             self.candidates.set_state(&node_id, PeerState::Failed);
@@ -547,6 +670,7 @@ impl Lookup {
             self.start_signal(&node_id, peers)
                 .or_else(|| self.dial_direct(&node_id, next_address))
         }
+        .or_else(|| self.start_relay(&node_id, peers))
     }
 
     /// The first contact of a new candidate; `None` if no way to it works.
@@ -580,8 +704,63 @@ impl Lookup {
         // NATs at once. It costs a round trip to the signaller and the
         // punch's head start (`NetConfig::punch_delay`) where no NAT was in
         // the way; a lookup cannot tell.
+        if self.params.own_symmetric {
+            // Our punch leaves from a port the target never sees: a relay
+            // says first whether the target's NAT lets that through.
+            if let Some(relaying) = self.start_relay(&node_id, peers) {
+                return Some(relaying);
+            }
+        }
         self.start_signal(&node_id, peers)
             .or_else(|| self.dial_direct(&node_id, 0))
+    }
+
+    /// Through a relay: a dial through the relay that opened a pair to
+    /// candidate `node_id`, or a request to the next of its signallers
+    /// to open one.
+    fn start_relay(&mut self, node_id: &NodeId, peers: &impl Peers) -> Option<Next> {
+        if !self.params.strategies.relay {
+            return None;
+        }
+        let timeout = self.params.connect_timeout;
+        let candidate = self.candidates.get_mut(node_id)?;
+        if candidate
+            .addresses
+            .first()
+            .is_some_and(NodeAddress::is_loopback)
+        {
+            // On this host: no NAT in between for a relay to get round.
+            return None;
+        }
+        let target = candidate.node_id;
+        if let Some((relay, seen_at)) = candidate.relay_ready.take()
+            && let Some((via, _, _)) = peers.primary(&relay)
+        {
+            self.starting = Some((
+                target,
+                Pending::Dial {
+                    address: 0,
+                    via_signal: false,
+                    via_relay: Some(seen_at),
+                },
+            ));
+            return Some(Next::DialRelayed {
+                node_id: target,
+                via,
+                seen_at,
+                timeout,
+            });
+        }
+        while let Some(relay) = candidate.signallers.get(candidate.relays_asked).copied() {
+            candidate.relays_asked += 1;
+            if let Some((conn, _, mode)) = peers.primary(&relay)
+                && mode != ContactMode::Relay
+            {
+                self.starting = Some((target, Pending::Relay { relay }));
+                return Some(Next::RelayOpen { conn, target });
+            }
+        }
+        None
     }
 
     /// Asks a connected signaller of candidate `node_id` to signal it.
@@ -619,6 +798,7 @@ impl Lookup {
             Pending::Dial {
                 address,
                 via_signal: false,
+                via_relay: None,
             },
         ));
         Some(Next::Dial {

@@ -21,6 +21,8 @@ enum Did {
     Ask(ConnId, NodeId, RequestId),
     Punch(SocketAddr),
     Query(NodeId, OpId),
+    RelayOpen(ConnId, NodeId, RequestId),
+    DialRelayed(NodeId, ConnId, SocketAddr, AttemptId),
 }
 
 /// How a drain ended.
@@ -108,6 +110,22 @@ impl World {
                     assert_eq!(timeout, CONNECT);
                     did.push(Did::Punch(address));
                 }
+                Next::RelayOpen { conn, target } => {
+                    let request = RequestId(self.fresh());
+                    lookup.requested(request);
+                    did.push(Did::RelayOpen(conn, target, request));
+                }
+                Next::DialRelayed {
+                    node_id,
+                    via,
+                    seen_at,
+                    timeout,
+                } => {
+                    assert_eq!(timeout, CONNECT);
+                    let attempt = AttemptId(self.fresh());
+                    lookup.dialing(attempt);
+                    did.push(Did::DialRelayed(node_id, via, seen_at, attempt));
+                }
                 Next::QueryMdns { node_id, timeout } => {
                     assert_eq!(timeout, MDNS);
                     let query = OpId(self.fresh());
@@ -167,6 +185,7 @@ fn params(strategies: Strategies, concurrency: usize, k: usize) -> Params {
         k,
         max_candidates: 20,
         ip_groups: crate::IpGroupLimits::default(),
+        own_symmetric: false,
     }
 }
 
@@ -245,7 +264,8 @@ fn ends_when_the_k_closest_have_answered_without_a_closer_node() {
         Some(&PeerState::Dialing {
             attempt: AttemptId(4),
             address: 0,
-            via_signal: false
+            via_signal: false,
+            via_relay: None,
         })
     );
     assert_eq!(answers(&mut world, &mut lookup, 1, 4, nothing()), End::Wait);
@@ -359,11 +379,15 @@ fn a_signal_comes_first_then_the_punch_and_the_dial_then_the_address() {
             ),
         ]
     );
-    // The signalled dial failed: the address we have, once.
+    // The signalled dial failed: the signaller is asked to relay; it
+    // does not, so the address we have, once.
     lookup.on_failed(AttemptId(4));
     let (did, _) = world.drain(&mut lookup);
-    assert_eq!(did, vec![dial(1, 5)]);
-    lookup.on_failed(AttemptId(5));
+    assert_eq!(did, vec![Did::RelayOpen(ConnId(7), id(1), RequestId(5))]);
+    lookup.on_answer(RequestId(5), Answer::Failed, own());
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(did, vec![dial(1, 6)]);
+    lookup.on_failed(AttemptId(6));
     let (did, end) = world.drain(&mut lookup);
     assert_eq!((did, end), (vec![], End::Wait), "mDNS still runs");
     lookup.on_mdns(OpId(2), Vec::new());
@@ -371,6 +395,85 @@ fn a_signal_comes_first_then_the_punch_and_the_dial_then_the_address() {
         world.drain(&mut lookup),
         (vec![], End::Done(Outcome::NotFound))
     );
+}
+
+#[test]
+fn a_target_no_punch_reaches_is_reached_through_the_signaller_as_a_relay() {
+    let mut world = World::new();
+    world.connect(id(9), 7);
+    let mut lookup = Lookup::new(target(), without_mdns(Strategies::ALL, 1), None);
+    assert!(lookup.on_start(&world.peers));
+    lookup.offer(own(), target(), Vec::new(), Some(id(9)));
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(did, vec![Did::Signal(ConnId(7), target(), RequestId(2))]);
+    let seen = SocketAddr::from(([192, 0, 2, 7], 999));
+    lookup.on_answer(RequestId(2), Answer::Signalled(seen), own());
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(did[0], Did::Punch(seen));
+    // The punch fails (a symmetric NAT): the signaller relays.
+    lookup.on_failed(AttemptId(3));
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(did, vec![Did::RelayOpen(ConnId(7), target(), RequestId(4))]);
+    let opened = Answer::RelayOpened {
+        target_address: seen,
+        target_class: Some(crate::nat::NatClass::Symmetric),
+    };
+    lookup.on_answer(RequestId(4), opened, own());
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(
+        did,
+        vec![Did::DialRelayed(target(), ConnId(7), seen, AttemptId(5))]
+    );
+    // Up at a mapped address; found where the relay sees it, relayed.
+    let mapped: SocketAddr = "[100::1]:1".parse().unwrap();
+    lookup.on_connected(AttemptId(5), ConnId(8), mapped);
+    let (_, end) = world.drain(&mut lookup);
+    let End::Done(Outcome::Found(address, data)) = end else {
+        panic!("not found: {end:?}");
+    };
+    assert_eq!(
+        (address, data.mode),
+        (NodeAddress::from(seen), ContactMode::Relay)
+    );
+}
+
+#[test]
+fn a_symmetric_node_asks_the_relay_first_and_skips_the_punch_to_a_symmetric_target() {
+    let mut world = World::new();
+    world.connect(id(9), 7);
+    let params = Params {
+        own_symmetric: true,
+        ..without_mdns(Strategies::ALL, 1)
+    };
+    let mut lookup = Lookup::new(target(), params, None);
+    assert!(lookup.on_start(&world.peers));
+    lookup.offer(own(), target(), Vec::new(), Some(id(9)));
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(did, vec![Did::RelayOpen(ConnId(7), target(), RequestId(2))]);
+    let seen = SocketAddr::from(([192, 0, 2, 7], 999));
+    let opened = |class| Answer::RelayOpened {
+        target_address: seen,
+        target_class: Some(class),
+    };
+    // Both symmetric: no punch, straight through the relay.
+    lookup.on_answer(RequestId(2), opened(crate::nat::NatClass::Symmetric), own());
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(
+        did,
+        vec![Did::DialRelayed(target(), ConnId(7), seen, AttemptId(3))]
+    );
+
+    // A public target: the signal and the punch first.
+    let mut lookup = Lookup::new(target(), params, None);
+    assert!(lookup.on_start(&world.peers));
+    lookup.offer(own(), target(), Vec::new(), Some(id(9)));
+    let (did, _) = world.drain(&mut lookup);
+    let Did::RelayOpen(_, _, request) = did[0] else {
+        panic!("{did:?}");
+    };
+    lookup.on_answer(request, opened(crate::nat::NatClass::Public), own());
+    let (did, _) = world.drain(&mut lookup);
+    assert!(matches!(did[..], [Did::Signal(ConnId(7), _, _)]), "{did:?}");
 }
 
 #[test]
