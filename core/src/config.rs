@@ -114,6 +114,12 @@ pub struct Config {
     /// the NAT class; see `keynode_core::nat`); past it, a new observer
     /// replaces the oldest. Default 32.
     pub max_observed_addresses: usize,
+    /// Relay reservations a node behind a NAT keeps (see `manager::relays`);
+    /// 0: none. Default 2, so that one relay lost leaves the node reachable.
+    pub relay_reservations: usize,
+    /// How long a relay that refused a reservation is not asked again.
+    /// Default 10 minutes.
+    pub relay_refusal_memory: Duration,
     /// Signal requests a source may make in a burst (token bucket). Default 20.
     pub signal_rate_capacity: u32,
     /// Tokens a source's signal bucket regains per second. Default 10.
@@ -212,6 +218,8 @@ impl Default for Config {
             max_operations: 4096,
             max_queued_events: 65536,
             max_observed_addresses: 32,
+            relay_reservations: 2,
+            relay_refusal_memory: Duration::from_secs(600),
             signal_rate_capacity: 20,
             signal_rate_refill_per_sec: 10,
             max_signal_sources: 1024,

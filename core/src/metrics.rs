@@ -384,6 +384,8 @@ pub struct Metrics {
     pub nat_class: NatClass,
     /// Times the NAT class changed, by the class it changed to.
     pub nat_class_changes: Counters<NatClass>,
+    /// Relay reservations this node holds now (a gauge).
+    pub relay_reservations: u64,
     /// Observed addresses that replaced an earlier one of the same
     /// observer network (a newer connection from it).
     pub observed_addresses_replaced: u64,
@@ -410,6 +412,7 @@ impl Default for Metrics {
             observations_dropped: 0,
             nat_class: NatClass::Unknown,
             nat_class_changes: Counters::default(),
+            relay_reservations: 0,
             observed_addresses_replaced: 0,
             observed_addresses_refused: 0,
         }

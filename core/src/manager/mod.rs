@@ -84,6 +84,7 @@ mod lookup;
 mod maintenance;
 mod nat;
 mod observations;
+mod relays;
 mod ops;
 mod running;
 mod serve;
@@ -217,6 +218,8 @@ pub struct NodeManager {
     join: join::JoinState,
     /// The addresses peers observe this node's socket at, and its NAT class.
     observed: crate::nat::ObservedAddresses,
+    /// This node's reservations with relays.
+    reservations: relays::Reservations,
 }
 
 impl NodeManager {
@@ -258,6 +261,7 @@ impl NodeManager {
             graph_persisted: false,
             dial_backs: std::collections::BTreeMap::new(),
             committed: committed::CommittedGraph::default(),
+            reservations: relays::Reservations::default(),
             snapshot_error: None,
             metrics: crate::metrics::Metrics::default(),
             observations: observations::Observations::default(),
@@ -391,12 +395,21 @@ impl NodeManager {
                 peer,
                 remote,
                 attempt,
-            } => self.on_connection_up(conn, peer, remote, attempt),
+            } => {
+                self.on_connection_up(conn, peer, remote, attempt);
+                // A peer this node dialled may be a relay to reserve at.
+                if self.conns.get(conn).is_some_and(|c| c.dialled) {
+                    self.check_relays();
+                }
+            }
             Event::ConnectFailed { attempt, failure } => {
                 self.on_connect_failed(attempt, failure);
             }
             Event::AddressObserved { conn, observed } => self.on_address_observed(conn, observed),
-            Event::ConnectionClosed { conn } => self.on_connection_closed(conn),
+            Event::ConnectionClosed { conn } => {
+                self.on_connection_closed(conn);
+                self.relays_conn_closed(conn);
+            }
             Event::ConnectionReleased { lease } => self.on_released(lease),
             Event::RequestReceived {
                 conn,
@@ -407,6 +420,7 @@ impl NodeManager {
                 match self.waits.take(Wait::Request(request)) {
                     Some(op) => self.input(op, Input::Response { request, result }),
                     None if self.relay.take_answer(request) => {}
+                    None if self.take_reservation_answer(request, &result) => {}
                     None => self.stats.stale_events += 1,
                 }
             }
@@ -462,6 +476,7 @@ impl NodeManager {
                 Timer::Task(key) => self.run_task(key),
                 Timer::OpDeadline(op) => self.input(op, Input::Deadline),
                 Timer::ConnIdle(conn) => self.on_idle(conn),
+                Timer::Relays => self.check_relays(),
             }
             self.run();
         }

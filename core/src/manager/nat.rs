@@ -85,6 +85,7 @@ impl NodeManager {
                 class,
                 observed,
             });
+            self.check_relays();
         }
     }
 }

@@ -93,6 +93,22 @@ pub enum Observation {
         /// The address most observers see this node at, if any.
         observed: Option<SocketAddr>,
     },
+    /// A relay granted this node a reservation (renewals are not told).
+    RelayReserved {
+        /// The relay.
+        relay: NodeId,
+        /// Seconds it lasts unless renewed.
+        lifetime_secs: u32,
+    },
+    /// A reservation ended: given up (`lost` false: this node no longer
+    /// needs one) or lost (the relay refused its renewal, or the
+    /// connection closed).
+    RelayReservationEnded {
+        /// The relay.
+        relay: NodeId,
+        /// Whether it ended without this node giving it up.
+        lost: bool,
+    },
     /// A `sync_node_graph` ended well.
     SyncFinished,
     /// A `sync_node_graph` failed.

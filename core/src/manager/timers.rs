@@ -17,6 +17,9 @@ pub enum Timer {
     OpDeadline(OpId),
     /// A connection's idle time to live ran out.
     ConnIdle(ConnId),
+    /// A relay reservation is due for renewal, or a refused relay may be
+    /// asked again.
+    Relays,
 }
 
 /// The deadlines. The 256 bucket refreshes, which exist all the time, sit

@@ -128,8 +128,6 @@ pub struct RelayConfig {
     /// Relayed paths (mapped addresses) this node keeps as a client.
     /// Default 256.
     pub max_paths: usize,
-    /// Relays a NAT'd node keeps a reservation with. Default 2.
-    pub reservations_wanted: usize,
 }
 
 impl Default for RelayConfig {
@@ -148,7 +146,6 @@ impl Default for RelayConfig {
             reservation_burst: 2 << 20,
             max_frame: 1452 + RELAY_HEADER_LEN,
             max_paths: 256,
-            reservations_wanted: 2,
         }
     }
 }
