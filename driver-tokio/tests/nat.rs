@@ -735,7 +735,6 @@ fn pipe_both_ways(from: &AgentProc, to: &AgentProc, dir: &Path) {
 /// (`matrix <from> -> <to>: ...`), and each agent's NAT class
 /// (`nat_class <name>: ...`).
 #[test]
-#[ignore = "needs the relay (issue 17)"]
 fn private_agents_find_each_other_by_signal_between_cones_and_by_relay_past_a_symmetric_nat() {
     let Some(net) = Network::start(4, &MATRIX) else {
         return;

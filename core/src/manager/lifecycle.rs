@@ -210,6 +210,8 @@ impl NodeManager {
         let mode = match &attempt {
             Some((_, a)) => a.mode,
             None if relayed => ContactMode::Relay,
+            // In through the hole this node punched when signalled.
+            None if self.relay.was_punched(remote, self.now.mono) => ContactMode::Signal,
             None => ContactMode::Direct,
         };
         let direction = if attempt.is_some() {

@@ -139,6 +139,10 @@ pub(crate) struct SignalRelay {
     /// At most `max_operations`, the oldest forgotten first.
     relayed: BTreeSet<RequestId>,
     max_relayed: usize,
+    /// Addresses this node punched towards when signalled, until when: a
+    /// connection that comes in from one was punched (mode `Signal`, not
+    /// `Direct`). At most `max_relayed`, the soonest to end forgotten first.
+    punched: std::collections::BTreeMap<SocketAddr, Instant>,
 }
 
 impl SignalRelay {
@@ -157,6 +161,34 @@ impl SignalRelay {
             ),
             relayed: BTreeSet::new(),
             max_relayed: config.max_operations,
+            punched: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// This node punches towards `address` until `until`.
+    fn punching(&mut self, address: SocketAddr, until: Instant) {
+        if self.punched.len() >= self.max_relayed && !self.punched.contains_key(&address) {
+            let soonest = self
+                .punched
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(a, _)| *a);
+            if let Some(a) = soonest {
+                self.punched.remove(&a);
+            }
+        }
+        self.punched.insert(address, until);
+    }
+
+    /// Whether a connection from `address` at `now` came through a punch.
+    pub(crate) fn was_punched(&mut self, address: SocketAddr, now: Instant) -> bool {
+        match self.punched.get(&address) {
+            Some(until) if *until >= now => true,
+            Some(_) => {
+                self.punched.remove(&address);
+                false
+            }
+            None => false,
         }
     }
 
@@ -252,9 +284,11 @@ impl NodeManager {
                     return Response::Refused(RefusalReason::RateLimited);
                 }
                 self.metrics.punches_tried += 1;
+                let timeout = self.config.connection_connect_timeout;
+                self.relay.punching(source_address, self.now.mono + timeout);
                 self.commands.push_back(Command::HolePunch {
                     address: source_address,
-                    timeout: self.config.connection_connect_timeout,
+                    timeout,
                 });
                 Response::Ack
             }

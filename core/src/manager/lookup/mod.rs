@@ -117,8 +117,9 @@ pub(crate) struct Params {
     /// How many candidates one network may give the lookup.
     pub(crate) ip_groups: IpGroupLimits,
     /// This node's mapping varies by destination (`NatClass::Symmetric`):
-    /// it asks a relay first, and punches only towards a target whose
-    /// relay does not say the target's NAT is one punching cannot cross.
+    /// it asks a relay first for every candidate (the target is always
+    /// asked for first), and punches only towards one whose relay does not
+    /// say its NAT is one punching cannot cross.
     pub(crate) own_symmetric: bool,
 }
 
@@ -456,17 +457,24 @@ impl Lookup {
             });
             return;
         };
-        let punchable = !matches!(
-            target_class,
-            Some(crate::nat::NatClass::Symmetric | crate::nat::NatClass::Cone)
-        );
+        use crate::nat::NatClass;
+        // A target whose NAT maps each destination to a new port is never
+        // punched: what we punch towards is its mapping for the relay. From
+        // a symmetric node, a cone target is not either: its NAT (Linux's,
+        // most home routers') lets in only the port it sent to, and ours
+        // sends from a new one. The classes of the two sides pick the way
+        // (hyperdht does the same); where one is unknown, the punch is tried.
+        let punchable = match target_class {
+            Some(NatClass::Symmetric) => false,
+            Some(NatClass::Cone) => !self.params.own_symmetric,
+            _ => true,
+        };
         let signalled = self.candidates.get(&node_id).is_some_and(|c| c.signalled);
         if let Some(c) = self.candidates.get_mut(&node_id) {
             c.relay_ready = Some((relay, target_address));
         }
         self.follow_up = Some(
-            if self.params.own_symmetric && punchable && !signalled && self.params.strategies.signal
-            {
+            if punchable && !signalled && self.params.strategies.signal {
                 FollowUp::SignalAfterRelay { node_id }
             } else {
                 FollowUp::Relay {
@@ -704,9 +712,12 @@ impl Lookup {
         // NATs at once. It costs a round trip to the signaller and the
         // punch's head start (`NetConfig::punch_delay`) where no NAT was in
         // the way; a lookup cannot tell.
-        if self.params.own_symmetric {
-            // Our punch leaves from a port the target never sees: a relay
-            // says first whether the target's NAT lets that through.
+        if self.params.own_symmetric || node_id == self.candidates.target() {
+            // A relay first, for the target's NAT class (a reserved node
+            // told its relay): the punch is tried only where it can work
+            // (see `on_relay_answer`), and otherwise the pair is open
+            // already. For a symmetric node, for every candidate: its
+            // punch leaves from a port no candidate sees.
             if let Some(relaying) = self.start_relay(&node_id, peers) {
                 return Some(relaying);
             }

@@ -404,21 +404,24 @@ fn a_target_no_punch_reaches_is_reached_through_the_signaller_as_a_relay() {
     let mut lookup = Lookup::new(target(), without_mdns(Strategies::ALL, 1), None);
     assert!(lookup.on_start(&world.peers));
     lookup.offer(own(), target(), Vec::new(), Some(id(9)));
+    // The target's signaller is asked to relay first: the pair opens, and
+    // the target holds no reservation there (its NAT class is not told).
     let (did, _) = world.drain(&mut lookup);
-    assert_eq!(did, vec![Did::Signal(ConnId(7), target(), RequestId(2))]);
+    assert_eq!(did, vec![Did::RelayOpen(ConnId(7), target(), RequestId(2))]);
     let seen = SocketAddr::from(([192, 0, 2, 7], 999));
-    lookup.on_answer(RequestId(2), Answer::Signalled(seen), own());
-    let (did, _) = world.drain(&mut lookup);
-    assert_eq!(did[0], Did::Punch(seen));
-    // The punch fails (a symmetric NAT): the signaller relays.
-    lookup.on_failed(AttemptId(3));
-    let (did, _) = world.drain(&mut lookup);
-    assert_eq!(did, vec![Did::RelayOpen(ConnId(7), target(), RequestId(4))]);
     let opened = Answer::RelayOpened {
         target_address: seen,
-        target_class: Some(crate::nat::NatClass::Symmetric),
+        target_class: None,
     };
-    lookup.on_answer(RequestId(4), opened, own());
+    lookup.on_answer(RequestId(2), opened, own());
+    // So the punch is tried.
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(did, vec![Did::Signal(ConnId(7), target(), RequestId(3))]);
+    lookup.on_answer(RequestId(3), Answer::Signalled(seen), own());
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(did[0], Did::Punch(seen));
+    // The punch fails (a symmetric NAT): through the pair already open.
+    lookup.on_failed(AttemptId(4));
     let (did, _) = world.drain(&mut lookup);
     assert_eq!(
         did,
@@ -435,6 +438,39 @@ fn a_target_no_punch_reaches_is_reached_through_the_signaller_as_a_relay() {
         (address, data.mode),
         (NodeAddress::from(seen), ContactMode::Relay)
     );
+}
+
+#[test]
+fn a_target_reserved_as_symmetric_is_not_punched_but_relayed_at_once() {
+    let mut world = World::new();
+    world.connect(id(9), 7);
+    let mut lookup = Lookup::new(target(), without_mdns(Strategies::ALL, 1), None);
+    assert!(lookup.on_start(&world.peers));
+    lookup.offer(own(), target(), Vec::new(), Some(id(9)));
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(did, vec![Did::RelayOpen(ConnId(7), target(), RequestId(2))]);
+    let seen = SocketAddr::from(([192, 0, 2, 7], 999));
+    let opened = |class| Answer::RelayOpened {
+        target_address: seen,
+        target_class: Some(class),
+    };
+    lookup.on_answer(RequestId(2), opened(crate::nat::NatClass::Symmetric), own());
+    let (did, _) = world.drain(&mut lookup);
+    assert_eq!(
+        did,
+        vec![Did::DialRelayed(target(), ConnId(7), seen, AttemptId(3))]
+    );
+    // A cone target is punched by a node not known to be symmetric.
+    let mut lookup = Lookup::new(target(), without_mdns(Strategies::ALL, 1), None);
+    assert!(lookup.on_start(&world.peers));
+    lookup.offer(own(), target(), Vec::new(), Some(id(9)));
+    let (did, _) = world.drain(&mut lookup);
+    let Did::RelayOpen(_, _, request) = did[0] else {
+        panic!("{did:?}");
+    };
+    lookup.on_answer(request, opened(crate::nat::NatClass::Cone), own());
+    let (did, _) = world.drain(&mut lookup);
+    assert!(matches!(did[..], [Did::Signal(ConnId(7), _, _)]), "{did:?}");
 }
 
 #[test]
