@@ -120,6 +120,10 @@ pub struct Config {
     /// How long a relay that refused a reservation is not asked again.
     /// Default 10 minutes.
     pub relay_refusal_memory: Duration,
+    /// How often a connection this node dialled through a relay tries to
+    /// become direct (a punch signalled through the relay), while the NAT
+    /// classes allow one. Zero: never. Default 60 s.
+    pub relay_upgrade_interval: Duration,
     /// Signal requests a source may make in a burst (token bucket). Default 20.
     pub signal_rate_capacity: u32,
     /// Tokens a source's signal bucket regains per second. Default 10.
@@ -220,6 +224,7 @@ impl Default for Config {
             max_observed_addresses: 32,
             relay_reservations: 2,
             relay_refusal_memory: Duration::from_secs(600),
+            relay_upgrade_interval: Duration::from_secs(60),
             signal_rate_capacity: 20,
             signal_rate_refill_per_sec: 10,
             max_signal_sources: 1024,

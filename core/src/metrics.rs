@@ -386,6 +386,10 @@ pub struct Metrics {
     pub nat_class_changes: Counters<NatClass>,
     /// Relay reservations this node holds now (a gauge).
     pub relay_reservations: u64,
+    /// Upgrades of relayed connections tried (punches through the relay).
+    pub relay_upgrades_tried: u64,
+    /// Relayed connections that a direct (punched) one took over from.
+    pub relay_upgrades_succeeded: u64,
     /// Observed addresses that replaced an earlier one of the same
     /// observer network (a newer connection from it).
     pub observed_addresses_replaced: u64,
@@ -413,6 +417,8 @@ impl Default for Metrics {
             nat_class: NatClass::Unknown,
             nat_class_changes: Counters::default(),
             relay_reservations: 0,
+            relay_upgrades_tried: 0,
+            relay_upgrades_succeeded: 0,
             observed_addresses_replaced: 0,
             observed_addresses_refused: 0,
         }

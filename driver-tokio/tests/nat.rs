@@ -27,7 +27,7 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     AgentProc, Guard, KEYNODE, WAIT, json, keynode, ok, promtool_check, sample, start_agent_in,
+    start_agent_with,
 };
 use serde_json::Value;
 
@@ -346,6 +347,17 @@ impl Network {
     /// `None` (and a line on stderr) where namespaces cannot be made and
     /// the environment does not require them.
     fn start(tag: u8, layout: &Layout) -> Option<Network> {
+        Self::start_with(tag, layout, &[], |_| {})
+    }
+
+    /// [`Network::start`], with `extra` options for every agent and
+    /// `prepare` run on the topology before any agent starts.
+    fn start_with(
+        tag: u8,
+        layout: &Layout,
+        extra: &[&str],
+        prepare: impl FnOnce(&Topology),
+    ) -> Option<Network> {
         if let Err(why) = netns_available(tag) {
             let required = std::env::var("KEYNODE_NETNS_TESTS").is_ok_and(|v| v == "require");
             assert!(!required, "network namespaces with nftables NAT: {why}");
@@ -353,6 +365,7 @@ impl Network {
             return None;
         }
         let topology = Topology::build(tag, layout);
+        prepare(&topology);
         let tmp = tempfile::tempdir().unwrap();
         // Each agent syncs from every public agent started before it: the
         // seed from none, a private agent from all of them (so it is seen
@@ -360,11 +373,12 @@ impl Network {
         let mut agents = Vec::new();
         let mut seeds: Vec<String> = Vec::new();
         for host in &topology.hosts {
-            let agent = start_agent_in(
+            let agent = start_agent_with(
                 Some(&topology.ns(host.name)),
                 &tmp.path().join(host.name),
                 &format!("{}:0", host.ip),
                 (!seeds.is_empty()).then(|| seeds.join(";")).as_deref(),
+                extra,
             );
             if host.nat.is_none() {
                 seeds.push(format!("{}@{}", agent.node_id, agent.addr));
@@ -820,5 +834,199 @@ fn private_agents_find_each_other_by_signal_between_cones_and_by_relay_past_a_sy
         links,
         [(s2.node_id.as_str(), s1.node_id.as_str())],
         "{their_chain}"
+    );
+}
+
+/// Two agents behind cone NATs whose routers cannot reach each other
+/// directly (a rule on the wan drops what goes between them) until the
+/// rule is lifted.
+const BLOCKED_CONES: Layout = Layout {
+    public: &["seed", "pub"],
+    private: &[("c1", Nat::Cone), ("c2", Nat::Cone)],
+};
+
+/// The remote address of every connection of `agent` to `peer`.
+fn connections_to(agent: &AgentProc, peer: &AgentProc) -> Vec<String> {
+    let answer = json(&["nodes", "connections", "--data-dir", agent.dir()]);
+    answer["connections"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|c| c["node_id"] == peer.node_id.as_str())
+                .filter_map(|c| c["remote"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A relayed connection's remote is a mapped address (`100::/64`).
+fn is_mapped(remote: &str) -> bool {
+    remote.starts_with("[100::")
+}
+
+/// A pair that cannot punch (the wan drops what goes straight between
+/// their routers) is connected through the relay; once the rule is
+/// lifted, the relayed connection's upgrade punches, and the punched
+/// connection takes over: a stream open on the relayed connection across
+/// the switch runs to its end, and the next `find` reports the punched
+/// connection.
+#[test]
+fn a_relayed_pair_moves_to_a_punched_connection_once_punching_is_let_through() {
+    let Some(net) = Network::start_with(
+        5,
+        &BLOCKED_CONES,
+        &[
+            "--connect-timeout-ms",
+            "2000",
+            "--relay-upgrade-interval-ms",
+            "1000",
+        ],
+        |topology| {
+            let c1_wan = &topology.host("c1").wan_ip;
+            let c2_wan = &topology.host("c2").wan_ip;
+            let rules = format!(
+                "add table inet block; \
+                 add chain inet block between {{ type filter hook forward priority 0; }}; \
+                 add rule inet block between ip saddr {c1_wan} ip daddr {c2_wan} drop; \
+                 add rule inet block between ip saddr {c2_wan} ip daddr {c1_wan} drop"
+            );
+            topology.exec("wan", &["nft", &rules]);
+        },
+    ) else {
+        return;
+    };
+    let (c1, c2) = (net.agent("c1"), net.agent("c2"));
+    // No punch gets through: c1 reaches c2 through a relay.
+    let found = json(&[
+        "nodes",
+        "find",
+        "--data-dir",
+        c1.dir(),
+        &c2.node_id,
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(found["address"]["mode"], "Relay", "{found}");
+    let before = connections_to(c1, c2);
+    assert!(
+        !before.is_empty() && before.iter().all(|r| is_mapped(r)),
+        "only relayed connections while blocked: {before:?}"
+    );
+
+    // A stream opened on the relayed connection, half written.
+    const PROTOCOL: &str = "test/nat-upgrade/1";
+    let dir = net.tmp.path();
+    let first: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let second: Vec<u8> = (0..100_000u32).map(|i| (i % 239) as u8).collect();
+    std::fs::write(dir.join("empty"), b"").expect("write");
+    let mut listen = Guard {
+        child: Command::new(KEYNODE)
+            .args([
+                "pipe",
+                "listen",
+                "--data-dir",
+                c2.dir(),
+                "--protocol",
+                PROTOCOL,
+            ])
+            .stdin(File::open(dir.join("empty")).expect("empty"))
+            .stdout(File::create(dir.join("upgrade.out")).expect("output"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("keynode starts"),
+        what: "pipe listen".into(),
+    };
+    let mut said = BufReader::new(listen.child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("listening for") {
+        line.clear();
+        let read = said.read_line(&mut line).expect("listen's stderr");
+        assert!(read > 0, "pipe listen ended without listening");
+    }
+    let mut connect = Guard {
+        child: Command::new(KEYNODE)
+            .args([
+                "pipe",
+                "connect",
+                "--data-dir",
+                c1.dir(),
+                &c2.node_id,
+                "--protocol",
+                PROTOCOL,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("connect.err")).expect("stderr"))
+            .spawn()
+            .expect("keynode starts"),
+        what: "pipe connect".into(),
+    };
+    let mut stdin = connect.child.stdin.take().expect("stdin");
+    stdin.write_all(&first).expect("first half");
+    stdin.flush().expect("flush");
+    let deadline = Instant::now() + WAIT;
+    // (Less the tail `pipe listen`'s stdout may hold back.)
+    let most = first.len() as u64 - 4096;
+    while std::fs::metadata(dir.join("upgrade.out")).map_or(0, |m| m.len()) < most {
+        assert!(
+            Instant::now() < deadline,
+            "the first half did not arrive: {:?} bytes; connect said {:?}; c1 {:?}",
+            std::fs::metadata(dir.join("upgrade.out")).map(|m| m.len()),
+            std::fs::read_to_string(dir.join("connect.err")),
+            connections_to(c1, c2),
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // The rule goes: the next upgrade round punches, and a punched
+    // connection joins the relayed one.
+    let lifted = Instant::now();
+    net.topology
+        .exec("wan", &["nft", "delete table inet block"]);
+    let deadline = Instant::now() + WAIT;
+    let punched = loop {
+        let now = connections_to(c1, c2);
+        if let Some(direct) = now.iter().find(|r| !is_mapped(r)) {
+            break direct.clone();
+        }
+        assert!(Instant::now() < deadline, "no punched connection: {now:?}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "upgrade: punched connection at {punched} {} ms after the rule was lifted",
+        lifted.elapsed().as_millis()
+    );
+    assert_eq!(punched, net.mapped("c2"));
+
+    // The stream on the relayed connection runs to its end.
+    stdin.write_all(&second).expect("second half");
+    drop(stdin);
+    assert!(connect.wait().success(), "pipe connect failed");
+    assert!(listen.wait().success(), "pipe listen failed");
+    let got = std::fs::read(dir.join("upgrade.out")).expect("read");
+    assert!(
+        got.len() == first.len() + second.len()
+            && got[..first.len()] == first[..]
+            && got[first.len()..] == second[..],
+        "the stream across the switch delivered {} of {} bytes",
+        got.len(),
+        first.len() + second.len()
+    );
+    // New uses take the punched connection.
+    let found = json(&["nodes", "find", "--data-dir", c1.dir(), &c2.node_id]);
+    assert_eq!(found["address"]["mode"], "Signal", "{found}");
+    assert_eq!(
+        found["address"]["address"],
+        net.mapped("c2").as_str(),
+        "{found}"
+    );
+    let metrics = ok(&["agent", "metrics", "--data-dir", c1.dir()]);
+    eprintln!(
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("relay"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

@@ -18,16 +18,17 @@ pub(crate) struct Conn {
     /// We dialled it (an outbound connection): only such a peer may ask us
     /// to punch (see `serve`), since anyone can connect in with a fresh key.
     pub(crate) dialled: bool,
-    /// Over a relay this node dialled through: the peer's address as the
-    /// relay sees it (`remote` is a mapped address, meaningless outside).
-    pub(crate) relayed_at: Option<SocketAddr>,
+    /// Over a relay this node dialled through: which, and the peer's
+    /// address as the relay sees it (`remote` is a mapped address,
+    /// meaningless outside).
+    pub(crate) relayed: Option<crate::manager::dials::RelayedVia>,
 }
 
 impl Conn {
     /// The peer's address to report: where the relay sees it for a
     /// relayed connection this node dialled, else the remote address.
     pub(crate) fn shown_remote(&self) -> SocketAddr {
-        self.relayed_at.unwrap_or(self.remote)
+        self.relayed.map_or(self.remote, |r| r.seen_at)
     }
 }
 
@@ -73,18 +74,52 @@ impl ConnTable {
         self.by_peer.get(peer).map_or(0, BTreeSet::len)
     }
 
-    /// The node's primary connection: the one with the smallest id.
+    /// The node's primary connection: the one with the smallest id that
+    /// is not relayed, else the relayed one with the smallest id (a direct
+    /// path, once there is one, takes over from a relay: new uses go
+    /// there, and the relayed connection idles out when its uses end).
     pub(crate) fn primary(&self, peer: &NodeId) -> Option<(ConnId, &Conn)> {
-        let id = *self.by_peer.get(peer)?.first()?;
-        self.conns.get(&id).map(|c| (id, c))
+        let set = self.by_peer.get(peer)?;
+        let mut first = None;
+        for id in set {
+            let c = self.conns.get(id)?;
+            if c.mode != ContactMode::Relay {
+                return Some((*id, c));
+            }
+            first = first.or(Some((*id, c)));
+        }
+        first
     }
 
     pub(crate) fn is_primary(&self, id: ConnId) -> bool {
         self.conns
             .get(&id)
-            .and_then(|c| self.by_peer.get(&c.peer))
-            .and_then(|set| set.first())
-            == Some(&id)
+            .and_then(|c| self.primary(&c.peer))
+            .is_some_and(|(p, _)| p == id)
+    }
+
+    /// The relayed connections to `peer`.
+    pub(crate) fn relayed_to(&self, peer: &NodeId) -> Vec<ConnId> {
+        self.by_peer.get(peer).map_or_else(Vec::new, |set| {
+            set.iter()
+                .filter(|id| {
+                    self.conns
+                        .get(id)
+                        .is_some_and(|c| c.mode == ContactMode::Relay)
+                })
+                .copied()
+                .collect()
+        })
+    }
+
+    /// Connections this node dialled through a relay, up to `limit`, in id order.
+    pub(crate) fn relayed_outbound(&self, limit: usize) -> Vec<(ConnId, &Conn)> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.mode == ContactMode::Relay && c.dialled)
+            .take(limit)
+            .map(|(id, c)| (*id, c))
+            .collect()
     }
 
     pub(crate) fn is_connected(&self, peer: &NodeId) -> bool {
@@ -160,7 +195,7 @@ mod tests {
             mode: ContactMode::Direct,
             leases: 0,
             dialled: false,
-            relayed_at: None,
+            relayed: None,
         }
     }
 

@@ -21,11 +21,21 @@ pub(crate) struct Attempt {
     pub(crate) node_id: NodeId,
     pub(crate) mode: ContactMode,
     pub(crate) timeout: Duration,
-    /// A relayed attempt: the target's address as the relay sees it
-    /// (recorded as its contact once up, mode `Relay`).
-    pub(crate) relayed_at: Option<std::net::SocketAddr>,
+    /// A relayed attempt: through which relay, and what the relay said of
+    /// the target.
+    pub(crate) relayed: Option<RelayedVia>,
     /// When it was asked for: for the time-to-connect metric only.
     pub(crate) started: std::time::Instant,
+}
+
+/// How a relayed connection goes: through `relay`, to a target the relay
+/// sees at `seen_at` (recorded as its contact once up, mode `Relay`), of
+/// NAT class `class` if it told the relay (whether a punch may upgrade it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RelayedVia {
+    pub(crate) relay: NodeId,
+    pub(crate) seen_at: std::net::SocketAddr,
+    pub(crate) class: Option<crate::nat::NatClass>,
 }
 
 /// A resolution an attempt waits on.

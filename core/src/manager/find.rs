@@ -197,6 +197,7 @@ impl NodeManager {
             k: config.k,
             max_candidates: config.max_lookup_candidates,
             own_symmetric: self.nat_class() == crate::nat::NatClass::Symmetric,
+            upgrade: false,
             ip_groups: config.ip_group_limits,
         };
         let fill =
@@ -204,6 +205,43 @@ impl NodeManager {
         let find = Lookup::new(target, params, fill);
         let timeout = options.timeout.unwrap_or(self.config.find_node_timeout);
         self.spawn(OpKind::Find(Box::new(find)), parent, Some(timeout))
+    }
+
+    /// A lookup that tries to reach `peer`, connected through `relayed`,
+    /// by a punch signalled through that relay: the upgrade of a relayed
+    /// connection (see `relays.rs`).
+    pub(super) fn spawn_upgrade(
+        &mut self,
+        peer: NodeId,
+        relayed: &super::dials::RelayedVia,
+    ) -> Result<OpId, ApiError> {
+        let config = &self.config;
+        let params = Params {
+            strategies: Strategies::SIGNAL,
+            mdns_available: false,
+            connect_timeout: config.connection_connect_timeout,
+            mdns_timeout: config.nodes_connection_find_local_timeout,
+            concurrency: 1,
+            limit: 1,
+            k: config.k,
+            max_candidates: 1,
+            own_symmetric: false,
+            upgrade: true,
+            ip_groups: config.ip_group_limits,
+        };
+        let mut find = Lookup::new(peer, params, None);
+        find.offer(
+            self.graph.own_node_id(),
+            peer,
+            Vec::new(),
+            Some(relayed.relay),
+        );
+        let timeout = 2 * config.connection_connect_timeout;
+        self.spawn(
+            OpKind::Find(Box::new(find)),
+            Parent::Internal,
+            Some(timeout),
+        )
     }
 
     pub(super) fn step_query_mdns(&mut self, id: OpId, mut op: QueryMdns, input: Input) -> Step {
@@ -235,7 +273,7 @@ impl NodeManager {
         match input {
             Input::Start => {
                 op.started = Some(self.now.mono);
-                if op.on_start(&self.conns) {
+                if op.on_start(&self.conns) && !op.is_upgrade() {
                     self.seed_candidates(&mut op);
                 }
             }
@@ -310,10 +348,10 @@ impl NodeManager {
                 Next::DialRelayed {
                     node_id,
                     via,
-                    seen_at,
+                    relayed,
                     timeout,
                 } => {
-                    let attempt = self.dial_relayed(id, node_id, via, seen_at, timeout);
+                    let attempt = self.dial_relayed(id, node_id, via, relayed, timeout);
                     op.dialing(attempt);
                 }
                 Next::Punch { address, timeout } => {

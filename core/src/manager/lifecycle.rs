@@ -41,7 +41,7 @@ impl NodeManager {
                 node_id,
                 mode,
                 timeout,
-                relayed_at: None,
+                relayed: None,
                 started: self.now.mono,
             },
         );
@@ -68,13 +68,13 @@ impl NodeManager {
     }
 
     /// Asks the net layer to connect to `node_id` through the relay on
-    /// connection `via`; `seen_at`: the target's address as the relay saw it.
+    /// connection `via`, as `relayed` says.
     pub(super) fn dial_relayed(
         &mut self,
         op: OpId,
         node_id: NodeId,
         via: ConnId,
-        seen_at: SocketAddr,
+        relayed: super::dials::RelayedVia,
         timeout: Duration,
     ) -> AttemptId {
         let attempt = AttemptId(self.fresh_id());
@@ -84,7 +84,7 @@ impl NodeManager {
                 node_id,
                 mode: ContactMode::Relay,
                 timeout,
-                relayed_at: Some(seen_at),
+                relayed: Some(relayed),
                 started: self.now.mono,
             },
         );
@@ -245,17 +245,31 @@ impl NodeManager {
                 mode,
                 leases: 0,
                 dialled: attempt.is_some(),
-                relayed_at: attempt.as_ref().and_then(|(_, a)| a.relayed_at),
+                relayed: attempt.as_ref().and_then(|(_, a)| a.relayed),
             },
         );
         self.arm_idle(conn);
+        if !relayed {
+            // A relayed connection to the peer is no longer its primary:
+            // its shorter time to live starts (it ends once unused).
+            let superseded = self.conns.relayed_to(&peer);
+            if !superseded.is_empty() {
+                self.metrics.relay_upgrades_succeeded += 1;
+            }
+            for old in superseded {
+                self.arm_idle(old);
+            }
+        }
         if relayed {
+            if attempt.is_some() {
+                self.arm_upgrades();
+            }
             // A mapped address is no address of the peer's: what is
             // recorded is where the relay saw it (a dialled one's), and an
             // inbound one is not dialled back (it came through the relay
             // because nothing else reaches it).
             if let Some((_, a)) = &attempt
-                && let Some(seen) = a.relayed_at
+                && let Some(seen) = a.relayed.map(|r| r.seen_at)
             {
                 let data = NodeContactAddressData {
                     mode,

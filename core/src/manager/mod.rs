@@ -477,6 +477,7 @@ impl NodeManager {
                 Timer::OpDeadline(op) => self.input(op, Input::Deadline),
                 Timer::ConnIdle(conn) => self.on_idle(conn),
                 Timer::Relays => self.check_relays(),
+                Timer::RelayUpgrade => self.check_upgrades(),
             }
             self.run();
         }

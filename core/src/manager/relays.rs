@@ -11,6 +11,18 @@
 //! reached directly is a candidate relay; one that reached it may be
 //! behind a NAT itself), in connection order, skipping those that refused
 //! within `Config::relay_refusal_memory`.
+//!
+//! # Upgrades
+//!
+//! A connection this node dialled through a relay keeps trying to become
+//! direct: every `Config::relay_upgrade_interval`, unless punching cannot
+//! work (this node's mapping, or the peer's as its relay told, varies by
+//! destination), a lookup of the peer by signal through the same relay
+//! punches and dials it (`spawn_upgrade`). A punched connection that comes
+//! up is the peer's primary connection from then on (`ConnTable::primary`
+//! prefers a connection that is not relayed): new uses go there, streams
+//! open on the relayed one run to their end, and the relayed one idles out
+//! once unused (see `net`'s relay docs for why a path is a connection).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -21,6 +33,9 @@ use crate::id::NodeId;
 use crate::manager::observations::Observation;
 use crate::nat::NatClass;
 use crate::wire::{Request, Response};
+
+/// Upgrades started per round at most: each is a punch and a handshake.
+const UPGRADES_PER_ROUND: usize = 4;
 
 /// A reservation held.
 #[derive(Clone, Copy, Debug)]
@@ -118,6 +133,50 @@ impl NodeManager {
             }
         }
         self.arm_relays_timer();
+    }
+
+    /// Tries to upgrade the relayed connections this node dialled (at most
+    /// [`UPGRADES_PER_ROUND`] a round), and arms the next round while any
+    /// is left.
+    pub(super) fn check_upgrades(&mut self) {
+        let own = self.nat_class();
+        let relayed: Vec<(NodeId, super::dials::RelayedVia)> = self
+            .conns
+            .relayed_outbound(usize::MAX)
+            .into_iter()
+            .filter_map(|(_, c)| c.relayed.map(|r| (c.peer, r)))
+            .collect();
+        let mut started = 0;
+        for (peer, via) in &relayed {
+            if started >= UPGRADES_PER_ROUND {
+                break;
+            }
+            let direct = self
+                .conns
+                .primary(peer)
+                .is_some_and(|(_, c)| c.mode != ContactMode::Relay);
+            let hopeless = own == NatClass::Symmetric || via.class == Some(NatClass::Symmetric);
+            if direct || hopeless {
+                continue;
+            }
+            if self.spawn_upgrade(*peer, via).is_ok() {
+                self.metrics.relay_upgrades_tried += 1;
+                started += 1;
+            }
+        }
+        if !relayed.is_empty() {
+            self.arm_upgrades();
+        }
+    }
+
+    /// Arms the next upgrade round, unless one is armed.
+    pub(super) fn arm_upgrades(&mut self) {
+        let interval = self.config.relay_upgrade_interval;
+        if interval.is_zero() || self.timers.get(Timer::RelayUpgrade).is_some() {
+            return;
+        }
+        self.timers
+            .set(Timer::RelayUpgrade, self.now.mono + interval);
     }
 
     fn ask_reservation(&mut self, relay: NodeId, conn: ConnId, class: NatClass) {

@@ -20,6 +20,8 @@ pub enum Timer {
     /// A relay reservation is due for renewal, or a refused relay may be
     /// asked again.
     Relays,
+    /// The next round of relayed connections' upgrades.
+    RelayUpgrade,
 }
 
 /// The deadlines. The 256 bucket refreshes, which exist all the time, sit

@@ -87,7 +87,7 @@ pub(super) struct Candidate {
     pub(super) relays_asked: usize,
     /// A relay that opened a pair to it, and its address as that relay
     /// sees it: the next relayed dial's.
-    pub(super) relay_ready: Option<(NodeId, SocketAddr)>,
+    pub(super) relay_ready: Option<crate::manager::dials::RelayedVia>,
 }
 
 /// The most nodes remembered as able to signal one candidate.

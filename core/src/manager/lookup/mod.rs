@@ -33,6 +33,7 @@ use crate::graph::NodeGraph;
 use crate::id::NodeId;
 use crate::ip_group::IpGroupLimits;
 use crate::manager::api::{AttemptId, ConnId, OpId, RequestId};
+use crate::manager::dials::RelayedVia;
 use crate::time::Now;
 pub(crate) use candidates::addresses_of;
 use candidates::{Candidate, Candidates, PeerState, Wait, addresses_where};
@@ -121,6 +122,10 @@ pub(crate) struct Params {
     /// asked for first), and punches only towards one whose relay does not
     /// say its NAT is one punching cannot cross.
     pub(crate) own_symmetric: bool,
+    /// An upgrade: the target is connected through a relay, and the lookup
+    /// looks for another way (a relayed connection does not count as
+    /// reaching it).
+    pub(crate) upgrade: bool,
 }
 
 /// What an event asked for, carried out by the next [`Lookup::next`]
@@ -215,12 +220,12 @@ pub(crate) enum Next {
     /// Ask the node on `conn` to relay to `target`; report the request
     /// with [`Lookup::requested`].
     RelayOpen { conn: ConnId, target: NodeId },
-    /// Connect to `node_id` through the relay on `via`; `seen_at`: its
-    /// address as the relay sees it. Report the attempt with [`Lookup::dialing`].
+    /// Connect to `node_id` through the relay on `via`, as `relayed`
+    /// says. Report the attempt with [`Lookup::dialing`].
     DialRelayed {
         node_id: NodeId,
         via: ConnId,
-        seen_at: SocketAddr,
+        relayed: RelayedVia,
         timeout: Duration,
     },
     /// Punch a hole towards `address` (nothing to report; a [`Next::Dial`] follows).
@@ -297,6 +302,11 @@ impl Lookup {
         }
     }
 
+    /// Whether it is a relayed connection's upgrade (see [`Params::upgrade`]).
+    pub(crate) fn is_upgrade(&self) -> bool {
+        self.params.upgrade
+    }
+
     /// How many nodes it has contacted (asked, or dialled for).
     pub(crate) fn contacted(&self) -> usize {
         self.contacted
@@ -311,7 +321,7 @@ impl Lookup {
     /// (`next` says so); otherwise it wants its first candidates
     /// ([`Lookup::offer`]) and returns `true`.
     pub(crate) fn on_start(&mut self, peers: &impl Peers) -> bool {
-        match peers.primary(&self.candidates.target()) {
+        match self.reached(peers, &self.candidates.target()) {
             Some((_, remote, mode)) => {
                 self.over = Some(Over::Reached {
                     remote,
@@ -471,7 +481,11 @@ impl Lookup {
         };
         let signalled = self.candidates.get(&node_id).is_some_and(|c| c.signalled);
         if let Some(c) = self.candidates.get_mut(&node_id) {
-            c.relay_ready = Some((relay, target_address));
+            c.relay_ready = Some(RelayedVia {
+                relay,
+                seen_at: target_address,
+                class: target_class,
+            });
         }
         self.follow_up = Some(
             if punchable && !signalled && self.params.strategies.signal {
@@ -682,8 +696,20 @@ impl Lookup {
     }
 
     /// The first contact of a new candidate; `None` if no way to it works.
+    /// A connection that reaches `node`: its primary one, unless this is an
+    /// upgrade and that one is relayed.
+    fn reached(
+        &self,
+        peers: &impl Peers,
+        node: &NodeId,
+    ) -> Option<(ConnId, SocketAddr, ContactMode)> {
+        peers
+            .primary(node)
+            .filter(|(_, _, mode)| !(self.params.upgrade && *mode == ContactMode::Relay))
+    }
+
     fn start_candidate(&mut self, now: Now, node_id: NodeId, peers: &impl Peers) -> Option<Next> {
-        if let Some((conn, remote, mode)) = peers.primary(&node_id) {
+        if let Some((conn, remote, mode)) = self.reached(peers, &node_id) {
             if node_id == self.candidates.target() {
                 return Some(Next::Done(found(now, remote, mode, false)));
             }
@@ -744,21 +770,21 @@ impl Lookup {
             return None;
         }
         let target = candidate.node_id;
-        if let Some((relay, seen_at)) = candidate.relay_ready.take()
-            && let Some((via, _, _)) = peers.primary(&relay)
+        if let Some(relayed) = candidate.relay_ready.take()
+            && let Some((via, _, _)) = peers.primary(&relayed.relay)
         {
             self.starting = Some((
                 target,
                 Pending::Dial {
                     address: 0,
                     via_signal: false,
-                    via_relay: Some(seen_at),
+                    via_relay: Some(relayed.seen_at),
                 },
             ));
             return Some(Next::DialRelayed {
                 node_id: target,
                 via,
-                seen_at,
+                relayed,
                 timeout,
             });
         }

@@ -118,13 +118,13 @@ impl World {
                 Next::DialRelayed {
                     node_id,
                     via,
-                    seen_at,
+                    relayed,
                     timeout,
                 } => {
                     assert_eq!(timeout, CONNECT);
                     let attempt = AttemptId(self.fresh());
                     lookup.dialing(attempt);
-                    did.push(Did::DialRelayed(node_id, via, seen_at, attempt));
+                    did.push(Did::DialRelayed(node_id, via, relayed.seen_at, attempt));
                 }
                 Next::QueryMdns { node_id, timeout } => {
                     assert_eq!(timeout, MDNS);
@@ -186,6 +186,7 @@ fn params(strategies: Strategies, concurrency: usize, k: usize) -> Params {
         max_candidates: 20,
         ip_groups: crate::IpGroupLimits::default(),
         own_symmetric: false,
+        upgrade: false,
     }
 }
 

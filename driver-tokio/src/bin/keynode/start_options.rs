@@ -96,6 +96,14 @@ pub struct StartOptions {
     /// ADDR can read them, so keep it on loopback or a private network).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Milliseconds one connection attempt (a dial, a punch) may take
+    /// (Config::connection_connect_timeout) [default: 15000].
+    #[arg(long)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Milliseconds between the tries of a relayed connection to become
+    /// direct (Config::relay_upgrade_interval); 0 never [default: 60000].
+    #[arg(long)]
+    pub relay_upgrade_interval_ms: Option<u64>,
 }
 
 /// Why the options do not make an agent's configuration.
@@ -176,6 +184,10 @@ impl StartOptions {
             mdns_port: self.mdns_port.or(file.mdns_port),
             mdns_interface: self.mdns_interface.or(file.mdns_interface),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
+            relay_upgrade_interval_ms: self
+                .relay_upgrade_interval_ms
+                .or(file.relay_upgrade_interval_ms),
         }
     }
 
@@ -214,6 +226,12 @@ impl StartOptions {
         }
         if let Some(attempts) = self.sync_retry_attempts {
             config.config.sync_retry_attempts = attempts;
+        }
+        if let Some(ms) = self.connect_timeout_ms {
+            config.config.connection_connect_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.relay_upgrade_interval_ms {
+            config.config.relay_upgrade_interval = Duration::from_millis(ms);
         }
         let mdns_settings =
             self.mdns_groups.is_some() || self.mdns_port.is_some() || self.mdns_interface.is_some();
@@ -267,11 +285,18 @@ mod tests {
             mdns-port = 5353
             mdns-interface = "127.0.0.1"
             metrics-addr = "127.0.0.1:9464"
+            connect-timeout-ms = 3000
+            relay-upgrade-interval-ms = 2000
             "#,
         )
         .unwrap();
         assert_eq!(file.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         let config = file.agent_config(PathBuf::from("d")).unwrap();
+        assert_eq!(
+            config.config.connection_connect_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(config.config.relay_upgrade_interval, Duration::from_secs(2));
         assert_eq!(config.bind, "127.0.0.1:4000".parse().unwrap());
         assert_eq!(config.map_size, 33554432);
         assert_eq!(config.config.max_connections, 77);
