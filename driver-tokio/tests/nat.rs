@@ -1030,3 +1030,115 @@ fn a_relayed_pair_moves_to_a_punched_connection_once_punching_is_let_through() {
             .join("\n")
     );
 }
+
+/// Sends `len` bytes on one stream of a new protocol from `from` to `to`
+/// (`pipe connect` to `pipe listen`) and returns how long it took, from
+/// the connect's start to both ends' exit; the bytes are checked.
+fn pipe_one_way(from: &AgentProc, to: &AgentProc, dir: &Path, len: usize) -> Duration {
+    const PROTOCOL: &str = "test/nat-throughput/1";
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("bulk"), &data).expect("write");
+    std::fs::write(dir.join("none"), b"").expect("write");
+    let mut listen = Guard {
+        child: Command::new(KEYNODE)
+            .args([
+                "pipe",
+                "listen",
+                "--data-dir",
+                to.dir(),
+                "--protocol",
+                PROTOCOL,
+            ])
+            .stdin(File::open(dir.join("none")).expect("input"))
+            .stdout(File::create(dir.join("bulk.out")).expect("output"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("keynode starts"),
+        what: "pipe listen".into(),
+    };
+    let mut said = BufReader::new(listen.child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("listening for") {
+        line.clear();
+        let read = said.read_line(&mut line).expect("listen's stderr");
+        assert!(read > 0, "pipe listen ended without listening");
+    }
+    let started = Instant::now();
+    let mut connect = Guard {
+        child: Command::new(KEYNODE)
+            .args([
+                "pipe",
+                "connect",
+                "--data-dir",
+                from.dir(),
+                &to.node_id,
+                "--protocol",
+                PROTOCOL,
+            ])
+            .stdin(File::open(dir.join("bulk")).expect("input"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("keynode starts"),
+        what: "pipe connect".into(),
+    };
+    assert!(connect.wait().success(), "pipe connect failed");
+    assert!(listen.wait().success(), "pipe listen failed");
+    let took = started.elapsed();
+    assert!(
+        std::fs::read(dir.join("bulk.out")).expect("read") == data,
+        "the bytes arrived whole"
+    );
+    took
+}
+
+/// Not a check: the figure of BENCHMARKS.md ("relay throughput"). One
+/// stream of 64 MiB over a punched connection (c1 -> c2) and over a
+/// relayed one (s1 -> s2), in the same run, on veth links (no latency,
+/// no loss): MB/s of each and their ratio, printed.
+///
+/// `cargo test --release -p keynode-tokio --test nat relay_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: run it by name"]
+fn relay_throughput_against_a_punched_connection() {
+    let Some(net) = Network::start(6, &MATRIX) else {
+        return;
+    };
+    const LEN: usize = 64 << 20;
+    for (from, to) in [("c1", "c2"), ("s1", "s2")] {
+        let found = json(&[
+            "nodes",
+            "find",
+            "--data-dir",
+            net.agent(from).dir(),
+            &net.agent(to).node_id,
+        ]);
+        eprintln!("{from} -> {to}: {}", found["address"]["mode"]);
+    }
+    let mut rates = Vec::new();
+    for round in 0..3 {
+        for (from, to) in [("c1", "c2"), ("s1", "s2")] {
+            let took = pipe_one_way(net.agent(from), net.agent(to), net.tmp.path(), LEN);
+            let rate = LEN as f64 / took.as_secs_f64() / 1e6;
+            eprintln!(
+                "throughput round {round} {from} -> {to}: {rate:.1} MB/s ({} ms)",
+                took.as_millis()
+            );
+            rates.push(((from, to), rate));
+        }
+    }
+    let median = |pair: (&str, &str)| {
+        let mut r: Vec<f64> = rates
+            .iter()
+            .filter(|(p, _)| *p == pair)
+            .map(|(_, r)| *r)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    };
+    let (direct, relayed) = (median(("c1", "c2")), median(("s1", "s2")));
+    eprintln!(
+        "throughput median: punched {direct:.1} MB/s, relayed {relayed:.1} MB/s, relayed/punched {:.3}",
+        relayed / direct
+    );
+}
