@@ -811,8 +811,9 @@ impl Agent {
     }
 
     /// Whether the agent has joined the network through its seed nodes,
-    /// how its background syncs fared, and how many contacts and
-    /// connections it holds.
+    /// how its background syncs fared, how many contacts and connections
+    /// it holds, its NAT class, and whether it relays (with its relay's
+    /// counters and the reservations it holds).
     ///
     /// ```no_run
     /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
@@ -825,12 +826,18 @@ impl Agent {
     /// # }
     /// ```
     pub async fn status(&self) -> Result<crate::AgentStatus, AgentError> {
-        self.manager(|m| crate::AgentStatus {
+        let state = self.shared.lock();
+        if state.stopped {
+            return Err(AgentError::Stopped);
+        }
+        let m = state.node.manager_ref();
+        Ok(crate::AgentStatus {
             join: m.join_status(),
             contacts: m.graph().len(),
             connections: m.connections().len(),
             observed_addresses: m.observed_addresses(),
             nat_class: m.nat_class(),
+            relay: crate::RelayStatus::of(&state.node),
         })
     }
 

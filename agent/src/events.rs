@@ -26,8 +26,12 @@ use crate::shared::State;
 pub enum AgentEvent {
     /// What the node observed: contacts added, updated, evicted or moved to
     /// pending, connections up and down (with their mode and the peer's
-    /// address), claims linked, the key renewed, syncs finished or failed
-    /// (`OpError::SeedsUnreachable` names each seed and its error).
+    /// address), claims linked, the key renewed, the NAT class changed
+    /// (`Observation::NatClassChanged`), a relay reservation granted
+    /// (`Observation::RelayReserved { relay, lifetime_secs }`, renewals
+    /// not told) or ended (`Observation::RelayReservationEnded { relay,
+    /// lost }`), syncs finished or failed (`OpError::SeedsUnreachable`
+    /// names each seed and its error).
     Node(Observation),
     /// The core dropped something since the last event of this kind: the
     /// totals so far (they only grow).
@@ -137,7 +141,8 @@ impl State {
 
 impl Agent {
     /// The agent's events from now on: contacts, connections, claims, key
-    /// renewals, syncs and the core's drop counts. A subscriber that falls
+    /// renewals, NAT class changes, relay reservations gained and lost,
+    /// syncs and the core's drop counts. A subscriber that falls
     /// behind by more than `AgentConfig::max_buffered_events` gets
     /// `Err(EventsLagged(n))`, then the events still held. The stream ends
     /// after the agent stopped.

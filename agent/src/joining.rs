@@ -33,6 +33,9 @@ pub struct AgentStatus {
     pub observed_addresses: Vec<ObservedAddress>,
     /// The NAT class those observations give (see `keynode_core::nat`).
     pub nat_class: NatClass,
+    /// Whether the agent relays for others, the reservations it holds
+    /// with relays, and its relay's counters.
+    pub relay: crate::RelayStatus,
 }
 
 /// Logs a node event: a failed background sync as warnings, one naming

@@ -30,6 +30,7 @@ mod options;
 mod pending;
 mod readiness;
 mod receiver;
+mod relay_status;
 mod reply;
 mod run;
 mod runtime;
@@ -59,6 +60,7 @@ pub use options::{
     ChainOptions, ClaimOptions, FindOptions, PingOptions, SetNodeOptions, SyncOptions,
 };
 pub use readiness::ReadinessTables;
+pub use relay_status::RelayStatus;
 pub use reply::{Found, ResultKind};
 pub use run::start;
 pub use runtime::{Elapsed, Fd, Interest, Runtime, poll_io, sleep, timeout};

@@ -37,6 +37,9 @@ pub struct MetricsSnapshot {
     pub admission: AdmissionStats,
     /// Contacts in the node graph.
     pub contacts: usize,
+    /// The relay: whether it relays now, the reservations held with
+    /// relays, and the relay's counters.
+    pub relay: crate::RelayStatus,
 }
 
 impl MetricsSnapshot {
@@ -48,6 +51,7 @@ impl MetricsSnapshot {
             stats: manager.stats(),
             admission: state.node.admission_stats(),
             contacts: manager.graph().len(),
+            relay: crate::RelayStatus::of(&state.node),
         }
     }
 
@@ -133,6 +137,95 @@ fn gauge(
     encoder
         .encode_descriptor(name, help, None, MetricType::Gauge)?
         .encode_gauge(&value)
+}
+
+/// A counter family with one label, `reason`.
+fn by_reason(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&'static str, u64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (reason, value) in values {
+        family
+            .encode_family(&[("reason", *reason)])?
+            .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+    }
+    Ok(())
+}
+
+/// The relay's families: `relay_*`.
+fn relay(e: &mut DescriptorEncoder, snap: &MetricsSnapshot) -> std::fmt::Result {
+    let r = &snap.relay;
+    // The gauge helper takes sizes; the counts are far below usize::MAX.
+    let as_size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    gauge(
+        e,
+        "relay_serving",
+        "1 if this node relays for others now, else 0.",
+        usize::from(r.relaying),
+    )?;
+    gauge(
+        e,
+        "relay_pairs",
+        "Relayed pairs this node forwards between now.",
+        as_size(r.stats.pairs),
+    )?;
+    gauge(
+        e,
+        "relay_reservations_served",
+        "Relay reservations this node holds for others now.",
+        as_size(r.stats.reservations),
+    )?;
+    gauge(
+        e,
+        "relay_reservations_held",
+        "Relay reservations this node holds with relays now.",
+        as_size(snap.core.relay_reservations),
+    )?;
+    gauge(
+        e,
+        "relay_paths",
+        "Relayed paths this node keeps as a relay's client now.",
+        as_size(r.stats.paths),
+    )?;
+    counter(
+        e,
+        "relay_pairs_opened",
+        "Relayed pairs this node opened.",
+        r.stats.pairs_opened,
+    )?;
+    counter(
+        e,
+        "relay_reservations_granted",
+        "Relay reservations this node granted (renewals too).",
+        r.stats.reservations_granted,
+    )?;
+    counter(
+        e,
+        "relay_frames_forwarded",
+        "Relay frames this node forwarded.",
+        r.stats.frames_forwarded,
+    )?;
+    counter(
+        e,
+        "relay_bytes_forwarded",
+        "QUIC bytes in the relay frames this node forwarded (headers not counted).",
+        r.stats.bytes_forwarded,
+    )?;
+    by_reason(
+        e,
+        "relay_dropped",
+        "Relay frames dropped, by reason.",
+        &r.drops(),
+    )?;
+    by_reason(
+        e,
+        "relay_refused",
+        "Relay pair and reservation requests refused, by reason.",
+        &r.refusals(),
+    )
 }
 
 fn histogram(
@@ -243,24 +336,19 @@ impl Collector for NodeCollector {
             "Observed addresses refused (repeated, table full, or not an address of this node).",
             m.observed_addresses_refused,
         )?;
-        let mut dropped = e.encode_descriptor(
+        by_reason(
+            e,
             "dropped",
             "What the node dropped or refused, by reason.",
-            None,
-            MetricType::Counter,
+            &snap.drops(),
         )?;
-        for (reason, value) in snap.drops() {
-            dropped
-                .encode_family(&[("reason", reason)])?
-                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
-        }
-        Ok(())
+        relay(e, &snap)
     }
 }
 
 impl Agent {
     /// What the core has counted so far: connections, handshakes, punches,
-    /// lookups, requests, stream bytes and drops.
+    /// lookups, requests, stream bytes, drops and the relay's counters.
     ///
     /// ```no_run
     /// # fn f(agent: keynode_agent::Agent) {

@@ -732,3 +732,128 @@ fn a_metrics_address_that_cannot_be_bound_stops_the_start_with_its_name() {
         "{out:?}"
     );
 }
+
+/// `--relay always` makes an agent relay from the start, and `agent
+/// status` (JSON and text) and `agent metrics` say so; an agent left at
+/// the default (`when-public`) on loopback, where no peer can tell it is
+/// public (all share one IP), does not relay. Both show their
+/// reservations (none: neither is behind a NAT) and the relay's counters,
+/// and the metrics pass promtool.
+#[test]
+fn agent_status_and_metrics_say_whether_the_agent_relays() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay = start_agent_with(
+        None,
+        &tmp.path().join("relay"),
+        "127.0.0.1:0",
+        None,
+        &["--relay", "always"],
+    );
+    let plain = start_agent(&tmp.path().join("plain"));
+    ok(&[
+        "nodes",
+        "add",
+        "--data-dir",
+        plain.dir(),
+        &relay.node_id,
+        &relay.addr,
+    ]);
+    ok(&["nodes", "ping", "--data-dir", plain.dir(), &relay.node_id]);
+
+    let status = json(&["agent", "status", "--data-dir", relay.dir()]);
+    let r = &status["relay"];
+    assert_eq!(r["relaying"], true, "{status}");
+    assert_eq!(r["serve"], "always", "{status}");
+    assert_eq!(r["reservations"], serde_json::json!([]), "{status}");
+    assert_eq!(r["pairs"], 0, "{status}");
+    assert_eq!(r["reservations_served"], 0, "{status}");
+    assert_eq!(r["frames_forwarded"], 0, "{status}");
+    assert_eq!(r["bytes_forwarded"], 0, "{status}");
+    assert_eq!(
+        r["dropped"],
+        serde_json::json!({"no_pair": 0, "over_rate": 0, "too_large": 0, "unexpected": 0}),
+        "{status}"
+    );
+    assert_eq!(
+        r["refused"],
+        serde_json::json!({"not_relaying": 0, "full": 0, "per_peer": 0}),
+        "{status}"
+    );
+    let status = json(&["agent", "status", "--data-dir", plain.dir()]);
+    assert_eq!(status["relay"]["relaying"], false, "{status}");
+    assert_eq!(status["relay"]["serve"], "when_public", "{status}");
+    assert_eq!(status["nat_class"], "unknown", "{status}");
+
+    let text = ok(&["agent", "status", "--data-dir", relay.dir()]);
+    assert!(
+        text.contains("relay: relaying for others (--relay always)"),
+        "{text}"
+    );
+    assert!(text.contains("relay reservations: none"), "{text}");
+    assert!(
+        text.contains(
+            "relayed: 0 pairs open, 0 reservations held for others, 0 frames (0 bytes) forwarded"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("relay drops: 0 no pair"), "{text}");
+    let text = ok(&["agent", "status", "--data-dir", plain.dir()]);
+    assert!(
+        text.contains("relay: not relaying (--relay when-public)"),
+        "{text}"
+    );
+
+    for (agent, serving) in [(&relay, 1), (&plain, 0)] {
+        let metrics = ok(&["agent", "metrics", "--data-dir", agent.dir()]);
+        promtool_check(&metrics);
+        assert_eq!(
+            sample(&metrics, "keynode_relay_serving"),
+            serving,
+            "{metrics}"
+        );
+        for family in [
+            "keynode_relay_pairs",
+            "keynode_relay_reservations_served",
+            "keynode_relay_reservations_held",
+            "keynode_relay_paths",
+            "keynode_relay_pairs_opened_total",
+            "keynode_relay_reservations_granted_total",
+            "keynode_relay_frames_forwarded_total",
+            "keynode_relay_bytes_forwarded_total",
+            "keynode_relay_dropped_total{reason=\"no_pair\"}",
+            "keynode_relay_dropped_total{reason=\"over_rate\"}",
+            "keynode_relay_dropped_total{reason=\"too_large\"}",
+            "keynode_relay_dropped_total{reason=\"unexpected\"}",
+            "keynode_relay_refused_total{reason=\"not_relaying\"}",
+            "keynode_relay_refused_total{reason=\"full\"}",
+            "keynode_relay_refused_total{reason=\"per_peer\"}",
+        ] {
+            assert_eq!(sample(&metrics, family), 0, "{family} in\n{metrics}");
+        }
+        for help in [
+            "# HELP keynode_relay_frames_forwarded_total Relay frames this node forwarded.",
+            "# HELP keynode_relay_dropped_total Relay frames dropped, by reason.",
+            "# TYPE keynode_relay_refused_total counter",
+            "# TYPE keynode_relay_pairs gauge",
+        ] {
+            assert!(metrics.contains(help), "{help} in\n{metrics}");
+        }
+    }
+
+    // A bad mode is refused, naming the choices.
+    let out = keynode(&[
+        "agent",
+        "start",
+        "--data-dir",
+        tmp.path().join("bad").to_str().expect("utf-8 path"),
+        "--relay",
+        "sometimes",
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("when-public") && out.stderr.contains("never"),
+        "{out:?}"
+    );
+    relay.stop_with("TERM");
+    plain.stop_with("TERM");
+}

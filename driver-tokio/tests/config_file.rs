@@ -96,3 +96,35 @@ fn a_bad_config_file_is_refused_with_the_key_named() {
     assert!(!missing.status.success());
     assert!(missing.stderr.contains("/nonexistent.toml"), "{missing:?}");
 }
+
+/// `relay = "never"` and `relay-reservations` in the file take effect
+/// (status says so), and `--relay` overrides the file's mode.
+#[test]
+fn a_config_file_sets_the_relay_mode_and_the_flag_overrides_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("keynode.toml");
+    std::fs::write(&file, "relay = \"never\"\nrelay-reservations = 0\n").expect("config file");
+    let file = file.to_str().expect("utf-8 path");
+    let from_file = start_agent_with(
+        None,
+        &tmp.path().join("a"),
+        "127.0.0.1:0",
+        None,
+        &["--config", file],
+    );
+    let status = json(&["agent", "status", "--data-dir", from_file.dir()]);
+    assert_eq!(status["relay"]["serve"], "never", "{status}");
+    assert_eq!(status["relay"]["relaying"], false, "{status}");
+    let overridden = start_agent_with(
+        None,
+        &tmp.path().join("b"),
+        "127.0.0.1:0",
+        None,
+        &["--config", file, "--relay", "always"],
+    );
+    let status = json(&["agent", "status", "--data-dir", overridden.dir()]);
+    assert_eq!(status["relay"]["serve"], "always", "{status}");
+    assert_eq!(status["relay"]["relaying"], true, "{status}");
+    from_file.stop_with("TERM");
+    overridden.stop_with("TERM");
+}

@@ -612,6 +612,89 @@ fn agents_classify_no_nat_as_public_masquerade_as_cone_and_fully_random_masquera
             "{status}"
         );
     }
+    relays_and_reservations_show(seed, public, &[c1, s1]);
+}
+
+/// The public agents relay (`--relay` is `when-public` by default) and
+/// each agent behind a NAT holds a reservation with both
+/// (`Config::relay_reservations`, 2): `agent status` (JSON and text) and
+/// `agent metrics` say so on both sides.
+fn relays_and_reservations_show(seed: &AgentProc, public: &AgentProc, private: &[&AgentProc]) {
+    let mut relays = vec![seed.node_id.clone(), public.node_id.clone()];
+    relays.sort();
+    for agent in private {
+        let status = until(
+            &["agent", "status", "--data-dir", agent.dir()],
+            &format!("{} holds two reservations", agent.node_id),
+            |status| status["relay"]["reservations"].as_array().map(Vec::len) == Some(2),
+        );
+        let mut held: Vec<String> = status["relay"]["reservations"]
+            .as_array()
+            .expect("reservations")
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        held.sort();
+        assert_eq!(held, relays, "{status}");
+        assert_eq!(status["relay"]["relaying"], false, "{status}");
+        let text = ok(&["agent", "status", "--data-dir", agent.dir()]);
+        assert!(
+            text.contains("relay: not relaying (--relay when-public)"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with("relay reservations: ")
+                && relays.iter().all(|r| l.contains(r.as_str()))),
+            "{text}"
+        );
+        let metrics = ok(&["agent", "metrics", "--data-dir", agent.dir()]);
+        promtool_check(&metrics);
+        assert_eq!(
+            sample(&metrics, "keynode_relay_reservations_held"),
+            2,
+            "{metrics}"
+        );
+        assert_eq!(sample(&metrics, "keynode_relay_serving"), 0, "{metrics}");
+    }
+    let served = private.len() as u64;
+    for agent in [seed, public] {
+        let status = until(
+            &["agent", "status", "--data-dir", agent.dir()],
+            &format!(
+                "{} holds a reservation for each private agent",
+                agent.node_id
+            ),
+            |status| status["relay"]["reservations_served"] == served,
+        );
+        assert_eq!(status["relay"]["relaying"], true, "{status}");
+        assert_eq!(status["relay"]["serve"], "when_public", "{status}");
+        assert_eq!(
+            status["relay"]["reservations"],
+            serde_json::json!([]),
+            "{status}"
+        );
+        let text = ok(&["agent", "status", "--data-dir", agent.dir()]);
+        assert!(
+            text.contains("relay: relaying for others (--relay when-public)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{served} reservations held for others")),
+            "{text}"
+        );
+        let metrics = ok(&["agent", "metrics", "--data-dir", agent.dir()]);
+        promtool_check(&metrics);
+        assert_eq!(sample(&metrics, "keynode_relay_serving"), 1, "{metrics}");
+        assert_eq!(
+            sample(&metrics, "keynode_relay_reservations_served"),
+            served,
+            "{metrics}"
+        );
+        assert!(
+            sample(&metrics, "keynode_relay_reservations_granted_total") >= served,
+            "{metrics}"
+        );
+    }
 }
 
 /// Two public hosts (one to relay), two agents behind cone NATs and two

@@ -79,6 +79,26 @@ async fn metrics_text_passes_promtool_and_says_what_the_snapshot_says() {
         snapshot.core.lookups.get(LookupOutcome::Found)
     );
     assert_eq!(sample(&text, "keynode_contacts"), snapshot.contacts as u64);
+    // The relay's families too: on loopback no agent is known public, so
+    // none relays (the default, `RelayServe::WhenPublic`).
+    assert!(!snapshot.relay.relaying);
+    assert_eq!(sample(&text, "keynode_relay_serving"), 0);
+    assert_eq!(
+        sample(&text, "keynode_relay_frames_forwarded_total"),
+        snapshot.relay.stats.frames_forwarded
+    );
+    assert_eq!(
+        sample(&text, "keynode_relay_reservations_held"),
+        snapshot.core.relay_reservations
+    );
+    for (reason, count) in snapshot.relay.drops() {
+        let name = format!("keynode_relay_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&text, &name), count, "{name}");
+    }
+    for (reason, count) in snapshot.relay.refusals() {
+        let name = format!("keynode_relay_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&text, &name), count, "{name}");
+    }
     // Its peers all share one IP (127.0.0.1): one observer, no NAT class.
     assert_eq!(sample(&text, "keynode_nat_class{class=\"unknown\"}"), 1);
     assert_eq!(sample(&text, "keynode_nat_class{class=\"public\"}"), 0);

@@ -5,7 +5,7 @@ use keynode_core::{ContactMode, NodeAddressScopes, NodeContactAddressData};
 
 use super::protocol::{
     AddressInfo, BucketInfo, ClaimInfo, ConnectionInfo, ContactInfo, ControlError, ErrorKind,
-    Reply, Request, Response,
+    RelayInfo, Reply, Request, Response,
 };
 use crate::{Agent, ChainOptions, ClaimOptions, FindOptions, PingOptions, SetNodeOptions};
 
@@ -50,6 +50,7 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 observed_addresses: status.observed_addresses,
                 nat_class: status.nat_class,
+                relay: Box::new(RelayInfo::new(&status.relay)),
             }
         }
         Request::SetNode {

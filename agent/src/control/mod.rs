@@ -60,7 +60,7 @@ pub use pipe::PIPE_ABORTED;
 pub use pipe_end::{Carried, PipeEnd, PipeError};
 pub use protocol::{
     AddressInfo, BucketInfo, ClaimBodyInfo, ClaimInfo, ConnectionInfo, ContactInfo, ControlError,
-    ErrorKind, Reply, Request, Response,
+    ErrorKind, RelayDrops, RelayInfo, RelayRefusals, Reply, Request, Response,
 };
 pub use server::{BindError, ControlServer, ControlSocket};
 

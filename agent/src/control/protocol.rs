@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use keynode_core::claims::{ClaimBody, SignedClaim};
 use keynode_core::nat::{NatClass, ObservedAddress};
+use keynode_core::net::RelayServe;
 use keynode_core::{
     ContactMode, NodeAddress, NodeAddressScopes, NodeContact, NodeContactAddressData, NodeId,
 };
@@ -153,6 +154,10 @@ pub enum Reply {
         /// The NAT class they give.
         #[serde(default)]
         nat_class: NatClass,
+        /// Whether the agent relays, its reservations with relays, and
+        /// its relay's counters (boxed: the other replies are small).
+        #[serde(default)]
+        relay: Box<RelayInfo>,
     },
     /// The request was carried out (set, allow, claim).
     Done,
@@ -216,6 +221,107 @@ pub enum Reply {
         /// Bytes from the peer to this client.
         received: u64,
     },
+}
+
+/// The relay's part of [`Reply::Status`]: this agent as a relay and as a
+/// relay's client.
+///
+/// ```text
+/// "relay":{"relaying":true,"serve":"always","reservations":[],"pairs":0,
+///   "reservations_served":0,"pairs_opened":0,"reservations_granted":0,
+///   "frames_forwarded":0,"bytes_forwarded":0,"paths":0,
+///   "dropped":{"no_pair":0,"over_rate":0,"too_large":0,"unexpected":0},
+///   "refused":{"not_relaying":0,"full":0,"per_peer":0}}
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RelayInfo {
+    /// Whether the agent relays for others now.
+    pub relaying: bool,
+    /// When it relays: `when_public` (while its NAT class is public),
+    /// `always` or `never` (`keynode agent start --relay`).
+    pub serve: RelayServe,
+    /// The relays it holds a reservation with (as a node behind a NAT).
+    pub reservations: Vec<NodeId>,
+    /// Pairs it relays between now.
+    pub pairs: u64,
+    /// Reservations it holds for others now.
+    pub reservations_served: u64,
+    /// Pairs it opened so far.
+    pub pairs_opened: u64,
+    /// Reservations it granted so far (renewals too).
+    pub reservations_granted: u64,
+    /// Frames it forwarded.
+    pub frames_forwarded: u64,
+    /// The QUIC bytes of those frames (headers not counted).
+    pub bytes_forwarded: u64,
+    /// Relayed paths it keeps as a client now.
+    pub paths: u64,
+    /// Frames dropped, by reason.
+    pub dropped: RelayDrops,
+    /// Pair and reservation requests refused, by reason.
+    pub refused: RelayRefusals,
+}
+
+/// Relay frames dropped, by reason (see [`RelayInfo`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RelayDrops {
+    /// No pair from the frame's source to its destination.
+    pub no_pair: u64,
+    /// Over the pair's or the reservation's byte rate.
+    pub over_rate: u64,
+    /// Larger than the largest frame relayed.
+    pub too_large: u64,
+    /// From a relay, at this agent as a client: not from a connected node,
+    /// or no room for another relayed path.
+    pub unexpected: u64,
+}
+
+/// Relay requests refused, by reason (see [`RelayInfo`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct RelayRefusals {
+    /// The agent does not relay now.
+    pub not_relaying: u64,
+    /// Its pairs or reservations are all taken.
+    pub full: u64,
+    /// The requester's (or the target's) share of pairs, or the IP's share
+    /// of reservations, is taken.
+    pub per_peer: u64,
+}
+
+impl RelayInfo {
+    /// The readable form of a relay status.
+    pub fn new(status: &crate::RelayStatus) -> Self {
+        let s = &status.stats;
+        Self {
+            relaying: status.relaying,
+            serve: status.serve,
+            reservations: status.reservations.clone(),
+            pairs: s.pairs,
+            reservations_served: s.reservations,
+            pairs_opened: s.pairs_opened,
+            reservations_granted: s.reservations_granted,
+            frames_forwarded: s.frames_forwarded,
+            bytes_forwarded: s.bytes_forwarded,
+            paths: s.paths,
+            dropped: RelayDrops {
+                no_pair: s.dropped_no_pair,
+                over_rate: s.dropped_over_rate,
+                too_large: s.dropped_too_large,
+                unexpected: s.dropped_unexpected,
+            },
+            refused: RelayRefusals {
+                not_relaying: s.refused_not_relaying,
+                full: s.refused_full,
+                per_peer: s.refused_per_peer,
+            },
+        }
+    }
 }
 
 /// One address of a contact.

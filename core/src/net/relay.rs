@@ -56,6 +56,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::id::NodeId;
 use crate::manager::{ConnId, LeaseId};
 use crate::nat::NatClass;
@@ -69,7 +71,8 @@ pub(super) const FROM_PEER: u8 = 0x02;
 pub const RELAY_HEADER_LEN: usize = 33;
 
 /// Whether a node relays for others.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RelayServe {
     /// While the node is classified public (`NatClass::Public`): only a

@@ -15,8 +15,10 @@ use crate::nat::NatClass;
 use crate::wire::{RefusalReason, Request, Response};
 
 impl Node {
-    /// Whether this node relays for others now.
-    pub(super) fn relaying(&self) -> bool {
+    /// Whether this node relays for others now: its
+    /// [`RelayConfig::serve`](relay::RelayConfig::serve) setting, and for
+    /// [`RelayServe::WhenPublic`] its NAT class.
+    pub fn relaying(&self) -> bool {
         match self.net.relay.serve {
             RelayServe::Always => true,
             RelayServe::WhenPublic => self.manager.nat_class() == NatClass::Public,
@@ -231,5 +233,10 @@ impl Node {
     /// What the relay and its clients counted.
     pub fn relay_stats(&self) -> relay::RelayStats {
         self.relay.stats
+    }
+
+    /// When this node relays for others (`NetConfig::relay.serve`).
+    pub fn relay_serve(&self) -> RelayServe {
+        self.net.relay.serve
     }
 }

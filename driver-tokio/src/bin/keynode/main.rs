@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use keynode_core::nat::NatClass;
+use keynode_core::net::RelayServe;
 use keynode_core::{NodeAddress, NodeAddressScopes, NodeId, SeedNodes};
 use keynode_tokio::control::{
-    AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, Reply, Request, Response,
+    AddressInfo, ClaimBodyInfo, Client, ControlError, ControlLimits, RelayInfo, Reply, Request,
+    Response,
 };
 use keynode_tokio::demo::{self, DemoOptions};
 use keynode_tokio::{AgentConfig, SyncOptions};
@@ -370,6 +372,7 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     sync_retry_in_ms,
                     observed_addresses,
                     nat_class,
+                    relay,
                 } => {
                     let mut text = format!(
                         "{node_id} listening on {address} (data in {})\n",
@@ -382,6 +385,7 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     };
                     text += &format!("\n{contacts} contacts, {connections} connections");
                     text += &observed_text(observed_addresses, *nat_class);
+                    text += &relay_text(relay);
                     if let Some(error) = last_sync_error {
                         text += &format!(
                             "\nlast sync failed ({failed_sync_attempts} attempts): {error}"
@@ -842,5 +846,40 @@ fn observed_text(observed: &[keynode_core::nat::ObservedAddress], class: NatClas
         format!("\nobserved at: {}", list.join(", "))
     };
     text += &format!("\nNAT class: {class}");
+    text
+}
+
+/// The status lines about the relay: whether this agent relays (and its
+/// `--relay` setting), the relays it holds reservations with, and what
+/// its relay counted.
+fn relay_text(relay: &RelayInfo) -> String {
+    let serve = match relay.serve {
+        RelayServe::WhenPublic => "when-public",
+        RelayServe::Always => "always",
+        RelayServe::Never => "never",
+        _ => "unknown",
+    };
+    let mut text = if relay.relaying {
+        format!("\nrelay: relaying for others (--relay {serve})")
+    } else {
+        format!("\nrelay: not relaying (--relay {serve})")
+    };
+    text += &if relay.reservations.is_empty() {
+        "\nrelay reservations: none".to_owned()
+    } else {
+        let ids: Vec<String> = relay.reservations.iter().map(|r| r.to_string()).collect();
+        format!("\nrelay reservations: {}", ids.join(", "))
+    };
+    text += &format!(
+        "\nrelayed: {} pairs open, {} reservations held for others, {} frames ({} bytes) forwarded",
+        relay.pairs, relay.reservations_served, relay.frames_forwarded, relay.bytes_forwarded
+    );
+    let d = &relay.dropped;
+    let r = &relay.refused;
+    text += &format!(
+        "\nrelay drops: {} no pair, {} over rate, {} too large, {} unexpected; \
+         refusals: {} not relaying, {} full, {} per peer",
+        d.no_pair, d.over_rate, d.too_large, d.unexpected, r.not_relaying, r.full, r.per_peer
+    );
     text
 }

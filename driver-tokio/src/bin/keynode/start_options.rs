@@ -14,6 +14,8 @@
 //! mdns-port = 64023
 //! mdns-interface = "192.168.1.10"
 //! metrics-addr = "127.0.0.1:9464"
+//! relay = "when-public"
+//! relay-reservations = 2
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use keynode_core::net::RelayServe;
 use keynode_core::{MdnsConfig, SeedNodes, SeedNodesParseError};
 use serde::Deserialize;
 
@@ -104,6 +107,37 @@ pub struct StartOptions {
     /// direct (Config::relay_upgrade_interval); 0 never [default: 60000].
     #[arg(long)]
     pub relay_upgrade_interval_ms: Option<u64>,
+    /// When this agent relays datagrams for peers that cannot reach each
+    /// other (behind NATs) [default: when-public].
+    #[arg(long, value_enum)]
+    pub relay: Option<RelayMode>,
+    /// Relay reservations the agent keeps when it is behind a NAT, so
+    /// that peers reach it through those relays; 0: none [default: 2].
+    #[arg(long)]
+    pub relay_reservations: Option<usize>,
+}
+
+/// When the agent relays for others (`--relay`, `relay = "..."`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayMode {
+    /// While peers see it at a public address (its NAT class is public).
+    WhenPublic,
+    /// Always, e.g. on a host known to be reachable, before any peer has
+    /// seen it.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl From<RelayMode> for RelayServe {
+    fn from(mode: RelayMode) -> Self {
+        match mode {
+            RelayMode::WhenPublic => RelayServe::WhenPublic,
+            RelayMode::Always => RelayServe::Always,
+            RelayMode::Never => RelayServe::Never,
+        }
+    }
 }
 
 /// Why the options do not make an agent's configuration.
@@ -188,6 +222,8 @@ impl StartOptions {
             relay_upgrade_interval_ms: self
                 .relay_upgrade_interval_ms
                 .or(file.relay_upgrade_interval_ms),
+            relay: self.relay.or(file.relay),
+            relay_reservations: self.relay_reservations.or(file.relay_reservations),
         }
     }
 
@@ -232,6 +268,12 @@ impl StartOptions {
         }
         if let Some(ms) = self.relay_upgrade_interval_ms {
             config.config.relay_upgrade_interval = Duration::from_millis(ms);
+        }
+        if let Some(mode) = self.relay {
+            config.net.relay.serve = mode.into();
+        }
+        if let Some(n) = self.relay_reservations {
+            config.config.relay_reservations = n;
         }
         let mdns_settings =
             self.mdns_groups.is_some() || self.mdns_port.is_some() || self.mdns_interface.is_some();
@@ -287,6 +329,8 @@ mod tests {
             metrics-addr = "127.0.0.1:9464"
             connect-timeout-ms = 3000
             relay-upgrade-interval-ms = 2000
+            relay = "never"
+            relay-reservations = 5
             "#,
         )
         .unwrap();
@@ -309,6 +353,8 @@ mod tests {
         );
         assert_eq!(config.config.sync_retry_max_delay, Duration::from_secs(4));
         assert_eq!(config.config.sync_retry_attempts, 7);
+        assert_eq!(config.net.relay.serve, RelayServe::Never);
+        assert_eq!(config.config.relay_reservations, 5);
         assert_eq!(
             config.config.mdns,
             Some(MdnsConfig {
@@ -341,6 +387,22 @@ mod tests {
         assert!(bad.contains("mdns-port"), "{bad}");
         let bad = parse("bind = \"nowhere\"\n").unwrap_err().to_string();
         assert!(bad.contains("bind"), "{bad}");
+        let bad = parse("relay = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(
+            bad.contains("relay") && bad.contains("when-public"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn the_relay_mode_is_when_public_unless_given() {
+        let default = StartOptions::default()
+            .agent_config(PathBuf::from("d"))
+            .unwrap();
+        assert_eq!(default.net.relay.serve, RelayServe::WhenPublic);
+        let always = parse("relay = \"always\"\n").unwrap();
+        let config = always.agent_config(PathBuf::from("d")).unwrap();
+        assert_eq!(config.net.relay.serve, RelayServe::Always);
     }
 
     #[test]
