@@ -203,9 +203,9 @@ impl ByteBucket {
         }
     }
 
-    /// Takes `bytes` if the bucket, refilled at `rate` per second up to
-    /// `burst`, holds them.
-    fn take(&mut self, now: Instant, bytes: u64, rate: u64, burst: u64) -> bool {
+    /// Refills the bucket at `rate` per second up to `burst`; whether it
+    /// then holds `bytes`.
+    fn refill(&mut self, now: Instant, bytes: u64, rate: u64, burst: u64) -> bool {
         let elapsed = now.saturating_duration_since(self.at);
         let refill =
             (elapsed.as_micros().min(u128::from(u64::MAX)) as u64).saturating_mul(rate) / 1_000_000;
@@ -213,12 +213,11 @@ impl ByteBucket {
             self.tokens = self.tokens.saturating_add(refill).min(burst);
             self.at = now;
         }
-        if self.tokens >= bytes {
-            self.tokens -= bytes;
-            true
-        } else {
-            false
-        }
+        self.tokens >= bytes
+    }
+
+    fn spend(&mut self, bytes: u64) {
+        self.tokens = self.tokens.saturating_sub(bytes);
     }
 }
 
@@ -498,25 +497,32 @@ impl RelayServer {
         let [a, b] = pair.sides;
         let (source, to) = if a.address == from { (a, b) } else { (b, a) };
         let bytes = len as u64;
-        if !pair
-            .bucket
-            .take(now, bytes, config.pair_bytes_per_second, config.pair_burst)
-        {
-            self.stats.dropped_over_rate += 1;
-            return None;
-        }
-        pair.last_used = now;
+        // Every bucket the frame goes through must hold it; a frame
+        // dropped costs none of them anything.
+        let mut fits =
+            pair.bucket
+                .refill(now, bytes, config.pair_bytes_per_second, config.pair_burst);
         for node in [source.node, to.node] {
-            if let Some(r) = self.reservations.get_mut(&node)
-                && !r.bucket.take(
+            if let Some(r) = self.reservations.get_mut(&node) {
+                fits &= r.bucket.refill(
                     now,
                     bytes,
                     config.reservation_bytes_per_second,
                     config.reservation_burst,
-                )
-            {
-                self.stats.dropped_over_rate += 1;
-                return None;
+                );
+            }
+        }
+        if !fits {
+            self.stats.dropped_over_rate += 1;
+            return None;
+        }
+        if let Some(pair) = self.pairs.get_mut(&k) {
+            pair.bucket.spend(bytes);
+            pair.last_used = now;
+        }
+        for node in [source.node, to.node] {
+            if let Some(r) = self.reservations.get_mut(&node) {
+                r.bucket.spend(bytes);
             }
         }
         self.stats.frames_forwarded += 1;
@@ -793,6 +799,45 @@ mod tests {
                 .forward(later, &config, b.address, a.node, 1400)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_frame_one_bucket_refuses_costs_the_others_nothing() {
+        let now = Instant::now();
+        let config = RelayConfig {
+            pair_bytes_per_second: 1,
+            pair_burst: 10_000,
+            reservation_bytes_per_second: 1,
+            reservation_burst: 1_000,
+            ..RelayConfig::default()
+        };
+        let mut relay = RelayServer::default();
+        let (a, b) = (side(1, 1), side(2, 2));
+        relay
+            .reserve(now, &config, b, NatClass::Symmetric, &mut |_| None)
+            .unwrap();
+        relay.open_pair(now, &config, a, b, &mut |_| None).unwrap();
+        // b's reservation holds 1,000 bytes: a 1,400-byte frame is
+        // refused, and the pair's 10,000 stay whole.
+        for _ in 0..5 {
+            assert!(
+                relay
+                    .forward(now, &config, a.address, b.node, 1400)
+                    .is_none()
+            );
+        }
+        assert_eq!(relay.stats.dropped_over_rate, 5);
+        for _ in 0..10 {
+            assert!(
+                relay
+                    .forward(now, &config, a.address, b.node, 100)
+                    .is_some()
+            );
+        }
+        // 1,000 of the pair's 10,000 spent: frames b's reservation does
+        // not see (none here) would still have 9,000.
+        let pair = relay.pairs.values().next().unwrap();
+        assert_eq!(pair.bucket.tokens, 9_000);
     }
 
     #[test]
