@@ -1184,7 +1184,14 @@ fn pipe_one_way(from: &AgentProc, to: &AgentProc, dir: &Path, len: usize) -> Dur
 #[test]
 #[ignore = "a benchmark: run it by name"]
 fn relay_throughput_against_a_punched_connection() {
-    let Some(net) = Network::start(6, &MATRIX) else {
+    // KEYNODE_RELAY_RATE: the relays' pair rate for this run (bytes per
+    // second), to measure the relay itself rather than its default limit.
+    let rate = std::env::var("KEYNODE_RELAY_RATE").ok();
+    let extra: Vec<&str> = match &rate {
+        Some(rate) => vec!["--relay-pair-bytes-per-second", rate],
+        None => Vec::new(),
+    };
+    let Some(net) = Network::start_with(6, &MATRIX, &extra, |_| {}) else {
         return;
     };
     const LEN: usize = 64 << 20;

@@ -9,8 +9,10 @@
 //!
 //! Which peers are asked: the connections this node dialled (a peer it
 //! reached directly is a candidate relay; one that reached it may be
-//! behind a NAT itself), in connection order, skipping those that refused
-//! within `Config::relay_refusal_memory`.
+//! behind a NAT itself), in connection order, skipping one that refused
+//! until its time to be asked again: 2 s after its first refusal, doubling
+//! with each up to `Config::relay_refusal_memory` (a public node refuses
+//! until its own peers have classified it public, which takes seconds).
 //!
 //! # Upgrades
 //!
@@ -25,7 +27,7 @@
 //! once unused (see `net`'s relay docs for why a path is a connection).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Command, ConnId, LeaseId, NodeManager, RequestId, Timer};
 use crate::contact::ContactMode;
@@ -33,6 +35,9 @@ use crate::id::NodeId;
 use crate::manager::observations::Observation;
 use crate::nat::NatClass;
 use crate::wire::{Request, Response};
+
+/// How long a relay that refused is not asked again, after its first refusal.
+const FIRST_REFUSAL_WAIT: Duration = Duration::from_secs(2);
 
 /// Upgrades started per round at most: each is a punch and a handshake.
 const UPGRADES_PER_ROUND: usize = 4;
@@ -50,9 +55,10 @@ struct Held {
 pub(crate) struct Reservations {
     held: BTreeMap<NodeId, Held>,
     asking: BTreeMap<RequestId, (NodeId, ConnId)>,
-    /// Relays that refused (or failed to answer), until when they are not
-    /// asked again; at most `4 × Config::relay_reservations`.
-    refused: BTreeMap<NodeId, Instant>,
+    /// Relays that refused (or failed to answer): until when they are not
+    /// asked again, and the wait after their next refusal; at most
+    /// `4 × Config::relay_reservations`.
+    refused: BTreeMap<NodeId, (Instant, Duration)>,
 }
 
 impl Reservations {
@@ -107,7 +113,8 @@ impl NodeManager {
             .count();
         let mut missing = wanted.saturating_sub(self.reservations.held.len() + asking_new);
         if missing > 0 {
-            self.reservations.refused.retain(|_, until| *until > now);
+            // (A refusal is remembered past its time, for its backoff, until
+            // the relay grants one.)
             let candidates: Vec<(NodeId, ConnId)> = self
                 .conns
                 .ids()
@@ -116,7 +123,11 @@ impl NodeManager {
                 .filter(|(_, c)| !crate::net::is_relayed(&c.remote))
                 .filter(|(_, c)| {
                     !self.reservations.held.contains_key(&c.peer)
-                        && !self.reservations.refused.contains_key(&c.peer)
+                        && self
+                            .reservations
+                            .refused
+                            .get(&c.peer)
+                            .is_none_or(|(until, _)| *until <= now)
                         && !self.reservations.asking.values().any(|(n, _)| *n == c.peer)
                 })
                 .map(|(id, c)| (c.peer, id))
@@ -198,7 +209,14 @@ impl NodeManager {
             None if !self.reservations.refused.is_empty() => {
                 // Refused everywhere for now: look again once the first
                 // refusal is forgotten.
-                if let Some(at) = self.reservations.refused.values().min().copied() {
+                if let Some(at) = self
+                    .reservations
+                    .refused
+                    .values()
+                    .map(|(until, _)| *until)
+                    .filter(|until| *until > self.now.mono)
+                    .min()
+                {
                     self.timers.set(Timer::Relays, at);
                 }
             }
@@ -246,12 +264,19 @@ impl NodeManager {
             }
             _ => {
                 let bound = 4 * self.config.relay_reservations.max(1);
-                if self.reservations.refused.len() >= bound {
+                if self.reservations.refused.len() >= bound
+                    && !self.reservations.refused.contains_key(&relay)
+                {
                     self.reservations.refused.pop_first();
                 }
-                self.reservations
+                let wait = self
+                    .reservations
                     .refused
-                    .insert(relay, now + self.config.relay_refusal_memory);
+                    .get(&relay)
+                    .map_or(FIRST_REFUSAL_WAIT, |(_, wait)| {
+                        (*wait * 2).min(self.config.relay_refusal_memory)
+                    });
+                self.reservations.refused.insert(relay, (now + wait, wait));
                 self.drop_reservation(&relay, true);
             }
         }

@@ -115,6 +115,11 @@ pub struct StartOptions {
     /// that peers reach it through those relays; 0: none [default: 2].
     #[arg(long)]
     pub relay_reservations: Option<usize>,
+    /// Bytes per second one relayed pair may use through this agent, both
+    /// ways together (RelayConfig::pair_bytes_per_second); its burst is a
+    /// quarter of a second's worth, at least 64 KiB [default: 4194304].
+    #[arg(long)]
+    pub relay_pair_bytes_per_second: Option<u64>,
 }
 
 /// When the agent relays for others (`--relay`, `relay = "..."`).
@@ -224,6 +229,9 @@ impl StartOptions {
                 .or(file.relay_upgrade_interval_ms),
             relay: self.relay.or(file.relay),
             relay_reservations: self.relay_reservations.or(file.relay_reservations),
+            relay_pair_bytes_per_second: self
+                .relay_pair_bytes_per_second
+                .or(file.relay_pair_bytes_per_second),
         }
     }
 
@@ -274,6 +282,18 @@ impl StartOptions {
         }
         if let Some(n) = self.relay_reservations {
             config.config.relay_reservations = n;
+        }
+        if let Some(rate) = self.relay_pair_bytes_per_second {
+            config.net.relay.pair_bytes_per_second = rate;
+            config.net.relay.pair_burst = (rate / 4).max(64 << 10);
+            // A reservation carries its pairs: never below one of them.
+            config.net.relay.reservation_bytes_per_second =
+                config.net.relay.reservation_bytes_per_second.max(rate);
+            config.net.relay.reservation_burst = config
+                .net
+                .relay
+                .reservation_burst
+                .max(config.net.relay.pair_burst);
         }
         let mdns_settings =
             self.mdns_groups.is_some() || self.mdns_port.is_some() || self.mdns_interface.is_some();
@@ -331,6 +351,7 @@ mod tests {
             relay-upgrade-interval-ms = 2000
             relay = "never"
             relay-reservations = 5
+            relay-pair-bytes-per-second = 1000000
             "#,
         )
         .unwrap();
@@ -341,6 +362,8 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(config.config.relay_upgrade_interval, Duration::from_secs(2));
+        assert_eq!(config.net.relay.pair_bytes_per_second, 1_000_000);
+        assert_eq!(config.net.relay.pair_burst, 250_000);
         assert_eq!(config.bind, "127.0.0.1:4000".parse().unwrap());
         assert_eq!(config.map_size, 33554432);
         assert_eq!(config.config.max_connections, 77);
