@@ -17,6 +17,9 @@
 //!   manager on QUIC) exchanging real QUIC datagrams, handshakes and hole
 //!   punches included, through the same [`Network`]; the same helpers
 //!   (`add_node`, `join`, `find`) drive it.
+//! - [`nat_report`] runs NAT traversal on the datagram level: every pair
+//!   of NAT models, and a mixed population (`simulate --nat-matrix`,
+//!   `--nat-mix`).
 //! - [`report`] builds a network of N nodes and measures lookups: the
 //!   `simulate` binary.
 //!
@@ -29,6 +32,7 @@ mod datagram;
 mod hash;
 mod lookup;
 mod manager;
+pub mod nat_report;
 mod net;
 mod outputs;
 pub mod report;

@@ -17,6 +17,7 @@ use keynode_core::{
 };
 use keynode_tests::{
     DatagramLevel, DatagramSim, DatagramStats, HostId, Latency, NatType, NetConfig, Network, Sim,
+    nat_report,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -158,35 +159,6 @@ fn lookups_complete_when_ten_percent_of_datagrams_are_lost() {
     assert!(stats.lost * 20 > stats.sent, "about 10% lost: {stats:?}");
 }
 
-/// How a finder behind `finder_nat` reaches a target behind `target_nat`,
-/// both joined through one public seed (the target first): `None` if it
-/// cannot. The finder's join already looks up its own NodeId, which is how
-/// it first reaches the target; the lookup then reports that connection.
-fn reach(finder_nat: NatType, target_nat: NatType) -> Option<ContactMode> {
-    let mut sim = network(6, 0.0);
-    let hosts = add_nodes(&mut sim, 6, &[NatType::None, target_nat, finder_nat]);
-    let (seed, target, finder) = (hosts[0], hosts[1], hosts[2]);
-    join(&mut sim, target, &[seed]);
-    join(&mut sim, finder, &[seed]);
-    let id = sim.level.node_id(target);
-    match find(&mut sim, finder, id) {
-        Ok(OpValue::Found(Some((at, data)))) => {
-            // Reached at the target's public (NAT) address (where the
-            // relay sees it, if relayed), on a live connection.
-            assert_eq!(
-                Some(target),
-                at.socket_addr().and_then(|a| sim.net.host_of(a)),
-                "{finder_nat:?} -> {target_nat:?} at {at}"
-            );
-            assert!(connected(&sim, finder, target));
-            assert!(connected(&sim, target, finder));
-            Some(data.mode)
-        }
-        Ok(OpValue::Found(None)) => None,
-        other => panic!("{finder_nat:?} -> {target_nat:?}: {other:?}"),
-    }
-}
-
 #[test]
 fn a_node_behind_a_port_restricted_nat_is_reached_by_signal_and_hole_punch() {
     let mut sim = network(8, 0.0);
@@ -230,15 +202,27 @@ fn a_node_behind_a_port_restricted_nat_is_reached_by_signal_and_hole_punch() {
 
 #[test]
 fn nat_traversal_over_quic_follows_the_nat_types() {
-    for finder in NatType::ALL {
-        for target in NatType::ALL {
-            let expected = NatType::reach(finder, target);
-            assert_eq!(
-                reach(finder, target),
-                expected,
-                "{finder:?} finds {target:?}"
-            );
-        }
+    // The function `simulate --nat-matrix` reports. The finder's join
+    // already looks up its own NodeId, which is how it first reaches the
+    // target; the lookup then reports that connection.
+    for outcome in nat_report::nat_matrix(6) {
+        let (finder, target) = (outcome.finder, outcome.target);
+        assert_eq!(
+            outcome.mode,
+            NatType::reach(finder, target),
+            "{finder:?} finds {target:?}"
+        );
+        // Reached at the target's public (NAT) address (where the relay
+        // sees it, if relayed), on a live connection both sides have.
+        assert!(outcome.at_target, "{finder:?} -> {target:?}: {outcome:?}");
+        assert!(
+            outcome.connected_both_ways,
+            "{finder:?} -> {target:?}: {outcome:?}"
+        );
+        assert!(
+            outcome.connect_time.is_some_and(|t| t < LIMIT),
+            "{outcome:?}"
+        );
     }
 }
 

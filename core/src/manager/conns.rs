@@ -134,8 +134,34 @@ impl ConnTable {
         })
     }
 
+    /// A connection to `peer` on a path of its own (not through a relay):
+    /// the smallest id of those.
+    pub(crate) fn unrelayed(&self, peer: &NodeId) -> Option<(ConnId, &Conn)> {
+        self.by_peer.get(peer)?.iter().find_map(|id| {
+            self.conns
+                .get(id)
+                .filter(|c| !crate::net::is_relayed(&c.remote))
+                .map(|c| (*id, c))
+        })
+    }
+
     /// Connected nodes, closest to `target` first, at most `limit`.
     pub(crate) fn closest_peers(&self, target: &NodeId, limit: usize) -> Vec<NodeId> {
+        self.closest_peers_where(target, limit, |_| true)
+    }
+
+    /// Nodes connected on a path of their own (not only through a relay),
+    /// closest to `target` first, at most `limit`.
+    pub(crate) fn closest_unrelayed_peers(&self, target: &NodeId, limit: usize) -> Vec<NodeId> {
+        self.closest_peers_where(target, limit, |peer| self.unrelayed(peer).is_some())
+    }
+
+    fn closest_peers_where(
+        &self,
+        target: &NodeId,
+        limit: usize,
+        keep: impl Fn(&NodeId) -> bool,
+    ) -> Vec<NodeId> {
         if limit == 0 {
             return Vec::new();
         }
@@ -149,7 +175,12 @@ impl ConnTable {
                 if closest.last().is_some_and(|(d, _)| distance >= *d) {
                     continue;
                 }
+                if !keep(peer) {
+                    continue;
+                }
                 closest.pop();
+            } else if !keep(peer) {
+                continue;
             }
             let at = closest.partition_point(|(d, _)| *d < distance);
             closest.insert(at, (distance, *peer));

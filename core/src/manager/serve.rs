@@ -245,6 +245,11 @@ impl NodeManager {
             Request::ClosestNodes { target } => self.closest_nodes(requester, &target),
             Request::ChainData { from, limit } => self.serve_chain_data(from, limit),
             Request::Signal { target } => {
+                if crate::net::is_relayed(&requester_address) {
+                    // The requester came through a relay: its address here
+                    // is a mapped one, nothing the target could punch to.
+                    return Response::Refused(RefusalReason::NotConnected);
+                }
                 if !self
                     .relay
                     .allow(requester, requester_address, self.now.mono)
@@ -252,8 +257,11 @@ impl NodeManager {
                     self.stats.signals_rate_limited += 1;
                     return Response::Refused(RefusalReason::RateLimited);
                 }
+                // Not through a relay: what this node sees of a relayed
+                // peer is a mapped address, meaningless to the requester
+                // (and the peer's NAT was one no punch crossed).
                 let Some((target_conn, target_address)) =
-                    self.conns.primary(&target).map(|(id, c)| (id, c.remote))
+                    self.conns.unrelayed(&target).map(|(id, c)| (id, c.remote))
                 else {
                     return Response::Refused(RefusalReason::NotConnected);
                 };
@@ -301,12 +309,15 @@ impl NodeManager {
     }
 
     /// The nodes this node is connected to and its graph's contacts with
-    /// global addresses, closest to `target`, without the requester.
+    /// global addresses, closest to `target`, without the requester. The
+    /// connected (`active`) are those the requester may ask this node to
+    /// signal or relay to: a node connected only through a relay is
+    /// neither (no address to give, no relaying over relays).
     fn closest_nodes(&self, requester: NodeId, target: &NodeId) -> Response {
         let k = self.config.k;
         let active: Vec<NodeId> = self
             .conns
-            .closest_peers(target, k + 1)
+            .closest_unrelayed_peers(target, k + 1)
             .into_iter()
             .filter(|p| *p != requester)
             .take(k)

@@ -158,8 +158,15 @@ pub(super) struct Admission {
 }
 
 impl Admission {
+    /// Not bounded per IP or prefix: loopback (if so configured), and a
+    /// relayed peer's mapped address. Every mapped address is in one
+    /// discard-only /64 (see `relay.rs`), so counted as a network they
+    /// would let in `max_inbound_per_prefix` relayed peers in all; what
+    /// bounds them instead is the relays' pairs per node and this node's
+    /// relayed paths (`RelayConfig::max_paths`), and the slots.
     fn exempt(net: &NetConfig, ip: IpAddr) -> bool {
-        net.exempt_loopback && ip.is_loopback()
+        (net.exempt_loopback && ip.is_loopback())
+            || super::relay::is_relayed(&std::net::SocketAddr::new(ip, 0))
     }
 
     /// Decides on an attempt from `ip`, `validated` if it carries a Retry

@@ -90,8 +90,11 @@ pub(super) struct Candidate {
     pub(super) relay_ready: Option<crate::manager::dials::RelayedVia>,
 }
 
-/// The most nodes remembered as able to signal one candidate.
-const MAX_SIGNALLERS: usize = 3;
+/// The most nodes remembered as able to signal one candidate. More than
+/// the few a punch needs: a target behind a NAT no punch crosses is
+/// reached only through a signaller that relays (a public one, connected
+/// to it directly), and the first to answer are often behind NATs too.
+const MAX_SIGNALLERS: usize = 8;
 
 /// The candidates of one lookup, closest to its target first.
 #[derive(Debug)]
@@ -269,6 +272,11 @@ impl Candidates {
             && !candidate.signallers.contains(&s)
         {
             candidate.signallers.push(s);
+            // The target, every way to it failed so far, is tried again
+            // through the node that says it is connected to it now.
+            if node_id == self.target && candidate.state == PeerState::Failed {
+                candidate.state = PeerState::Waiting;
+            }
         }
         let now_in = distinct_groups(&self.limits, candidate.addresses.iter().map(|a| (a, None)));
         let new_groups: Vec<IpGroup> = now_in.into_iter().filter(|g| !had.contains(g)).collect();
