@@ -202,24 +202,21 @@ impl NodeManager {
         });
     }
 
+    /// Arms the timer at the first renewal due or, while reservations are
+    /// missing, the first refused relay's time to be asked again.
     fn arm_relays_timer(&mut self) {
-        let next = self.reservations.held.values().map(|h| h.renew_at).min();
-        match next {
+        let now = self.now.mono;
+        let renewal = self.reservations.held.values().map(|h| h.renew_at).min();
+        let missing = self.reservations.held.len() < self.config.relay_reservations;
+        let retry = self
+            .reservations
+            .refused
+            .values()
+            .map(|(until, _)| *until)
+            .filter(|until| missing && *until > now)
+            .min();
+        match renewal.into_iter().chain(retry).min() {
             Some(at) => self.timers.set(Timer::Relays, at),
-            None if !self.reservations.refused.is_empty() => {
-                // Refused everywhere for now: look again once the first
-                // refusal is forgotten.
-                if let Some(at) = self
-                    .reservations
-                    .refused
-                    .values()
-                    .map(|(until, _)| *until)
-                    .filter(|until| *until > self.now.mono)
-                    .min()
-                {
-                    self.timers.set(Timer::Relays, at);
-                }
-            }
             None => self.timers.cancel(Timer::Relays),
         }
     }
