@@ -738,12 +738,20 @@ impl Lookup {
         // NATs at once. It costs a round trip to the signaller and the
         // punch's head start (`NetConfig::punch_delay`) where no NAT was in
         // the way; a lookup cannot tell.
-        if self.params.own_symmetric || node_id == self.candidates.target() {
-            // A relay first, for the target's NAT class (a reserved node
-            // told its relay): the punch is tried only where it can work
-            // (see `on_relay_answer`), and otherwise the pair is open
-            // already. For a symmetric node, for every candidate: its
-            // punch leaves from a port no candidate sees.
+        // A relay first, for the target's NAT class (a reserved node told
+        // its relay): the punch is tried only where it can work (see
+        // `on_relay_answer`), and otherwise the pair is open already. For
+        // a symmetric node, also for a candidate known only as some node's
+        // connection (no address of its own in any graph: most likely
+        // behind a NAT), since its punch leaves from a port no candidate
+        // sees; a candidate with an address is dialled as it is, and
+        // relayed only if that fails (a pair at a relay is a bounded
+        // share of it: `RelayConfig::max_pairs_per_node`).
+        let addressless = self
+            .candidates
+            .get(&node_id)
+            .is_some_and(|c| c.addresses.is_empty());
+        if node_id == self.candidates.target() || (self.params.own_symmetric && addressless) {
             if let Some(relaying) = self.start_relay(&node_id, peers) {
                 return Some(relaying);
             }
