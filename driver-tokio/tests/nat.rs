@@ -786,23 +786,13 @@ fn pipe_both_ways(from: &AgentProc, to: &AgentProc, dir: &Path) {
             what: format!("keynode {}", args.join(" ")),
         }
     };
-    let listen_args = [
-        "pipe",
-        "listen",
-        "--data-dir",
-        to.dir(),
-        "--protocol",
+    // It may be connected to once it says it listens.
+    let mut listen = listen_pipe(
+        to,
         PROTOCOL,
-    ];
-    let mut listen = spawn(&listen_args, "back", "forward.out");
-    // It may be connected to once it says so.
-    let mut said = BufReader::new(listen.child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("listening for") {
-        line.clear();
-        let read = said.read_line(&mut line).expect("listen's stderr");
-        assert!(read > 0, "pipe listen ended without listening");
-    }
+        File::open(path("back")).expect("input"),
+        File::create(path("forward.out")).expect("output"),
+    );
     let connect_args = [
         "pipe",
         "connect",
@@ -1002,30 +992,12 @@ fn a_relayed_pair_moves_to_a_punched_connection_once_punching_is_let_through() {
     let first: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let second: Vec<u8> = (0..100_000u32).map(|i| (i % 239) as u8).collect();
     std::fs::write(dir.join("empty"), b"").expect("write");
-    let mut listen = Guard {
-        child: Command::new(KEYNODE)
-            .args([
-                "pipe",
-                "listen",
-                "--data-dir",
-                c2.dir(),
-                "--protocol",
-                PROTOCOL,
-            ])
-            .stdin(File::open(dir.join("empty")).expect("empty"))
-            .stdout(File::create(dir.join("upgrade.out")).expect("output"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("keynode starts"),
-        what: "pipe listen".into(),
-    };
-    let mut said = BufReader::new(listen.child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("listening for") {
-        line.clear();
-        let read = said.read_line(&mut line).expect("listen's stderr");
-        assert!(read > 0, "pipe listen ended without listening");
-    }
+    let mut listen = listen_pipe(
+        c2,
+        PROTOCOL,
+        File::open(dir.join("empty")).expect("empty"),
+        File::create(dir.join("upgrade.out")).expect("output"),
+    );
     let mut connect = Guard {
         child: Command::new(KEYNODE)
             .args([
@@ -1122,30 +1094,12 @@ fn pipe_one_way(from: &AgentProc, to: &AgentProc, dir: &Path, len: usize) -> Dur
     let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.join("bulk"), &data).expect("write");
     std::fs::write(dir.join("none"), b"").expect("write");
-    let mut listen = Guard {
-        child: Command::new(KEYNODE)
-            .args([
-                "pipe",
-                "listen",
-                "--data-dir",
-                to.dir(),
-                "--protocol",
-                PROTOCOL,
-            ])
-            .stdin(File::open(dir.join("none")).expect("input"))
-            .stdout(File::create(dir.join("bulk.out")).expect("output"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("keynode starts"),
-        what: "pipe listen".into(),
-    };
-    let mut said = BufReader::new(listen.child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while !line.contains("listening for") {
-        line.clear();
-        let read = said.read_line(&mut line).expect("listen's stderr");
-        assert!(read > 0, "pipe listen ended without listening");
-    }
+    let mut listen = listen_pipe(
+        to,
+        PROTOCOL,
+        File::open(dir.join("none")).expect("input"),
+        File::create(dir.join("bulk.out")).expect("output"),
+    );
     let started = Instant::now();
     let mut connect = Guard {
         child: Command::new(KEYNODE)
@@ -1231,4 +1185,36 @@ fn relay_throughput_against_a_punched_connection() {
         "throughput median: punched {direct:.1} MB/s, relayed {relayed:.1} MB/s, relayed/punched {:.3}",
         relayed / direct
     );
+}
+
+/// `pipe listen` on `to` for `protocol`, stdin from `input` and stdout to
+/// `output`, once it says it listens.
+fn listen_pipe(to: &AgentProc, protocol: &str, input: File, output: File) -> Guard {
+    let mut listen = Guard {
+        child: Command::new(KEYNODE)
+            .args([
+                "pipe",
+                "listen",
+                "--data-dir",
+                to.dir(),
+                "--protocol",
+                protocol,
+            ])
+            .stdin(input)
+            .stdout(output)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("keynode starts"),
+        what: "pipe listen".into(),
+    };
+    let mut said = BufReader::new(listen.child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("listening for") {
+        line.clear();
+        let read = said.read_line(&mut line).expect("listen's stderr");
+        assert!(read > 0, "pipe listen ended without listening");
+    }
+    // The rest of what it says is drained: a closed stderr would end it.
+    thread::spawn(move || std::io::copy(&mut said, &mut std::io::sink()));
+    listen
 }

@@ -25,6 +25,30 @@ use crate::metrics::{ConnKind, Direction, HandshakeFailure};
 use crate::wire::Request;
 
 impl NodeManager {
+    /// A new attempt, in the table and waited for by `op`.
+    fn new_attempt(
+        &mut self,
+        op: OpId,
+        node_id: NodeId,
+        mode: ContactMode,
+        timeout: Duration,
+        relayed: Option<super::dials::RelayedVia>,
+    ) -> AttemptId {
+        let attempt = AttemptId(self.fresh_id());
+        self.dials.insert(
+            attempt,
+            Attempt {
+                node_id,
+                mode,
+                timeout,
+                relayed,
+                started: self.now.mono,
+            },
+        );
+        self.waits.register(Wait::Attempt(attempt), op);
+        attempt
+    }
+
     /// Asks the driver to connect to `address` (resolving a hostname first).
     pub(super) fn dial(
         &mut self,
@@ -34,18 +58,7 @@ impl NodeManager {
         mode: ContactMode,
         timeout: Duration,
     ) -> AttemptId {
-        let attempt = AttemptId(self.fresh_id());
-        self.dials.insert(
-            attempt,
-            Attempt {
-                node_id,
-                mode,
-                timeout,
-                relayed: None,
-                started: self.now.mono,
-            },
-        );
-        self.waits.register(Wait::Attempt(attempt), op);
+        let attempt = self.new_attempt(op, node_id, mode, timeout, None);
         match &address.host {
             Host::Ip(ip) => self.connect(attempt, SocketAddr::new(*ip, address.port)),
             Host::Name(hostname) => {
@@ -77,18 +90,7 @@ impl NodeManager {
         relayed: super::dials::RelayedVia,
         timeout: Duration,
     ) -> AttemptId {
-        let attempt = AttemptId(self.fresh_id());
-        self.dials.insert(
-            attempt,
-            Attempt {
-                node_id,
-                mode: ContactMode::Relay,
-                timeout,
-                relayed: Some(relayed),
-                started: self.now.mono,
-            },
-        );
-        self.waits.register(Wait::Attempt(attempt), op);
+        let attempt = self.new_attempt(op, node_id, ContactMode::Relay, timeout, Some(relayed));
         self.stats.connects += 1;
         self.commands.push_back(Command::ConnectRelayed {
             attempt,

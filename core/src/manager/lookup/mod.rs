@@ -751,10 +751,10 @@ impl Lookup {
             .candidates
             .get(&node_id)
             .is_some_and(|c| c.addresses.is_empty());
-        if node_id == self.candidates.target() || (self.params.own_symmetric && addressless) {
-            if let Some(relaying) = self.start_relay(&node_id, peers) {
-                return Some(relaying);
-            }
+        if (node_id == self.candidates.target() || (self.params.own_symmetric && addressless))
+            && let Some(relaying) = self.start_relay(&node_id, peers)
+        {
+            return Some(relaying);
         }
         self.start_signal(&node_id, peers)
             .or_else(|| self.dial_direct(&node_id, 0))
