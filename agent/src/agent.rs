@@ -810,6 +810,23 @@ impl Agent {
         self.manager(|m| m.connections())
     }
 
+    /// How each connection up was made: direct, hole-punched (`Signal`) or
+    /// through a relay (whose remote address is a mapped one, `100::/64`).
+    ///
+    /// ```no_run
+    /// # async fn f(agent: keynode_agent::Agent) -> Result<(), keynode_agent::AgentError> {
+    /// for (conn, mode) in agent.connection_modes().await? {
+    ///     println!("{conn:?}: {mode:?}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connection_modes(
+        &self,
+    ) -> Result<Vec<(ConnId, keynode_core::ContactMode)>, AgentError> {
+        self.manager(|m| m.connection_modes())
+    }
+
     /// Whether the agent has joined the network through its seed nodes,
     /// how its background syncs fared, how many contacts and connections
     /// it holds, its NAT class, and whether it relays (with its relay's

@@ -920,13 +920,26 @@ const BLOCKED_CONES: Layout = Layout {
 
 /// The remote address of every connection of `agent` to `peer`.
 fn connections_to(agent: &AgentProc, peer: &AgentProc) -> Vec<String> {
+    modes_to(agent, peer)
+        .into_iter()
+        .map(|(remote, _)| remote)
+        .collect()
+}
+
+/// The remote address and mode of every connection of `agent` to `peer`.
+fn modes_to(agent: &AgentProc, peer: &AgentProc) -> Vec<(String, String)> {
     let answer = json(&["nodes", "connections", "--data-dir", agent.dir()]);
     answer["connections"]
         .as_array()
         .map(|all| {
             all.iter()
                 .filter(|c| c["node_id"] == peer.node_id.as_str())
-                .filter_map(|c| c["remote"].as_str().map(str::to_owned))
+                .filter_map(|c| {
+                    Some((
+                        c["remote"].as_str()?.to_owned(),
+                        c["mode"].as_str()?.to_owned(),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -1052,6 +1065,15 @@ fn a_relayed_pair_moves_to_a_punched_connection_once_punching_is_let_through() {
         lifted.elapsed().as_millis()
     );
     assert_eq!(punched, net.mapped("c2"));
+    // `nodes connections` says how each was made.
+    for (remote, mode) in modes_to(c1, c2) {
+        let want = if is_mapped(&remote) {
+            "Relay"
+        } else {
+            "Signal"
+        };
+        assert_eq!(mode, want, "{remote}");
+    }
 
     // The stream on the relayed connection runs to its end.
     stdin.write_all(&second).expect("second half");

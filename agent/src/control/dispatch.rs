@@ -107,18 +107,23 @@ async fn dispatch(agent: &Agent, request: Request) -> Result<Reply, ControlError
                 })
                 .collect(),
         },
-        Request::Connections => Reply::Connections {
-            connections: agent
-                .connections()
-                .await?
-                .into_iter()
-                .map(|(conn, node_id, remote)| ConnectionInfo {
-                    id: conn.0,
-                    node_id,
-                    remote,
-                })
-                .collect(),
-        },
+        Request::Connections => {
+            let modes: std::collections::BTreeMap<_, _> =
+                agent.connection_modes().await?.into_iter().collect();
+            Reply::Connections {
+                connections: agent
+                    .connections()
+                    .await?
+                    .into_iter()
+                    .map(|(conn, node_id, remote)| ConnectionInfo {
+                        id: conn.0,
+                        node_id,
+                        remote,
+                        mode: modes.get(&conn).copied(),
+                    })
+                    .collect(),
+            }
+        }
         Request::ClaimNode { node_id } => {
             agent.claim_node(node_id, ClaimOptions::default()).await?;
             Reply::Done

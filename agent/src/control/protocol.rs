@@ -386,8 +386,11 @@ pub struct ConnectionInfo {
     pub id: u64,
     /// The peer.
     pub node_id: NodeId,
-    /// Its address.
+    /// Its address (a relayed connection's is a mapped one, `100::/64`).
     pub remote: SocketAddr,
+    /// How it was made; `None` from an agent that did not say.
+    #[serde(default)]
+    pub mode: Option<ContactMode>,
 }
 
 /// A claim of a sigchain.

@@ -334,6 +334,15 @@ impl NodeManager {
             .collect()
     }
 
+    /// How each connection up was made (direct, punched, relayed), in
+    /// connection order, as [`NodeManager::connections`] lists them.
+    pub fn connection_modes(&self) -> Vec<(ConnId, crate::contact::ContactMode)> {
+        self.conns
+            .ids()
+            .filter_map(|id| self.conns.get(id).map(|c| (id, c.mode)))
+            .collect()
+    }
+
     /// The uses of a connection handed out and not released.
     pub fn connection_leases(&self, conn: ConnId) -> Option<u32> {
         self.conns.get(conn).map(|c| c.leases)

@@ -486,7 +486,11 @@ async fn run_nodes(nodes: NodesCommand) -> Result<ExitCode, BoxError> {
                 Reply::Connections { connections } => {
                     let mut out = String::new();
                     for c in connections {
-                        out.push_str(&format!("{:>5}  {}  {}\n", c.id, c.node_id, c.remote));
+                        let mode = c.mode.map_or("-".to_owned(), |m| format!("{m:?}"));
+                        out.push_str(&format!(
+                            "{:>5}  {}  {}  {mode}\n",
+                            c.id, c.node_id, c.remote
+                        ));
                     }
                     out.push_str(&plural(connections.len(), "connection"));
                     Ok(out)
