@@ -25,14 +25,9 @@ use rand_chacha::ChaCha8Rng;
 /// Virtual time any one operation may take.
 const LIMIT: Duration = Duration::from_secs(600);
 
-/// The defaults without background work (no bucket refresh, no connection
-/// check): the tests decide everything that happens.
-fn quiet() -> Config {
-    let mut config = Config::default();
-    config.refresh_bucket_delay = Duration::ZERO;
-    config.retry_connections_delay = Duration::ZERO;
-    config
-}
+/// The defaults without background work (no bucket refresh, no
+/// connection check): the library's, shared by every simulator test.
+use keynode_tests::nat_report::quiet_config as quiet;
 
 /// A network of log-normal latencies (median 40 ms) losing `loss` of the
 /// datagrams.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keynode_core::net::{Node, RelayConfig, RelayServe, RelayStats, StreamDir, is_relayed};
 use keynode_core::net::{Protocol, ProtocolOptions};
-use keynode_core::{Config, ContactMode, FindOptions, Observation, OpError, OpValue};
+use keynode_core::{ContactMode, FindOptions, Observation, OpError, OpValue};
 use keynode_tests::{
     DatagramLevel, DatagramSim, HostId, Latency, NatType, NetConfig, Network, Sim,
 };
@@ -20,14 +20,9 @@ use rand_chacha::ChaCha8Rng;
 /// Virtual time any one operation may take.
 const LIMIT: Duration = Duration::from_secs(600);
 
-/// The defaults without background work (no bucket refresh, no connection
-/// check): the tests decide everything that happens.
-fn quiet() -> Config {
-    let mut config = Config::default();
-    config.refresh_bucket_delay = Duration::ZERO;
-    config.retry_connections_delay = Duration::ZERO;
-    config
-}
+/// The defaults without background work (no bucket refresh, no
+/// connection check): the library's, shared by every simulator test.
+use keynode_tests::nat_report::quiet_config as quiet;
 
 /// A network without loss, log-normal latencies.
 fn network(seed: u64) -> DatagramSim {

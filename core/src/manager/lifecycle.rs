@@ -262,7 +262,8 @@ impl NodeManager {
                 self.arm_idle(old);
             }
         }
-        if relayed {
+        // Where the peer is recorded as a contact, if anywhere.
+        let record_at = if relayed {
             if attempt.is_some() {
                 self.arm_upgrades();
             }
@@ -270,47 +271,29 @@ impl NodeManager {
             // recorded is where the relay saw it (a dialled one's), and an
             // inbound one is not dialled back (it came through the relay
             // because nothing else reaches it).
-            if let Some((_, a)) = &attempt
-                && let Some(seen) = a.relayed.map(|r| r.seen_at)
-            {
-                let data = NodeContactAddressData {
-                    mode,
-                    connected_time: self.now.unix_secs(),
-                    scopes: NodeAddressScopes::GLOBAL,
-                };
-                let _op = self.set_node_inner(
-                    peer,
-                    NodeAddress::from(seen),
-                    data,
-                    true,
-                    false,
-                    None,
-                    Parent::Internal,
-                );
+            attempt
+                .as_ref()
+                .and_then(|(_, a)| a.relayed)
+                .map(|r| NodeAddress::from(r.seen_at))
+        } else {
+            let address = NodeAddress::from(remote);
+            let verified = attempt.is_some()
+                || self
+                    .graph
+                    .get(&peer)
+                    .is_some_and(|c| c.get(&address).is_some())
+                || self
+                    .graph
+                    .get_pending(&peer)
+                    .is_some_and(|p| p.address == address);
+            if !verified && !dialled_before {
+                // (A peer this node dialled was recorded by that connection;
+                // dialling it back would answer its own dial-back in turn.)
+                self.dial_back(peer, address.clone());
             }
-            if let Some((id, _)) = attempt {
-                self.input_wait(
-                    Wait::Attempt(id),
-                    Input::Connected {
-                        attempt: id,
-                        conn,
-                        remote,
-                    },
-                );
-            }
-            return;
-        }
-        let address = NodeAddress::from(remote);
-        let verified = attempt.is_some()
-            || self
-                .graph
-                .get(&peer)
-                .is_some_and(|c| c.get(&address).is_some())
-            || self
-                .graph
-                .get_pending(&peer)
-                .is_some_and(|p| p.address == address);
-        if verified {
+            verified.then_some(address)
+        };
+        if let Some(address) = record_at {
             // Spec: every new connection leads to set_node(.., block = true);
             // here only those at an address known to take connections.
             let data = NodeContactAddressData {
@@ -319,10 +302,6 @@ impl NodeManager {
                 scopes: NodeAddressScopes::GLOBAL,
             };
             let _op = self.set_node_inner(peer, address, data, true, false, None, Parent::Internal);
-        } else if !dialled_before {
-            // (A peer this node dialled was recorded by that connection;
-            // dialling it back would answer its own dial-back in turn.)
-            self.dial_back(peer, address);
         }
         if let Some((id, _)) = attempt {
             self.input_wait(

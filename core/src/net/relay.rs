@@ -369,7 +369,8 @@ impl RelayServer {
     }
 
     /// Closes the pairs idle past [`RelayConfig::pair_idle_timeout`]
-    /// (work bounded by `max_pairs`, done only when the table is full).
+    /// (work bounded by `max_pairs`, done once per pair opened: a request
+    /// on an authenticated connection, not a datagram).
     fn close_idle(&mut self, now: Instant, config: &RelayConfig) {
         let idle: Vec<_> = self
             .pairs

@@ -14,14 +14,10 @@ use rand_chacha::ChaCha8Rng;
 /// Virtual time any one operation may take.
 pub const LIMIT: Duration = Duration::from_secs(600);
 
-/// The defaults without background work (no bucket refresh, no connection
-/// check): scenarios decide everything that happens.
-pub fn quiet() -> Config {
-    let mut config = Config::default();
-    config.refresh_bucket_delay = Duration::ZERO;
-    config.retry_connections_delay = Duration::ZERO;
-    config
-}
+/// The defaults without background work (no bucket refresh, no
+/// connection check): the library's, shared by every simulator test.
+#[allow(unused_imports)] // not every test binary that includes this module uses it
+pub use keynode_tests::nat_report::quiet_config as quiet;
 
 /// A network with 10 ms on every link.
 pub fn network(seed: u64) -> ManagerSim {
