@@ -265,6 +265,7 @@ pub(super) struct RelayServer {
     /// Uses of connections given back by closed pairs and reservations,
     /// for the node to hand to its manager.
     pub(super) released: Vec<LeaseId>,
+    /// The counters (the gauges are read off the tables: [`Self::stats`]).
     pub(super) stats: RelayStats,
 }
 
@@ -279,6 +280,15 @@ fn key(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
 }
 
 impl RelayServer {
+    /// The counters, with the gauges of the tables now.
+    pub(super) fn stats(&self) -> RelayStats {
+        RelayStats {
+            pairs: self.pairs.len() as u64,
+            reservations: self.reservations.len() as u64,
+            ..self.stats
+        }
+    }
+
     /// Opens (or renews) the pair of `a` (the requester) and `b`.
     pub(super) fn open_pair(
         &mut self,
@@ -335,7 +345,6 @@ impl RelayServer {
         }
         self.route(k, a, b);
         self.stats.pairs_opened += 1;
-        self.stats.pairs = self.pairs.len() as u64;
         Ok(())
     }
 
@@ -365,7 +374,6 @@ impl RelayServer {
                 }
             }
         }
-        self.stats.pairs = self.pairs.len() as u64;
     }
 
     /// Closes the pairs idle past [`RelayConfig::pair_idle_timeout`]
@@ -433,7 +441,6 @@ impl RelayServer {
         );
         *self.reservations_of_ip.entry(ip).or_default() += 1;
         self.stats.reservations_granted += 1;
-        self.stats.reservations = self.reservations.len() as u64;
         Ok(config.reservation_lifetime)
     }
 
@@ -451,7 +458,6 @@ impl RelayServer {
             self.release_ip(r.ip);
             self.released.extend(r.lease);
         }
-        self.stats.reservations = self.reservations.len() as u64;
     }
 
     /// Drops the reservations past their time (bounded by `max_reservations`;
@@ -719,7 +725,7 @@ mod tests {
                 .forward(now, &config, a.address, b.node, 100)
                 .is_none()
         );
-        assert_eq!(relay.stats.pairs, 0);
+        assert_eq!(relay.stats().pairs, 0);
     }
 
     #[test]

@@ -60,7 +60,6 @@ impl Node {
             self.relay.stats.dropped_unexpected += 1;
             return None;
         };
-        self.relay.stats.paths = self.paths.len() as u64;
         let mut packet = bytes;
         packet.advance(RELAY_HEADER_LEN);
         self.handle_quic(mapped, packet);
@@ -100,7 +99,6 @@ impl Node {
             .filter(|a| !is_relayed(a));
         let mapped =
             relay.and_then(|relay| self.paths.mapped(relay, node_id, self.net.relay.max_paths));
-        self.relay.stats.paths = self.paths.len() as u64;
         match mapped {
             Some(mapped) => self.connect(attempt, node_id, mapped, timeout),
             None => self.manager.handle(
@@ -224,7 +222,6 @@ impl Node {
     pub(super) fn relay_conn_gone(&mut self, conn: ConnId, remote: SocketAddr) {
         if self.by_remote.remove(&(remote, conn)) && self.conn_at(remote).is_none() {
             self.paths.forget_relay(remote);
-            self.relay.stats.paths = self.paths.len() as u64;
         }
         self.relay.forget_conn(conn);
         self.release_relay_leases();
@@ -232,7 +229,10 @@ impl Node {
 
     /// What the relay and its clients counted.
     pub fn relay_stats(&self) -> relay::RelayStats {
-        self.relay.stats
+        relay::RelayStats {
+            paths: self.paths.len() as u64,
+            ..self.relay.stats()
+        }
     }
 
     /// When this node relays for others (`NetConfig::relay.serve`).
